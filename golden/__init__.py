@@ -1,0 +1,15 @@
+"""Bittern's golden model: BitNet b1.58 in NumPy, the single source of numeric truth."""
+
+from golden.bitlinear import (
+    bitlinear, bitlinear_int, quantize_activations, quantize_weights, rescale,
+)
+from golden.model import (
+    BITNET_B158_2B4T, CoreCall, Model, ModelConfig, ModelWeights, RecordingCore, TernaryWeight,
+    WeightsCore, linear_shapes, norm_sizes, random_float_tensors,
+)
+
+__all__ = [
+    "bitlinear", "bitlinear_int", "quantize_activations", "quantize_weights", "rescale",
+    "BITNET_B158_2B4T", "CoreCall", "Model", "ModelConfig", "ModelWeights", "RecordingCore",
+    "TernaryWeight", "WeightsCore", "linear_shapes", "norm_sizes", "random_float_tensors",
+]

@@ -1,0 +1,1 @@
+"""Amaranth HDL of the Bittern ternary accelerator."""

@@ -1,0 +1,155 @@
+"""Weight-stationary systolic tensor unit.
+
+Dataflow: the reduction index ``k`` runs down the rows and the output index ``n`` across the
+columns. PE ``(r, c)`` holds ``W_t[n=c, k=r]``. A token's activations enter row ``r`` skewed by
+``r`` cycles and move right one column per cycle; partial sums move down one row per cycle; the
+bottom of column ``c`` is de-skewed by ``cols - 1 - c`` cycles, so a whole output vector leaves at
+once, ``rows + cols - 1`` cycles after its token was accepted.
+
+Weight-stationary was chosen because a ternary weight is 2 bits: holding it costs less than
+moving it, and the activations (int8) and partial sums flow instead.
+
+Flow control is credit based, so the PE grid never stalls and carries no enable net: a token is
+accepted only while the result FIFO has room for it and every token already in flight. With the
+consumer ready, tokens stream at one per cycle with no bubbles, and a stream of ``M`` tokens
+takes ``M + rows + cols`` cycles from the first token in to the last result out. The result
+FIFO is first-word-fall-through (``SyncFIFO``) to keep that bound; it is small (``rows + cols +
+1`` entries) and maps to distributed RAM.
+
+Weights load as ``rows`` beats of ``cols`` trits, ``k = 0`` first, through a shift chain up the
+columns, and only while no token is in flight (the array finishes the previous tile first).
+Tokens are accepted once a full tile has been loaded.
+"""
+
+from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import Config, signed_bits_for
+from .pe import PE_KINDS
+
+__all__ = ["SystolicArray"]
+
+
+class SystolicArray(wiring.Component):
+    """``rows`` x ``cols`` array computing ``y[m] = W_t @ x[m]`` for a stream of tokens ``m``.
+
+    Parameters
+    ----------
+    config : Config
+        Uses ``array.rows``, ``array.cols``, ``array.pe`` and ``act_bits``.
+    pe : type, optional
+        PE class overriding ``config.array.pe`` (how a new or a faulty PE is tried).
+
+    Members
+    -------
+    w_stream : In(stream.Signature(ArrayLayout(pe.weight_shape, cols)))
+        Weights, one array row (one ``k``) per beat, ``k = 0`` first.
+    i_stream : In(stream.Signature(ArrayLayout(signed(act_bits), rows)))
+        Activations, one token (``rows`` values of ``k``) per beat.
+    o_stream : Out(stream.Signature(ArrayLayout(signed(psum_bits), cols)))
+        Results, one token (``cols`` values of ``n``) per beat, in token order.
+    busy : Out(1)
+        A token is in the grid or a result waits in the FIFO.
+    """
+
+    def __init__(self, config, *, pe=None):
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a Config, not {config!r}")
+        self._config = config
+        self._pe = pe or PE_KINDS[config.array.pe]
+        rows, cols = config.array.rows, config.array.cols
+        super().__init__({
+            "w_stream": In(stream.Signature(data.ArrayLayout(self._pe.weight_shape, cols))),
+            "i_stream": In(stream.Signature(data.ArrayLayout(signed(config.act_bits), rows))),
+            "o_stream": Out(stream.Signature(data.ArrayLayout(signed(self.psum_bits), cols))),
+            "busy": Out(1),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    def psum_bits_after(self, terms):
+        """Width of a partial sum of ``terms`` products: overflow is impossible."""
+        return signed_bits_for(terms * self._pe.max_product(self._config.act_bits)) \
+            if terms else 0
+
+    @property
+    def psum_bits(self):
+        """Width of a finished column sum (``rows`` products)."""
+        return self.psum_bits_after(self._config.array.rows)
+
+    @property
+    def latency(self):
+        """Cycles from accepting a token to writing its result into the output FIFO."""
+        return self._config.array.rows + self._config.array.cols - 1
+
+    @property
+    def fifo_depth(self):
+        """Result FIFO entries: every token in flight plus one being read."""
+        return self.latency + 2
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, cols = self._config.array.rows, self._config.array.cols
+        act_bits = self._config.act_bits
+
+        results = m.submodules.results = fifo.SyncFIFO(
+            width=self.o_stream.payload.shape().size, depth=self.fifo_depth)
+        in_flight = Signal(range(self.fifo_depth + 1))
+        loaded_rows = Signal(range(rows + 1))
+        tile_loaded = loaded_rows == rows
+
+        take_token = Signal()
+        m.d.comb += [
+            self.i_stream.ready.eq(tile_loaded & (in_flight + results.level < self.fifo_depth)),
+            take_token.eq(self.i_stream.valid & self.i_stream.ready),
+            # Weights change only with the grid empty, and never under a token being taken.
+            self.w_stream.ready.eq((in_flight == 0) & ~take_token),
+        ]
+        with m.If(self.w_stream.valid & self.w_stream.ready):
+            m.d.sync += loaded_rows.eq(Mux(tile_loaded, 1, loaded_rows + 1))
+
+        # Token valid bits follow the data through the grid: one bit per cycle of latency.
+        valid_line = Signal(self.latency)
+        m.d.sync += valid_line.eq(Cat(take_token, valid_line[:-1]))
+        result_ready = valid_line[-1]
+
+        grid = [[self._pe(act_bits=act_bits, psum_in_bits=self.psum_bits_after(r),
+                          psum_out_bits=self.psum_bits_after(r + 1))
+                 for c in range(cols)] for r in range(rows)]
+        for r in range(rows):
+            for c in range(cols):
+                pe = m.submodules[f"pe_{r}_{c}"] = grid[r][c]
+                m.d.comb += pe.w_shift.eq(self.w_stream.valid & self.w_stream.ready)
+                # Weight shift chain runs upwards: the bottom row takes the new beat.
+                m.d.comb += pe.w_in.eq(self.w_stream.payload[c] if r == rows - 1
+                                       else grid[r + 1][c].w)
+                m.d.comb += pe.x_in.eq(self._skewed(m, self.i_stream.payload[r], delay=r)
+                                       if c == 0 else grid[r][c - 1].x_out)
+                if r:
+                    m.d.comb += pe.psum_in.eq(grid[r - 1][c].psum_out)
+
+        for c in range(cols):
+            column_sum = self._skewed(m, grid[rows - 1][c].psum_out, delay=cols - 1 - c)
+            m.d.comb += results.w_data[c * self.psum_bits:(c + 1) * self.psum_bits].eq(column_sum)
+        m.d.comb += results.w_en.eq(result_ready)
+
+        m.d.sync += in_flight.eq(in_flight + take_token - result_ready)
+        m.d.comb += [
+            self.o_stream.valid.eq(results.r_rdy),
+            self.o_stream.payload.eq(results.r_data),
+            results.r_en.eq(self.o_stream.ready),
+            self.busy.eq((in_flight != 0) | results.r_rdy),
+        ]
+        return m
+
+    @staticmethod
+    def _skewed(m, value, *, delay):
+        """``value`` delayed by ``delay`` registers (a skew or de-skew line)."""
+        for _ in range(delay):
+            stage = Signal.like(value)
+            m.d.sync += stage.eq(value)
+            value = stage
+        return value

@@ -1,0 +1,252 @@
+"""The generator's configuration record: one frozen dataclass, shared by hw/, sim/ and sw_driver/.
+
+This module imports no Amaranth, so the driver and the golden model can read a configuration
+without the HDL toolchain. Derived values (accumulator widths, word widths) are properties,
+never stored, so they cannot disagree with the fields they come from.
+"""
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["ConfigError", "ArrayConfig", "PimConfig", "Config", "PRESETS", "preset",
+           "apply_overrides", "signed_bits_for"]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the parameter and the allowed range."""
+
+
+def signed_bits_for(magnitude):
+    """Width of a signed integer that holds every value in ``[-magnitude, +magnitude]``."""
+    return int(magnitude).bit_length() + 1
+
+
+def _check_int(name, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer in [{low}, {high}], not {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be in [{low}, {high}], not {value}")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, "
+                          f"not {value!r}")
+
+
+PE_KINDS = ("ternary",)
+DATAFLOWS = ("weight-stationary",)
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """Systolic tensor unit: ``rows`` x ``cols`` PEs.
+
+    The reduction (K) runs down the rows and the outputs (N) across the columns, so one tile is
+    ``K <= rows`` by ``N <= cols``.
+    """
+    rows: int = 8
+    cols: int = 8
+    pe: str = "ternary"
+    dataflow: str = "weight-stationary"
+
+    def __post_init__(self):
+        _check_int("array.rows", self.rows, 1, 256)
+        _check_int("array.cols", self.cols, 1, 256)
+        _check_choice("array.pe", self.pe, PE_KINDS)
+        _check_choice("array.dataflow", self.dataflow, DATAFLOWS)
+
+
+@dataclass(frozen=True)
+class PimConfig:
+    """Processing-in-memory bank group: ``banks`` banks of ``depth`` words of ``lanes`` trits."""
+    banks: int = 4
+    lanes: int = 16
+    depth: int = 512
+
+    def __post_init__(self):
+        _check_int("pim.banks", self.banks, 1, 64)
+        _check_int("pim.lanes", self.lanes, 1, 256)
+        _check_int("pim.depth", self.depth, 2, 1 << 20)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole device: numeric widths, the tensor unit, the PIM banks and the target clock."""
+    act_bits: int = 8
+    max_k: int = 8192
+    clock_mhz: float = 100.0
+    array: ArrayConfig = field(default_factory=ArrayConfig)
+    pim: PimConfig = field(default_factory=PimConfig)
+
+    ACC_LIMIT_BITS = 32          # results leave the device as int32 (DESIGN.md §2)
+
+    def __post_init__(self):
+        _check_int("act_bits", self.act_bits, 2, 16)
+        _check_int("max_k", self.max_k, 1, 1 << 24)
+        if isinstance(self.clock_mhz, bool) or not isinstance(self.clock_mhz, (int, float)) \
+                or not 1.0 <= self.clock_mhz <= 1000.0:
+            raise ConfigError(f"clock_mhz must be a number in [1, 1000], not {self.clock_mhz!r}")
+        if not isinstance(self.array, ArrayConfig):
+            raise ConfigError(f"array must be an ArrayConfig, not {self.array!r}")
+        if not isinstance(self.pim, PimConfig):
+            raise ConfigError(f"pim must be a PimConfig, not {self.pim!r}")
+        if self.acc_bits > self.ACC_LIMIT_BITS:
+            largest = ((1 << (self.ACC_LIMIT_BITS - 1)) - 1) >> (self.act_bits - 1)
+            raise ConfigError(f"max_k must be in [1, {largest}] so that a {self.act_bits}-bit "
+                              f"reduction fits int{self.ACC_LIMIT_BITS}, not {self.max_k}")
+
+    @property
+    def act_max_magnitude(self):
+        """Largest |x| of a signed activation (``2**(act_bits-1)``, from the most negative code)."""
+        return 1 << (self.act_bits - 1)
+
+    @property
+    def acc_bits(self):
+        """Accumulator width for a reduction of ``max_k`` terms: overflow is impossible."""
+        return signed_bits_for(self.max_k * self.act_max_magnitude)
+
+    @property
+    def word_bits(self):
+        """Width of one PIM bank word: ``lanes`` trits of 2 bits."""
+        from golden.trits import CODE_BITS
+        return CODE_BITS * self.pim.lanes
+
+    @property
+    def bank_trits(self):
+        """Ternary weights one bank holds."""
+        return self.pim.lanes * self.pim.depth
+
+    # JSON form: the single serialisation shared by the generator metadata and the driver.
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self, **kwargs):
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data):
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key {unknown[0]!r}; known keys: "
+                              f"{', '.join(sorted(known))}")
+        for name, sub in (("array", ArrayConfig), ("pim", PimConfig)):
+            if name in data:
+                data[name] = _sub_from_dict(name, sub, data[name])
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"config JSON is malformed: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("config JSON must be an object")
+        return cls.from_dict(data)
+
+
+def _sub_from_dict(prefix, cls, data):
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix} must be an object, not {data!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}.{unknown[0]}'; known keys: "
+                          f"{', '.join(f'{prefix}.{k}' for k in sorted(known))}")
+    return cls(**data)
+
+
+def _override(base, **changes):
+    """A preset is the default with some fields replaced (nested configs replaced by parts)."""
+    nested = {name: dataclasses.replace(getattr(base, name), **changes.pop(name))
+              for name in ("array", "pim") if name in changes}
+    return dataclasses.replace(base, **changes, **nested)
+
+
+_DEFAULT = Config()
+PRESETS = {
+    # Small enough that every Verilator build in CI takes seconds.
+    "tiny": _override(_DEFAULT, max_k=256, array=dict(rows=4, cols=4),
+                      pim=dict(banks=2, lanes=4, depth=64)),
+    "default": _DEFAULT,
+    # ECP5-85F: 208 EBR of 18 Kbit. 16 banks x 1024 words x 32 lanes = 512 Ki trits = 1 Mbit.
+    "ulx3s-85f": _override(_DEFAULT, clock_mhz=100.0, array=dict(rows=16, cols=16),
+                           pim=dict(banks=16, lanes=32, depth=1024)),
+    # iCE40UP5K: 5,280 LUT4, 30 EBR of 4 Kbit. Keep the array small; banks fit in EBR.
+    "icebreaker": _override(_DEFAULT, clock_mhz=24.0, max_k=1024, array=dict(rows=4, cols=4),
+                            pim=dict(banks=4, lanes=8, depth=256)),
+}
+
+
+def preset(name):
+    """The named preset, or :class:`ConfigError` listing the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; known presets: "
+                          f"{', '.join(PRESETS)}") from None
+
+
+def _field_paths(config):
+    """Map every settable key (``rows`` and ``array.rows`` alike) to its full dotted path."""
+    paths = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            for sub in dataclasses.fields(value):
+                paths[f"{f.name}.{sub.name}"] = (f.name, sub.name)
+                paths.setdefault(sub.name, (f.name, sub.name))
+        else:
+            paths[f.name] = (f.name,)
+    return paths
+
+
+def _parse_value(key, text, current):
+    if isinstance(current, bool):
+        raise ConfigError(f"{key}: booleans are not settable")
+    if isinstance(current, int):
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, not {text!r}") from None
+    if isinstance(current, float):
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{key} must be a number, not {text!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, not {text!r}")
+        return value
+    return text
+
+
+def apply_overrides(config, assignments):
+    """Apply ``key=value`` strings (``rows=3`` or ``array.rows=3``) to ``config``."""
+    paths = _field_paths(config)
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, not {assignment!r}")
+        if key not in paths:
+            known = ", ".join(sorted(k for k in paths if len(paths[k]) == 1 or "." in k))
+            raise ConfigError(f"unknown config key {key!r}; known keys: {known}")
+        path = paths[key]
+        if len(path) == 1:
+            current = getattr(config, path[0])
+            config = dataclasses.replace(config, **{path[0]: _parse_value(key, text.strip(),
+                                                                          current)})
+        else:
+            sub = getattr(config, path[0])
+            value = _parse_value(key, text.strip(), getattr(sub, path[1]))
+            config = dataclasses.replace(config, **{path[0]:
+                                                    dataclasses.replace(sub, **{path[1]: value})})
+    return config

@@ -1,0 +1,119 @@
+"""cocotb testbench of :class:`hw.array.SystolicArray`, checked against golden's integer core.
+
+Parameters (``BITTERN_PARAMS``): ``config`` (the JSON config), ``seed``, ``tiles`` (random
+tiles), ``stream_tokens`` (length of the utilisation run; at least ``16 * rows``).
+"""
+
+import itertools
+
+import cocotb
+import numpy as np
+
+from golden import trits
+from golden.bitlinear import bitlinear_int
+from hw.config import Config
+from hw.words import pack_ints, unpack_ints
+from sim.tb import TB, StreamSink, StreamSource, params, write_report
+
+# (idle probability on the inputs, back-pressure probability on the output)
+FLOW_KNOBS = list(itertools.product((0.0, 0.3), (0.0, 0.5)))
+REPORT = {"tiles": 0, "macs": 0, "cycles": 0}
+
+
+class ArrayTB(TB):
+    """Drives weights and tokens into the array and collects its results."""
+
+    def __init__(self, dut, config, seed):
+        super().__init__(dut, seed=seed)
+        self.config = config
+        self.rows, self.cols = config.array.rows, config.array.cols
+        self.act_bits = len(dut.i_stream__payload) // self.rows     # widths from the DUT
+        self.psum_bits = len(dut.o_stream__payload) // self.cols
+        self.np_rng = np.random.default_rng(seed)
+        self.weights = StreamSource(dut, "w_stream", rng=self.rng)
+        self.tokens = StreamSource(dut, "i_stream", rng=self.rng)
+        self.results = StreamSink(dut, "o_stream", rng=self.rng)
+
+    def set_flow(self, idle, backpressure):
+        self.weights.pause = self.tokens.pause = idle
+        self.results.backpressure = backpressure
+
+    async def run_tile(self, w_t, x_q, useful_macs_per_token=None):
+        """Load ``w_t`` (cols x rows trits), stream ``x_q`` (M x rows); check; return cycles.
+
+        ``useful_macs_per_token`` is ``K * N`` of a tile padded to the array (default: all).
+        """
+        await self.weights.send([row[0] for row in trits.pack_words(w_t.T, self.cols)],
+                                self.cycle)
+        first = len(self.tokens.accepted_cycles)
+        sender = cocotb.start_soon(self.tokens.send(pack_ints(x_q, self.act_bits), self.cycle))
+        beats = await self.results.receive(len(x_q), self.cycle,
+                                           timeout=4 * (self.rows + self.cols) + 100)
+        await sender
+        got = unpack_ints(beats, self.psum_bits, self.cols)
+        expected = bitlinear_int(x_q, w_t)
+        bad = np.argwhere(got != expected)
+        assert not bad.size, (f"token {bad[0][0]} column {bad[0][1]}: got "
+                              f"{got[tuple(bad[0])]}, expected {expected[tuple(bad[0])]} "
+                              f"({len(bad)} wrong of {got.size})")
+        cycles = self.results.beat_cycles[-1] - self.tokens.accepted_cycles[first] + 1
+        REPORT["tiles"] += 1
+        REPORT["macs"] += len(x_q) * (useful_macs_per_token or w_t.size)
+        REPORT["cycles"] += cycles
+        return cycles
+
+    def random_tile(self, kind):
+        """A tile of shape K <= rows, N <= cols, zero-padded to the full array."""
+        rng = self.np_rng
+        k = self.rows if kind != "random" else int(rng.integers(1, self.rows + 1))
+        n = self.cols if kind != "random" else int(rng.integers(1, self.cols + 1))
+        m = int(rng.integers(1, 3 * self.rows + 2))
+        w_t = np.zeros((self.cols, self.rows), np.int8)
+        x_q = rng.integers(-128, 128, (m, self.rows)).astype(np.int8)
+        if kind == "random":
+            w_t[:n, :k] = rng.integers(-1, 2, (n, k))
+            x_q[rng.random(x_q.shape) < 0.1] = -128
+            x_q[rng.random(x_q.shape) < 0.1] = 127
+        elif kind == "zero-weights":
+            pass
+        elif kind == "all-plus":
+            w_t[:] = 1
+        elif kind == "all-minus":
+            w_t[:] = -1
+        elif kind == "extremes":          # longest reduction at both ends of the psum range
+            w_t[:] = rng.choice([-1, 1], size=(self.cols, 1))
+            x_q[:] = rng.choice([-128, 127], size=(m, 1))
+        return w_t, x_q, k * n
+
+
+@cocotb.test()
+async def random_tiles(dut):
+    """Random and corner-case tiles under every idle / back-pressure combination."""
+    p = params()
+    tb = ArrayTB(dut, Config.from_dict(p["config"]), p.get("seed", 0))
+    await tb.reset()
+    kinds = ["zero-weights", "all-plus", "all-minus", "extremes"]
+    count = max(p.get("tiles", 8), len(kinds))
+    for i in range(count):
+        tb.set_flow(*FLOW_KNOBS[i % len(FLOW_KNOBS)])
+        kind = kinds[i] if i < len(kinds) else "random"
+        await tb.run_tile(*tb.random_tile(kind))
+    write_report(REPORT)
+
+
+@cocotb.test()
+async def stream_utilisation(dut):
+    """A long token stream through one full tile; utilisation as in DESIGN.md §5."""
+    p = params()
+    tb = ArrayTB(dut, Config.from_dict(p["config"]), p.get("seed", 0) + 1)
+    await tb.reset()
+    tokens = max(p.get("stream_tokens", 0), 16 * tb.rows)
+    w_t = tb.np_rng.integers(-1, 2, (tb.cols, tb.rows)).astype(np.int8)
+    x_q = tb.np_rng.integers(-128, 128, (tokens, tb.rows)).astype(np.int8)
+    cycles = await tb.run_tile(w_t, x_q)
+    utilisation = tokens * tb.rows * tb.cols / (tb.rows * tb.cols * cycles)
+    bound = tokens / (tokens + tb.rows + tb.cols)
+    REPORT.update(stream_tokens=tokens, stream_cycles=cycles, utilisation=utilisation,
+                  utilisation_bound=bound)
+    write_report(REPORT)
+    assert utilisation >= bound - 0.02, f"utilisation {utilisation:.4f} < {bound:.4f} - 0.02"

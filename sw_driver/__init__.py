@@ -1,0 +1,1 @@
+"""Host software: checkpoint loaders, mapper, command streams, transports and the CLI."""

@@ -1,0 +1,131 @@
+"""``bittern``: the command line of the generator, the simulator and the driver.
+
+A user mistake (unknown preset, bad ``--set``, bad file) prints one ``bittern: error: ...``
+line and exits with status 2; a failed check exits with status 1.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+from hw.config import PRESETS, ConfigError, apply_overrides, preset
+
+__all__ = ["main"]
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; reported as one line, no traceback."""
+
+
+def _config_from(args):
+    try:
+        return apply_overrides(preset(args.preset), args.set)
+    except ConfigError as error:
+        raise UserError(str(error)) from None
+
+
+def _add_config_options(parser):
+    parser.add_argument("--preset", default="default", metavar="NAME",
+                        help=f"configuration preset ({', '.join(PRESETS)}); default: default")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config field, e.g. rows=3 or pim.lanes=32 "
+                             "(repeatable)")
+
+
+def _progress(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def cmd_config(args):
+    config = _config_from(args)
+    if args.json:
+        print(config.to_json())
+        return 0
+    print(f"preset {args.preset}" + (f" with {', '.join(args.set)}" if args.set else ""))
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                print(f"  {key}.{sub:<10} {sub_value}")
+        else:
+            print(f"  {key:<16} {value}")
+    print(f"  derived: acc_bits={config.acc_bits} word_bits={config.word_bits} "
+          f"bank_trits={config.bank_trits}")
+    return 0
+
+
+def cmd_sim(args):
+    from sim.units import UNITS, simulate
+    from sim.verilator import BuildError
+
+    config = _config_from(args)
+    if args.seed < 0 or args.tiles < 1:
+        raise UserError("--seed must be >= 0 and --tiles >= 1")
+    names = list(UNITS) if args.unit == "all" else [args.unit]
+    summaries = []
+    for name in names:
+        try:
+            result = simulate(name, config, seed=args.seed, tiles=args.tiles,
+                              waves=args.waves, progress=_progress)
+        except BuildError as error:
+            raise UserError(str(error)) from None
+        summary = {"unit": name, "passed": result.passed, **result.report}
+        summaries.append(summary)
+        print(f"{name}: {'PASS' if result.passed else 'FAIL'}  "
+              + "  ".join(f"{k}={_fmt(v)}" for k, v in result.report.items()))
+        for failure in result.failures:
+            print(f"  {failure}")
+        if not result.passed:
+            print(f"  log: {result.log}")
+        if result.waves:
+            print(f"  waves: {result.waves}")
+    passed = all(s["passed"] for s in summaries)
+    if args.json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else
+                         {"passed": passed, "units": summaries}))
+    return 0 if passed else 1
+
+
+def _fmt(value):
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def build_parser():
+    from sim.units import UNITS
+
+    parser = argparse.ArgumentParser(
+        prog="bittern", description="Ternary (BitNet b1.58) accelerator generator.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config = commands.add_parser("config", help="print a resolved configuration")
+    _add_config_options(config)
+    config.add_argument("--json", action="store_true", help="print JSON")
+    config.set_defaults(handler=cmd_config)
+
+    sim = commands.add_parser("sim", help="simulate a unit on Verilator against golden/")
+    sim.add_argument("--unit", choices=[*UNITS, "all"], default="all",
+                     help="unit to simulate (default: all)")
+    _add_config_options(sim)
+    sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sim.add_argument("--tiles", type=int, default=16,
+                     help="random tiles / operations to check (default 16)")
+    sim.add_argument("--waves", action="store_true",
+                     help="dump a VCD waveform (also: WAVES=1) and print its path")
+    sim.add_argument("--json", action="store_true",
+                     help="end the output with one JSON object")
+    sim.set_defaults(handler=cmd_sim)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(f"bittern: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

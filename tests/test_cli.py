@@ -1,0 +1,62 @@
+"""The ``bittern`` command line: what a user sees, including their mistakes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hw.config import Config
+from sw_driver.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "sw_driver.cli", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_help_lists_commands():
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("config", "sim"):
+        assert command in result.stdout
+
+
+def test_config_json_applies_overrides():
+    result = run("config", "--preset", "ulx3s-85f", "--set", "rows=3", "--json")
+    assert result.returncode == 0, result.stderr
+    config = Config.from_json(result.stdout)
+    assert config.array.rows == 3 and config.pim.banks == 16
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "ulx3s-85f", "--set", "rows=-1"], "array.rows must be in [1, 256], not -1"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--set", "lanes"], "--set expects key=value, not 'lanes'"),
+    (["--set", "banks=two"], "banks must be an integer, not 'two'"),
+])
+def test_config_mistakes_give_one_line_and_status_2(capsys, args, message):
+    assert main(["config", *args, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bittern: error: ") and message in lines[0]
+
+
+def test_sim_json_last_line_reports_the_run():
+    result = run("sim", "--unit", "array", "--preset", "tiny", "--set", "rows=2",
+                 "--set", "cols=3", "--tiles", "5", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["passed"] is True
+    assert report["tiles"] == 6 and report["macs"] > 0 and report["cycles"] > 0
+    assert 0 < report["utilisation"] <= 1
+
+
+def test_sim_waves_writes_a_vcd(tmp_path):
+    result = run("sim", "--unit", "array", "--preset", "tiny", "--set", "rows=1",
+                 "--set", "cols=2", "--tiles", "4", "--waves")
+    assert result.returncode == 0, result.stdout + result.stderr
+    path = result.stdout.split("waves: ")[1].split()[0]
+    with open(path) as vcd:
+        assert "$enddefinitions" in vcd.read(100_000)
