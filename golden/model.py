@@ -44,8 +44,8 @@ class ModelConfig:
     kv_heads: int
     ffn: int
     vocab: int
-    max_seq: int
     rope_theta: float = 500000.0
+    max_seq: int
     eps: float = 1e-5
 
     def __post_init__(self):
@@ -175,7 +175,10 @@ class ModelWeights:
 
     @classmethod
     def from_float(cls, cfg, tensors):
-        """Quantise HF-style float master weights (``model.*.weight``; a tied ``lm_head``)."""
+        """Quantise float master weights named as in an HF state dict (``model.*.weight``).
+
+        An ``lm_head.weight`` may be present only if it equals the embedding (tied).
+        """
         shapes = _hf_shapes(cfg)
         _check_names(shapes, set(tensors) - {_TIED_HEAD_KEY}, "float tensors")
         for key, shape in shapes.items():

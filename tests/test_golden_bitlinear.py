@@ -162,6 +162,14 @@ def test_bitlinear_int_is_exact_past_float32_integers():
     np.testing.assert_array_equal(bitlinear_int(x_q, W_t), python_int_matmul(x_q, W_t))
 
 
+def test_rescale_divides_by_s_x_then_multiplies_by_gamma_in_float32():
+    # acc * (1 / s_x) * gamma and acc * (gamma / s_x) both give 2.2082663 here.
+    s_x = np.array([[float.fromhex("0x1.b08968p+6")]], dtype=f32)
+    gamma = f32(float.fromhex("0x1.cbf2c2p-5"))
+    y = rescale(np.array([[4253]], dtype=np.int32), s_x, gamma)
+    assert y.dtype == np.float32 and y[0, 0] == f32(2.208266)
+
+
 def test_custom_core_does_the_integer_work():
     W_t = np.array([[1, 0], [-1, 1]], dtype=np.int8)
     x = np.array([[1.0, 0.5]], dtype=f32)

@@ -131,15 +131,35 @@ def test_rope_scores_depend_only_on_relative_position():
     assert score(7, 3) != pytest.approx(score(4, 1), rel=1e-3)
 
 
+def test_rms_norm_known_values():
+    gain = np.array([1, 2], dtype=f32)
+    np.testing.assert_allclose(rms_norm(np.array([[3, 4]], f32), gain, 1e-5),
+                               [[3 / np.sqrt(12.5 + 1e-5), 8 / np.sqrt(12.5 + 1e-5)]], rtol=1e-6)
+    np.testing.assert_allclose(rms_norm(np.array([1, 1], f32), gain, 1.0),
+                               [2 ** -0.5, 2 ** 0.5], rtol=1e-6)
+
+
 def test_attention_groups_query_heads_and_masks_the_future():
     values = np.stack([np.full((2, 3), float(position), f32) for position in range(3)])
     values[:, 1] += 10                               # KV head 1 holds 10 more than KV head 0
-    q = np.zeros((3, 4, 3), dtype=f32)               # equal scores: a plain causal mean
-    out = attention(q, np.zeros_like(values), values, start_pos=0).reshape(3, 4, 3)
-    causal_mean = np.array([0.0, 0.5, 1.0], dtype=f32)
-    np.testing.assert_allclose(out[:, :2, 0], np.stack([causal_mean] * 2, axis=1), atol=1e-6)
-    np.testing.assert_allclose(out[:, 2:, 0], np.stack([causal_mean + 10] * 2, axis=1),
-                               atol=1e-6)
+    keys = np.zeros_like(values)
+    keys[0, 1] = 100                                 # KV head 1 looks only at position 0
+    q = np.ones((3, 4, 3), dtype=f32)
+    out = attention(q, keys, values, start_pos=0).reshape(3, 4, 3)[..., 0]
+    causal_mean = [0.0, 0.5, 1.0]                    # equal scores over positions 0 .. t
+    np.testing.assert_allclose(out, np.transpose([causal_mean] * 2 + [[10] * 3] * 2), atol=1e-6)
+    last = attention(q[:1], keys, values, start_pos=2).reshape(4, 3)[:, 0]
+    np.testing.assert_allclose(last, [1, 1, 10, 10], atol=1e-6)
+
+
+def test_attention_scores_are_scaled_by_one_over_sqrt_head_dim():
+    head_dim = 16
+    keys = np.zeros((2, 1, head_dim), dtype=f32)
+    keys[1, 0, 0] = np.log(3) * np.sqrt(head_dim)    # scores 0 and ln 3: weights 1/4 and 3/4
+    values = np.arange(2, dtype=f32).reshape(2, 1, 1).repeat(head_dim, axis=2)
+    q = np.zeros((1, 1, head_dim), dtype=f32)
+    q[0, 0, 0] = 1
+    np.testing.assert_allclose(attention(q, keys, values, start_pos=1)[0], 0.75, rtol=1e-6)
 
 
 def test_kv_cache_decoding_matches_a_full_forward(weights):
