@@ -18,11 +18,19 @@ class Unit:
         if self.name == "array":
             from hw.array import SystolicArray
             return SystolicArray(config, **overrides)
+        if self.name == "pim":
+            from hw.pim import PimBankGroup
+            return PimBankGroup(config, **overrides)
+        if self.name == "top":
+            from hw.device import Device
+            return Device(config, **overrides)
         raise AssertionError(self.name)
 
 
 UNITS = {unit.name: unit for unit in [
     Unit("array", "sim.array_tb", "systolic tensor unit (GEMM tiles)"),
+    Unit("pim", "sim.pim_tb", "processing-in-memory bank group (GEMV)"),
+    Unit("top", "sim.device_tb", "the whole device through its command stream"),
 ]}
 
 

@@ -1,0 +1,165 @@
+"""A behavioural model of the device: the same command words in, the same response words out.
+
+It follows :mod:`hw.commands` word for word (validation, dropping, sticky errors, the order of
+response words) and computes every result with golden's integer core, so the RTL testbench can
+compare the device with it exactly, and the driver can run whole models without a simulator.
+Invalid trit codes (``0b10``) in weight data act as zero, as in the hardware.
+"""
+
+import numpy as np
+
+from golden.bitlinear import bitlinear_int
+from golden.trits import CODE_BITS
+from hw.commands import (ARGUMENT_WORDS, STATUS_FLAGS, STATUS_MAGIC, WORD_BITS, CommandFormat,
+                         ErrorCode, Opcode, pack_header, unpack_header)
+from hw.words import unpack_ints
+
+__all__ = ["BehaviouralDevice"]
+
+_MASK = (1 << WORD_BITS) - 1
+_OPCODES = {op.value for op in Opcode}
+
+
+def _codes_to_trits(value, count):
+    codes = np.array([(value >> (CODE_BITS * i)) & 0b11 for i in range(count)], np.int8)
+    return np.select([codes == 0b01, codes == 0b11], [1, -1], 0).astype(np.int8)
+
+
+class BehaviouralDevice:
+    """Executes command words; :meth:`feed` returns the response words they produce."""
+
+    def __init__(self, config):
+        self.config = config
+        self.format = CommandFormat(config)
+        self.reset()
+
+    def reset(self):
+        """Power-on state: memories are not cleared (as in the RTL), everything else is."""
+        fmt = self.format
+        if not hasattr(self, "banks"):
+            self.banks = np.zeros((fmt.banks, fmt.depth, fmt.lanes), np.int8)
+            self.acts = np.zeros((fmt.act_words, fmt.lanes), np.int8)
+        self.tile = np.zeros((fmt.rows, fmt.cols), np.int8)        # tile[k, n]
+        self.tile_loaded = False
+        self.error = ErrorCode.NONE.value
+        self.errors = 0
+        self.macs = 0
+        self.words_read = [0] * fmt.banks
+        self._out = []
+        self._parser = self._commands()
+        next(self._parser)
+
+    def feed(self, words):
+        """Process command words; return the response words they completed."""
+        for word in words:
+            self._parser.send(int(word) & _MASK)
+        out, self._out = self._out, []
+        return out
+
+    # The command parser, one word per ``yield`` --------------------------------------------
+
+    def _fail(self, code):
+        self.errors = (self.errors + 1) & _MASK
+        if self.error == ErrorCode.NONE.value:
+            self.error = code.value
+
+    def _take(self, words):
+        value = 0
+        for n in range(words):
+            value |= (yield) << (WORD_BITS * n)
+        return value
+
+    def _respond(self, opcode, b, data):
+        self._out.append(pack_header(opcode, self.error, b))
+        self._out.extend(int(v) & _MASK for v in data)
+
+    def _commands(self):
+        fmt = self.format
+        while True:
+            header = unpack_header((yield))
+            op, a, b = header["opcode"], header["a"], header["b"]
+            problem = self._decode(op, a, b)
+            if problem:
+                self._fail(problem)
+                continue
+            op = Opcode(op)
+            args = []
+            for _ in range(ARGUMENT_WORDS.get(op, 0)):
+                args.append((yield))
+            problem = self._check(op, b, args)
+            if problem:
+                self._fail(problem)
+                continue
+            if op is Opcode.WRITE_WEIGHTS:
+                for n in range(b):
+                    value = yield from self._take(fmt.weight_word_words)
+                    self.banks[a, args[0] + n] = _codes_to_trits(value, fmt.lanes)
+            elif op is Opcode.LOAD_ACTS:
+                for n in range(b):
+                    value = yield from self._take(fmt.act_chunk_words)
+                    self.acts[args[0] + n] = unpack_ints([value], self.config.act_bits,
+                                                         fmt.lanes)[0]
+            elif op is Opcode.GEMV:
+                self._respond(op, b, self._gemv(args[0], b, args[1]).ravel())
+            elif op is Opcode.LOAD_TILE:
+                self.tile_loaded = False
+                for k in range(fmt.rows):
+                    value = yield from self._take(fmt.tile_row_words)
+                    self.tile[k] = _codes_to_trits(value, fmt.cols)
+                self.tile_loaded = True
+            elif op is Opcode.GEMM:
+                self._out.append(pack_header(op, self.error, b))
+                for _ in range(b):
+                    value = yield from self._take(fmt.token_words)
+                    token = unpack_ints([value], self.config.act_bits, fmt.rows).astype(np.int8)
+                    self.macs += fmt.rows * fmt.cols
+                    self._out.extend(int(v) & _MASK for v in bitlinear_int(token, self.tile.T)[0])
+            elif op is Opcode.READ_STATUS:
+                flags = int(self.tile_loaded) << STATUS_FLAGS["tile_loaded"]
+                self._respond(op, 4, [STATUS_MAGIC, self.error, self.errors, flags])
+            elif op is Opcode.READ_COUNTERS:
+                self._respond(op, len(fmt.counter_names), self.counters())
+            elif op is Opcode.CLEAR_ERRORS:
+                self.error, self.errors = ErrorCode.NONE.value, 0
+
+    def _decode(self, op, a, b):
+        """The header checks of the RTL's DECODE state, in the same order."""
+        if op not in _OPCODES:
+            return ErrorCode.UNKNOWN_OPCODE
+        op = Opcode(op)
+        if op is Opcode.WRITE_WEIGHTS:
+            return (ErrorCode.BAD_BANK if a >= self.format.banks else
+                    ErrorCode.BAD_LENGTH if b == 0 else None)
+        if op in (Opcode.LOAD_ACTS, Opcode.GEMV, Opcode.GEMM):
+            return (ErrorCode.RESERVED_FIELD if a else ErrorCode.BAD_LENGTH if b == 0 else
+                    ErrorCode.NO_TILE if op is Opcode.GEMM and not self.tile_loaded else None)
+        return ErrorCode.RESERVED_FIELD if a or b else None
+
+    def _check(self, op, b, args):
+        """The argument checks of the RTL's CHECK state."""
+        fmt = self.format
+        if op is Opcode.WRITE_WEIGHTS and args[0] + b > fmt.depth:
+            return ErrorCode.BAD_ADDRESS
+        if op is Opcode.LOAD_ACTS and args[0] + b > fmt.act_words:
+            return ErrorCode.BAD_ADDRESS
+        if op is Opcode.GEMV:
+            if not 1 <= args[1] <= fmt.act_words:
+                return ErrorCode.BAD_SHAPE
+            if args[0] + b * args[1] > fmt.depth:
+                return ErrorCode.BAD_ADDRESS
+        return None
+
+    def _gemv(self, base, rows, words_per_row):
+        """Results ``(rows, banks)``: bank b's row r dotted with the activation chunks."""
+        fmt = self.format
+        span = self.banks[:, base:base + rows * words_per_row]        # (banks, words, lanes)
+        weights = span.reshape(fmt.banks, rows, words_per_row * fmt.lanes)
+        x_q = self.acts[:words_per_row].reshape(-1)
+        self.macs += fmt.banks * fmt.lanes * rows * words_per_row
+        for bank in range(fmt.banks):
+            self.words_read[bank] += rows * words_per_row
+        return np.stack([bitlinear_int(x_q, weights[bank]) for bank in range(fmt.banks)], 1)
+
+    def counters(self):
+        """Counter values; the cycle counters are not modelled (zero)."""
+        return [0, 0, 0, self.macs & _MASK, *[w & _MASK for w in self.words_read]]
