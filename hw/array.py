@@ -80,10 +80,15 @@ class SystolicArray(wiring.Component):
         """Width of a finished column sum (``rows`` products)."""
         return self.psum_bits_after(self._config.array.rows)
 
+    @staticmethod
+    def latency_for(config):
+        """:attr:`latency` of an array built for ``config``."""
+        return config.array.rows + config.array.cols - 1
+
     @property
     def latency(self):
         """Cycles from accepting a token to writing its result into the output FIFO."""
-        return self._config.array.rows + self._config.array.cols - 1
+        return self.latency_for(self._config)
 
     @property
     def fifo_depth(self):

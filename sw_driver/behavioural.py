@@ -4,6 +4,10 @@ It follows :mod:`hw.commands` word for word (validation, dropping, sticky errors
 response words) and computes every result with golden's integer core, so the RTL testbench can
 compare the device with it exactly, and the driver can run whole models without a simulator.
 Invalid trit codes (``0b10``) in weight data act as zero, as in the hardware.
+
+Counters: ``macs`` and ``words_read`` are exact; ``cycles_busy`` is exact for a host that sends
+each command's words back to back and takes responses at once (:mod:`sw_driver.timing`);
+``cycles_idle`` and ``cycles_stalled`` depend on the host and read as zero.
 """
 
 import numpy as np
@@ -13,6 +17,8 @@ from golden.trits import CODE_BITS
 from hw.commands import (ARGUMENT_WORDS, STATUS_FLAGS, STATUS_MAGIC, WORD_BITS, CommandFormat,
                          ErrorCode, Opcode, pack_header, unpack_header)
 from hw.words import unpack_ints
+
+from .timing import CommandTiming
 
 __all__ = ["BehaviouralDevice"]
 
@@ -31,6 +37,7 @@ class BehaviouralDevice:
     def __init__(self, config):
         self.config = config
         self.format = CommandFormat(config)
+        self.timing = CommandTiming(config)
         self.reset()
 
     def reset(self):
@@ -44,6 +51,7 @@ class BehaviouralDevice:
         self.error = ErrorCode.NONE.value
         self.errors = 0
         self.macs = 0
+        self.busy = 0
         self.words_read = [0] * fmt.banks
         self._out = []
         self._parser = self._commands()
@@ -89,7 +97,16 @@ class BehaviouralDevice:
             problem = self._check(op, b, args)
             if problem:
                 self._fail(problem)
+                self.busy += self.timing.rejected_after_arguments(op)
                 continue
+            if op is Opcode.READ_COUNTERS:               # shows the busy count of RESPOND
+                self.busy += 1
+                self._respond(op, len(fmt.counter_names), self.counters())
+                self.busy += self.timing.simple(op) - 1
+                continue
+            self.busy += (self.timing.gemv(b, args[1]) if op is Opcode.GEMV else
+                          self.timing.gemm(b) if op is Opcode.GEMM else
+                          self.timing.simple(op, b))
             if op is Opcode.WRITE_WEIGHTS:
                 for n in range(b):
                     value = yield from self._take(fmt.weight_word_words)
@@ -117,8 +134,6 @@ class BehaviouralDevice:
             elif op is Opcode.READ_STATUS:
                 flags = int(self.tile_loaded) << STATUS_FLAGS["tile_loaded"]
                 self._respond(op, 4, [STATUS_MAGIC, self.error, self.errors, flags])
-            elif op is Opcode.READ_COUNTERS:
-                self._respond(op, len(fmt.counter_names), self.counters())
             elif op is Opcode.CLEAR_ERRORS:
                 self.error, self.errors = ErrorCode.NONE.value, 0
 
@@ -161,5 +176,6 @@ class BehaviouralDevice:
         return np.stack([bitlinear_int(x_q, weights[bank]) for bank in range(fmt.banks)], 1)
 
     def counters(self):
-        """Counter values; the cycle counters are not modelled (zero)."""
-        return [0, 0, 0, self.macs & _MASK, *[w & _MASK for w in self.words_read]]
+        """Counter values, in ``CommandFormat.counter_names`` order (idle, stalled: zero)."""
+        return [self.busy & _MASK, 0, 0, self.macs & _MASK,
+                *[w & _MASK for w in self.words_read]]

@@ -86,6 +86,18 @@ def cmd_sim(args):
     return 0 if passed else 1
 
 
+def cmd_generate(args):
+    from hw.generate import generate
+
+    config = _config_from(args)
+    try:
+        verilog_path, json_path = generate(config, args.output)
+    except OSError as error:
+        raise UserError(f"cannot write to {args.output}: {error.strerror}") from None
+    print(f"wrote {verilog_path}\nwrote {json_path}")
+    return 0
+
+
 def _fmt(value):
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -101,6 +113,13 @@ def build_parser():
     _add_config_options(config)
     config.add_argument("--json", action="store_true", help="print JSON")
     config.set_defaults(handler=cmd_config)
+
+    generate = commands.add_parser("generate",
+                                   help="write the device's Verilog and metadata JSON")
+    _add_config_options(generate)
+    generate.add_argument("-o", "--output", required=True, metavar="DIR",
+                          help="output directory")
+    generate.set_defaults(handler=cmd_generate)
 
     sim = commands.add_parser("sim", help="simulate a unit on Verilator against golden/")
     sim.add_argument("--unit", choices=[*UNITS, "all"], default="all",

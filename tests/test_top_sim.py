@@ -1,0 +1,32 @@
+"""The whole device on Verilator: command stream, bad commands, reset, fuzz, efficiency."""
+
+import pytest
+
+from hw.config import preset
+from sim.units import simulate
+
+from .test_array_sim import SignFlipPE
+
+
+def test_top_matches_model_and_golden():
+    result = simulate("top", preset("tiny"), seed=3, tiles=8)
+    assert result.passed, result.failures
+    assert result.tests == 5
+    report = result.report
+    assert report["fuzz_words"] >= 10_000
+    assert report["bad_commands"] == 15
+    assert report["gemvs"] > 0 and report["gemms"] > 0
+    assert 0 < report["efficiency"] <= 1
+
+
+def test_top_with_broken_pe_fails():
+    result = simulate("top", preset("tiny"), seed=3, tiles=4, pe=SignFlipPE)
+    assert not result.passed
+    assert any("GEMM" in failure for failure in result.failures), result.failures
+
+
+@pytest.mark.slow
+def test_top_default_preset_efficiency():
+    result = simulate("top", preset("default"), seed=0, tiles=16)
+    assert result.passed, result.failures
+    assert result.report["efficiency"] >= 0.90
