@@ -25,9 +25,9 @@ def _config_from(args):
         raise UserError(str(error)) from None
 
 
-def _add_config_options(parser):
-    parser.add_argument("--preset", default="default", metavar="NAME",
-                        help=f"configuration preset ({', '.join(PRESETS)}); default: default")
+def _add_config_options(parser, default="default"):
+    parser.add_argument("--preset", default=default, metavar="NAME",
+                        help=f"configuration preset ({', '.join(PRESETS)}); default: {default}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field, e.g. rows=3 or pim.lanes=32 "
                              "(repeatable)")
@@ -98,6 +98,72 @@ def cmd_generate(args):
     return 0
 
 
+def cmd_run(args):
+    from sw_driver.checkpoint import CheckpointError
+    from sw_driver.mapper import MappingError
+    from sw_driver.run import load_model
+    from sw_driver.tokenizer import encode
+
+    config = _config_from(args)
+    if args.tokens < 1:
+        raise UserError(f"--tokens must be at least 1, not {args.tokens}")
+    try:
+        model_config, weights = load_model(args.model)
+    except (CheckpointError, OSError) as error:
+        raise UserError(f"cannot load model {args.model!r}: {error}") from None
+    prompt = encode(args.prompt)
+    if not prompt:
+        raise UserError("--prompt must not be empty")
+    if max(prompt) >= model_config.vocab:
+        raise UserError(f"the prompt has byte {max(prompt)}, beyond the model's vocabulary "
+                        f"of {model_config.vocab}")
+    if len(prompt) + args.tokens - 1 > model_config.max_seq:
+        raise UserError(f"{len(prompt)} prompt bytes + {args.tokens} tokens exceed the "
+                        f"model's max_seq = {model_config.max_seq}")
+    try:
+        report = (_run_model(args, config, model_config, weights, prompt)
+                  if args.backend == "model" else _run_rtl(args, config, prompt))
+    except MappingError as error:
+        raise UserError(f"{error}; try --preset ulx3s-85f") from None
+    print(f"{args.prompt}{report['text']}")
+    print(f"device cycles per token {report['cycles_per_token']:.0f} (prefill "
+          f"{report['prefill_cycles']}); {report['sim_cycles_per_s']:.0f} simulated cycles/s; "
+          f"{report['tokens_per_s']:.2f} tokens/s wall; projected "
+          f"{report['projected_tokens_per_s']:.0f} tokens/s at {config.clock_mhz:g} MHz")
+    if args.check:
+        print("check: " + ("every BitLinear and token equal golden" if report["checked"]
+                           else f"MISMATCH: {report['first_mismatch']}"))
+    if args.json:
+        print(json.dumps({"backend": args.backend, **report}))
+    return 0 if report.get("checked") is not False else 1
+
+
+def _run_model(args, config, model_config, weights, prompt):
+    from sw_driver.driver import ModelTransport
+    from sw_driver.run import run
+    from sw_driver.tokenizer import decode
+
+    result = run(ModelTransport(config), config, model_config, weights, prompt, args.tokens,
+                 check=args.check, decode=decode, progress=_progress)
+    return result.to_dict()
+
+
+def _run_rtl(args, config, prompt):
+    from hw.device import Device
+    from sim import verilator
+
+    sim_build = verilator.build(Device(config), unit="top", waves=args.waves,
+                                metadata={"config": config.to_dict()}, progress=_progress)
+    _progress("running the model on the RTL (Verilator) ...")
+    result = verilator.run(sim_build, test_module="sim.run_tb", name="run", params={
+        "config": config.to_dict(), "model": args.model, "prompt_tokens": prompt,
+        "tokens": args.tokens, "check": args.check})
+    if not result.report:
+        raise UserError(f"the RTL run did not finish: {'; '.join(result.failures)}; "
+                        f"see {result.log}")
+    return result.report
+
+
 def _fmt(value):
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -133,6 +199,20 @@ def build_parser():
     sim.add_argument("--json", action="store_true",
                      help="end the output with one JSON object")
     sim.set_defaults(handler=cmd_sim)
+    run = commands.add_parser("run", help="generate text with a model on the device")
+    run.add_argument("--model", default="tiny", metavar="tiny|PATH",
+                     help="the shipped tiny model, or a checkpoint (Bittern .safetensors, "
+                          "Hugging Face BitNet directory, GGUF)")
+    run.add_argument("--prompt", default="The ", help="prompt text")
+    run.add_argument("--tokens", type=int, default=16, help="tokens to generate (default 16)")
+    run.add_argument("--backend", choices=["model", "rtl"], default="model",
+                     help="behavioural model (fast) or the RTL on Verilator")
+    run.add_argument("--check", action="store_true",
+                     help="compare every BitLinear result and token with golden/")
+    run.add_argument("--waves", action="store_true", help="dump a VCD (rtl backend)")
+    run.add_argument("--json", action="store_true", help="end the output with one JSON object")
+    _add_config_options(run, default="ulx3s-85f")
+    run.set_defaults(handler=cmd_run)
     return parser
 
 

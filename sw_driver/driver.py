@@ -1,0 +1,147 @@
+"""The device driver: the command set as methods, over any transport.
+
+A transport moves words; it knows nothing of commands. ``transact(words, count)`` sends command
+words and returns the next ``count`` response words. The same :class:`Accelerator` drives the
+behavioural model (:class:`ModelTransport`), the RTL under Verilator (``sim.run_tb``) and a board
+over a serial link, so whatever runs on one runs on all.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from golden import trits
+from hw.commands import STATUS, STATUS_MAGIC, CommandFormat, ErrorCode, Opcode, unpack_header
+from hw.words import pack_ints
+
+from .behavioural import BehaviouralDevice
+
+__all__ = ["DeviceError", "Transport", "ModelTransport", "Accelerator"]
+
+
+class DeviceError(RuntimeError):
+    """The device reported an error, or answered what it should not have."""
+
+
+class Transport:
+    """Moves command words to a device and response words back."""
+
+    def transact(self, words, count):
+        """Send ``words``; return the next ``count`` response words."""
+        raise NotImplementedError
+
+
+class ModelTransport(Transport):
+    """The behavioural model: bit-exact, with the RTL's busy-cycle counts, in pure Python."""
+
+    def __init__(self, config):
+        self.device = BehaviouralDevice(config)
+
+    def transact(self, words, count):
+        out = self.device.feed(words)
+        if len(out) != count:
+            raise DeviceError(f"expected {count} response words, the model sent {len(out)}")
+        return out
+
+
+@dataclass
+class Counters:
+    """A snapshot of the device's performance counters."""
+    cycles_busy: int
+    cycles_idle: int
+    cycles_stalled: int
+    macs: int
+    words_read: list
+
+    def __sub__(self, other):
+        def delta(a, b):
+            return (a - b) & 0xFFFF_FFFF          # the counters wrap at 32 bits
+        return Counters(*(delta(getattr(self, f), getattr(other, f))
+                          for f in ("cycles_busy", "cycles_idle", "cycles_stalled", "macs")),
+                        [delta(a, b) for a, b in zip(self.words_read, other.words_read)])
+
+    @property
+    def cycles_working(self):
+        """Cycles spent inside commands (busy or waiting on the host)."""
+        return self.cycles_busy + self.cycles_stalled
+
+
+class Accelerator:
+    """One device of ``config`` behind ``transport``."""
+
+    MAX_ITEMS = 0xFFFF                         # the header's ``b`` field
+
+    def __init__(self, transport, config):
+        self.transport = transport
+        self.config = config
+        self.format = CommandFormat(config)
+
+    def _respond(self, words, opcode, count):
+        out = self.transport.transact(words, count + 1)
+        header = unpack_header(out[0])
+        if header["opcode"] != opcode.value:
+            raise DeviceError(f"expected a {opcode.name} response, got header {out[0]:#010x}")
+        if header["a"] != ErrorCode.NONE.value:
+            raise DeviceError(f"device error {ErrorCode(header['a']).name} "
+                              f"(reported with {opcode.name})")
+        return out[1:]
+
+    def status(self):
+        data = self._respond(self.format.simple(Opcode.READ_STATUS), Opcode.READ_STATUS,
+                             len(STATUS))
+        status = dict(zip(STATUS, data))
+        if status["magic"] != STATUS_MAGIC:
+            raise DeviceError(f"not a Bittern device of this format version: magic "
+                              f"{status['magic']:#010x}, expected {STATUS_MAGIC:#010x}")
+        return status
+
+    def check(self):
+        """Raise :class:`DeviceError` naming the sticky error, if one is set."""
+        error = self.status()["error"]
+        if error != ErrorCode.NONE.value:
+            raise DeviceError(f"device error {ErrorCode(error).name}")
+
+    def clear_errors(self):
+        self.transport.transact(self.format.simple(Opcode.CLEAR_ERRORS), 0)
+
+    def counters(self):
+        names = self.format.counter_names
+        data = self._respond(self.format.simple(Opcode.READ_COUNTERS), Opcode.READ_COUNTERS,
+                             len(names))
+        return Counters(*data[:4], list(data[4:]))
+
+    def write_weights(self, bank, addr, trit_rows):
+        """Write ``trit_rows`` (words x lanes trits) into ``bank`` from word ``addr``."""
+        words = [w[0] for w in trits.pack_words(trit_rows, self.format.lanes)]
+        for start in range(0, len(words), self.MAX_ITEMS):
+            chunk = words[start:start + self.MAX_ITEMS]
+            self.transport.transact(self.format.write_weights(bank, addr + start, chunk), 0)
+
+    def load_activations(self, x_q):
+        """Load one activation vector (zero-padded to whole chunks) at chunk 0."""
+        lanes = self.format.lanes
+        padded = np.zeros(-(-len(x_q) // lanes) * lanes, np.int8)
+        padded[:len(x_q)] = x_q
+        chunks = pack_ints(padded.reshape(-1, lanes), self.config.act_bits)
+        self.transport.transact(self.format.load_acts(0, chunks), 0)
+
+    def gemv(self, base, rows, words_per_row):
+        """Results ``(rows, banks)`` as int64."""
+        data = self._respond(self.format.gemv(base, rows, words_per_row), Opcode.GEMV,
+                             rows * self.format.banks)
+        return np.array([CommandFormat.signed(w) for w in data]).reshape(rows, -1)
+
+    def load_tile(self, w_t):
+        """Load a ``(cols, rows)`` tile of trits (``w_t[n, k]``) into the array."""
+        tile_rows = [w[0] for w in trits.pack_words(np.asarray(w_t).T, self.format.cols)]
+        self.transport.transact(self.format.load_tile(tile_rows), 0)
+
+    def gemm(self, x_q):
+        """Stream tokens ``(T, rows)`` through the loaded tile: results ``(T, cols)``."""
+        out = []
+        for start in range(0, len(x_q), self.MAX_ITEMS):
+            tokens = pack_ints(x_q[start:start + self.MAX_ITEMS], self.config.act_bits)
+            data = self._respond(self.format.gemm(tokens), Opcode.GEMM,
+                                 len(tokens) * self.format.cols)
+            out += [CommandFormat.signed(w) for w in data]
+        return np.array(out).reshape(len(x_q), self.format.cols)

@@ -1,0 +1,68 @@
+"""The driver on the behavioural model: mapping, both integer paths, whole-model runs."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from golden import Model, ModelConfig, ModelWeights
+from golden.bitlinear import bitlinear_int
+from hw.config import PimConfig, preset
+from sw_driver.driver import Accelerator, DeviceError, ModelTransport
+from sw_driver.mapper import DeviceCore, MappingError, place
+from sw_driver.run import run
+
+HW = dataclasses.replace(preset("tiny"), pim=PimConfig(banks=2, lanes=4, depth=256))
+MICRO = ModelConfig(hidden=16, layers=1, heads=2, kv_heads=1, ffn=24, vocab=64, max_seq=32)
+
+
+def test_placement_is_row_interleaved_and_resident():
+    placements = place({"a": (5, 9), "b": (4, 4)}, HW)
+    assert placements["a"] == dataclasses.replace(placements["a"], base=0, rows=3,
+                                                  words_per_row=3)
+    assert placements["b"].base == 9 and placements["b"].rows == 2
+
+
+def test_placement_errors_name_the_matrix():
+    with pytest.raises(MappingError, match=r"^big: the model needs at least 300 words per bank,"
+                                           r" the device has 256"):
+        place({"big": (2, 4 * 300)}, dataclasses.replace(HW, max_k=2048))
+    with pytest.raises(MappingError, match=r"^wide: K = 300 exceeds the device's max_k = 256"):
+        place({"wide": (2, 300)}, HW)
+
+
+@pytest.mark.parametrize("tokens", [1, 7])
+def test_device_core_matches_golden_on_both_paths(tokens):
+    weights = ModelWeights.random(MICRO, seed=4)
+    core = DeviceCore(Accelerator(ModelTransport(HW), HW), weights.linears)
+    rng = np.random.default_rng(0)
+    for name, weight in weights.linears.items():
+        x_q = rng.integers(-128, 128, (tokens, weight.trits.shape[1])).astype(np.int8)
+        np.testing.assert_array_equal(core(name, x_q), bitlinear_int(x_q, weight.trits))
+    assert core.calls["gemv" if tokens == 1 else "gemm"] > 0
+
+
+def test_run_is_bit_exact_with_golden():
+    weights = ModelWeights.random(MICRO, seed=2)
+    result = run(ModelTransport(HW), HW, MICRO, weights, [1, 2, 3, 4, 5], 6, check=True)
+    assert result.checked is True
+    assert result.tokens == Model(MICRO, weights).generate([1, 2, 3, 4, 5], 6)
+    assert result.cycles_per_token > 0 and result.prefill_cycles > 0
+
+
+def test_a_broken_device_fails_the_check():
+    weights = ModelWeights.random(MICRO, seed=2)
+    transport = ModelTransport(HW)
+    gemv = transport.device._gemv
+    transport.device._gemv = lambda *args: gemv(*args) + 1          # off by one everywhere
+    result = run(transport, HW, MICRO, weights, [1, 2, 3], 3, check=True)
+    assert result.checked is False and "device" in result.first_mismatch
+
+
+def test_device_errors_are_named():
+    accelerator = Accelerator(ModelTransport(HW), HW)
+    accelerator.write_weights(7, 0, np.zeros((1, 4), np.int8))       # bank 7 of 2
+    with pytest.raises(DeviceError, match="device error BAD_BANK"):
+        accelerator.check()
+    accelerator.clear_errors()
+    accelerator.check()
