@@ -107,13 +107,13 @@ def cmd_run(args):
     config = _config_from(args)
     if args.tokens < 1:
         raise UserError(f"--tokens must be at least 1, not {args.tokens}")
+    prompt = encode(args.prompt)
+    if not prompt:
+        raise UserError("--prompt must not be empty")
     try:
         model_config, weights = load_model(args.model)
     except (CheckpointError, OSError) as error:
         raise UserError(f"cannot load model {args.model!r}: {error}") from None
-    prompt = encode(args.prompt)
-    if not prompt:
-        raise UserError("--prompt must not be empty")
     if max(prompt) >= model_config.vocab:
         raise UserError(f"the prompt has byte {max(prompt)}, beyond the model's vocabulary "
                         f"of {model_config.vocab}")

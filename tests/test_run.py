@@ -1,0 +1,54 @@
+"""``bittern run`` end to end: the model and RTL backends agree with golden and each other."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from golden import ModelConfig, ModelWeights
+from sw_driver.checkpoint import save_bittern
+
+# Fits the `tiny` preset's banks (2 x 64 words of 4 lanes), so the top's CI build is reused.
+NANO = ModelConfig(hidden=8, layers=1, heads=2, kv_heads=1, ffn=8, vocab=256, max_seq=32)
+
+
+@pytest.fixture(scope="module")
+def nano_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "nano.safetensors"
+    save_bittern(path, NANO, ModelWeights.random(NANO, seed=5))
+    return path
+
+
+def bittern_run(*args):
+    result = subprocess.run([sys.executable, "-m", "sw_driver.cli", "run", *args],
+                            capture_output=True, text=True, timeout=900)
+    return result, (json.loads(result.stdout.strip().splitlines()[-1])
+                    if result.returncode == 0 else None)
+
+
+def test_model_and_rtl_backends_agree_bit_exactly(nano_model):
+    common = ["--model", str(nano_model), "--preset", "tiny", "--prompt", "Hi", "--tokens", "5",
+              "--check", "--json"]
+    model, model_report = bittern_run(*common, "--backend", "model")
+    assert model.returncode == 0, model.stdout + model.stderr
+    rtl, rtl_report = bittern_run(*common, "--backend", "rtl")
+    assert rtl.returncode == 0, rtl.stdout + rtl.stderr
+    for report in (model_report, rtl_report):
+        assert report["checked"] is True
+    for key in ("text", "tokens", "prefill_cycles", "cycles_per_token"):
+        assert model_report[key] == rtl_report[key], key
+    assert rtl_report["calls"]["gemv"] > 0 and rtl_report["calls"]["gemm"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/nonexistent.safetensors"], "cannot load model '/nonexistent.safetensors'"),
+    (["--prompt", ""], "--prompt must not be empty"),
+    (["--tokens", "0"], "--tokens must be at least 1, not 0"),
+    (["--prompt", "x" * 300], "exceed the model's max_seq"),
+    (["--preset", "tiny"], "needs at least"),
+])
+def test_run_mistakes_are_one_line(args, message):
+    result, _ = bittern_run(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
