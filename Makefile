@@ -6,12 +6,15 @@ STAMP    := $(VENV)/.installed
 PRESET   ?= default
 JOBS     ?= auto
 
-.PHONY: help venv sim test test-slow synth clean
+.PHONY: help venv sim demo test test-slow synth test-synth clean
 help:
-	@echo "make sim      run every hardware unit against the golden model (PRESET=$(PRESET))"
-	@echo "make test     the test suite (set-up included)"
+	@echo "make sim        simulate every hardware unit against golden/ (PRESET=$(PRESET))"
+	@echo "make test       the test suite (set-up included)"
+	@echo "make demo       the shipped tiny model generating text on the RTL, checked"
 	@echo "make test-slow  long simulations and soaks"
-	@echo "make clean    remove build products (keeps .venv)"
+	@echo "make synth      bitstreams, Fmax and utilisation for both boards (installs YoWASP)"
+	@echo "make test-synth the tests that run Yosys and nextpnr (minutes)"
+	@echo "make clean      remove build products (keeps .venv)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +27,25 @@ venv: $(STAMP)
 sim: $(STAMP)
 	$(BIN)/bittern sim --unit all --preset $(PRESET)
 
+demo: $(STAMP)
+	$(BIN)/bittern run --model tiny --backend rtl --tokens 16 --check
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) -m "not slow and not synth"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) -m slow
+
+$(VENV)/.synth-installed: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[synth]'
+	touch $@
+
+synth: $(VENV)/.synth-installed
+	$(BIN)/bittern synth --board ulx3s-85f
+	$(BIN)/bittern synth --board icebreaker
+
+test-synth: $(VENV)/.synth-installed
+	$(BIN)/python -m pytest -n $(JOBS) -m synth
 
 clean:
 	rm -rf build .pytest_cache

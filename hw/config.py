@@ -36,7 +36,7 @@ def _check_choice(name, value, choices):
                           f"not {value!r}")
 
 
-PE_KINDS = ("ternary",)
+PE_KINDS = ("ternary", "int8")
 DATAFLOWS = ("weight-stationary",)
 
 

@@ -11,6 +11,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .pe_int8 import Int8PE
 from .trit import Trit
 
 __all__ = ["TernaryPE", "PE_KINDS"]
@@ -61,8 +62,16 @@ class TernaryPE(wiring.Component):
         super().__init__(members)
 
     def product(self):
-        """The signed product ``w * x_in`` built without a multiplier."""
-        return Mux(self.w == Trit.POS, self.x_in, Mux(self.w == Trit.NEG, -self.x_in, 0))
+        """The signed product ``w * x_in`` built without a multiplier or a negator.
+
+        ``-x`` is ``~x + 1``: the activation is gated by "non-zero", inverted by "negate", and
+        the ``+1`` becomes the carry-in of the accumulating adder, so a PE is one adder (about
+        half the LUTs of negating first and adding after). A code that is not a trit adds 0.
+        """
+        nonzero = (self.w == Trit.POS) | (self.w == Trit.NEG)
+        negate = self.w == Trit.NEG
+        gated = Mux(nonzero, self.x_in, 0)
+        return (gated ^ Mux(negate, -1, 0)) + negate
 
     def elaborate(self, platform):
         m = Module()
@@ -76,4 +85,4 @@ class TernaryPE(wiring.Component):
         return m
 
 
-PE_KINDS = {"ternary": TernaryPE}
+PE_KINDS = {"ternary": TernaryPE, "int8": Int8PE}

@@ -199,6 +199,9 @@ def build_parser():
     sim.add_argument("--json", action="store_true",
                      help="end the output with one JSON object")
     sim.set_defaults(handler=cmd_sim)
+
+    from sw_driver.synth_cli import add_commands
+    add_commands(commands)
     run = commands.add_parser("run", help="generate text with a model on the device")
     run.add_argument("--model", default="tiny", metavar="tiny|PATH",
                      help="the shipped tiny model, or a checkpoint (Bittern .safetensors, "

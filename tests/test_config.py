@@ -34,7 +34,7 @@ def test_accumulator_width_is_checked_against_int32():
     (lambda: ArrayConfig(cols=300), r"array.cols must be in [1, 256], not 300"),
     (lambda: ArrayConfig(rows=2.5), r"array.rows must be an integer in [1, 256], not 2.5"),
     (lambda: ArrayConfig(pe="int4"),
-     r"array.pe must be one of 'ternary', not 'int4'"),
+     r"array.pe must be one of 'ternary', 'int8', not 'int4'"),
     (lambda: ArrayConfig(dataflow="output-stationary"),
      r"array.dataflow must be one of 'weight-stationary', not 'output-stationary'"),
     (lambda: PimConfig(banks=0), r"pim.banks must be in [1, 64], not 0"),
@@ -69,7 +69,7 @@ def test_overrides_accept_short_and_dotted_keys():
     ("clock_mhz=fast", "clock_mhz must be a number, not 'fast'"),
     ("clock_mhz=nan", "clock_mhz must be a finite number, not 'nan'"),
     ("rows", "--set expects key=value, not 'rows'"),
-    ("pe=int4", "array.pe must be one of 'ternary', not 'int4'"),
+    ("pe=int4", "array.pe must be one of 'ternary', 'int8', not 'int4'"),
 ])
 def test_override_errors(assignment, message):
     with pytest.raises(ConfigError) as info:

