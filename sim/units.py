@@ -1,5 +1,6 @@
 """The simulatable units: what to build for a configuration and which testbench checks it."""
 
+import importlib
 from dataclasses import dataclass
 
 from . import verilator
@@ -9,28 +10,23 @@ __all__ = ["UNITS", "simulate"]
 
 @dataclass(frozen=True)
 class Unit:
-    """A hardware unit with its cocotb testbench module."""
+    """A hardware unit: its component (``"module:Class"``) and its cocotb testbench module."""
     name: str
+    component_path: str
     test_module: str
     description: str
 
     def component(self, config, **overrides):
-        if self.name == "array":
-            from hw.array import SystolicArray
-            return SystolicArray(config, **overrides)
-        if self.name == "pim":
-            from hw.pim import PimBankGroup
-            return PimBankGroup(config, **overrides)
-        if self.name == "top":
-            from hw.device import Device
-            return Device(config, **overrides)
-        raise AssertionError(self.name)
+        """The unit built for ``config``; ``overrides`` go to its constructor (``pe=``...)."""
+        module, _, name = self.component_path.partition(":")
+        return getattr(importlib.import_module(module), name)(config, **overrides)
 
 
 UNITS = {unit.name: unit for unit in [
-    Unit("array", "sim.array_tb", "systolic tensor unit (GEMM tiles)"),
-    Unit("pim", "sim.pim_tb", "processing-in-memory bank group (GEMV)"),
-    Unit("top", "sim.device_tb", "the whole device through its command stream"),
+    Unit("array", "hw.array:SystolicArray", "sim.array_tb", "systolic tensor unit (GEMM tiles)"),
+    Unit("pim", "hw.pim:PimBankGroup", "sim.pim_tb", "processing-in-memory bank group (GEMV)"),
+    Unit("top", "hw.device:Device", "sim.device_tb",
+         "the whole device through its command stream"),
 ]}
 
 
