@@ -17,14 +17,20 @@ class _ResultPath:
     """A producer writing beats into a first-word-fall-through FIFO with credit, and the
     controller's serialiser emitting ``elements`` words per beat, one per cycle."""
 
-    def __init__(self, *, latency, fifo_depth, elements):
+    def __init__(self, *, latency, fifo_depth, elements, registered_credit=False):
         self.latency, self.depth, self.elements = latency, fifo_depth, elements
+        self.registered_credit = registered_credit
         self.in_flight = 0              # beats issued, not yet written into the FIFO
         self.level = 0                  # beats in the FIFO
         self.arrivals = {}              # cycle -> beats written into the FIFO in that cycle
         self.element = 0
+        self._room = True               # the registered credit, as computed a cycle ago
 
     def room(self):
+        """Whether a beat may issue now. A registered credit is a cycle old, so it keeps one
+        entry in reserve (``PimBankGroup``); a live one uses them all (``SystolicArray``)."""
+        if self.registered_credit:
+            return self._room
         return self.in_flight + self.level < self.depth
 
     def issue(self, cycle):
@@ -40,6 +46,7 @@ class _ResultPath:
             else:
                 self.element += 1
         written = self.arrivals.pop(cycle, 0)
+        self._room = self.in_flight + self.level < self.depth - 1
         self.in_flight += issued - written
         self.level += written - popped
         return popped
@@ -50,14 +57,16 @@ class CommandTiming:
 
     def __init__(self, config):
         from hw.array import SystolicArray
-        from hw.pim import PimBank
+        from hw.pim import PimBankGroup
 
         self.format = CommandFormat(config)
-        self.pim_latency = PimBank.latency_for(config)
+        # A row issued in cycle t is written into the FIFO in t + latency - 1 and leaves it
+        # from t + latency (``PimBankGroup.latency`` counts to the beat leaving).
+        self.pim_latency = PimBankGroup.latency_for(config) - 1
         self.array_latency = SystolicArray.latency_for(config)
         # Both result FIFOs hold every beat in flight plus one being read and one being
         # written (``PimBankGroup.fifo_depth``, ``SystolicArray.fifo_depth``).
-        self.pim_fifo_depth = self.pim_latency + 2
+        self.pim_fifo_depth = PimBankGroup.latency_for(config) + 2
         self.array_fifo_depth = self.array_latency + 2
 
     def simple(self, opcode, b=0):
@@ -82,7 +91,7 @@ class CommandTiming:
     def gemv(self, rows, words_per_row):
         """ARGUMENTS, CHECK (bank command issued), RESPOND, then results until the last beat."""
         path = _ResultPath(latency=self.pim_latency, fifo_depth=self.pim_fifo_depth,
-                           elements=self.format.banks)
+                           elements=self.format.banks, registered_credit=True)
         reads_left, chunk, results_left = rows * words_per_row, 0, rows
         busy = ARGUMENT_WORDS[Opcode.GEMV] + 1
         cycle = 0                       # cycle 0 is RESPOND, the first cycle reads can issue
