@@ -23,8 +23,14 @@ BUILD_ROOT = Path(os.environ.get("BITTERN_BUILD", Path(__file__).resolve().paren
                                   / "build")) / "sim"
 
 # Amaranth's Verilog trips Verilator lint warnings that are harmless here (DESIGN.md §6).
+# cocotb's runner makes every signal public (``--public-flat-rw``), which for the ulx3s-85f
+# device meant 15 MB of C++ and a build of over 30 minutes; testbenches drive and watch only the
+# top-level ports, so only those are made public (by :data:`_PUBLIC_PORTS`) and Verilator may
+# optimise everything inside. Waveforms (``--trace``) still show every signal.
 _BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE",
-               "-Wno-UNOPTFLAT", "-O3", "-CFLAGS", "-O1"]
+               "-Wno-UNOPTFLAT", "-Wno-ASCRANGE", "-O3", "-CFLAGS", "-O1",
+               "--no-public-flat-rw"]
+_PUBLIC_PORTS = '`verilator_config\npublic_flat_rw -module "{toplevel}" -var "*"\n'
 
 
 def toolchain_env():
@@ -90,27 +96,30 @@ def build(component, *, unit, toplevel="top", waves=False, metadata=None, progre
     build directory says what it holds.
     """
     from amaranth.back import verilog
-    from cocotb_tools.runner import get_runner
+    from cocotb_tools.runner import VerilatorControlFile, get_runner
 
     toolchain_env()
     waves = waves_requested(waves)
     text = verilog.convert(component, name=toplevel, emit_src=False)
-    digest = hashlib.sha256((text + repr(_BUILD_ARGS)).encode()).hexdigest()[:16]
+    control = _PUBLIC_PORTS.format(toplevel=toplevel)
+    digest = hashlib.sha256((text + control + repr(_BUILD_ARGS)).encode()).hexdigest()[:16]
     build_dir = BUILD_ROOT / f"{unit}-{digest}{'-waves' if waves else ''}"
     source = build_dir / f"{toplevel}.v"
+    control_file = build_dir / "public.vlt"
     done = build_dir / ".built"
     with _locked(build_dir):
         if not done.exists():
             if progress:
                 progress(f"building {unit} with Verilator in {build_dir} ...")
             source.write_text(text)
+            control_file.write_text(control)
             (build_dir / "metadata.json").write_text(json.dumps(metadata or {}, indent=2))
             runner = get_runner("verilator")
             try:
                 # VCD, not FST: Verilator's FST writer needs lz4 headers a fresh machine lacks.
-                runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
-                             build_args=_BUILD_ARGS, waves=waves, always=True,
-                             log_file=build_dir / "build.log")
+                runner.build(sources=[source, VerilatorControlFile(control_file)],
+                             hdl_toplevel=toplevel, build_dir=build_dir, build_args=_BUILD_ARGS,
+                             waves=waves, always=True, log_file=build_dir / "build.log")
             except RuntimeError:
                 raise BuildError(f"Verilator build of {unit} failed; see "
                                  f"{build_dir / 'build.log'}") from None
@@ -131,13 +140,17 @@ def run(sim_build, *, test_module, name, params=None, testcase=None, seed=None):
     """Run the cocotb ``test_module`` on ``sim_build``.
 
     ``params`` reach the testbench as the JSON environment variable ``BITTERN_PARAMS``; the
-    testbench writes its measurements to the file named by ``BITTERN_REPORT``. Returns a
-    :class:`SimResult`; never raises for a failing test (the caller decides).
+    testbench writes its measurements to the file named by ``BITTERN_REPORT``. Each distinct
+    run (``name``, ``params``, ``testcase``, ``seed``) gets a directory of its own, so parallel
+    runs on one build never share a report. Returns a :class:`SimResult`; never raises for a
+    failing test (the caller decides).
     """
     from cocotb_tools.runner import get_runner
 
     toolchain_env()
-    test_dir = sim_build.build_dir / "runs" / name
+    key = json.dumps([params, testcase, seed], sort_keys=True)
+    test_dir = (sim_build.build_dir / "runs"
+                / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}")
     test_dir.mkdir(parents=True, exist_ok=True)
     report_path = test_dir / "report.json"
     results_xml = test_dir / "results.xml"

@@ -27,18 +27,27 @@ def bittern_run(*args):
                     if result.returncode == 0 else None)
 
 
-def test_model_and_rtl_backends_agree_bit_exactly(nano_model):
-    common = ["--model", str(nano_model), "--preset", "tiny", "--prompt", "Hi", "--tokens", "5",
-              "--check", "--json"]
+def _agree(common):
     model, model_report = bittern_run(*common, "--backend", "model")
     assert model.returncode == 0, model.stdout + model.stderr
     rtl, rtl_report = bittern_run(*common, "--backend", "rtl")
     assert rtl.returncode == 0, rtl.stdout + rtl.stderr
     for report in (model_report, rtl_report):
         assert report["checked"] is True
-    for key in ("text", "tokens", "prefill_cycles", "cycles_per_token"):
+    for key in ("text", "tokens", "prefill_cycles", "cycles_per_token", "calls"):
         assert model_report[key] == rtl_report[key], key
     assert rtl_report["calls"]["gemv"] > 0 and rtl_report["calls"]["gemm"] > 0
+
+
+def test_model_and_rtl_backends_agree_bit_exactly(nano_model):
+    _agree(["--model", str(nano_model), "--preset", "tiny", "--prompt", "Hi", "--tokens", "5",
+            "--check", "--json"])
+
+
+def test_shipped_model_on_the_ulx3s_device():
+    """The shipped tiny model, resident in the ulx3s-85f banks, on the full-size device (a
+    Verilator build of about 25 seconds, then about 2 seconds a token)."""
+    _agree(["--model", "tiny", "--preset", "ulx3s-85f", "--tokens", "4", "--check", "--json"])
 
 
 @pytest.mark.parametrize("args, message", [
