@@ -3,8 +3,9 @@
 A *device* is what the board hosts: a :class:`wiring.Component` made by a factory
 ``device(config)``, with ``i_stream: In(stream.Signature(32))`` (command words),
 ``o_stream: Out(stream.Signature(32))`` (response words) and, optionally,
-``status: Out(DEVICE_STATUS)``. :data:`DEVICES` names the factories the command line offers; the
-two here are stand-ins until the device top exists.
+``status: Out(DEVICE_STATUS)``. :data:`DEVICES` names the factories the command line offers:
+``bittern``, the accelerator (:class:`hw.device.Device`), and ``echo``, a link-test device for
+bringing up a board's UART before the accelerator.
 
 :class:`LinkCore` is the board logic without clock or pins (what simulation tests);
 :class:`BoardTop` adds the PLL, the reset and the pins of a :class:`Board`.
@@ -14,21 +15,21 @@ import math
 from dataclasses import dataclass
 
 from amaranth import ClockDomain, Elaboratable, Instance, Module, Mux, Signal
-from amaranth.lib import cdc, data, enum, io, stream, wiring
+from amaranth.lib import cdc, data, io, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-from .array import SystolicArray
+from .commands import WORD_BITS
+from .device import Device
 from .uart import UARTBridge, baud_divisor
 
 __all__ = ["DEVICE_STATUS", "LEDS", "Ecp5Pll", "Ice40Pll", "PllError", "EchoDevice",
-           "ArrayStandIn", "StandInOp", "DEVICES", "DEFAULT_DEVICE", "LinkCore", "Board",
-           "BOARDS", "BoardError", "board", "board_clock", "BoardTop"]
+           "DEVICES", "DEFAULT_DEVICE", "LinkCore", "Board", "BOARDS", "BoardError", "board",
+           "board_clock", "BoardTop"]
 
 DEVICE_STATUS = data.StructLayout({"busy": 1, "error": 1})
 LEDS = data.StructLayout({"heartbeat": 1, "rx": 1, "tx": 1, "busy": 1, "error": 1})
-WORD_BITS = 32
 
 
 # PLLs: dividers computed here, so the achieved frequency is known before any tool runs.
@@ -162,10 +163,13 @@ class Ice40Pll:
             o_PLLOUTGLOBAL=clk_out, o_LOCK=locked)
 
 
-# Stand-in devices: the device contract, until the device top is delivered.
+# The devices a board can host.
 
 class EchoDevice(wiring.Component):
-    """Stand-in device: answers every command word with the word plus one (modulo 2**32).
+    """Link-test device: answers every word with the word plus one (modulo 2**32).
+
+    Any 32-bit pattern is a valid word to it, so it checks a UART link's byte order and timing
+    on its own (``bittern synth --device echo`` builds a board with nothing else behind the link).
 
     Members
     -------
@@ -195,138 +199,11 @@ class EchoDevice(wiring.Component):
         return m
 
 
-class StandInOp(enum.Enum, shape=8):
-    """Opcode of an :class:`ArrayStandIn` command, in bits 24-31 of its header word."""
-    ECHO = 0x00         # answer header + 1
-    WEIGHTS = 0x01      # the next words are one weight row (k) of the tile
-    TOKEN = 0x02        # the next words are one token; its result row comes back
-
-
-def words_for(bits):
-    """32-bit words that carry ``bits`` bits."""
-    return math.ceil(bits / WORD_BITS)
-
-
-class ArrayStandIn(wiring.Component):
-    """Stand-in device with the systolic array behind the word stream.
-
-    A command is a header word (opcode in bits 24-31, :class:`StandInOp`) and its data words,
-    each value split least significant word first:
-
-    * ``ECHO``: no data; the response is the header plus one.
-    * ``WEIGHTS``: :attr:`weight_words` words of one ``w_stream`` beat (``array.rows`` of them
-      load a tile, ``k = 0`` first).
-    * ``TOKEN``: :attr:`token_words` words of one ``i_stream`` beat; the response is
-      :attr:`result_words` words of the token's ``o_stream`` beat, in token order.
-
-    Another opcode is dropped and sets the sticky ``status.error``. Tokens sent before a whole
-    tile has loaded wait for it (the stand-in does not check the order; the device top will).
-
-    Members
-    -------
-    i_stream : In(stream.Signature(32))
-        Command words.
-    o_stream : Out(stream.Signature(32))
-        Response words.
-    status : Out(DEVICE_STATUS)
-        ``busy`` while a command or a result is in progress; ``error`` sticky.
-    """
-
-    def __init__(self, config):
-        self._array = SystolicArray(config)
-        super().__init__({
-            "i_stream": In(stream.Signature(WORD_BITS)),
-            "o_stream": Out(stream.Signature(WORD_BITS)),
-            "status": Out(DEVICE_STATUS),
-        })
-
-    @property
-    def array(self):
-        return self._array
-
-    @property
-    def weight_words(self):
-        return words_for(self._array.w_stream.payload.shape().size)
-
-    @property
-    def token_words(self):
-        return words_for(self._array.i_stream.payload.shape().size)
-
-    @property
-    def result_words(self):
-        return words_for(self._array.o_stream.payload.shape().size)
-
-    def elaborate(self, platform):
-        m = Module()
-        array = m.submodules.array = self._array
-        command = self.i_stream
-
-        # Command side: gather a beat's words, then hand the beat to the array.
-        beat = Signal(WORD_BITS * max(self.weight_words, self.token_words))
-        index = Signal(range(max(self.weight_words, self.token_words)))
-        is_token = Signal()
-        echo = Signal(WORD_BITS)
-        echo_valid = Signal()
-        with m.FSM() as fsm:
-            with m.State("HEADER"):
-                m.d.comb += command.ready.eq(~echo_valid)
-                with m.If(command.valid & command.ready):
-                    m.d.sync += index.eq(0)
-                    with m.Switch(command.payload[24:]):
-                        with m.Case(StandInOp.ECHO):
-                            m.d.sync += [echo.eq(command.payload + 1), echo_valid.eq(1)]
-                        with m.Case(StandInOp.WEIGHTS):
-                            m.d.sync += is_token.eq(0)
-                            m.next = "DATA"
-                        with m.Case(StandInOp.TOKEN):
-                            m.d.sync += is_token.eq(1)
-                            m.next = "DATA"
-                        with m.Default():
-                            m.d.sync += self.status.error.eq(1)
-            with m.State("DATA"):
-                m.d.comb += command.ready.eq(1)
-                with m.If(command.valid):
-                    m.d.sync += [beat.word_select(index, WORD_BITS).eq(command.payload),
-                                 index.eq(index + 1)]
-                    with m.If(index == Mux(is_token, self.token_words - 1,
-                                           self.weight_words - 1)):
-                        m.next = "PUSH"
-            with m.State("PUSH"):
-                m.d.comb += [
-                    array.w_stream.valid.eq(~is_token),
-                    array.w_stream.payload.eq(beat),
-                    array.i_stream.valid.eq(is_token),
-                    array.i_stream.payload.eq(beat),
-                ]
-                with m.If(Mux(is_token, array.i_stream.ready, array.w_stream.ready)):
-                    m.next = "HEADER"
-
-        # Response side: a result row leaves as words; echoes go between rows.
-        result = Signal(WORD_BITS * self.result_words)
-        left = Signal(range(self.result_words + 1))
-        with m.If(left != 0):
-            m.d.comb += [self.o_stream.valid.eq(1), self.o_stream.payload.eq(result)]
-            with m.If(self.o_stream.ready):
-                m.d.sync += [result.eq(result >> WORD_BITS), left.eq(left - 1)]
-        with m.Elif(echo_valid):
-            m.d.comb += [self.o_stream.valid.eq(1), self.o_stream.payload.eq(echo)]
-            with m.If(self.o_stream.ready):
-                m.d.sync += echo_valid.eq(0)
-        with m.Else():
-            m.d.comb += array.o_stream.ready.eq(1)
-            with m.If(array.o_stream.valid):
-                m.d.sync += [result.eq(array.o_stream.payload), left.eq(self.result_words)]
-
-        m.d.comb += self.status.busy.eq(array.busy | ~fsm.ongoing("HEADER") | (left != 0)
-                                        | echo_valid)
-        return m
-
-
 DEVICES = {
-    "array-standin": ArrayStandIn,
+    "bittern": Device,
     "echo": EchoDevice,
 }
-DEFAULT_DEVICE = "array-standin"
+DEFAULT_DEVICE = "bittern"
 
 
 # The board logic and the boards.
@@ -373,7 +250,20 @@ class LinkCore(wiring.Component):
         device = m.submodules.device = self._device
         m.d.comb += [bridge.rx.eq(self.rx), self.tx.eq(bridge.tx)]
         wiring.connect(m, bridge.o_stream, device.i_stream)
-        wiring.connect(m, device.o_stream, bridge.i_stream)
+        # A register between the device's responses and the bridge, so that the device's result
+        # paths (FIFO read, element select) end here and not in the bridge's shift register:
+        # together they were the ulx3s-85f build's critical path. The link is slower than the
+        # device by three orders of magnitude; the cycle costs nothing.
+        response = Signal.like(device.o_stream.payload)
+        response_valid = Signal()
+        m.d.comb += [
+            device.o_stream.ready.eq(~response_valid | bridge.i_stream.ready),
+            bridge.i_stream.valid.eq(response_valid),
+            bridge.i_stream.payload.eq(response),
+        ]
+        with m.If(device.o_stream.ready):
+            m.d.sync += [response_valid.eq(device.o_stream.valid),
+                         response.eq(device.o_stream.payload)]
 
         half_second = max(1, round(self._clk_hz / 2))
         heartbeat = Signal(range(half_second))
@@ -470,6 +360,11 @@ class BoardTop(Elaboratable):
     :attr:`pll`) and is held in reset until the PLL has locked and 20 us more have passed (iCE40
     block RAM reads zeroes for ~3 us after configuration). nextpnr derives the clock's
     constraint from the oscillator's and the PLL's settings.
+
+    The reset comes straight from a flip-flop and, on ECP5, is put on a global net (``DCCA``):
+    nextpnr-ecp5 promotes only clocks by itself, and in fabric routing the reset's fan-out
+    (every flip-flop of the device) took 15 ns, the ulx3s-85f build's critical path.
+    nextpnr-ice40 promotes high-fan-out resets to a global buffer on its own.
     """
     POR_SECONDS = 20e-6
 
@@ -487,18 +382,22 @@ class BoardTop(Elaboratable):
         clk = Signal()
         locked = Signal()
         locked_sync = Signal()
-        ready = Signal()
+        reset = Signal(init=1)
         self._pll.elaborate_into(m, platform.request(platform.default_clk, dir="-"),
                                  clk, locked)
         m.domains.sync = sync = ClockDomain("sync")
         m.domains.por = por = ClockDomain("por", reset_less=True)
-        m.d.comb += [sync.clk.eq(clk), por.clk.eq(clk), sync.rst.eq(~ready)]
+        m.d.comb += [sync.clk.eq(clk), por.clk.eq(clk)]
+        if self._board.family == "ecp5":
+            m.submodules.reset_buffer = Instance("DCCA", i_CLKI=reset, i_CE=1, o_CLKO=sync.rst)
+        else:
+            m.d.comb += sync.rst.eq(reset)
 
         m.submodules.lock_sync = cdc.FFSynchronizer(locked, locked_sync, o_domain="por")
         delay = math.ceil(self.POR_SECONDS * self._pll.fout_hz)
         count = Signal(range(delay + 1))
         m.d.por += [count.eq(Mux(locked_sync, Mux(count == delay, delay, count + 1), 0)),
-                    ready.eq(count == delay)]
+                    reset.eq(count != delay)]
 
         core = m.submodules.core = LinkCore(self._device(self._config),
                                             clk_hz=self._pll.fout_hz, baud=self._baud)

@@ -1,26 +1,35 @@
 """cocotb testbench of the board logic (:class:`hw.boards.LinkCore`) through a UART model.
 
-The host side is ``cocotbext-uart``: words go in as 4 bytes each, least significant first, and
-the replies are read back the same way. Parameters (``BITTERN_PARAMS``): ``baud``, ``seed``,
-``words`` (echo test), ``leds`` (bit offset of each LED), and for the array stand-in ``config``,
-``weight_words``, ``token_words``, ``result_words``, ``psum_bits``, ``tiles``.
+The host side is ``cocotbext-uart``: a source on ``rx`` and a sink on ``tx``. The link tests
+(``echo_words``, ``framing_error_lights_error_led``) send words as 4 bytes each, least significant
+first, to :class:`hw.boards.EchoDevice`. ``accelerator_over_uart`` runs the real driver on the
+accelerator: :class:`sw_driver.driver.Accelerator` over
+:class:`sw_driver.serial_link.SerialTransport` over :class:`UartPort`, a byte port with
+pyserial's interface backed by the UART models. The blocking driver runs in a thread
+(``cocotb.task.bridge``); each call to the port runs in the simulation (``cocotb.task.resume``).
+
+Parameters (``BITTERN_PARAMS``): ``baud``, ``seed``, ``leds`` (bit offset of each LED);
+``words`` (echo test); ``config``, ``gemvs``, ``tokens``, ``timeout_bytes`` and optionally
+``burst_words`` (accelerator test).
 """
 
 import logging
 
 import cocotb
 import numpy as np
+from cocotb.task import bridge, resume
 from cocotb.triggers import RisingEdge, Timer, with_timeout
+from cocotb.utils import get_sim_time
 from cocotbext.uart import UartSink, UartSource
 
-from golden import trits
 from golden.bitlinear import bitlinear_int
-from hw.boards import StandInOp
+from hw.commands import ErrorCode, pack_header
 from hw.config import Config
-from hw.words import pack_ints, unpack_ints
 from sim.tb import TB, params, write_report
+from sw_driver.driver import Accelerator, DeviceError
+from sw_driver.serial_link import SerialTransport
 
-REPORT = {"words_sent": 0, "words_received": 0}
+REPORT = {"bytes_sent": 0, "bytes_received": 0}
 
 
 class LinkTB(TB):
@@ -35,22 +44,66 @@ class LinkTB(TB):
         for model in (self.source, self.sink):           # one log line per byte is too many
             model.log.setLevel(logging.WARNING)
 
+    @property
+    def byte_ns(self):
+        """One 8N1 frame: start, 8 data and stop bits."""
+        return 10 * 1e9 / self.baud
+
     def led(self, name):
         return (int(self.dut.leds.value) >> self.leds[name]) & 1
 
     async def send(self, words):
-        await self.source.write(b"".join(word.to_bytes(4, "little") for word in words))
-        REPORT["words_sent"] += len(words)
+        data = b"".join(word.to_bytes(4, "little") for word in words)
+        await self.source.write(data)
+        REPORT["bytes_sent"] += len(data)
 
     async def receive(self, count):
         """``count`` words; fails if the line stays quiet for 100 byte times."""
         data = bytearray()
-        quiet_ns = 100 * 10 * 1e9 / self.baud
         while len(data) < 4 * count:
-            data += await with_timeout(self.sink.read(), quiet_ns, "ns")
+            data += await with_timeout(self.sink.read(), 100 * self.byte_ns, "ns")
         assert len(data) == 4 * count, f"{len(data) - 4 * count} bytes more than expected"
-        REPORT["words_received"] += count
+        REPORT["bytes_received"] += len(data)
         return [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data), 4)]
+
+
+class UartPort:
+    """A byte port with pyserial's interface on the UART models, for a driver running in a
+    :func:`cocotb.task.bridge` thread.
+
+    As with pyserial: ``write`` queues bytes and returns; ``flush`` waits until they have left
+    on the line; ``read(n)`` returns once ``n`` bytes have arrived, or with fewer when
+    ``timeout_ns`` of simulated time pass first.
+    """
+
+    def __init__(self, tb, *, timeout_ns):
+        self.tb, self.timeout_ns = tb, timeout_ns
+
+    def write(self, data):
+        resume(self.tb.source.write)(bytes(data))
+        REPORT["bytes_sent"] += len(data)
+        return len(data)
+
+    def flush(self):
+        resume(self.tb.source.wait)()
+
+    def read(self, n):
+        data = resume(self._read)(n)
+        REPORT["bytes_received"] += len(data)
+        return bytes(data)
+
+    async def _read(self, n):
+        sink, data = self.tb.sink, bytearray()
+        deadline = get_sim_time(unit="ns") + self.timeout_ns
+        while len(data) < n:
+            if sink.count():
+                data += sink.read_nowait(min(n - len(data), sink.count()))
+                continue
+            left = int(deadline - get_sim_time(unit="ns"))
+            if left <= 0:
+                break
+            await sink.wait(timeout=left, timeout_unit="ns")
+        return data
 
 
 @cocotb.test()
@@ -90,41 +143,91 @@ async def framing_error_lights_error_led(dut):
     assert await tb.receive(1) == [42]
 
 
+def _random_gemv(accelerator, rng):
+    """Write a random matrix at a random base, load a random vector, run one GEMV and compare
+    it with golden's integer core."""
+    fmt = accelerator.format
+    banks, lanes = fmt.banks, fmt.lanes
+    slots = int(rng.integers(1, 4))                                  # row slots per bank
+    words_per_row = int(rng.integers(1, min(fmt.act_words, fmt.depth // slots) + 1))
+    base = int(rng.integers(0, fmt.depth - slots * words_per_row + 1))
+    n = int(rng.integers((slots - 1) * banks + 1, slots * banks + 1))
+    k = int(rng.integers((words_per_row - 1) * lanes + 1, words_per_row * lanes + 1))
+    w_t = rng.integers(-1, 2, (n, k)).astype(np.int8)
+    x_q = rng.integers(-128, 128, k).astype(np.int8)
+    x_q[rng.integers(k)] = -128                                      # the extreme activation
+    padded = np.zeros((slots * banks, words_per_row * lanes), np.int8)
+    padded[:n, :k] = w_t
+    for bank in range(banks):
+        accelerator.write_weights(bank, base, padded[bank::banks].reshape(-1, lanes))
+    accelerator.load_activations(x_q)
+    got = accelerator.gemv(base, slots, words_per_row).reshape(-1)[:n]
+    expected = bitlinear_int(x_q[None], w_t)[0]
+    bad = np.flatnonzero(got != expected)
+    assert not bad.size, (f"GEMV {n}x{k} at base {base}: row {bad[0]} got {got[bad[0]]}, "
+                          f"expected {expected[bad[0]]}")
+
+
+def _expect_error(call, text):
+    try:
+        call()
+    except DeviceError as error:
+        assert text in str(error), f"expected a DeviceError saying {text!r}, got {error}"
+    else:
+        raise AssertionError(f"expected a DeviceError saying {text!r}; there was none")
+
+
+def _exercise(accelerator, p):
+    """The driver's whole command set over the link, checked against golden (blocking: runs in
+    the driver's thread)."""
+    rng = np.random.default_rng(p["seed"])
+    fmt = accelerator.format
+    report = {"gemvs": 0, "gemm_tokens": 0}
+
+    status = accelerator.status()                     # checks the magic word
+    assert status["error"] == ErrorCode.NONE.value, status
+    for _ in range(p["gemvs"]):
+        _random_gemv(accelerator, rng)
+        report["gemvs"] += 1
+
+    # A bad command is dropped with a sticky error, and the next good one works.
+    accelerator.transport.transact([pack_header(0xEE)], 0)
+    _expect_error(accelerator.check, "UNKNOWN_OPCODE")
+    # A refused GEMV sends no response: the transport times out instead of hanging.
+    _expect_error(lambda: accelerator.gemv(0, 1, 0), "went silent")
+    _expect_error(accelerator.check, "UNKNOWN_OPCODE")         # the first error is kept
+    accelerator.clear_errors()
+    _random_gemv(accelerator, rng)
+    report["gemvs"] += 1
+
+    # A GEMM tile, with more tokens than the board's receive buffer holds.
+    w_t = rng.integers(-1, 2, (fmt.cols, fmt.rows)).astype(np.int8)
+    x_q = rng.integers(-128, 128, (p["tokens"], fmt.rows)).astype(np.int8)
+    x_q[0] = -128
+    accelerator.load_tile(w_t)
+    got = accelerator.gemm(x_q)
+    expected = bitlinear_int(x_q, w_t)
+    bad = np.argwhere(got != expected)
+    assert not bad.size, (f"GEMM token {bad[0][0]} column {bad[0][1]}: got "
+                          f"{got[tuple(bad[0])]}, expected {expected[tuple(bad[0])]}")
+    report["gemm_tokens"] += len(x_q)
+    accelerator.check()
+    report["macs"] = accelerator.counters().macs
+    return report
+
+
 @cocotb.test()
-async def array_tiles(dut):
-    """Tiles through the array stand-in over the UART, checked against golden's integer core."""
+async def accelerator_over_uart(dut):
+    """The driver over SerialTransport over the UART: status, GEMVs, a bad command, a GEMM tile,
+    every result equal to golden's; no byte lost (the error LED stays dark)."""
     p = params()
     tb = LinkTB(dut, p)
-    config = Config.from_dict(p["config"])
-    rows, cols = config.array.rows, config.array.cols
-    rng = np.random.default_rng(p.get("seed", 0))
     await tb.reset()
-
-    def header(op):
-        return op.value << 24
-
-    def split(value, count):
-        return [(value >> (32 * i)) & 0xFFFF_FFFF for i in range(count)]
-
-    for tile in range(p.get("tiles", 2)):
-        w_t = rng.integers(-1, 2, (cols, rows)).astype(np.int8)
-        x_q = rng.integers(-128, 128, (int(rng.integers(1, 3 * rows)), rows)).astype(np.int8)
-        x_q[0] = -128                                # the extreme activation, every tile
-        words = [header(StandInOp.ECHO) | tile]
-        for row in trits.pack_words(w_t.T, cols):
-            words += [header(StandInOp.WEIGHTS), *split(row[0], p["weight_words"])]
-        for token in pack_ints(x_q, config.act_bits):
-            words += [header(StandInOp.TOKEN), *split(token, p["token_words"])]
-        sender = cocotb.start_soon(tb.send(words))
-        replies = await tb.receive(1 + len(x_q) * p["result_words"])
-        await sender
-        assert replies[0] == tile + 1, f"echo: got {replies[0]:#x}, expected {tile + 1:#x}"
-        beats = [sum(word << (32 * i) for i, word in enumerate(replies[at:at + p["result_words"]]))
-                 for at in range(1, len(replies), p["result_words"])]
-        got = unpack_ints(beats, p["psum_bits"], cols)
-        expected = bitlinear_int(x_q, w_t)
-        bad = np.argwhere(got != expected)
-        assert not bad.size, (f"tile {tile} token {bad[0][0]} column {bad[0][1]}: got "
-                              f"{got[tuple(bad[0])]}, expected {expected[tuple(bad[0])]}")
-    assert tb.led("error") == 0
-    write_report(REPORT)
+    port = UartPort(tb, timeout_ns=p["timeout_bytes"] * tb.byte_ns)
+    transport = SerialTransport(port, **({"burst_words": p["burst_words"]}
+                                         if "burst_words" in p else {}))
+    accelerator = Accelerator(transport, Config.from_dict(p["config"]))
+    report = await bridge(_exercise)(accelerator, p)
+    await RisingEdge(dut.clk)
+    assert tb.led("error") == 0, "the link lost a byte (overrun) or saw a framing error"
+    write_report({**REPORT, **report, "cycles": tb.cycle()})

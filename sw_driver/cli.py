@@ -107,6 +107,9 @@ def cmd_run(args):
     config = _config_from(args)
     if args.tokens < 1:
         raise UserError(f"--tokens must be at least 1, not {args.tokens}")
+    if args.backend == "serial" and not args.port:
+        raise UserError("--backend serial needs --port, the board's serial port "
+                        "(e.g. --port /dev/ttyUSB0)")
     prompt = encode(args.prompt)
     if not prompt:
         raise UserError("--prompt must not be empty")
@@ -120,9 +123,9 @@ def cmd_run(args):
     if len(prompt) + args.tokens - 1 > model_config.max_seq:
         raise UserError(f"{len(prompt)} prompt bytes + {args.tokens} tokens exceed the "
                         f"model's max_seq = {model_config.max_seq}")
+    backends = {"model": _run_model, "rtl": _run_rtl, "serial": _run_serial}
     try:
-        report = (_run_model(args, config, model_config, weights, prompt)
-                  if args.backend == "model" else _run_rtl(args, config, prompt))
+        report = backends[args.backend](args, config, model_config, weights, prompt)
     except MappingError as error:
         raise UserError(f"{error}; try --preset ulx3s-85f") from None
     print(f"{args.prompt}{report['text']}")
@@ -148,7 +151,29 @@ def _run_model(args, config, model_config, weights, prompt):
     return result.to_dict()
 
 
-def _run_rtl(args, config, prompt):
+def _run_serial(args, config, model_config, weights, prompt):
+    import serial
+
+    from sw_driver.driver import DeviceError
+    from sw_driver.run import run
+    from sw_driver.serial_link import SerialTransport
+    from sw_driver.tokenizer import decode
+
+    try:
+        transport = SerialTransport.open(args.port, baud=args.baud)
+    except (serial.SerialException, ValueError) as error:
+        raise UserError(f"cannot open {args.port} at {args.baud} baud: {error}") from None
+    try:
+        result = run(transport, config, model_config, weights, prompt, args.tokens,
+                     check=args.check, decode=decode, progress=_progress)
+    except DeviceError as error:
+        raise UserError(f"{error} (board on {args.port}, preset {args.preset})") from None
+    finally:
+        transport.close()
+    return result.to_dict()
+
+
+def _run_rtl(args, config, model_config, weights, prompt):
     from hw.device import Device
     from sim import verilator
 
@@ -208,8 +233,14 @@ def build_parser():
                           "Hugging Face BitNet directory, GGUF)")
     run.add_argument("--prompt", default="The ", help="prompt text")
     run.add_argument("--tokens", type=int, default=16, help="tokens to generate (default 16)")
-    run.add_argument("--backend", choices=["model", "rtl"], default="model",
-                     help="behavioural model (fast) or the RTL on Verilator")
+    run.add_argument("--backend", choices=["model", "rtl", "serial"], default="model",
+                     help="behavioural model (fast), the RTL on Verilator, or a board on a "
+                          "serial port (bittern synth's bitstream)")
+    run.add_argument("--port", metavar="DEVICE",
+                     help="serial backend: the board's port, e.g. /dev/ttyUSB0")
+    run.add_argument("--baud", type=int, default=115200,
+                     help="serial backend: line rate the bitstream was built for "
+                          "(bittern synth --baud; default 115200)")
     run.add_argument("--check", action="store_true",
                      help="compare every BitLinear result and token with golden/")
     run.add_argument("--waves", action="store_true", help="dump a VCD (rtl backend)")

@@ -24,7 +24,16 @@ class DeviceError(RuntimeError):
 
 
 class Transport:
-    """Moves command words to a device and response words back."""
+    """Moves command words to a device and response words back.
+
+    ``burst_words`` is how many command words the transport can have on their way to a device
+    that is not taking them: ``None`` when flow control reaches back to the host (a stream, the
+    model), a buffer's size on a link without it (a UART). The device takes every command's words
+    at once except a GEMM's tokens, which wait while their results leave, so
+    :meth:`Accelerator.gemm` keeps each GEMM command within ``burst_words``.
+    """
+
+    burst_words = None
 
     def transact(self, words, count):
         """Send ``words``; return the next ``count`` response words."""
@@ -137,10 +146,18 @@ class Accelerator:
         self.transport.transact(self.format.load_tile(tile_rows), 0)
 
     def gemm(self, x_q):
-        """Stream tokens ``(T, rows)`` through the loaded tile: results ``(T, cols)``."""
+        """Stream tokens ``(T, rows)`` through the loaded tile: results ``(T, cols)``.
+
+        Tokens go in commands of at most :attr:`MAX_ITEMS`, and of at most the transport's
+        ``burst_words`` words (header included) where it has a limit.
+        """
+        per_command = self.MAX_ITEMS
+        if self.transport.burst_words is not None:
+            per_command = max(1, min(per_command, (self.transport.burst_words - 1)
+                                     // self.format.token_words))
         out = []
-        for start in range(0, len(x_q), self.MAX_ITEMS):
-            tokens = pack_ints(x_q[start:start + self.MAX_ITEMS], self.config.act_bits)
+        for start in range(0, len(x_q), per_command):
+            tokens = pack_ints(x_q[start:start + per_command], self.config.act_bits)
             data = self._respond(self.format.gemm(tokens), Opcode.GEMM,
                                  len(tokens) * self.format.cols)
             out += [CommandFormat.signed(w) for w in data]

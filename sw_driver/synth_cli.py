@@ -68,7 +68,7 @@ def _check_timeout(args):
 
 def cmd_area(args):
     from hw.boards import DEVICES
-    from hw.synth import TARGETS, area, compare_int8
+    from hw.synth import TARGETS, DerivedArea, area, compare_int8
 
     _check_timeout(args)
     config = _config(args, "default")
@@ -106,9 +106,12 @@ def cmd_area(args):
     print(f"area on {target.name} ({target.command}, "
           f"{'no DSPs' if args.no_dsp or not target.has_dsp else 'DSPs allowed'}), preset "
           f"{args.preset}" + (f" with {', '.join(args.set)}" if args.set else ""))
+    derived = [r for r in results if isinstance(r, DerivedArea)]
     print(_table(["unit", *names, "lanes", f"{names[0]}/lane"],
-                 [[r.unit, *r.metrics.values(), _number(r.lanes), _number(r.per_lane)]
-                  for r in results]))
+                 [[r.unit + ("*" if r in derived else ""), *r.metrics.values(),
+                   _number(r.lanes), _number(r.per_lane)] for r in results]))
+    for r in derived:
+        print(f"* {r.unit}: derived by subtraction, {r.formula} (not synthesised on its own)")
     return 0
 
 

@@ -132,6 +132,47 @@ def test_area_of_pe_and_array_on_ecp5(capsys, build_root):
     assert int(row.split()[1]) > 0
 
 
+def _result(unit, cells, lanes=None):
+    return synth.AreaResult(unit=unit, target="ecp5", dsp=True, cells=cells,
+                            metrics=synth.TARGETS["ecp5"].metrics(cells), lanes=lanes,
+                            seconds=0.0, log=Path("yosys.log"))
+
+
+def test_controller_is_device_minus_array_minus_pim():
+    results = [_result("array", {"LUT4": 10, "CCU2C": 2, "TRELLIS_FF": 5}, lanes=4),
+               _result("pim", {"LUT4": 20, "TRELLIS_FF": 7, "DP16KD": 1}, lanes=8),
+               _result("device", {"LUT4": 45, "CCU2C": 3, "TRELLIS_FF": 20, "DP16KD": 1,
+                                  "MULT18X18D": 1})]
+    controller = synth.controller_area(results)
+    assert controller.metrics["LUT4-eq"] == (45 + 6) - (10 + 4) - 20 == 17
+    assert controller.cells == {"CCU2C": 1, "LUT4": 15, "MULT18X18D": 1, "TRELLIS_FF": 8}
+    assert controller.per_lane is None
+    assert controller.to_dict()["derived"] == "device - array - pim"
+    assert synth.controller_area(results[:2]) is None
+
+
+@pytest.mark.synth
+def test_area_of_every_unit_with_the_derived_controller(capsys):
+    """Every unit of the tiny preset on ECP5 (about a minute); per-lane figures for the array
+    and the bank group, and the controller by subtraction."""
+    _tool("yosys")
+    code, out, _ = _cli(capsys, "area", "--preset", "tiny", "--json")
+    assert code == 0
+    units = {unit["unit"]: unit for unit in json.loads(out)["units"]}
+    assert list(units) == ["pe", "array", "pim-bank", "pim", "device", "controller"]
+    tiny = preset("tiny")
+    assert units["pim-bank"]["lanes"] == tiny.pim.lanes
+    assert units["pim"]["lanes"] == tiny.pim.banks * tiny.pim.lanes
+    assert units["pim"]["per_lane"] == units["pim"]["metrics"]["LUT4-eq"] / units["pim"]["lanes"]
+    controller = units["controller"]
+    assert controller["derived"] == "device - array - pim" and controller["lanes"] is None
+    assert controller["metrics"]["LUT4-eq"] == (units["device"]["metrics"]["LUT4-eq"]
+                                                - units["array"]["metrics"]["LUT4-eq"]
+                                                - units["pim"]["metrics"]["LUT4-eq"]) > 0
+    code, out, _ = _cli(capsys, "area", "--preset", "tiny")
+    assert "controller*" in out and "derived by subtraction, device - array - pim" in out
+
+
 @pytest.mark.synth
 def test_compare_int8_on_ecp5(capsys):
     """Int8 PEs cost more logic than ternary ones, unless their multipliers go to DSPs."""
@@ -149,7 +190,7 @@ def test_compare_int8_on_ecp5(capsys):
 @pytest.mark.synth
 @pytest.mark.parametrize("name, floor_mhz", [("icebreaker", 24), ("ulx3s-85f", 100)])
 def test_board_build_closes_timing(capsys, name, floor_mhz):
-    """The board's default preset with the stand-in device and the array: a bitstream at speed."""
+    """The board's own preset with the accelerator behind the UART: a bitstream at speed."""
     _tool("yosys")
     code, out, err = _cli(capsys, "synth", "--board", name, "--json")
     summary = json.loads(out)

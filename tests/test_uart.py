@@ -10,14 +10,18 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hw.boards import LEDS, ArrayStandIn, EchoDevice, LinkCore
+from hw.boards import LEDS, EchoDevice, LinkCore
 from hw.config import preset
+from hw.device import Device
 from hw.uart import UARTBridge, UARTRx, UARTTx, baud_divisor
 from sim import verilator
 from sim.tb import CLOCK_NS
 
+from .test_array_sim import SignFlipPE
+
 CLK_HZ = 1e9 / CLOCK_NS
-BAUD = round(CLK_HZ / 16)           # 16 cycles a bit: fast to simulate, exact in nanoseconds
+BAUD = round(CLK_HZ / 8)            # 8 cycles a bit: fast to simulate, exact in nanoseconds
+TINY = preset("tiny")
 
 
 @pytest.mark.parametrize("clk_hz, baud, divisor", [(100e6, 115200, 868), (24e6, 115200, 208),
@@ -93,7 +97,7 @@ def _run(device, testcase, **extra):
 def test_words_echo_over_uart():
     result = _run(EchoDevice(), ["echo_words", "framing_error_lights_error_led"], words=48)
     assert result.passed, result.failures
-    assert result.tests == 2 and result.report["words_received"] == 51
+    assert result.tests == 2 and result.report["bytes_received"] == 4 * 51
 
 
 class PassThrough(wiring.Component):
@@ -113,11 +117,31 @@ def test_uart_tests_catch_a_broken_device():
     assert any("expected" in failure for failure in result.failures), result.failures
 
 
-def test_array_standin_over_uart_matches_golden():
-    config = preset("tiny")
-    device = ArrayStandIn(config)
-    result = _run(device, ["array_tiles"], config=config.to_dict(), tiles=3,
-                  weight_words=device.weight_words, token_words=device.token_words,
-                  result_words=device.result_words, psum_bits=device.array.psum_bits)
+def _run_accelerator(device, **extra):
+    return _run(device, ["accelerator_over_uart"], config=TINY.to_dict(), gemvs=4, tokens=100,
+                timeout_bytes=200, **extra)
+
+
+def test_driver_over_uart_matches_golden():
+    """The driver's SerialTransport through the UART bridge to the accelerator: every result
+    equals golden's, a bad command is survived, a silent device times out, no byte is lost."""
+    result = _run_accelerator(Device(TINY))
     assert result.passed, result.failures
-    assert result.report["words_received"] > 3
+    report = result.report
+    assert report["gemvs"] == 5 and report["gemm_tokens"] == 100 and report["macs"] > 0
+    assert report["bytes_received"] > 4 * 100 * TINY.array.cols
+
+
+def test_driver_over_uart_catches_a_broken_device():
+    result = _run_accelerator(Device(TINY, pe=SignFlipPE))
+    assert not result.passed
+    assert any("GEMM token" in failure for failure in result.failures), result.failures
+
+
+def test_a_gemm_beyond_the_receive_buffer_would_lose_bytes():
+    """Why SerialTransport limits its bursts: with no limit, a long GEMM's tokens pile up behind
+    the results leaving at line rate, and the board's receive buffer overflows."""
+    result = _run_accelerator(Device(TINY), burst_words=1 << 20)
+    assert not result.passed
+    assert any("GEMM" in failure or "lost a byte" in failure or "silent" in failure
+               for failure in result.failures), result.failures
