@@ -127,7 +127,7 @@ class Target:
 
     def script(self, *, dsp):
         options = self.with_dsp if dsp else self.without_dsp
-        return (f"read_rtlil top.il\n{self.command} {options} -top top\n"
+        return (f"read_verilog top.v\n{self.command} {options} -top top\n"
                 f"tee -q -o stat.json stat -json\n")
 
     def headline(self, metrics):
@@ -273,9 +273,12 @@ def _ports(component):
 
 
 def _yosys_area(component, *, unit, target, dsp, timeout, progress):
-    from amaranth.back import rtlil
+    from amaranth.back import verilog
 
-    text = rtlil.convert(component, name="top", ports=_ports(component))
+    # Verilog, not RTLIL: Yosys 0.70's abc9 re-integration asserts on the RTLIL of the
+    # ulx3s-85f bank group ("GetSize(conn.first) == GetSize(conn.second)"); from Verilog it
+    # maps. Board builds (Amaranth's own flow, RTLIL) are not affected.
+    text = verilog.convert(component, name="top", ports=_ports(component), emit_src=False)
     script = target.script(dsp=dsp)
     run_dir = BUILD_ROOT / "area" / f"{unit}-{target.name}-{_digest(text, script)}"
     stat = run_dir / "stat.json"
@@ -286,7 +289,7 @@ def _yosys_area(component, *, unit, target, dsp, timeout, progress):
             if progress:
                 progress(f"yosys {target.command} {'with' if dsp else 'without'} DSPs: "
                          f"{unit} in {run_dir} ...")
-            (run_dir / "top.il").write_text(text)
+            (run_dir / "top.v").write_text(text)
             (run_dir / "area.ys").write_text(script)
             start = time.monotonic()
             with open(run_dir / "yosys.out", "w") as out:
