@@ -19,6 +19,11 @@ FIFO is first-word-fall-through (``SyncFIFO``) to keep that bound; it is small (
 Weights load as ``rows`` beats of ``cols`` trits, ``k = 0`` first, through a shift chain up the
 columns, and only while no token is in flight (the array finishes the previous tile first).
 Tokens are accepted once a full tile has been loaded.
+
+For timing, every signal that fans out across the grid or back to the producer comes from a
+flip-flop: a weight beat is registered before it shifts in (the shift enable of every PE is one
+flip-flop), and both ``ready`` outputs are registered flags (grid empty, room for a token)
+derived from next-state counts. None of this changes when a beat or a token is taken.
 """
 
 from amaranth import Cat, Module, Mux, Signal, signed
@@ -102,18 +107,26 @@ class SystolicArray(wiring.Component):
 
         results = m.submodules.results = fifo.SyncFIFO(
             width=self.o_stream.payload.shape().size, depth=self.fifo_depth)
-        in_flight = Signal(range(self.fifo_depth + 1))
+        in_flight = Signal(range(self.fifo_depth + 1))     # tokens taken, results not in FIFO
+        occupancy = Signal(range(self.fifo_depth + 1))     # tokens taken, results not read
+        grid_empty = Signal(init=1)                        # in_flight == 0, registered
+        room = Signal(init=1)                              # occupancy < fifo_depth, registered
         loaded_rows = Signal(range(rows + 1))
         tile_loaded = loaded_rows == rows
+        w_pending = Signal()                               # a weight beat shifts in this cycle
+        w_beat = Signal.like(self.w_stream.payload)
 
         take_token = Signal()
         m.d.comb += [
-            self.i_stream.ready.eq(tile_loaded & (in_flight + results.level < self.fifo_depth)),
+            # A token never meets a half-shifted tile: not while a beat is pending.
+            self.i_stream.ready.eq(tile_loaded & room & ~w_pending),
             take_token.eq(self.i_stream.valid & self.i_stream.ready),
             # Weights change only with the grid empty, and never under a token being taken.
-            self.w_stream.ready.eq((in_flight == 0) & ~take_token),
+            self.w_stream.ready.eq(grid_empty & ~take_token),
         ]
-        with m.If(self.w_stream.valid & self.w_stream.ready):
+        m.d.sync += [w_pending.eq(self.w_stream.valid & self.w_stream.ready),
+                     w_beat.eq(self.w_stream.payload)]
+        with m.If(w_pending):
             m.d.sync += loaded_rows.eq(Mux(tile_loaded, 1, loaded_rows + 1))
 
         # Token valid bits follow the data through the grid: one bit per cycle of latency.
@@ -127,10 +140,9 @@ class SystolicArray(wiring.Component):
         for r in range(rows):
             for c in range(cols):
                 pe = m.submodules[f"pe_{r}_{c}"] = grid[r][c]
-                m.d.comb += pe.w_shift.eq(self.w_stream.valid & self.w_stream.ready)
+                m.d.comb += pe.w_shift.eq(w_pending)
                 # Weight shift chain runs upwards: the bottom row takes the new beat.
-                m.d.comb += pe.w_in.eq(self.w_stream.payload[c] if r == rows - 1
-                                       else grid[r + 1][c].w)
+                m.d.comb += pe.w_in.eq(w_beat[c] if r == rows - 1 else grid[r + 1][c].w)
                 m.d.comb += pe.x_in.eq(self._skewed(m, self.i_stream.payload[r], delay=r)
                                        if c == 0 else grid[r][c - 1].x_out)
                 if r:
@@ -141,12 +153,15 @@ class SystolicArray(wiring.Component):
             m.d.comb += results.w_data[c * self.psum_bits:(c + 1) * self.psum_bits].eq(column_sum)
         m.d.comb += results.w_en.eq(result_ready)
 
-        m.d.sync += in_flight.eq(in_flight + take_token - result_ready)
+        in_flight_next = in_flight + take_token - result_ready
+        occupancy_next = occupancy + take_token - (self.o_stream.valid & self.o_stream.ready)
+        m.d.sync += [in_flight.eq(in_flight_next), grid_empty.eq(in_flight_next == 0),
+                     occupancy.eq(occupancy_next), room.eq(occupancy_next < self.fifo_depth)]
         m.d.comb += [
             self.o_stream.valid.eq(results.r_rdy),
             self.o_stream.payload.eq(results.r_data),
             results.r_en.eq(self.o_stream.ready),
-            self.busy.eq((in_flight != 0) | results.r_rdy),
+            self.busy.eq(~grid_empty | results.r_rdy | w_pending),
         ]
         return m
 

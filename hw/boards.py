@@ -249,21 +249,12 @@ class LinkCore(wiring.Component):
         bridge = m.submodules.bridge = UARTBridge(clk_hz=self._clk_hz, baud=self._baud)
         device = m.submodules.device = self._device
         m.d.comb += [bridge.rx.eq(self.rx), self.tx.eq(bridge.tx)]
-        wiring.connect(m, bridge.o_stream, device.i_stream)
-        # A register between the device's responses and the bridge, so that the device's result
-        # paths (FIFO read, element select) end here and not in the bridge's shift register:
-        # together they were the ulx3s-85f build's critical path. The link is slower than the
-        # device by three orders of magnitude; the cycle costs nothing.
-        response = Signal.like(device.o_stream.payload)
-        response_valid = Signal()
-        m.d.comb += [
-            device.o_stream.ready.eq(~response_valid | bridge.i_stream.ready),
-            bridge.i_stream.valid.eq(response_valid),
-            bridge.i_stream.payload.eq(response),
-        ]
-        with m.If(device.o_stream.ready):
-            m.d.sync += [response_valid.eq(device.o_stream.valid),
-                         response.eq(device.o_stream.payload)]
+        # A register stage each way between the bridge and the device, so that no path runs
+        # from the bridge's FIFO or shift registers into the device's control or back: the
+        # device is spread over the die, the bridge sits by its pins. The link is slower than
+        # the device by three orders of magnitude; the cycles cost nothing.
+        self._register_stage(m, bridge.o_stream, device.i_stream, name="command")
+        self._register_stage(m, device.o_stream, bridge.i_stream, name="response")
 
         half_second = max(1, round(self._clk_hz / 2))
         heartbeat = Signal(range(half_second))
@@ -282,10 +273,26 @@ class LinkCore(wiring.Component):
         return m
 
     @staticmethod
+    def _register_stage(m, source, sink, *, name):
+        """``source`` to ``sink`` through one register, still a word per cycle."""
+        payload = Signal.like(source.payload, name=f"{name}_payload")
+        valid = Signal(name=f"{name}_valid")
+        m.d.comb += [
+            source.ready.eq(~valid | sink.ready),
+            sink.valid.eq(valid),
+            sink.payload.eq(payload),
+        ]
+        with m.If(source.ready):
+            m.d.sync += [valid.eq(source.valid), payload.eq(source.payload)]
+
+    @staticmethod
     def _stretch(m, pulse, *, cycles):
-        """High for ``cycles`` after each ``pulse``."""
+        """High for ``cycles`` after each ``pulse`` (registered first: the LEDs are far from
+        the logic whose pulses they show)."""
+        pulse_q = Signal()
         timer = Signal(range(cycles + 1))
-        m.d.sync += timer.eq(Mux(pulse, cycles, Mux(timer != 0, timer - 1, 0)))
+        m.d.sync += [pulse_q.eq(pulse),
+                     timer.eq(Mux(pulse_q, cycles, Mux(timer != 0, timer - 1, 0)))]
         return timer != 0
 
 

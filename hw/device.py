@@ -72,6 +72,7 @@ class Device(wiring.Component):
         args = Array(Signal(WORD_BITS, name=f"arg{n}") for n in range(2))
         arg_index = Signal(range(2))
         remaining = Signal(16)          # data items (words, chunks, rows, tokens) still to take
+        no_items = Signal()             # remaining == 0, registered: it gates every beat's enable
         results_left = Signal(16)       # GEMV rows / GEMM tokens whose results are still owed
         addr = Signal(WORD_BITS)
         element = Signal(range(max(fmt.banks, fmt.cols)))
@@ -80,15 +81,26 @@ class Device(wiring.Component):
         error = Signal(8)               # sticky: the first error since CLEAR_ERRORS
         errors = Signal(WORD_BITS)      # every error since CLEAR_ERRORS
         fail = Signal(8)                # the error raised this cycle (NONE: none)
+        fail_q = Signal(8)              # ... registered: error and errors take it a cycle later
+        checks = Signal(self._checks_layout())  # the argument checks, for CHECK
         flags = Signal(WORD_BITS)
         counters = [Signal(WORD_BITS, name=name) for name in fmt.counter_names]
-        registers = Array([Const(STATUS_MAGIC, WORD_BITS), error, errors, flags, *counters])
+        cycle = Signal(data.StructLayout({"busy": 1, "idle": 1, "stalled": 1}))  # this one's kind
+        # What the registers read: the stored values plus what is still on its way in.
+        error_now = Mux(error != ErrorCode.NONE.value, error, fail_q)
+        errors_now = errors + (fail_q != ErrorCode.NONE.value)
+        counters_now = self._count(m, counters, cycle=cycle, pim=pim, array=array)
+        registers = Array([Const(STATUS_MAGIC, WORD_BITS), error_now, errors_now, flags,
+                           *counters_now])
         n_status = len(fmt.registers) - len(counters)
 
-        with m.If(fail != ErrorCode.NONE.value):
+        # Errors are recorded from a register, so that the decoder's verdict is not the start
+        # of a path through a 32-bit adder (``CLEAR_ERRORS``, later in this module, wins).
+        m.d.sync += fail_q.eq(fail)
+        with m.If(fail_q != ErrorCode.NONE.value):
             m.d.sync += errors.eq(errors + 1)
             with m.If(error == ErrorCode.NONE.value):
-                m.d.sync += error.eq(fail)
+                m.d.sync += error.eq(fail_q)
         for name, bit in STATUS_FLAGS.items():
             m.d.comb += flags[bit].eq({"tile_loaded": tile_loaded, "pim_busy": pim.busy}[name])
 
@@ -108,24 +120,38 @@ class Device(wiring.Component):
                 destination.eq(Cat(low, i.payload)),
                 i.ready.eq(~last | target.ready),
             ]
-            with m.If(i.valid & i.ready):
-                with m.If(last):
-                    m.d.sync += [chunk.eq(0), remaining.eq(remaining - 1), addr.eq(addr + 1)]
-                with m.Else():
-                    m.d.sync += [chunk.eq(chunk + 1), low.eq(Cat(low[WORD_BITS:], i.payload))]
+            # The low words' enable leaves ``target.ready`` out (it is 1 when ``~last``): it
+            # fans out to every bit of the beat.
+            with m.If(i.valid & ~last):
+                m.d.sync += [chunk.eq(chunk + 1), low.eq(Cat(low[WORD_BITS:], i.payload))]
+            with m.If(i.valid & last & target.ready):
+                m.d.sync += [chunk.eq(0), remaining.eq(remaining - 1),
+                             no_items.eq(remaining == 1), addr.eq(addr + 1)]
 
         def serialise(source, count):
-            """Send each ``count``-element result beat as sign-extended words."""
+            """Send each ``count``-element result beat as sign-extended words.
+
+            Each word is selected from the beat and registered before it leaves (``word``, a
+            one-word pipeline stage that still moves a word every cycle): the result FIFO's
+            memory and the element select end there, not across the die at the output.
+            """
+            word = Signal(WORD_BITS, name="word")
+            word_valid = Signal(name="word_valid")
+            word_last = Signal(name="word_last")        # the word ends its beat
             last = element == count - 1
+            advance = ~word_valid | o.ready
             m.d.comb += [
-                o.valid.eq(source.valid),
-                o.payload.eq(source.payload[element]),
-                source.ready.eq(o.ready & last),
+                o.valid.eq(word_valid),
+                o.payload.eq(word),
+                source.ready.eq(advance & last),
             ]
-            with m.If(o.valid & o.ready):
-                m.d.sync += element.eq(Mux(last, 0, element + 1))
-                with m.If(last):
-                    m.d.sync += results_left.eq(results_left - 1)
+            with m.If(o.valid & o.ready & word_last):
+                m.d.sync += results_left.eq(results_left - 1)
+            with m.If(advance):
+                m.d.sync += [word_valid.eq(source.valid), word_last.eq(last),
+                             word.eq(source.payload[element])]
+                with m.If(source.valid):
+                    m.d.sync += element.eq(Mux(last, 0, element + 1))
 
         with m.FSM(name="control") as fsm:
             with m.State("FETCH"):
@@ -133,9 +159,10 @@ class Device(wiring.Component):
                 with m.If(i.valid):
                     # Decoded as it arrives: a command costs no cycle of its own to decode.
                     incoming = HEADER(i.payload)
+                    items = Mux(incoming.opcode == Opcode.LOAD_TILE.value, cfg.array.rows,
+                                incoming.b)
                     m.d.sync += [header.eq(i.payload), arg_index.eq(0),
-                                 remaining.eq(Mux(incoming.opcode == Opcode.LOAD_TILE.value,
-                                                  cfg.array.rows, incoming.b)),
+                                 remaining.eq(items), no_items.eq(items == 0),
                                  results_left.eq(incoming.b)]
                     self._decode(m, incoming, reject=reject, tile_loaded=tile_loaded,
                                  register=register, response_words=b, n_status=n_status,
@@ -145,41 +172,36 @@ class Device(wiring.Component):
                 m.d.comb += i.ready.eq(1)
                 with m.If(i.valid):
                     m.d.sync += [args[arg_index].eq(i.payload), arg_index.eq(arg_index + 1)]
+                    self._check_argument(m, i.payload, first=arg_index == 0, opcode=opcode,
+                                         count=b, checks=checks)
                     with m.If(arg_index == Mux(opcode == Opcode.GEMV.value,
                                                ARGUMENT_WORDS[Opcode.GEMV] - 1, 0)):
                         m.next = "CHECK"
 
             with m.State("CHECK"):
+                # Acts on the checks registered with the argument words: only a comparison
+                # between them and the bank group's command port.
                 m.d.sync += addr.eq(args[0])
-                end = args[0] + b                    # 33 bits: no wrap-around
-                with m.Switch(opcode):
-                    with m.Case(Opcode.WRITE_WEIGHTS):
-                        with m.If(end > fmt.depth):
-                            reject(ErrorCode.BAD_ADDRESS)
-                        with m.Else():
-                            m.next = "WRITE_WEIGHTS"
-                    with m.Case(Opcode.LOAD_ACTS):
-                        with m.If(end > fmt.act_words):
-                            reject(ErrorCode.BAD_ADDRESS)
-                        with m.Else():
-                            m.next = "LOAD_ACTS"
-                    with m.Case(Opcode.GEMV):
-                        words_per_row = args[1]
-                        # Checked in range first, so the product below is only 16 x log2(K).
-                        short = words_per_row[:Shape.cast(range(fmt.act_words + 1)).width]
-                        with m.If((words_per_row == 0) | (words_per_row > fmt.act_words)):
-                            reject(ErrorCode.BAD_SHAPE)
-                        with m.Elif(args[0] + b * short > fmt.depth):
-                            reject(ErrorCode.BAD_ADDRESS)
-                        with m.Else():
-                            m.d.comb += pim.cmd_stream.valid.eq(1)
-                            with m.If(pim.cmd_stream.ready):
-                                m.next = "RESPOND"
-                            with m.Else():
-                                m.next = "GEMV_START"
+                gemv_overflow = ((opcode == Opcode.GEMV.value)
+                                 & (checks.too_far | (checks.product > checks.room)))
+                with m.If(checks.verdict != ErrorCode.NONE.value):
+                    m.d.comb += fail.eq(checks.verdict)
+                    m.next = "FETCH"
+                with m.Elif(gemv_overflow):
+                    reject(ErrorCode.BAD_ADDRESS)
+                with m.Elif(opcode == Opcode.WRITE_WEIGHTS.value):
+                    m.next = "WRITE_WEIGHTS"
+                with m.Elif(opcode == Opcode.LOAD_ACTS.value):
+                    m.next = "LOAD_ACTS"
+                with m.Else():
+                    m.d.comb += pim.cmd_stream.valid.eq(1)
+                    with m.If(pim.cmd_stream.ready):
+                        m.next = "RESPOND"
+                    with m.Else():
+                        m.next = "GEMV_START"
 
             with m.State("WRITE_WEIGHTS"):
-                with m.If(remaining == 0):
+                with m.If(no_items):
                     m.next = "FETCH"
                 with m.Else():
                     assemble(pim.w_stream, pim.w_stream.payload.data, fmt.weight_word_words)
@@ -187,14 +209,14 @@ class Device(wiring.Component):
                                  pim.w_stream.payload.addr.eq(addr)]
 
             with m.State("LOAD_ACTS"):
-                with m.If(remaining == 0):
+                with m.If(no_items):
                     m.next = "FETCH"
                 with m.Else():
                     assemble(pim.x_stream, pim.x_stream.payload.data, fmt.act_chunk_words)
                     m.d.comb += pim.x_stream.payload.addr.eq(addr)
 
             with m.State("LOAD_TILE"):
-                with m.If(remaining == 0):
+                with m.If(no_items):
                     m.d.sync += tile_loaded.eq(1)
                     m.next = "FETCH"
                 with m.Else():
@@ -224,7 +246,7 @@ class Device(wiring.Component):
 
             with m.State("GEMM"):
                 # Tokens go in while results come out: the array's FIFO would fill otherwise.
-                with m.If(remaining != 0):
+                with m.If(~no_items):
                     assemble(array.i_stream, array.i_stream.payload, fmt.token_words)
                 with m.If(results_left == 0):
                     m.next = "FETCH"
@@ -244,13 +266,58 @@ class Device(wiring.Component):
             pim.cmd_stream.payload.words_per_row.eq(args[1]),
         ]
         idle = fsm.ongoing("FETCH")
-        self._count(m, counters, idle=idle, stalled=(o.valid & ~o.ready) |
-                    (~idle & i.ready & ~i.valid), pim=pim, array=array)
+        stalled = (o.valid & ~o.ready) | (~idle & i.ready & ~i.valid)
         m.d.comb += [
+            cycle.busy.eq(~idle & ~stalled),
+            cycle.idle.eq(idle),
+            cycle.stalled.eq(~idle & stalled),
             self.status.busy.eq(~idle),
-            self.status.error.eq(error != ErrorCode.NONE.value),
+            self.status.error.eq(error_now != ErrorCode.NONE.value),
         ]
         return m
+
+    def _checks_layout(self):
+        fmt = self._format
+        rows_bits = Shape.cast(range(fmt.depth + 1)).width
+        words_bits = Shape.cast(range(fmt.act_words + 1)).width
+        return data.StructLayout({
+            "verdict": 8,                       # ErrorCode of the checks done so far
+            "too_far": 1,                       # GEMV: base or rows beyond the bank
+            "room": range(fmt.depth + 1),       # GEMV: words from base to the end of the bank
+            "product": rows_bits + words_bits,  # GEMV: rows * words_per_row (both in range)
+        })
+
+    def _check_argument(self, m, word, *, first, opcode, count, checks):
+        """Check argument ``word`` as it arrives, registering what ``CHECK`` needs.
+
+        The first argument is an address: ``addr + count`` must not pass the end of the bank
+        (``WRITE_WEIGHTS``) or of the activation buffer (``LOAD_ACTS``). For ``GEMV`` it is the
+        base, and ``count`` rows of ``words_per_row`` words (its second argument, which must
+        be in ``[1, act_words]``, else ``BAD_SHAPE``) must fit between it and the end of a
+        bank, else ``BAD_ADDRESS``. The factors are range checked before they are multiplied,
+        so the product is only ``log2(depth) x log2(act_words)`` bits, and it is registered:
+        the multiplier, in ``CHECK`` or between the argument word and the verdict, was the
+        critical path of both boards' builds.
+        """
+        fmt = self._format
+        limit = Mux(opcode == Opcode.LOAD_ACTS.value, fmt.act_words, fmt.depth)
+        rows = count[:Shape.cast(range(fmt.depth + 1)).width]
+        words_per_row = word[:Shape.cast(range(fmt.act_words + 1)).width]
+        with m.If(first):
+            m.d.sync += [
+                checks.verdict.eq(Mux(word + count > limit, ErrorCode.BAD_ADDRESS.value,
+                                      ErrorCode.NONE.value)),
+                checks.too_far.eq((word > fmt.depth) | (count > fmt.depth)),
+                checks.room.eq(fmt.depth - word),       # meaningful unless too_far
+            ]
+        with m.Else():
+            # GEMV's words_per_row. A bad shape outranks the base's BAD_ADDRESS (the first
+            # argument's verdict, implied by the product check in CHECK when the shape is good).
+            m.d.sync += [
+                checks.verdict.eq(Mux((word == 0) | (word > fmt.act_words),
+                                      ErrorCode.BAD_SHAPE.value, ErrorCode.NONE.value)),
+                checks.product.eq(rows * words_per_row),
+            ]
 
     def _decode(self, m, h, *, reject, tile_loaded, register, response_words, n_status,
                 n_counters, clear):
@@ -293,21 +360,29 @@ class Device(wiring.Component):
             with m.Default():
                 reject(ErrorCode.UNKNOWN_OPCODE)
 
-    def _count(self, m, counters, *, idle, stalled, pim, array):
-        """Performance counters (32-bit, wrapping), in ``CommandFormat.counter_names`` order.
+    def _count(self, m, counters, *, cycle, pim, array):
+        """Performance counters (32-bit, wrapping), in ``CommandFormat.counter_names`` order;
+        returns the values a read sees.
 
         Every cycle is exactly one of: idle (waiting for a command), stalled (inside a command,
-        waiting for the host to send or to take a word) or busy. ``macs`` counts trit-lanes
-        consumed: the bank group's, plus ``rows * cols`` per token the array takes.
+        waiting for the host to send or to take a word) or busy (``cycle``, driven by the
+        controller). ``macs`` counts trit-lanes consumed: the bank group's, plus
+        ``rows * cols`` per token the array takes.
+
+        A cycle's increments are registered first and added the cycle after, so the control
+        logic that classifies a cycle never ends in a 32-bit adder; a read adds the pending
+        increments, so it sees every cycle before it, as if counted at once.
         """
-        busy_cycles, idle_cycles, stalled_cycles, macs, *words_read = counters
+        cfg = self._config
         array_token = array.i_stream.valid & array.i_stream.ready
-        m.d.sync += [
-            busy_cycles.eq(busy_cycles + (~idle & ~stalled)),
-            idle_cycles.eq(idle_cycles + idle),
-            stalled_cycles.eq(stalled_cycles + (~idle & stalled)),
-            macs.eq(macs + pim.macs + Mux(array_token, self._config.array.rows
-                                          * self._config.array.cols, 0)),
-        ]
-        for bank, count in enumerate(words_read):
-            m.d.sync += count.eq(count + pim.words_read[bank])
+        increments = [cycle.busy, cycle.idle, cycle.stalled,
+                      pim.macs + Mux(array_token, cfg.array.rows * cfg.array.cols, 0),
+                      *pim.words_read]
+        now = []
+        for count, increment in zip(counters, increments):
+            pending = Signal(range(cfg.pim.banks * cfg.pim.lanes
+                                   + cfg.array.rows * cfg.array.cols + 1),
+                             name=f"{count.name}_pending")
+            m.d.sync += [pending.eq(increment), count.eq(count + pending)]
+            now.append(count + pending)
+        return now

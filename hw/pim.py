@@ -380,24 +380,37 @@ class PimBankGroup(wiring.Component):
         results = m.submodules.results = fifo.SyncFIFO(
             width=self.o_stream.payload.shape().size, depth=self.fifo_depth)
 
-        # Writes: only while idle, so nothing changes under a running GEMV.
+        # Writes: only while idle, so nothing changes under a running GEMV. Each write is
+        # registered before it reaches the memories, which are spread over the die; it lands
+        # the cycle after it is taken, before any GEMV command could read it.
+        weight_write = Signal(self.w_stream.payload.shape())
+        weight_write_en = Signal()
+        act_write = Signal(self.x_stream.payload.shape())
+        act_write_en = Signal()
         m.d.comb += [
             self.w_stream.ready.eq(~self.busy),
             self.x_stream.ready.eq(~self.busy),
-            chunk_write.en.eq(self.x_stream.valid & self.x_stream.ready),
-            chunk_write.addr.eq(self.x_stream.p.addr),
-            chunk_write.data.eq(self.x_stream.p.data),
+        ]
+        m.d.sync += [
+            weight_write_en.eq(self.w_stream.valid & self.w_stream.ready),
+            weight_write.eq(self.w_stream.p),
+            act_write_en.eq(self.x_stream.valid & self.x_stream.ready),
+            act_write.eq(self.x_stream.p),
+        ]
+        m.d.comb += [
+            chunk_write.en.eq(act_write_en),
+            chunk_write.addr.eq(act_write.addr),
+            chunk_write.data.eq(act_write.data),
         ]
         valid_lanes = self._config.max_k - (act_words - 1) * pim.lanes
         for lane in range(valid_lanes, pim.lanes):
-            with m.If(self.x_stream.p.addr == act_words - 1):
+            with m.If(act_write.addr == act_words - 1):
                 m.d.comb += chunk_write.data[lane].eq(0)
         for b, bank in enumerate(banks):
             m.d.comb += [
-                bank.w_stream.valid.eq(self.w_stream.valid & self.w_stream.ready
-                                       & (self.w_stream.p.bank == b)),
-                bank.w_stream.p.addr.eq(self.w_stream.p.addr),
-                bank.w_stream.p.data.eq(self.w_stream.p.data),
+                bank.w_stream.valid.eq(weight_write_en & (weight_write.bank == b)),
+                bank.w_stream.p.addr.eq(weight_write.addr),
+                bank.w_stream.p.data.eq(weight_write.data),
             ]
 
         # Sequencer. In cycle d it decides to read word `addr`, to be dotted with chunk `chunk`

@@ -321,6 +321,7 @@ def area(config, *, units=None, target="ecp5", dsp=True, device=None, timeout=YO
     from .boards import DEFAULT_DEVICE, DEVICES
 
     target = TARGETS[target]
+    find_tool("yosys")          # a missing toolchain is named before any work is done
     device = device or DEVICES[DEFAULT_DEVICE]
     results = []
     for name in units or list(AREA_UNITS):
@@ -372,6 +373,12 @@ _STAGES = {                    # files whose appearance marks a stage, in build 
 # nextpnr options per family. ECP5: router2, the negotiated-congestion router; router1 had
 # routed only a third of the ulx3s-85f device's arcs after 15 minutes.
 _NEXTPNR_OPTS = {"ecp5": "--router router2", "ice40": ""}
+# ECP5: each PIM bank stays a module of its own through synthesis. Flattened, Yosys merged the
+# banks' identical activation registers and shared terms of their adder trees across banks: one
+# register then fed sixteen banks spread over the die, and one bank's tree waited on another's
+# (the ulx3s-85f build's critical path, 74 MHz). It costs logic (ulx3s-85f: 26.9 k -> 37.9 k
+# of 83.6 k LUTs), which the iCE40UP5K, with two banks close together, cannot spare.
+_SCRIPT_AFTER_READ = {"ecp5": "setattr -mod -set keep_hierarchy 1 *.pim.bank*", "ice40": ""}
 _PNR_PHASES = [("Info: Packing", "packing"), ("analytic placement", "placing"),
                ("Info: Routing", "routing")]
 
@@ -452,7 +459,8 @@ def synth_board(board, config, *, device, device_name, baud=115200, timeout=PNR_
     progress(f"elaborating {device_name} for {board.name} ...")
     plan = board.platform().prepare(top, name="top",
                                     nextpnr_opts="--report report.json --timing-allow-fail "
-                                                 + _NEXTPNR_OPTS[board.family])
+                                                 + _NEXTPNR_OPTS[board.family],
+                                    script_after_read=_SCRIPT_AFTER_READ[board.family])
     build_dir = BUILD_ROOT / "synth" / f"{board.name}-{plan.digest().hex()[:16]}"
     summary_path = build_dir / "summary.json"
     bitstream = build_dir / f"top.{board.bitstream}"

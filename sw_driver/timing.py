@@ -15,7 +15,9 @@ __all__ = ["CommandTiming"]
 
 class _ResultPath:
     """A producer writing beats into a first-word-fall-through FIFO with credit, and the
-    controller's serialiser emitting ``elements`` words per beat, one per cycle."""
+    controller's serialiser: each word of the head beat is selected into a one-word output
+    register, one per cycle, and leaves the cycle after; the beat leaves the FIFO with its
+    last word's selection."""
 
     def __init__(self, *, latency, fifo_depth, elements, registered_credit=False):
         self.latency, self.depth, self.elements = latency, fifo_depth, elements
@@ -24,11 +26,13 @@ class _ResultPath:
         self.level = 0                  # beats in the FIFO
         self.arrivals = {}              # cycle -> beats written into the FIFO in that cycle
         self.element = 0
+        self.word_last = False          # the output register holds a beat's last word
         self._room = True               # the registered credit, as computed a cycle ago
 
     def room(self):
         """Whether a beat may issue now. A registered credit is a cycle old, so it keeps one
-        entry in reserve (``PimBankGroup``); a live one uses them all (``SystolicArray``)."""
+        entry in reserve (``PimBankGroup``); the array's is computed from the next state, so
+        it uses them all (``SystolicArray``)."""
         if self.registered_credit:
             return self._room
         return self.in_flight + self.level < self.depth
@@ -38,18 +42,19 @@ class _ResultPath:
         self.arrivals[cycle + self.latency] = self.arrivals.get(cycle + self.latency, 0) + 1
 
     def step(self, cycle, issued, serialising):
-        """End of ``cycle``: returns True if the serialiser finished a beat in it."""
-        popped = False
-        if serialising and self.level:
-            if self.element == self.elements - 1:
-                self.element, popped = 0, True
-            else:
-                self.element += 1
+        """End of ``cycle``: returns True if a beat's last word left in it."""
+        finished = popped = False
+        if serialising:
+            finished = self.word_last          # the host takes every word at once
+            self.word_last = False
+            if self.level:
+                self.word_last = popped = self.element == self.elements - 1
+                self.element = 0 if popped else self.element + 1
         written = self.arrivals.pop(cycle, 0)
         self._room = self.in_flight + self.level < self.depth - 1
         self.in_flight += issued - written
         self.level += written - popped
-        return popped
+        return finished
 
 
 class CommandTiming:
