@@ -17,14 +17,16 @@ accumulator's adder. With ``L = ceil(log2(lanes))`` tree levels, ``S = (1 + L) /
 
 ========  ===============================================================================
 t         sequencer decides the read and addresses the activation buffer
-t+1       the registered request addresses every bank (synchronous reads); the chunk leaves
-          the buffer into the broadcast register
-t+2       word and chunk enter each bank's operand registers
-t+3 ...   lane products (add, subtract or skip), then the tree levels, in ``S`` full stages
-t+3+S     the accumulator's adder, after the tree's last level if that stage has room; a
+t+1       the request and the chunk (out of the buffer) are registered in the group; with
+          more than :data:`BANKS_PER_RELAY` banks, relays repeat both a cycle later (``R = 1``,
+          else ``R = 0``)
+t+1+R     the request addresses the banks (synchronous reads)
+t+2+R     word and chunk enter each bank's operand registers
+t+3+R ... lane products (add, subtract or skip), then the tree levels, in ``S`` full stages
+t+3+R+S   the accumulator's adder, after the tree's last level if that stage has room; a
           finished row goes to the result FIFO
-t+4+S     the accumulator holds the word's contribution: ``PimBankGroup.latency = 4 + S``
-          (``PimBank.latency = 3 + S``, counted from the bank's read in ``t+1``)
+t+4+R+S   the accumulator holds the word's contribution: ``PimBankGroup.latency = 4 + R + S``
+          (``PimBank.latency = 3 + S``, counted from the bank's read)
 ========  ===============================================================================
 
 Timing at 100 MHz on ECP5: a block RAM's clock-to-output time is 5.5-6 ns, so RAM data gets a
@@ -43,7 +45,8 @@ from amaranth.lib.wiring import In, Out
 from .config import Config, signed_bits_for
 from .trit import Trit
 
-__all__ = ["LEVELS_PER_STAGE", "AdderTree", "PimBank", "PimBankGroup"]
+__all__ = ["LEVELS_PER_STAGE", "BANKS_PER_RELAY", "AdderTree", "PimBank", "Relay",
+           "PimBankGroup"]
 
 LEVELS_PER_STAGE = 2
 
@@ -253,6 +256,33 @@ class PimBank(wiring.Component):
         return m
 
 
+BANKS_PER_RELAY = 4     # banks fed by one relay of the request and the activation chunk
+
+
+class Relay(wiring.Component):
+    """One register of the bank group's broadcast tree: ``o`` is ``i`` a cycle later.
+
+    The group's request and chunk reach the banks through these, :data:`BANKS_PER_RELAY` banks
+    each, so no single flip-flop drives a net across the whole die (on the ulx3s-85f build that
+    net alone took 11.5 ns). Each relay is a module of its own so that synthesis can keep them
+    apart (identical registers would otherwise be merged back into one).
+    """
+
+    def __init__(self, layout):
+        super().__init__({"i": In(layout), "o": Out(layout)})
+
+    @staticmethod
+    def stages_for(config):
+        """Relay stages between the group and its banks: none for up to
+        :data:`BANKS_PER_RELAY` banks (the group's own registers drive them), else one."""
+        return int(config.pim.banks > BANKS_PER_RELAY)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.o.eq(self.i)
+        return m
+
+
 class PimBankGroup(wiring.Component):
     """``banks`` PIM banks in all-bank mode plus the activation buffer: one GEMV per command.
 
@@ -349,12 +379,13 @@ class PimBankGroup(wiring.Component):
     @staticmethod
     def latency_for(config, bank=PimBank):
         """:attr:`latency` of a group built for ``config`` with ``bank`` engines."""
-        return 1 + bank.latency_for(config)
+        return 1 + Relay.stages_for(config) + bank.latency_for(config)
 
     @property
     def latency(self):
         """Cycles from the sequencer issuing a read to its contribution in the accumulator: one
-        to register the request, then the bank's :attr:`PimBank.latency`."""
+        to register the request, one in a :class:`Relay` if there are relays, then the bank's
+        :attr:`PimBank.latency`."""
         return self.latency_for(self._config, self._bank)
 
     @property
@@ -446,14 +477,23 @@ class PimBankGroup(wiring.Component):
             request.eq(Cat(issue, addr, chunk == 0, row_end)),
             broadcast.eq(chunk_read.data),
         ]
-        for bank in banks:
-            m.d.comb += [
-                bank.rd_stream.valid.eq(request.valid),
-                bank.rd_stream.p.addr.eq(request.addr),
-                bank.rd_stream.p.first.eq(request.first),
-                bank.rd_stream.p.last.eq(request.last),
-                bank.x.eq(broadcast),
-            ]
+        operands = Signal(data.StructLayout({"request": request.shape(),
+                                             "x": broadcast.shape()}))
+        m.d.comb += [operands.request.eq(request), operands.x.eq(broadcast)]
+        for n, first_bank in enumerate(range(0, pim.banks, BANKS_PER_RELAY)):
+            relayed = operands
+            if Relay.stages_for(self._config):
+                relay = m.submodules[f"relay{n}"] = Relay(operands.shape())
+                m.d.comb += relay.i.eq(operands)
+                relayed = relay.o
+            for bank in banks[first_bank:first_bank + BANKS_PER_RELAY]:
+                m.d.comb += [
+                    bank.rd_stream.valid.eq(relayed.request.valid),
+                    bank.rd_stream.p.addr.eq(relayed.request.addr),
+                    bank.rd_stream.p.first.eq(relayed.request.first),
+                    bank.rd_stream.p.last.eq(relayed.request.last),
+                    bank.x.eq(relayed.x),
+                ]
 
         with m.If(issue):
             m.d.sync += addr.eq(addr + 1)

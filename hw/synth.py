@@ -373,12 +373,13 @@ _STAGES = {                    # files whose appearance marks a stage, in build 
 # nextpnr options per family. ECP5: router2, the negotiated-congestion router; router1 had
 # routed only a third of the ulx3s-85f device's arcs after 15 minutes.
 _NEXTPNR_OPTS = {"ecp5": "--router router2", "ice40": ""}
-# ECP5: each PIM bank stays a module of its own through synthesis. Flattened, Yosys merged the
-# banks' identical activation registers and shared terms of their adder trees across banks: one
-# register then fed sixteen banks spread over the die, and one bank's tree waited on another's
-# (the ulx3s-85f build's critical path, 74 MHz). It costs logic (ulx3s-85f: 26.9 k -> 37.9 k
+# ECP5: each PIM bank and relay (hw.pim.Relay) stays a module of its own through synthesis.
+# Flattened, Yosys merged the banks' identical activation registers and shared terms of their
+# adder trees across banks: one register then fed sixteen banks spread over the die, and one
+# bank's tree waited on another's (the ulx3s-85f build's critical path, 74 MHz). It costs logic (ulx3s-85f: 26.9 k -> 37.9 k
 # of 83.6 k LUTs), which the iCE40UP5K, with two banks close together, cannot spare.
-_SCRIPT_AFTER_READ = {"ecp5": "setattr -mod -set keep_hierarchy 1 *.pim.bank*", "ice40": ""}
+_SCRIPT_AFTER_READ = {"ecp5": "setattr -mod -set keep_hierarchy 1 *.pim.bank* *.pim.relay*",
+                      "ice40": ""}
 _PNR_PHASES = [("Info: Packing", "packing"), ("analytic placement", "placing"),
                ("Info: Routing", "routing")]
 
