@@ -120,15 +120,21 @@ class Target:
     with_dsp: str               # options that let multipliers map to DSP blocks
     without_dsp: str            # options that keep them in logic
     metrics: Callable           # cells by type -> {metric: count}, the headline metric first
+    keep: str = ""              # module patterns synthesised as modules of their own
 
     @property
     def has_dsp(self):
         return self.with_dsp != self.without_dsp
 
+    @property
+    def after_read(self):
+        """Yosys commands between reading the design and synthesising it (board builds too)."""
+        return f"setattr -mod -set keep_hierarchy 1 {self.keep}" if self.keep else ""
+
     def script(self, *, dsp):
         options = self.with_dsp if dsp else self.without_dsp
-        return (f"read_verilog top.v\n{self.command} {options} -top top\n"
-                f"tee -q -o stat.json stat -json\n")
+        return (f"read_verilog top.v\n{self.after_read}\n{self.command} {options} -top top\n"
+                f"tee -q -o stat.json stat -json -top top\n")
 
     def headline(self, metrics):
         """The metric that ratios and per-lane figures use (first in :attr:`metrics`)."""
@@ -138,7 +144,13 @@ class Target:
 TARGETS = {target.name: target for target in [
     Target("generic", "synth -flatten", "", "",
            lambda cells: {"cells": sum(cells.values())}),
-    Target("ecp5", "synth_ecp5", "", "-nodsp", _ecp5_metrics),
+    # ECP5: each PIM bank and relay (hw.pim.Relay) stays a module of its own. Flattened, Yosys
+    # merged the banks' identical activation registers and shared terms of their adder trees
+    # across banks: one register then fed sixteen banks spread over the die, and one bank's tree
+    # waited on another's (the ulx3s-85f build's critical path, 74 MHz). It costs logic
+    # (ulx3s-85f: 26.9 k -> 37.9 k of 83.6 k LUTs), which the iCE40UP5K, with two banks close
+    # together, cannot spare. Area runs keep them too, so that they report what a board builds.
+    Target("ecp5", "synth_ecp5", "", "-nodsp", _ecp5_metrics, keep="*.bank* *.relay*"),
     Target("ice40", "synth_ice40", "-dsp", "", _ice40_metrics),
 ]}
 
@@ -276,8 +288,9 @@ def _yosys_area(component, *, unit, target, dsp, timeout, progress):
     from amaranth.back import verilog
 
     # Verilog, not RTLIL: Yosys 0.70's abc9 re-integration asserts on the RTLIL of the
-    # ulx3s-85f bank group ("GetSize(conn.first) == GetSize(conn.second)"); from Verilog it
-    # maps. Board builds (Amaranth's own flow, RTLIL) are not affected.
+    # ulx3s-85f bank group ("GetSize(conn.first) == GetSize(conn.second)"), and on its flattened
+    # Verilog once it had relays ("wire"); from Verilog with the banks kept as modules (the
+    # target's ``keep``) it maps. Board builds (Amaranth's own flow, RTLIL) are not affected.
     text = verilog.convert(component, name="top", ports=_ports(component), emit_src=False)
     script = target.script(dsp=dsp)
     run_dir = BUILD_ROOT / "area" / f"{unit}-{target.name}-{_digest(text, script)}"
@@ -303,9 +316,10 @@ def _yosys_area(component, *, unit, target, dsp, timeout, progress):
                 stat.unlink(missing_ok=True)
                 raise ToolError(f"yosys failed on {unit} (exit {code}); see {log}")
             (run_dir / "seconds").write_text(f"{time.monotonic() - start:.2f}")
-    modules = json.loads(stat.read_text())["modules"]
-    cells = dict(modules["\\top"]["num_cells_by_type"])
-    cells.pop("$scopeinfo", None)               # hierarchy markers, not logic
+    stat = json.loads(stat.read_text())
+    submodules = {name.lstrip("\\") for name in stat["modules"]}
+    cells = {name: count for name, count in stat["design"]["num_cells_by_type"].items()
+             if name not in submodules and name != "$scopeinfo"}  # cells of the whole hierarchy
     return cells, float((run_dir / "seconds").read_text()), log
 
 
@@ -373,13 +387,6 @@ _STAGES = {                    # files whose appearance marks a stage, in build 
 # nextpnr options per family. ECP5: router2, the negotiated-congestion router; router1 had
 # routed only a third of the ulx3s-85f device's arcs after 15 minutes.
 _NEXTPNR_OPTS = {"ecp5": "--router router2", "ice40": ""}
-# ECP5: each PIM bank and relay (hw.pim.Relay) stays a module of its own through synthesis.
-# Flattened, Yosys merged the banks' identical activation registers and shared terms of their
-# adder trees across banks: one register then fed sixteen banks spread over the die, and one
-# bank's tree waited on another's (the ulx3s-85f build's critical path, 74 MHz). It costs logic (ulx3s-85f: 26.9 k -> 37.9 k
-# of 83.6 k LUTs), which the iCE40UP5K, with two banks close together, cannot spare.
-_SCRIPT_AFTER_READ = {"ecp5": "setattr -mod -set keep_hierarchy 1 *.pim.bank* *.pim.relay*",
-                      "ice40": ""}
 _PNR_PHASES = [("Info: Packing", "packing"), ("analytic placement", "placing"),
                ("Info: Routing", "routing")]
 
@@ -461,7 +468,7 @@ def synth_board(board, config, *, device, device_name, baud=115200, timeout=PNR_
     plan = board.platform().prepare(top, name="top",
                                     nextpnr_opts="--report report.json --timing-allow-fail "
                                                  + _NEXTPNR_OPTS[board.family],
-                                    script_after_read=_SCRIPT_AFTER_READ[board.family])
+                                    script_after_read=TARGETS[board.family].after_read)
     build_dir = BUILD_ROOT / "synth" / f"{board.name}-{plan.digest().hex()[:16]}"
     summary_path = build_dir / "summary.json"
     bitstream = build_dir / f"top.{board.bitstream}"
