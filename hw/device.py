@@ -108,25 +108,38 @@ class Device(wiring.Component):
             m.d.comb += fail.eq(code.value)
             m.next = "FETCH"
 
-        def assemble(target, destination, words):
-            """Feed ``target`` beats whose ``destination`` (the payload or a field of it) is
-            made of ``words`` input words. The last word completes a beat combinationally, so
-            beats move at one per ``words`` input words."""
+        def assembler(target, destination, words):
+            """Make beats for ``target`` whose ``destination`` (the payload or a field of it) is
+            made of ``words`` input words; returns the function that feeds them, to be called in
+            the state that loads them. The data is wired in every state and only ``valid``
+            depends on the state: the beats cross the die to the banks and the array, and the
+            control FSM is kept off that path. The last word completes a beat combinationally,
+            so beats move at one per ``words`` input words."""
             chunk = Signal(range(words), name="chunk")
             low = Signal((words - 1) * WORD_BITS, name="low_words")
             last = chunk == words - 1
-            m.d.comb += [
-                target.valid.eq(i.valid & last),
-                destination.eq(Cat(low, i.payload)),
-                i.ready.eq(~last | target.ready),
-            ]
-            # The low words' enable leaves ``target.ready`` out (it is 1 when ``~last``): it
-            # fans out to every bit of the beat.
-            with m.If(i.valid & ~last):
-                m.d.sync += [chunk.eq(chunk + 1), low.eq(Cat(low[WORD_BITS:], i.payload))]
-            with m.If(i.valid & last & target.ready):
-                m.d.sync += [chunk.eq(0), remaining.eq(remaining - 1),
-                             no_items.eq(remaining == 1), addr.eq(addr + 1)]
+            m.d.comb += destination.eq(Cat(low, i.payload))
+
+            def feed():
+                m.d.comb += [
+                    target.valid.eq(i.valid & last),
+                    i.ready.eq(~last | target.ready),
+                ]
+                # The low words' enable leaves ``target.ready`` out (it is 1 when ``~last``): it
+                # fans out to every bit of the beat.
+                with m.If(i.valid & ~last):
+                    m.d.sync += [chunk.eq(chunk + 1), low.eq(Cat(low[WORD_BITS:], i.payload))]
+                with m.If(i.valid & last & target.ready):
+                    m.d.sync += [chunk.eq(0), remaining.eq(remaining - 1),
+                                 no_items.eq(remaining == 1), addr.eq(addr + 1)]
+            return feed
+
+        feed_weights = assembler(pim.w_stream, pim.w_stream.payload.data, fmt.weight_word_words)
+        feed_acts = assembler(pim.x_stream, pim.x_stream.payload.data, fmt.act_chunk_words)
+        feed_tile = assembler(array.w_stream, array.w_stream.payload, fmt.tile_row_words)
+        feed_tokens = assembler(array.i_stream, array.i_stream.payload, fmt.token_words)
+        m.d.comb += [pim.w_stream.payload.bank.eq(a), pim.w_stream.payload.addr.eq(addr),
+                     pim.x_stream.payload.addr.eq(addr)]
 
         def serialise(source, count):
             """Send each ``count``-element result beat as sign-extended words.
@@ -204,23 +217,20 @@ class Device(wiring.Component):
                 with m.If(no_items):
                     m.next = "FETCH"
                 with m.Else():
-                    assemble(pim.w_stream, pim.w_stream.payload.data, fmt.weight_word_words)
-                    m.d.comb += [pim.w_stream.payload.bank.eq(a),
-                                 pim.w_stream.payload.addr.eq(addr)]
+                    feed_weights()
 
             with m.State("LOAD_ACTS"):
                 with m.If(no_items):
                     m.next = "FETCH"
                 with m.Else():
-                    assemble(pim.x_stream, pim.x_stream.payload.data, fmt.act_chunk_words)
-                    m.d.comb += pim.x_stream.payload.addr.eq(addr)
+                    feed_acts()
 
             with m.State("LOAD_TILE"):
                 with m.If(no_items):
                     m.d.sync += tile_loaded.eq(1)
                     m.next = "FETCH"
                 with m.Else():
-                    assemble(array.w_stream, array.w_stream.payload, fmt.tile_row_words)
+                    feed_tile()
 
             with m.State("GEMV_START"):
                 m.d.comb += pim.cmd_stream.valid.eq(1)
@@ -247,7 +257,7 @@ class Device(wiring.Component):
             with m.State("GEMM"):
                 # Tokens go in while results come out: the array's FIFO would fill otherwise.
                 with m.If(~no_items):
-                    assemble(array.i_stream, array.i_stream.payload, fmt.token_words)
+                    feed_tokens()
                 with m.If(results_left == 0):
                     m.next = "FETCH"
                 with m.Else():
