@@ -75,7 +75,6 @@ class Device(wiring.Component):
         no_items = Signal()             # remaining == 0, registered: it gates every beat's enable
         results_left = Signal(16)       # GEMV rows / GEMM tokens whose results are still owed
         addr = Signal(WORD_BITS)
-        element = Signal(range(max(fmt.banks, fmt.cols)))
         register = Signal(range(len(fmt.registers)))
         tile_loaded = Signal()
         error = Signal(8)               # sticky: the first error since CLEAR_ERRORS
@@ -146,8 +145,11 @@ class Device(wiring.Component):
 
             Each word is selected from the beat and registered before it leaves (``word``, a
             one-word pipeline stage that still moves a word every cycle): the result FIFO's
-            memory and the element select end there, not across the die at the output.
+            memory and the element select end there, not across the die at the output. Each
+            serialiser counts its own elements: one counter shared by the bank group's and the
+            array's sat between the two and crossed the die to the select (ulx3s-85f, 76 MHz).
             """
+            element = Signal(range(count), name="element")
             word = Signal(WORD_BITS, name="word")
             word_valid = Signal(name="word_valid")
             word_last = Signal(name="word_last")        # the word ends its beat
