@@ -75,7 +75,8 @@ class Device(wiring.Component):
         no_items = Signal()             # remaining == 0, registered: it gates every beat's enable
         results_left = Signal(16)       # GEMV rows / GEMM tokens whose results are still owed
         addr = Signal(WORD_BITS)
-        register = Signal(range(len(fmt.registers)))
+        register = Signal(range(len(fmt.registers) + 1))    # the next register to read
+        register_word = Signal(WORD_BITS)                      # ... and the one leaving
         tile_loaded = Signal()
         error = Signal(8)               # sticky: the first error since CLEAR_ERRORS
         errors = Signal(WORD_BITS)      # every error since CLEAR_ERRORS
@@ -102,6 +103,12 @@ class Device(wiring.Component):
                 m.d.sync += error.eq(fail_q)
         for name, bit in STATUS_FLAGS.items():
             m.d.comb += flags[bit].eq({"tile_loaded": tile_loaded, "pim_busy": pim.busy}[name])
+
+        def take_register():
+            """Register the next register's value as the word before it leaves: the read sees
+            every cycle before that one. The select over the counters, with their pending
+            increments' adders, then ends in a flip-flop, not at the link."""
+            m.d.sync += [register_word.eq(registers[register]), register.eq(register + 1)]
 
         def reject(code):
             m.d.comb += fail.eq(code.value)
@@ -242,6 +249,7 @@ class Device(wiring.Component):
             with m.State("RESPOND"):
                 m.d.comb += [o.valid.eq(1), o.payload.eq(Cat(opcode, error, b))]
                 with m.If(o.ready):
+                    take_register()
                     with m.Switch(opcode):
                         with m.Case(Opcode.GEMV):
                             m.next = "GEMV_RESULTS"
@@ -266,10 +274,10 @@ class Device(wiring.Component):
                     serialise(array.o_stream, fmt.cols)
 
             with m.State("REGISTERS"):
-                m.d.comb += [o.valid.eq(1), o.payload.eq(registers[register])]
+                m.d.comb += [o.valid.eq(1), o.payload.eq(register_word)]
                 with m.If(o.ready):
-                    m.d.sync += register.eq(register + 1)
-                    with m.If((register == n_status - 1) | (register == len(registers) - 1)):
+                    take_register()
+                    with m.If((register == n_status) | (register == len(registers))):
                         m.next = "FETCH"
 
         m.d.comb += [
@@ -383,7 +391,8 @@ class Device(wiring.Component):
 
         A cycle's increments are registered first and added the cycle after, so the control
         logic that classifies a cycle never ends in a 32-bit adder; a read adds the pending
-        increments, so it sees every cycle before it, as if counted at once.
+        increments, so it sees every cycle before the one that registers its word, as if counted
+        at once.
         """
         cfg = self._config
         array_token = array.i_stream.valid & array.i_stream.ready

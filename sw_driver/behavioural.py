@@ -99,10 +99,9 @@ class BehaviouralDevice:
                 self._fail(problem)
                 self.busy += self.timing.rejected_after_arguments(op)
                 continue
-            if op is Opcode.READ_COUNTERS:               # shows the busy count of RESPOND
-                self.busy += 1
+            if op is Opcode.READ_COUNTERS:      # read as the header leaves, RESPOND uncounted
                 self._respond(op, len(fmt.counter_names), self.counters())
-                self.busy += self.timing.simple(op) - 1
+                self.busy += self.timing.simple(op)
                 continue
             self.busy += (self.timing.gemv(b, args[1]) if op is Opcode.GEMV else
                           self.timing.gemm(b) if op is Opcode.GEMM else
