@@ -74,6 +74,7 @@ class Device(wiring.Component):
         remaining = Signal(16)          # data items (words, chunks, rows, tokens) still to take
         no_items = Signal()             # remaining == 0, registered: it gates every beat's enable
         results_left = Signal(16)       # GEMV rows / GEMM tokens whose results are still owed
+        no_results = Signal()           # results_left == 0, registered: it gates the serialisers
         addr = Signal(WORD_BITS)
         register = Signal(range(len(fmt.registers) + 1))    # the next register to read
         register_word = Signal(WORD_BITS)                      # ... and the one leaving
@@ -168,7 +169,8 @@ class Device(wiring.Component):
                 source.ready.eq(advance & last),
             ]
             with m.If(o.valid & o.ready & word_last):
-                m.d.sync += results_left.eq(results_left - 1)
+                m.d.sync += [results_left.eq(results_left - 1),
+                             no_results.eq(results_left == 1)]
             with m.If(advance):
                 m.d.sync += [word_valid.eq(source.valid), word_last.eq(last),
                              word.eq(source.payload[element])]
@@ -185,7 +187,7 @@ class Device(wiring.Component):
                                 incoming.b)
                     m.d.sync += [header.eq(i.payload), arg_index.eq(0),
                                  remaining.eq(items), no_items.eq(items == 0),
-                                 results_left.eq(incoming.b)]
+                                 results_left.eq(incoming.b), no_results.eq(incoming.b == 0)]
                     self._decode(m, incoming, reject=reject, tile_loaded=tile_loaded,
                                  register=register, response_words=b, n_status=n_status,
                                  n_counters=len(counters), clear=[error.eq(0), errors.eq(0)])
@@ -259,7 +261,7 @@ class Device(wiring.Component):
                             m.next = "REGISTERS"
 
             with m.State("GEMV_RESULTS"):
-                with m.If(results_left == 0):
+                with m.If(no_results):
                     m.next = "FETCH"
                 with m.Else():
                     serialise(pim.o_stream, fmt.banks)
@@ -268,7 +270,7 @@ class Device(wiring.Component):
                 # Tokens go in while results come out: the array's FIFO would fill otherwise.
                 with m.If(~no_items):
                     feed_tokens()
-                with m.If(results_left == 0):
+                with m.If(no_results):
                     m.next = "FETCH"
                 with m.Else():
                     serialise(array.o_stream, fmt.cols)
