@@ -30,7 +30,8 @@ sim: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bittern run --model tiny --backend rtl --tokens 16 --check
 
-test: $(STAMP)
+# The suite's quick synthesis tests (PLL dividers, PE and array area) need the YoWASP tools.
+test: $(VENV)/.synth-installed
 	$(BIN)/python -m pytest -n $(JOBS) -m "not slow and not synth"
 
 test-slow: $(STAMP)

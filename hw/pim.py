@@ -34,7 +34,9 @@ cycle with nothing but routing to a register (with the products in that cycle, t
 preset reached 85 MHz), and so does every signal that fans out to all banks. Two carry levels
 per stage (chains of at most ``acc_bits`` bits) fit a cycle, at half the flops of a register
 per level. Out of context on an 85F, nextpnr gives 124 MHz for the default preset and 104 MHz
-for ``ulx3s-85f`` (16 banks of 32 lanes); its critical path is a bank RAM's output.
+for ``ulx3s-85f`` (16 banks of 32 lanes); its critical path is a bank RAM's output. In the
+whole ulx3s-85f device the banks spread over the die, and the broadcast to them needed the
+relays.
 """
 
 from amaranth import Cat, Module, Mux, Signal, signed
