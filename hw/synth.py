@@ -380,17 +380,26 @@ class SynthResult:
     reused: bool
 
 
-_STAGES = {                    # files whose appearance marks a stage, in build order
-    "ecp5": [("top.tim", "place and route (nextpnr-ecp5)"), ("top.config", "bitstream (ecppack)")],
-    "ice40": [("top.tim", "place and route (nextpnr-ice40)"), ("top.asc", "bitstream (icepack)")],
+@dataclass(frozen=True)
+class _Stage:
+    """A stage of a board build: ``marker`` appears when it starts ("": at once), its tool
+    writes to ``log``."""
+    marker: str
+    name: str
+    log: str
+
+
+_SYNTHESIS = _Stage("", "synthesis (yosys)", "top.rpt")
+_STAGES = {                    # in build order
+    "ecp5": [_SYNTHESIS, _Stage("top.tim", "place and route (nextpnr-ecp5)", "top.tim"),
+             _Stage("top.config", "bitstream (ecppack)", "build.log")],
+    "ice40": [_SYNTHESIS, _Stage("top.tim", "place and route (nextpnr-ice40)", "top.tim"),
+              _Stage("top.asc", "bitstream (icepack)", "build.log")],
 }
 # Yosys 0.70's abc9 re-integration asserts on some RTLIL netlists ("GetSize(conn.first) ==
 # GetSize(conn.second)": the ulx3s-85f device after a one-flag change); the same design read
 # back from Verilog maps, so board builds take that path, as area runs do.
 _FROM_VERILOG = "write_verilog -norename top_read.v\ndesign -reset\nread_verilog top_read.v"
-_STAGE_LOGS = {stage: log for log, stage in [   # the log of each stage that has its own
-    ("top.rpt", "synthesis (yosys)"), ("top.tim", "place and route (nextpnr-ecp5)"),
-    ("top.tim", "place and route (nextpnr-ice40)")]}
 # nextpnr options per family. ECP5: router2, the negotiated-congestion router; router1 had
 # routed only a third of the ulx3s-85f device's arcs after 15 minutes.
 _NEXTPNR_OPTS = {"ecp5": "--router router2", "ice40": ""}
@@ -403,15 +412,16 @@ def _quiet(message):
 
 
 def _stage(build_dir, stages):
-    """The stage the build in ``build_dir`` has reached: the last whose file exists."""
-    return [stage for marker, stage in stages if not marker or (build_dir / marker).exists()][-1]
+    """The stage the build in ``build_dir`` has reached: the last whose marker exists."""
+    return [stage for stage in stages
+            if not stage.marker or (build_dir / stage.marker).exists()][-1]
 
 
 def _run_plan(build_dir, env, *, family, timeout, progress):
     """Run ``build_top.sh`` in ``build_dir``, reporting stages as their files appear."""
     progress = progress or _quiet
     log = build_dir / "build.log"
-    stages = [("", "synthesis (yosys)")] + _STAGES[family]
+    stages = _STAGES[family]
     seen_stages, seen_phases = set(), set()
     start = last_note = time.monotonic()
     with open(log, "w") as out:
@@ -420,7 +430,7 @@ def _run_plan(build_dir, env, *, family, timeout, progress):
         try:
             while process.poll() is None:
                 now = time.monotonic()
-                current = _stage(build_dir, stages)
+                current = _stage(build_dir, stages).name
                 if current not in seen_stages:
                     seen_stages.add(current)
                     last_note = now
@@ -445,11 +455,11 @@ def _run_plan(build_dir, env, *, family, timeout, progress):
                 process.kill()
                 process.wait()
     if process.returncode != 0:
-        current = _stage(build_dir, stages)
-        stage_log = build_dir / _STAGE_LOGS.get(current, log.name)
+        failed = _stage(build_dir, stages)
+        stage_log = build_dir / failed.log
         errors = [line.strip() for line in stage_log.read_text(errors="replace").splitlines()
                   if line.startswith("ERROR")] if stage_log.exists() else []
-        raise ToolError(f"{current} failed (exit {process.returncode})"
+        raise ToolError(f"{failed.name} failed (exit {process.returncode})"
                         + (f": {errors[0]}" if errors else "") + f"; see {stage_log}")
     return time.monotonic() - start
 
