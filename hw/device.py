@@ -251,13 +251,13 @@ class Device(wiring.Component):
             with m.State("RESPOND"):
                 m.d.comb += [o.valid.eq(1), o.payload.eq(Cat(opcode, error, b))]
                 with m.If(o.ready):
-                    take_register()
                     with m.Switch(opcode):
                         with m.Case(Opcode.GEMV):
                             m.next = "GEMV_RESULTS"
                         with m.Case(Opcode.GEMM):
                             m.next = "GEMM"
                         with m.Default():
+                            take_register()
                             m.next = "REGISTERS"
 
             with m.State("GEMV_RESULTS"):
