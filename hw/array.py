@@ -10,11 +10,13 @@ Weight-stationary was chosen because a ternary weight is 2 bits: holding it cost
 moving it, and the activations (int8) and partial sums flow instead.
 
 Flow control is credit based, so the PE grid never stalls and carries no enable net: a token is
-accepted only while the result FIFO has room for it and every token already in flight. With the
+accepted only while the result FIFOs have room for it and every token already in flight. With the
 consumer ready, tokens stream at one per cycle with no bubbles, and a stream of ``M`` tokens
 takes ``M + rows + cols`` cycles from the first token in to the last result out. The result
-FIFO is first-word-fall-through (``SyncFIFO``) to keep that bound; it is small (``rows + cols +
-1`` entries) and maps to distributed RAM.
+FIFOs are first-word-fall-through (``SyncFIFO``) to keep that bound; they are small (``rows +
+cols + 1`` entries) and map to distributed RAM. There is one per column, at the bottom of its
+column: one FIFO as wide as a whole result spread across the die with the columns, and its
+write enable had to reach every bit of it in a cycle (the ulx3s-85f critical path).
 
 Weights load as ``rows`` beats of ``cols`` trits, ``k = 0`` first, through a shift chain up the
 columns, and only while no token is in flight (the array finishes the previous tile first).
@@ -97,7 +99,7 @@ class SystolicArray(wiring.Component):
 
     @property
     def fifo_depth(self):
-        """Result FIFO entries: every token in flight plus one being read."""
+        """Entries of each column's result FIFO: every token in flight plus one being read."""
         return self.latency + 2
 
     def elaborate(self, platform):
@@ -105,8 +107,10 @@ class SystolicArray(wiring.Component):
         rows, cols = self._config.array.rows, self._config.array.cols
         act_bits = self._config.act_bits
 
-        results = m.submodules.results = fifo.SyncFIFO(
-            width=self.o_stream.payload.shape().size, depth=self.fifo_depth)
+        results = [fifo.SyncFIFO(width=self.psum_bits, depth=self.fifo_depth)
+                   for _ in range(cols)]
+        for c, column_results in enumerate(results):
+            m.submodules[f"results{c}"] = column_results
         in_flight = Signal(range(self.fifo_depth + 1))     # tokens taken, results not in FIFO
         occupancy = Signal(range(self.fifo_depth + 1))     # tokens taken, results not read
         grid_empty = Signal(init=1)                        # in_flight == 0, registered
@@ -148,20 +152,23 @@ class SystolicArray(wiring.Component):
                 if r:
                     m.d.comb += pe.psum_in.eq(grid[r - 1][c].psum_out)
 
-        for c in range(cols):
-            column_sum = self._skewed(m, grid[rows - 1][c].psum_out, delay=cols - 1 - c)
-            m.d.comb += results.w_data[c * self.psum_bits:(c + 1) * self.psum_bits].eq(column_sum)
-        m.d.comb += results.w_en.eq(result_ready)
+        for c, column_results in enumerate(results):
+            m.d.comb += [
+                column_results.w_en.eq(result_ready),
+                column_results.w_data.eq(self._skewed(m, grid[rows - 1][c].psum_out,
+                                                      delay=cols - 1 - c)),
+                column_results.r_en.eq(self.o_stream.ready),
+            ]
 
         in_flight_next = in_flight + take_token - result_ready
         occupancy_next = occupancy + take_token - (self.o_stream.valid & self.o_stream.ready)
         m.d.sync += [in_flight.eq(in_flight_next), grid_empty.eq(in_flight_next == 0),
                      occupancy.eq(occupancy_next), room.eq(occupancy_next < self.fifo_depth)]
+        # The FIFOs are written and read together, so column 0's stands for all of them.
         m.d.comb += [
-            self.o_stream.valid.eq(results.r_rdy),
-            self.o_stream.payload.eq(results.r_data),
-            results.r_en.eq(self.o_stream.ready),
-            self.busy.eq(~grid_empty | results.r_rdy | w_pending),
+            self.o_stream.valid.eq(results[0].r_rdy),
+            self.o_stream.payload.eq(Cat(column_results.r_data for column_results in results)),
+            self.busy.eq(~grid_empty | results[0].r_rdy | w_pending),
         ]
         return m
 

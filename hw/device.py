@@ -148,34 +148,60 @@ class Device(wiring.Component):
         m.d.comb += [pim.w_stream.payload.bank.eq(a), pim.w_stream.payload.addr.eq(addr),
                      pim.x_stream.payload.addr.eq(addr)]
 
-        def serialise(source, count):
-            """Send each ``count``-element result beat as sign-extended words.
+        def serialiser(source, count):
+            """Make the sender of ``count``-element result beats from ``source`` as
+            sign-extended words; returns the function that sends them, to be called in the
+            state that does.
 
-            Each word is selected from the beat and registered before it leaves (``word``, a
-            one-word pipeline stage that still moves a word every cycle): the result FIFO's
-            memory and the element select end there, not across the die at the output. Each
-            serialiser counts its own elements: one counter shared by the bank group's and the
-            array's sat between the two and crossed the die to the select (ulx3s-85f, 76 MHz).
+            Element 0 is registered as the word that leaves (``word``, a one-word pipeline stage
+            that still moves a word every cycle) while the others are loaded into a shift
+            register (``rest``) whose head is the next word. The beat stays at the head of its
+            FIFOs until its last word is taken, as it did when each word was selected out of
+            the beat by an element counter; that select had to reach every bit of the beat,
+            spread over the die with the banks, in one cycle (the ulx3s-85f critical path).
+            Each element's register takes its own element or its neighbour's, under a flag
+            that is a flip-flop, and it moves whenever the link could take a word, in any
+            state, so the control FSM is not on that path: outside its beat it holds nothing,
+            and every beat reloads it.
             """
             element = Signal(range(count), name="element")
+            first = Signal(init=1, name="first")                # element == 0, registered
+            last = Signal(init=count == 1, name="last")         # element == count - 1, registered
             word = Signal(WORD_BITS, name="word")
             word_valid = Signal(name="word_valid")
             word_last = Signal(name="word_last")        # the word ends its beat
-            last = element == count - 1
+            elements = source.payload
             advance = ~word_valid | o.ready
-            m.d.comb += [
-                o.valid.eq(word_valid),
-                o.payload.eq(word),
-                source.ready.eq(advance & last),
-            ]
-            with m.If(o.valid & o.ready & word_last):
-                m.d.sync += [results_left.eq(results_left - 1),
-                             no_results.eq(results_left == 1)]
-            with m.If(advance):
-                m.d.sync += [word_valid.eq(source.valid), word_last.eq(last),
-                             word.eq(source.payload[element])]
-                with m.If(source.valid):
-                    m.d.sync += element.eq(Mux(last, 0, element + 1))
+            if count > 1:
+                rest = Signal(data.ArrayLayout(elements.shape().elem_shape, count - 1),
+                              name="rest", reset_less=True)
+                with m.If(advance):
+                    for e in range(count - 1):
+                        following = rest[e + 1] if e + 1 < count - 1 else elements[e + 1]
+                        m.d.sync += rest[e].eq(Mux(first, elements[e + 1], following))
+                next_word = Mux(first, elements[0], rest[0])
+            else:
+                next_word = elements[0]
+
+            def send():
+                m.d.comb += [
+                    o.valid.eq(word_valid),
+                    o.payload.eq(word),
+                    source.ready.eq(advance & last),
+                ]
+                with m.If(o.valid & o.ready & word_last):
+                    m.d.sync += [results_left.eq(results_left - 1),
+                                 no_results.eq(results_left == 1)]
+                with m.If(advance):
+                    m.d.sync += [word_valid.eq(source.valid), word_last.eq(last),
+                                 word.eq(next_word)]
+                    with m.If(source.valid):
+                        m.d.sync += [element.eq(Mux(last, 0, element + 1)), first.eq(last),
+                                     last.eq(Mux(last, count == 1, element == count - 2))]
+            return send
+
+        send_row_results = serialiser(pim.o_stream, fmt.banks)
+        send_token_results = serialiser(array.o_stream, fmt.cols)
 
         with m.FSM(name="control") as fsm:
             with m.State("FETCH"):
@@ -264,7 +290,7 @@ class Device(wiring.Component):
                 with m.If(no_results):
                     m.next = "FETCH"
                 with m.Else():
-                    serialise(pim.o_stream, fmt.banks)
+                    send_row_results()
 
             with m.State("GEMM"):
                 # Tokens go in while results come out: the array's FIFO would fill otherwise.
@@ -273,7 +299,7 @@ class Device(wiring.Component):
                 with m.If(no_results):
                     m.next = "FETCH"
                 with m.Else():
-                    serialise(array.o_stream, fmt.cols)
+                    send_token_results()
 
             with m.State("REGISTERS"):
                 m.d.comb += [o.valid.eq(1), o.payload.eq(register_word)]

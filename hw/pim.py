@@ -156,15 +156,24 @@ class PimBank(wiring.Component):
     A read accepted in cycle ``t`` dots word ``rd_stream.addr`` with the chunk on ``x`` in cycle
     ``t+1`` (the cycle its word leaves the RAM, and the one in which a synchronous activation
     buffer addressed in cycle ``t`` delivers its chunk). ``first`` starts a new row result;
-    ``last`` ends one, which appears on ``o_stream`` for exactly one cycle, the cycle it is
-    added into the accumulator: ``latency - 1`` cycles after that read. The accumulator is
-    ``acc_bits`` wide: with at most ``max_k`` non-zero activations per row (the group
-    guarantees it) a row result cannot overflow.
+    ``last`` ends one, which is written into the bank's result FIFO in the cycle it is added
+    into the accumulator, ``latency - 1`` cycles after that read, and can be taken from
+    ``o_stream`` from the next cycle on. The accumulator is ``acc_bits`` wide: with at most
+    ``max_k`` non-zero activations per row (the group guarantees it) a row result cannot
+    overflow.
+
+    Each bank keeps its own result FIFO, beside its engine and written by its own strobe: one
+    FIFO for the whole group, ``banks * acc_bits`` wide, spread over the die with the banks, and
+    its write enable and read select had to reach all of it in a cycle (the ulx3s-85f critical
+    path). The FIFO is never written when full: the group's credits keep room for every row in
+    flight.
 
     Parameters
     ----------
     config : Config
         Uses ``pim.lanes``, ``pim.depth``, ``act_bits`` and ``acc_bits``.
+    fifo_depth : int
+        Entries of the result FIFO (the group sizes it for its credits), at least 1.
 
     Members
     -------
@@ -176,14 +185,15 @@ class PimBank(wiring.Component):
         Read one word into the dot product, one per cycle at most.
     x : In(ArrayLayout(signed(act_bits), lanes))
         The activation chunk for the word read in the previous cycle.
-    o_stream : Out(stream.Signature(signed(acc_bits), always_ready=True))
-        One row result per read with ``last`` set, in read order (combinational from the
-        accumulator's adder).
+    o_stream : Out(stream.Signature(signed(acc_bits)))
+        One row result per read with ``last`` set, in read order, out of the result FIFO.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, fifo_depth):
         _check_config(config)
-        self._config = config
+        if isinstance(fifo_depth, bool) or not isinstance(fifo_depth, int) or fifo_depth < 1:
+            raise ValueError(f"fifo_depth must be a positive integer, not {fifo_depth!r}")
+        self._config, self._fifo_depth = config, fifo_depth
         depth, lanes = config.pim.depth, config.pim.lanes
         super().__init__({
             "w_stream": In(stream.Signature(data.StructLayout({
@@ -191,12 +201,17 @@ class PimBank(wiring.Component):
             "rd_stream": In(stream.Signature(data.StructLayout({
                 "addr": range(depth), "first": 1, "last": 1}), always_ready=True)),
             "x": In(data.ArrayLayout(signed(config.act_bits), lanes)),
-            "o_stream": Out(stream.Signature(signed(config.acc_bits), always_ready=True)),
+            "o_stream": Out(stream.Signature(signed(config.acc_bits))),
         })
 
     @property
     def config(self):
         return self._config
+
+    @property
+    def fifo_depth(self):
+        """Entries of the result FIFO."""
+        return self._fifo_depth
 
     @classmethod
     def latency_for(cls, config):
@@ -251,9 +266,14 @@ class PimBank(wiring.Component):
         m.d.comb += total.eq(Mux(at_acc.first, 0, acc) + tree.o)
         with m.If(at_acc.valid):
             m.d.sync += acc.eq(total)
+        results = m.submodules.results = fifo.SyncFIFO(width=self._config.acc_bits,
+                                                       depth=self._fifo_depth)
         m.d.comb += [
-            self.o_stream.valid.eq(at_acc.valid & at_acc.last),
-            self.o_stream.payload.eq(total),
+            results.w_en.eq(at_acc.valid & at_acc.last),
+            results.w_data.eq(total),
+            self.o_stream.valid.eq(results.r_rdy),
+            self.o_stream.payload.eq(results.r_data),
+            results.r_en.eq(self.o_stream.ready),
         ]
         return m
 
@@ -303,8 +323,8 @@ class PimBankGroup(wiring.Component):
     ``words_read`` pulses, a cycle later) and its last beat leaves in cycle ``c + N + latency``:
     ``N + latency + 1`` cycles, both ends counted. A command waiting behind a running one is
     accepted in the cycle that one issues its last read, so consecutive commands read with no
-    bubble. Back-pressure on ``o_stream`` stalls reads at a row end once the result FIFO has no
-    room for every row in flight; no result is lost or repeated.
+    bubble. Back-pressure on ``o_stream`` stalls reads at a row end once the banks' result FIFOs
+    have no room for every row in flight; no result is lost or repeated.
 
     Parameters
     ----------
@@ -390,18 +410,23 @@ class PimBankGroup(wiring.Component):
         :attr:`PimBank.latency`."""
         return self.latency_for(self._config, self._bank)
 
+    @staticmethod
+    def fifo_depth_for(config, bank=PimBank):
+        """:attr:`fifo_depth` of a group built for ``config`` with ``bank`` engines."""
+        return PimBankGroup.latency_for(config, bank) + 2
+
     @property
     def fifo_depth(self):
-        """Result FIFO entries: every row in flight (at most ``latency - 1``), one being read,
-        one being written, and one for the credit being a cycle old."""
-        return self.latency + 2
+        """Entries of each bank's result FIFO: every row in flight (at most ``latency - 1``),
+        one being read, one being written, and one for the credit being a cycle old."""
+        return self.fifo_depth_for(self._config, self._bank)
 
     def elaborate(self, platform):
         m = Module()
         pim = self._config.pim
         act_words = self.act_words
 
-        banks = [self._bank(self._config) for _ in range(pim.banks)]
+        banks = [self._bank(self._config, fifo_depth=self.fifo_depth) for _ in range(pim.banks)]
         for b, bank in enumerate(banks):
             m.submodules[f"bank{b}"] = bank
 
@@ -410,8 +435,6 @@ class PimBankGroup(wiring.Component):
             depth=act_words, init=[])
         chunk_write = chunks.write_port()
         chunk_read = chunks.read_port()
-        results = m.submodules.results = fifo.SyncFIFO(
-            width=self.o_stream.payload.shape().size, depth=self.fifo_depth)
 
         # Writes: only while idle, so nothing changes under a running GEMV. Each write is
         # registered before it reaches the memories, which are spread over the die; it lands
@@ -459,11 +482,11 @@ class PimBankGroup(wiring.Component):
         rows_left = Signal(range(pim.depth + 1))
         row_end = Signal()                  # word `addr` is its row's last
         last_row = Signal()                 # the current row is the command's last
-        rows_in_flight = Signal(range(self.fifo_depth + 1))
-        # Credit, one cycle old: a row's last word is read only if the FIFO has room for every
-        # row in flight, even if one more was issued in the cycle the credit was computed.
+        rows_owed = Signal(range(self.fifo_depth + 1))     # issued, and not yet taken out
+        # Credit, one cycle old: a row's last word is read only if the FIFOs have room for
+        # every row in flight, even if one more was issued in the cycle the credit was computed.
         room = Signal()
-        m.d.sync += room.eq(rows_in_flight + results.level < self.fifo_depth - 1)
+        m.d.sync += room.eq(rows_owed < self.fifo_depth - 1)
 
         issue = Signal()
         gemv_end = row_end & last_row
@@ -522,16 +545,15 @@ class PimBankGroup(wiring.Component):
                 running.eq((cmd.rows != 0) & (cmd.words_per_row != 0)),
             ]
 
-        # Every bank runs the same schedule, so bank 0's result strobe stands for all of them.
-        row_done = banks[0].o_stream.valid
-        m.d.sync += rows_in_flight.eq(rows_in_flight + (issue & row_end) - row_done)
+        # Every bank runs the same schedule, so bank 0's FIFO stands for all of them.
+        taken = self.o_stream.valid & self.o_stream.ready
+        m.d.sync += rows_owed.eq(rows_owed + (issue & row_end) - taken)
+        for bank in banks:
+            m.d.comb += bank.o_stream.ready.eq(self.o_stream.ready)
         m.d.comb += [
-            results.w_en.eq(row_done),
-            results.w_data.eq(Cat(bank.o_stream.payload for bank in banks)),
-            self.o_stream.valid.eq(results.r_rdy),
-            self.o_stream.payload.eq(results.r_data),
-            results.r_en.eq(self.o_stream.ready),
-            self.busy.eq(running | (rows_in_flight != 0) | results.r_rdy),
+            self.o_stream.valid.eq(banks[0].o_stream.valid),
+            self.o_stream.payload.eq(Cat(bank.o_stream.payload for bank in banks)),
+            self.busy.eq(running | (rows_owed != 0)),
             self.words_read.eq(Cat(request.valid for _ in banks)),
             self.macs.eq(Mux(request.valid, pim.banks * pim.lanes, 0)),
         ]

@@ -191,10 +191,11 @@ register_area_unit(AreaUnit("pe", "one PE of the configured kind (bottom row, wi
 register_area_unit(AreaUnit("array", "systolic tensor unit with its result FIFO",
                             lambda config, device: SystolicArray(config),
                             lanes=lambda config: config.array.rows * config.array.cols))
-register_area_unit(AreaUnit("pim-bank", "one PIM bank: block RAM and near-bank engine",
-                            lambda config, device: PimBank(config),
+register_area_unit(AreaUnit("pim-bank", "one PIM bank: block RAM, near-bank engine, result FIFO",
+                            lambda config, device: PimBank(
+                                config, fifo_depth=PimBankGroup.fifo_depth_for(config)),
                             lanes=lambda config: config.pim.lanes))
-register_area_unit(AreaUnit("pim", "PIM bank group: banks, sequencer, activation buffer, FIFO",
+register_area_unit(AreaUnit("pim", "PIM bank group: banks, sequencer, activation buffer",
                             lambda config, device: PimBankGroup(config),
                             lanes=lambda config: config.pim.banks * config.pim.lanes))
 register_area_unit(AreaUnit("device", "the device the boards host (--device)",

@@ -64,8 +64,9 @@ def test_adder_tree_rejects_bad_parameters(kwargs, message):
 def run_bank(words, reads):
     """Write ``words`` into a fresh bank, then issue ``reads`` = ``(addr, first, last, chunk)``
     one per cycle. Returns the row results, for each the cycles from its last read to its
-    appearance on ``o_stream`` (``latency - 1``: it leaves as it is added), and ``latency``."""
-    bank = PimBank(BANK)
+    appearance on ``o_stream`` (``latency``: written into the FIFO as it is added, out of it the
+    cycle after), and ``latency``."""
+    bank = PimBank(BANK, fifo_depth=2)
     results, seen, issued = [], [], []
 
     async def driver(ctx):
@@ -88,6 +89,7 @@ def run_bank(words, reads):
 
     async def monitor(ctx):
         cycle = -len(words)                                  # cycle 0 = the first read
+        ctx.set(bank.o_stream.ready, 1)
         while len(results) < sum(read[2] for read in reads):
             if ctx.get(bank.o_stream.valid):
                 results.append(ctx.get(bank.o_stream.payload))
@@ -108,7 +110,7 @@ def test_bank_dot_product_all_trit_combinations_and_int8_extremes():
     results, latencies, latency = run_bank(words, reads)
     expected = np.concatenate([bitlinear_int(chunk[None, :], weights)[0] for chunk in chunks])
     assert results == expected.tolist()
-    assert set(latencies) == {latency - 1}
+    assert set(latencies) == {latency}
 
 
 def test_bank_accumulates_rows_of_words():
@@ -127,7 +129,7 @@ def test_bank_accumulates_rows_of_words():
                 for r in range(rows)]
     assert expected[:2] == [12 * 128, -12 * 128]
     assert results == expected
-    assert set(latencies) == {latency - 1}
+    assert set(latencies) == {latency}
 
 
 def test_group_runs_empty_commands_and_zeroes_activations_past_max_k():
@@ -177,7 +179,9 @@ def test_group_runs_empty_commands_and_zeroes_activations_past_max_k():
 def test_wrong_parameters_name_themselves():
     # (The first line of this file silences Amaranth's warning about the unbuilt components.)
     with pytest.raises(TypeError, match="config must be a Config, not 'tiny'"):
-        PimBank("tiny")
+        PimBank("tiny", fifo_depth=2)
+    with pytest.raises(ValueError, match="fifo_depth must be a positive integer, not 0"):
+        PimBank(BANK, fifo_depth=0)
     with pytest.raises(TypeError, match="config must be a Config, not None"):
         PimBankGroup(None)
     with pytest.raises(TypeError, match="bank must be a PimBank subclass, not <class 'int'>"):
