@@ -69,9 +69,10 @@ class CommandTiming:
         # from t + latency (``PimBankGroup.latency`` counts to the beat leaving).
         self.pim_latency = PimBankGroup.latency_for(config) - 1
         self.array_latency = SystolicArray.latency_for(config)
-        # Both result FIFOs hold every beat in flight plus one being read and one being
-        # written (``PimBankGroup.fifo_depth``, ``SystolicArray.fifo_depth``).
-        self.pim_fifo_depth = PimBankGroup.latency_for(config) + 2
+        # The result FIFOs (each bank's, each column's) hold every beat in flight plus one
+        # being read and one being written (``PimBankGroup.fifo_depth``,
+        # ``SystolicArray.fifo_depth``).
+        self.pim_fifo_depth = PimBankGroup.fifo_depth_for(config)
         self.array_fifo_depth = self.array_latency + 2
 
     def simple(self, opcode, b=0):
