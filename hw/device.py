@@ -3,12 +3,17 @@
 The controller decodes the command words of :mod:`hw.commands`, validates every field before
 acting, and drives the bank group (GEMV, decode) and the array (GEMM tiles, prefill). A bad
 command sets the sticky error code and is dropped; the controller returns to fetching commands,
-so nothing a host sends can hang it. Every response leaves through ``o_stream``; while the host
-does not take a response word, the work that produces it waits (counted as stalled cycles).
+so nothing a host sends can hang it. Every response word leaves through a two-entry FIFO
+(``response``) to ``o_stream``: nothing inside the device depends on the host's ``ready`` but
+that FIFO's read side and the count of result beats sent, so it is not the start of a path
+across the die to the banks (the ulx3s-85f critical path, through the serialiser's select, was
+75 MHz). With the host taking every word at once, every word leaves the cycle after it is
+written, and a command's timing is what it was with a one-word output register; while the FIFO
+is full, the work that produces the next word waits (counted as stalled cycles).
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Shape, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .array import SystolicArray
@@ -148,56 +153,59 @@ class Device(wiring.Component):
         m.d.comb += [pim.w_stream.payload.bank.eq(a), pim.w_stream.payload.addr.eq(addr),
                      pim.x_stream.payload.addr.eq(addr)]
 
+        response = m.submodules.response = fifo.SyncFIFO(width=WORD_BITS + 1, depth=2)
+        sent = Signal(data.StructLayout({"word": WORD_BITS, "ends_beat": 1}))
+        m.d.comb += [
+            sent.eq(response.r_data),
+            o.valid.eq(response.r_rdy),
+            o.payload.eq(sent.word),
+            response.r_en.eq(o.ready),
+        ]
+        with m.If(o.valid & o.ready & sent.ends_beat):
+            m.d.sync += [results_left.eq(results_left - 1), no_results.eq(results_left == 1)]
+
+        def respond(word, *, ends_beat=Const(0, 1)):
+            """Write ``word`` into the response FIFO; it is taken if ``response.w_rdy``."""
+            m.d.comb += [response.w_en.eq(1), response.w_data.eq(Cat(word, ends_beat))]
+
         def serialiser(source, count):
             """Make the sender of ``count``-element result beats from ``source`` as
             sign-extended words; returns the function that sends them, to be called in the
             state that does.
 
-            Element 0 is registered as the word that leaves (``word``, a one-word pipeline stage
-            that still moves a word every cycle) while the others are loaded into a shift
-            register (``rest``) whose head is the next word. The beat stays at the head of its
-            FIFOs until its last word is taken, as it did when each word was selected out of
-            the beat by an element counter; that select had to reach every bit of the beat,
-            spread over the die with the banks, in one cycle (the ulx3s-85f critical path).
-            Each element's register takes its own element or its neighbour's, under a flag
-            that is a flip-flop, and it moves whenever the link could take a word, in any
-            state, so the control FSM is not on that path: outside its beat it holds nothing,
-            and every beat reloads it.
+            Element 0 is written into the response FIFO while the others are loaded into a
+            shift register (``rest``) whose head is the next word. The beat stays at the head of
+            its FIFOs until its last word is written, as it did when each word was selected out
+            of the beat by an element counter; that select had to reach every bit of the beat,
+            spread over the die with the banks, in one cycle (the ulx3s-85f critical path, 79
+            MHz). Each element's register takes its own element or its neighbour's, under a flag
+            that is a flip-flop, and it moves whenever the response FIFO has room, in any state,
+            so the control FSM is not on that path: outside its beat it holds nothing, and every
+            beat reloads it.
             """
             element = Signal(range(count), name="element")
             first = Signal(init=1, name="first")                # element == 0, registered
             last = Signal(init=count == 1, name="last")         # element == count - 1, registered
-            word = Signal(WORD_BITS, name="word")
-            word_valid = Signal(name="word_valid")
-            word_last = Signal(name="word_last")        # the word ends its beat
+            word = Signal(WORD_BITS, name="word")               # the element, sign-extended
             elements = source.payload
-            advance = ~word_valid | o.ready
             if count > 1:
                 rest = Signal(data.ArrayLayout(elements.shape().elem_shape, count - 1),
                               name="rest", reset_less=True)
-                with m.If(advance):
+                with m.If(response.w_rdy):
                     for e in range(count - 1):
                         following = rest[e + 1] if e + 1 < count - 1 else elements[e + 1]
                         m.d.sync += rest[e].eq(Mux(first, elements[e + 1], following))
-                next_word = Mux(first, elements[0], rest[0])
+                m.d.comb += word.eq(Mux(first, elements[0], rest[0]))
             else:
-                next_word = elements[0]
+                m.d.comb += word.eq(elements[0])
 
             def send():
-                m.d.comb += [
-                    o.valid.eq(word_valid),
-                    o.payload.eq(word),
-                    source.ready.eq(advance & last),
-                ]
-                with m.If(o.valid & o.ready & word_last):
-                    m.d.sync += [results_left.eq(results_left - 1),
-                                 no_results.eq(results_left == 1)]
-                with m.If(advance):
-                    m.d.sync += [word_valid.eq(source.valid), word_last.eq(last),
-                                 word.eq(next_word)]
-                    with m.If(source.valid):
-                        m.d.sync += [element.eq(Mux(last, 0, element + 1)), first.eq(last),
-                                     last.eq(Mux(last, count == 1, element == count - 2))]
+                with m.If(source.valid):
+                    respond(word, ends_beat=last)
+                m.d.comb += source.ready.eq(response.w_rdy & last)
+                with m.If(source.valid & response.w_rdy):
+                    m.d.sync += [element.eq(Mux(last, 0, element + 1)), first.eq(last),
+                                 last.eq(Mux(last, count == 1, element == count - 2))]
             return send
 
         send_row_results = serialiser(pim.o_stream, fmt.banks)
@@ -275,8 +283,8 @@ class Device(wiring.Component):
                     m.next = "RESPOND"
 
             with m.State("RESPOND"):
-                m.d.comb += [o.valid.eq(1), o.payload.eq(Cat(opcode, error, b))]
-                with m.If(o.ready):
+                respond(Cat(opcode, error, b))
+                with m.If(response.w_rdy):
                     with m.Switch(opcode):
                         with m.Case(Opcode.GEMV):
                             m.next = "GEMV_RESULTS"
@@ -302,8 +310,8 @@ class Device(wiring.Component):
                     send_token_results()
 
             with m.State("REGISTERS"):
-                m.d.comb += [o.valid.eq(1), o.payload.eq(register_word)]
-                with m.If(o.ready):
+                respond(register_word)
+                with m.If(response.w_rdy):
                     take_register()
                     with m.If((register == n_status) | (register == len(registers))):
                         m.next = "FETCH"
@@ -314,7 +322,7 @@ class Device(wiring.Component):
             pim.cmd_stream.payload.words_per_row.eq(args[1]),
         ]
         idle = fsm.ongoing("FETCH")
-        stalled = (o.valid & ~o.ready) | (~idle & i.ready & ~i.valid)
+        stalled = (response.w_en & ~response.w_rdy) | (~idle & i.ready & ~i.valid)
         m.d.comb += [
             cycle.busy.eq(~idle & ~stalled),
             cycle.idle.eq(idle),
