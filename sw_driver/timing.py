@@ -15,9 +15,8 @@ __all__ = ["CommandTiming"]
 
 class _ResultPath:
     """A producer writing beats into a first-word-fall-through FIFO with credit, and the
-    controller's serialiser: each word of the head beat is selected into a one-word output
-    register, one per cycle, and leaves the cycle after; the beat leaves the FIFO with its
-    last word's selection."""
+    controller's serialiser: each word of the head beat is written into the response FIFO, one
+    per cycle, and leaves it the cycle after; the beat leaves its FIFO with its last word."""
 
     def __init__(self, *, latency, fifo_depth, elements, registered_credit=False):
         self.latency, self.depth, self.elements = latency, fifo_depth, elements
@@ -26,7 +25,7 @@ class _ResultPath:
         self.level = 0                  # beats in the FIFO
         self.arrivals = {}              # cycle -> beats written into the FIFO in that cycle
         self.element = 0
-        self.word_last = False          # the output register holds a beat's last word
+        self.word_last = False          # the response FIFO holds a beat's last word
         self._room = True               # the registered credit, as computed a cycle ago
 
     def room(self):
