@@ -160,10 +160,20 @@ class SystolicArray(wiring.Component):
                 column_results.r_en.eq(self.o_stream.ready),
             ]
 
-        in_flight_next = in_flight + take_token - result_ready
-        occupancy_next = occupancy + take_token - (self.o_stream.valid & self.o_stream.ready)
-        m.d.sync += [in_flight.eq(in_flight_next), grid_empty.eq(in_flight_next == 0),
-                     occupancy.eq(occupancy_next), room.eq(occupancy_next < self.fifo_depth)]
+        # The flags' next values are comparisons of the registered counts, selected by this
+        # cycle's events: a token taken and a result read arrive late (from the controller,
+        # across the die), so they select a flag rather than pass through an adder and a
+        # comparison (ulx3s-85f: 74.7 MHz through ``room``).
+        result_read = self.o_stream.valid & self.o_stream.ready
+        m.d.sync += [
+            in_flight.eq(in_flight + take_token - result_ready),
+            grid_empty.eq(Mux(take_token, result_ready & (in_flight == 0),
+                              Mux(result_ready, in_flight == 1, in_flight == 0))),
+            occupancy.eq(occupancy + take_token - result_read),
+            room.eq(Mux(take_token, Mux(result_read, occupancy < self.fifo_depth,
+                                        occupancy < self.fifo_depth - 1),
+                        Mux(result_read, 1, occupancy < self.fifo_depth))),
+        ]
         # The FIFOs are written and read together, so column 0's stands for all of them.
         m.d.comb += [
             self.o_stream.valid.eq(results[0].r_rdy),

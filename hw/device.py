@@ -161,11 +161,18 @@ class Device(wiring.Component):
             o.payload.eq(sent.word),
             response.r_en.eq(o.ready),
         ]
+        # ``response.w_rdy`` as a flip-flop: it moves the serialisers' shift registers and pops
+        # the result FIFOs across the die, so it must not start behind the FIFO's level logic.
+        space = Signal(init=1)
+        written = response.w_en & response.w_rdy
+        read = response.r_en & response.r_rdy
+        m.d.sync += space.eq(Mux(written & ~read, response.level == 0,
+                                 Mux(read & ~written, 1, response.level != 2)))
         with m.If(o.valid & o.ready & sent.ends_beat):
             m.d.sync += [results_left.eq(results_left - 1), no_results.eq(results_left == 1)]
 
         def respond(word, *, ends_beat=Const(0, 1)):
-            """Write ``word`` into the response FIFO; it is taken if ``response.w_rdy``."""
+            """Write ``word`` into the response FIFO; it is taken if ``space``."""
             m.d.comb += [response.w_en.eq(1), response.w_data.eq(Cat(word, ends_beat))]
 
         def serialiser(source, count):
@@ -191,7 +198,7 @@ class Device(wiring.Component):
             if count > 1:
                 rest = Signal(data.ArrayLayout(elements.shape().elem_shape, count - 1),
                               name="rest", reset_less=True)
-                with m.If(response.w_rdy):
+                with m.If(space):
                     for e in range(count - 1):
                         following = rest[e + 1] if e + 1 < count - 1 else elements[e + 1]
                         m.d.sync += rest[e].eq(Mux(first, elements[e + 1], following))
@@ -202,8 +209,8 @@ class Device(wiring.Component):
             def send():
                 with m.If(source.valid):
                     respond(word, ends_beat=last)
-                m.d.comb += source.ready.eq(response.w_rdy & last)
-                with m.If(source.valid & response.w_rdy):
+                m.d.comb += source.ready.eq(space & last)
+                with m.If(source.valid & space):
                     m.d.sync += [element.eq(Mux(last, 0, element + 1)), first.eq(last),
                                  last.eq(Mux(last, count == 1, element == count - 2))]
             return send
@@ -284,7 +291,7 @@ class Device(wiring.Component):
 
             with m.State("RESPOND"):
                 respond(Cat(opcode, error, b))
-                with m.If(response.w_rdy):
+                with m.If(space):
                     with m.Switch(opcode):
                         with m.Case(Opcode.GEMV):
                             m.next = "GEMV_RESULTS"
@@ -311,7 +318,7 @@ class Device(wiring.Component):
 
             with m.State("REGISTERS"):
                 respond(register_word)
-                with m.If(response.w_rdy):
+                with m.If(space):
                     take_register()
                     with m.If((register == n_status) | (register == len(registers))):
                         m.next = "FETCH"
@@ -322,7 +329,7 @@ class Device(wiring.Component):
             pim.cmd_stream.payload.words_per_row.eq(args[1]),
         ]
         idle = fsm.ongoing("FETCH")
-        stalled = (response.w_en & ~response.w_rdy) | (~idle & i.ready & ~i.valid)
+        stalled = (response.w_en & ~space) | (~idle & i.ready & ~i.valid)
         m.d.comb += [
             cycle.busy.eq(~idle & ~stalled),
             cycle.idle.eq(idle),
