@@ -121,6 +121,7 @@ class Target:
     without_dsp: str            # options that keep them in logic
     metrics: Callable           # cells by type -> {metric: count}, the headline metric first
     keep: str = ""              # module patterns synthesised as modules of their own
+    fallback: str = ""          # options for a unit the command fails on ("": none)
 
     @property
     def has_dsp(self):
@@ -131,8 +132,8 @@ class Target:
         """Yosys commands between reading the design and synthesising it (board builds too)."""
         return f"setattr -mod -set keep_hierarchy 1 {self.keep}" if self.keep else ""
 
-    def script(self, *, dsp):
-        options = self.with_dsp if dsp else self.without_dsp
+    def script(self, *, dsp, extra=""):
+        options = f"{self.with_dsp if dsp else self.without_dsp} {extra}".strip()
         return (f"read_verilog top.v\n{self.after_read}\n{self.command} {options} -top top\n"
                 f"tee -q -o stat.json stat -json -top top\n")
 
@@ -150,7 +151,9 @@ TARGETS = {target.name: target for target in [
     # waited on another's (the ulx3s-85f build's critical path, 74 MHz). It costs logic
     # (ulx3s-85f: 26.9 k -> 37.9 k of 83.6 k LUTs), which the iCE40UP5K, with two banks close
     # together, cannot spare. Area runs keep them too, so that they report what a board builds.
-    Target("ecp5", "synth_ecp5", "", "-nodsp", _ecp5_metrics, keep="*.bank* *.relay*"),
+    # Fallback: abc9 maps flip-flops too (``-dff``) where Yosys 0.70's abc9 asserts.
+    Target("ecp5", "synth_ecp5", "", "-nodsp", _ecp5_metrics, keep="*.bank* *.relay*",
+           fallback="-dff"),
     Target("ice40", "synth_ice40", "-dsp", "", _ice40_metrics),
 ]}
 
@@ -213,6 +216,7 @@ class AreaResult:
     lanes: int | None
     seconds: float
     log: Path
+    fallback: str = ""          # the target's fallback options, if the unit needed them
 
     @property
     def headline(self):
@@ -225,7 +229,8 @@ class AreaResult:
     def to_dict(self):
         return {"unit": self.unit, "target": self.target, "dsp": self.dsp,
                 "metrics": self.metrics, "lanes": self.lanes, "per_lane": self.per_lane,
-                "cells": self.cells, "seconds": round(self.seconds, 2), "log": str(self.log)}
+                "cells": self.cells, "seconds": round(self.seconds, 2), "log": str(self.log),
+                "fallback": self.fallback}
 
 
 @dataclass(frozen=True)
@@ -286,15 +291,34 @@ def _ports(component):
 
 
 def _yosys_area(component, *, unit, target, dsp, timeout, progress):
+    """Synthesise ``component``; returns its cells, Yosys's seconds, its log and its mapping."""
     from amaranth.back import verilog
 
     # Verilog, not RTLIL: Yosys 0.70's abc9 re-integration asserts on the RTLIL of the
     # ulx3s-85f bank group ("GetSize(conn.first) == GetSize(conn.second)"), and on its flattened
     # Verilog once it had relays ("wire"); from Verilog with the banks kept as modules (the
-    # target's ``keep``) it maps. Board builds read their RTLIL back as Verilog too.
+    # target's ``keep``) it maps. Board builds read their RTLIL back as Verilog too. With the
+    # result FIFOs in the banks it asserted on the group once more ("count_id(wire->name) ==
+    # 0"), and not with the target's fallback options: a unit that fails is mapped again with
+    # them, and its result says so.
     text = verilog.convert(component, name="top", ports=_ports(component), emit_src=False)
-    script = target.script(dsp=dsp)
-    run_dir = BUILD_ROOT / "area" / f"{unit}-{target.name}-{_digest(text, script)}"
+    attempts = [""] + ([target.fallback] if target.fallback else [])
+    for extra in attempts:
+        script = target.script(dsp=dsp, extra=extra)
+        run_dir = BUILD_ROOT / "area" / f"{unit}-{target.name}-{_digest(text, script)}"
+        try:
+            cells, seconds, log = _run_yosys(text, script, run_dir, unit=unit, target=target,
+                                             dsp=dsp, timeout=timeout, progress=progress)
+            return cells, seconds, log, extra
+        except ToolError as error:
+            if extra == attempts[-1]:
+                raise
+            if progress:
+                progress(f"{error}; again with {attempts[-1]}")
+
+
+def _run_yosys(text, script, run_dir, *, unit, target, dsp, timeout, progress):
+    """Run Yosys's ``script`` on ``text`` in ``run_dir`` (or reuse its result there)."""
     stat = run_dir / "stat.json"
     log = run_dir / "yosys.log"
     with _locked(run_dir):
@@ -341,12 +365,12 @@ def area(config, *, units=None, target="ecp5", dsp=True, device=None, timeout=YO
     results = []
     for name in units or list(AREA_UNITS):
         unit = AREA_UNITS[name]
-        cells, seconds, log = _yosys_area(unit.build(config, device), unit=name,
-                                          target=target, dsp=dsp, timeout=timeout,
-                                          progress=progress)
+        cells, seconds, log, fallback = _yosys_area(unit.build(config, device), unit=name,
+                                                    target=target, dsp=dsp, timeout=timeout,
+                                                    progress=progress)
         results.append(AreaResult(unit=name, target=target.name, dsp=dsp, cells=cells,
                                   metrics=target.metrics(cells), lanes=unit.lanes(config),
-                                  seconds=seconds, log=log))
+                                  seconds=seconds, log=log, fallback=fallback))
     controller = controller_area(results) if device is Device else None
     return results + ([controller] if controller else [])
 

@@ -107,11 +107,16 @@ def cmd_area(args):
           f"{'no DSPs' if args.no_dsp or not target.has_dsp else 'DSPs allowed'}), preset "
           f"{args.preset}" + (f" with {', '.join(args.set)}" if args.set else ""))
     derived = [r for r in results if isinstance(r, DerivedArea)]
+    fallen_back = [r for r in results if getattr(r, "fallback", "")]
     print(_table(["unit", *names, "lanes", f"{names[0]}/lane"],
-                 [[r.unit + ("*" if r in derived else ""), *r.metrics.values(),
-                   _number(r.lanes), _number(r.per_lane)] for r in results]))
+                 [[r.unit + ("*" if r in derived else "") + ("+" if r in fallen_back else ""),
+                   *r.metrics.values(), _number(r.lanes), _number(r.per_lane)]
+                  for r in results]))
     for r in derived:
         print(f"* {r.unit}: derived by subtraction, {r.formula} (not synthesised on its own)")
+    for r in fallen_back:
+        print(f"+ {r.unit}: {target.command} failed on it; mapped with {r.fallback} "
+              f"(see {r.log})")
     return 0
 
 

@@ -150,6 +150,30 @@ def test_area_of_pe_and_array_on_ecp5(capsys, build_root):
     assert int(row.split()[1]) > 0
 
 
+def test_a_unit_yosys_fails_on_is_mapped_again_with_the_fallback(capsys, monkeypatch):
+    scripts = []
+
+    def run_yosys(text, script, run_dir, **kwargs):
+        scripts.append(script)
+        if len(scripts) == 1:
+            raise synth.ToolError(f"yosys failed on pe (exit 1); see {run_dir / 'yosys.log'}")
+        return {"LUT4": 3, "TRELLIS_FF": 1}, 1.0, run_dir / "yosys.log"
+
+    monkeypatch.setattr(synth, "find_tool", lambda tool: tool)
+    monkeypatch.setattr(synth, "_run_yosys", run_yosys)
+    code, out, _ = _cli(capsys, "area", "--preset", "tiny", "--unit", "pe")
+    assert code == 0
+    fallback = synth.TARGETS["ecp5"].fallback
+    assert fallback not in scripts[0] and f"synth_ecp5 {fallback} -top top" in scripts[1]
+    assert out.splitlines()[2].split()[0] == "pe+"
+    assert f"+ pe: synth_ecp5 failed on it; mapped with {fallback}" in out
+
+    monkeypatch.setattr(synth, "_run_yosys", lambda *args, **kwargs: (_ for _ in ()).throw(
+        synth.ToolError("yosys failed on pe (exit 1); see yosys.log")))
+    code, _, err = _cli(capsys, "area", "--preset", "tiny", "--unit", "pe")
+    assert code == 1 and "yosys failed on pe" in err
+
+
 def _result(unit, cells, lanes=None):
     return synth.AreaResult(unit=unit, target="ecp5", dsp=True, cells=cells,
                             metrics=synth.TARGETS["ecp5"].metrics(cells), lanes=lanes,
