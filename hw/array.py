@@ -97,10 +97,15 @@ class SystolicArray(wiring.Component):
         """Cycles from accepting a token to writing its result into the output FIFO."""
         return self.latency_for(self._config)
 
+    @classmethod
+    def fifo_depth_for(cls, config):
+        """:attr:`fifo_depth` of an array built for ``config``."""
+        return cls.latency_for(config) + 2
+
     @property
     def fifo_depth(self):
         """Entries of each column's result FIFO: every token in flight plus one being read."""
-        return self.latency + 2
+        return self.fifo_depth_for(self._config)
 
     def elaborate(self, platform):
         m = Module()

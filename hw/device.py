@@ -371,20 +371,20 @@ class Device(wiring.Component):
         rows = count[:Shape.cast(range(fmt.depth + 1)).width]
         words_per_row = word[:Shape.cast(range(fmt.act_words + 1)).width]
         with m.If(first):
+            past_end = word + count > limit
             m.d.sync += [
-                checks.verdict.eq(Mux(word + count > limit, ErrorCode.BAD_ADDRESS.value,
-                                      ErrorCode.NONE.value)),
-                checks.clean.eq(word + count <= limit),
+                checks.verdict.eq(Mux(past_end, ErrorCode.BAD_ADDRESS.value, ErrorCode.NONE.value)),
+                checks.clean.eq(~past_end),
                 checks.too_far.eq((word > fmt.depth) | (count > fmt.depth)),
                 checks.room.eq(fmt.depth - word),       # meaningful unless too_far
             ]
         with m.Else():
             # GEMV's words_per_row. A bad shape outranks the base's BAD_ADDRESS (the first
             # argument's verdict, implied by the product check in CHECK when the shape is good).
+            bad_shape = (word == 0) | (word > fmt.act_words)
             m.d.sync += [
-                checks.verdict.eq(Mux((word == 0) | (word > fmt.act_words),
-                                      ErrorCode.BAD_SHAPE.value, ErrorCode.NONE.value)),
-                checks.clean.eq((word != 0) & (word <= fmt.act_words)),
+                checks.verdict.eq(Mux(bad_shape, ErrorCode.BAD_SHAPE.value, ErrorCode.NONE.value)),
+                checks.clean.eq(~bad_shape),
                 checks.product.eq(rows * words_per_row),
             ]
 

@@ -191,7 +191,7 @@ def register_area_unit(unit):
 
 register_area_unit(AreaUnit("pe", "one PE of the configured kind (bottom row, widest)",
                             _widest_pe))
-register_area_unit(AreaUnit("array", "systolic tensor unit with its result FIFO",
+register_area_unit(AreaUnit("array", "systolic tensor unit with its result FIFOs",
                             lambda config, device: SystolicArray(config),
                             lanes=lambda config: config.array.rows * config.array.cols))
 register_area_unit(AreaUnit("pim-bank", "one PIM bank: block RAM, near-bank engine, result FIFO",

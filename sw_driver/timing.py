@@ -72,7 +72,7 @@ class CommandTiming:
         # being read and one being written (``PimBankGroup.fifo_depth``,
         # ``SystolicArray.fifo_depth``).
         self.pim_fifo_depth = PimBankGroup.fifo_depth_for(config)
-        self.array_fifo_depth = self.array_latency + 2
+        self.array_fifo_depth = SystolicArray.fifo_depth_for(config)
 
     def simple(self, opcode, b=0):
         """Commands with no pipeline: loads, status and counter reads, NOP."""
