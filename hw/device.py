@@ -162,8 +162,8 @@ class Device(wiring.Component):
             o.payload.eq(sent.word),
             response.r_en.eq(o.ready),
         ]
-        # ``response.w_rdy`` as a flip-flop: it moves the serialisers' shift registers and pops
-        # the result FIFOs across the die, so it must not start behind the FIFO's level logic.
+        # ``response.w_rdy`` as a flip-flop: it moves the serialisers' shift registers, wide
+        # and fed from across the die, so it must not start behind the FIFO's level logic.
         space = Signal(init=1)
         written = response.w_en & response.w_rdy
         read = response.r_en & response.r_rdy
@@ -182,14 +182,16 @@ class Device(wiring.Component):
             state that does.
 
             Element 0 is written into the response FIFO while the others are loaded into a
-            shift register (``rest``) whose head is the next word. The beat stays at the head of
-            its FIFOs until its last word is written, as it did when each word was selected out
-            of the beat by an element counter; that select had to reach every bit of the beat,
-            spread over the die with the banks, in one cycle (the ulx3s-85f critical path, 79
-            MHz). Each element's register takes its own element or its neighbour's, under a flag
-            that is a flip-flop, and it moves whenever the response FIFO has room, in any state,
-            so the control FSM is not on that path: outside its beat it holds nothing, and every
-            beat reloads it.
+            shift register (``rest``) whose head is the next word, and the beat leaves its FIFOs
+            the cycle after, popped by a flip-flop (``pop``). The beat's FIFOs are spread over
+            the die with the banks and the array's columns: a pop decided in the cycle it is
+            made had to cross the die behind the gate that decided it (the ulx3s-85f critical
+            path, 81.7 MHz), and so did a select of each word out of the beat (79 MHz). Each
+            element's register takes its own element or its neighbour's, under a flag that is
+            a flip-flop, and it moves whenever the response FIFO has room, in any state, so the
+            control FSM is not on that path: outside its beat it holds nothing, and every beat
+            reloads it. A one-element beat (one bank, one column: no die to cross) leaves with
+            its word, as a registered pop would cost it a bubble.
             """
             element = Signal(range(count), name="element")
             first = Signal(init=1, name="first")                # element == 0, registered
@@ -197,6 +199,9 @@ class Device(wiring.Component):
             word = Signal(WORD_BITS, name="word")               # the element, sign-extended
             elements = source.payload
             if count > 1:
+                pop = Signal(name="pop")                        # element 0 left last cycle
+                m.d.sync += pop.eq(0)
+                m.d.comb += source.ready.eq(pop)
                 rest = Signal(data.ArrayLayout(elements.shape().elem_shape, count - 1),
                               name="rest", reset_less=True)
                 with m.If(space):
@@ -206,14 +211,18 @@ class Device(wiring.Component):
                 m.d.comb += word.eq(Mux(first, elements[0], rest[0]))
             else:
                 m.d.comb += word.eq(elements[0])
+            has_word = Mux(first, source.valid, 1)              # after element 0, it is in rest
 
             def send():
-                with m.If(source.valid):
+                with m.If(has_word):
                     respond(word, ends_beat=last)
-                m.d.comb += source.ready.eq(space & last)
-                with m.If(source.valid & space):
+                with m.If(has_word & space):
                     m.d.sync += [element.eq(Mux(last, 0, element + 1)), first.eq(last),
                                  last.eq(Mux(last, count == 1, element == count - 2))]
+                    if count > 1:
+                        m.d.sync += pop.eq(first)
+                    else:
+                        m.d.comb += source.ready.eq(1)
             return send
 
         send_row_results = serialiser(pim.o_stream, fmt.banks)

@@ -15,8 +15,9 @@ __all__ = ["CommandTiming"]
 
 class _ResultPath:
     """A producer writing beats into a first-word-fall-through FIFO with credit, and the
-    controller's serialiser: each word of the head beat is written into the response FIFO, one
-    per cycle, and leaves it the cycle after; the beat leaves its FIFO with its last word."""
+    controller's serialiser: each word of a beat is written into the response FIFO, one per
+    cycle, and leaves it the cycle after. A beat leaves its FIFO the cycle after its first word
+    is written (the others wait in the serialiser), or with it if it has one element."""
 
     def __init__(self, *, latency, fifo_depth, elements, registered_credit=False):
         self.latency, self.depth, self.elements = latency, fifo_depth, elements
@@ -24,7 +25,8 @@ class _ResultPath:
         self.in_flight = 0              # beats issued, not yet written into the FIFO
         self.level = 0                  # beats in the FIFO
         self.arrivals = {}              # cycle -> beats written into the FIFO in that cycle
-        self.element = 0
+        self.element = 0                # the beat's next word to write
+        self.pop = False                # the head beat's first word was written a cycle ago
         self.word_last = False          # the response FIFO holds a beat's last word
         self._room = True               # the registered credit, as computed a cycle ago
 
@@ -42,13 +44,19 @@ class _ResultPath:
 
     def step(self, cycle, issued, serialising):
         """End of ``cycle``: returns True if a beat's last word left in it."""
-        finished = popped = False
+        finished = False
+        popped, self.pop = self.pop, False
         if serialising:
             finished = self.word_last          # the host takes every word at once
             self.word_last = False
-            if self.level:
-                self.word_last = popped = self.element == self.elements - 1
-                self.element = 0 if popped else self.element + 1
+            if self.element or self.level:
+                self.word_last = self.element == self.elements - 1
+                if self.element == 0:
+                    if self.elements == 1:
+                        popped = True
+                    else:
+                        self.pop = True
+                self.element = 0 if self.word_last else self.element + 1
         written = self.arrivals.pop(cycle, 0)
         self._room = self.in_flight + self.level < self.depth - 1
         self.in_flight += issued - written

@@ -1,8 +1,10 @@
 """The whole device on Verilator: command stream, bad commands, reset, fuzz, efficiency."""
 
+import dataclasses
+
 import pytest
 
-from hw.config import preset
+from hw.config import ArrayConfig, PimConfig, preset
 from sim.units import simulate
 
 from .test_array_sim import SignFlipPE
@@ -17,6 +19,15 @@ def test_top_matches_model_and_golden():
     assert report["bad_commands"] == 15
     assert report["gemvs"] > 0 and report["gemms"] > 0
     assert 0 < report["efficiency"] <= 1
+
+
+def test_top_with_one_element_beats_matches_model_and_golden():
+    """One bank and one column: each result beat is one word, popped with it (hw.device)."""
+    config = dataclasses.replace(preset("tiny"), array=ArrayConfig(rows=4, cols=1),
+                                 pim=PimConfig(banks=1, lanes=4, depth=64))
+    result = simulate("top", config, seed=5, tiles=4)
+    assert result.passed, result.failures
+    assert result.report["gemvs"] > 0 and result.report["gemms"] > 0
 
 
 def test_top_with_broken_pe_fails():
