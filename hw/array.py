@@ -18,14 +18,16 @@ cols + 1`` entries) and map to distributed RAM. There is one per column, at the 
 column: one FIFO as wide as a whole result spread across the die with the columns, and its
 write enable had to reach every bit of it in a cycle (the ulx3s-85f critical path).
 
-Weights load as ``rows`` beats of ``cols`` trits, ``k = 0`` first, through a shift chain up the
-columns, and only while no token is in flight (the array finishes the previous tile first).
-Tokens are accepted once a full tile has been loaded.
+Weights load as ``rows`` beats of ``cols`` trits, ``k = 0`` first, beat ``r`` into row ``r``, and
+only while no token is in flight (the array finishes the previous tile first). Tokens are
+accepted once a full tile has been loaded.
 
 For timing, every signal that fans out across the grid or back to the producer comes from a
-flip-flop: a weight beat is registered before it shifts in (the shift enable of every PE is one
-flip-flop), and both ``ready`` outputs are registered flags (grid empty, room for a token)
-derived from next-state counts. None of this changes when a beat or a token is taken.
+flip-flop: a weight beat is registered before it is written, and so is each row's load enable
+(one enable for every PE of the grid, as a shift chain up the columns had, was one net of
+several hundred loads: the ulx3s-85f critical path, 81.1 MHz). Both ``ready`` outputs are
+registered flags (grid empty, room for a token) derived from next-state counts. None of this
+changes when a beat or a token is taken.
 """
 
 from amaranth import Cat, Module, Mux, Signal, signed
@@ -122,7 +124,9 @@ class SystolicArray(wiring.Component):
         room = Signal(init=1)                              # occupancy < fifo_depth, registered
         loaded_rows = Signal(range(rows + 1))
         tile_loaded = loaded_rows == rows
-        w_pending = Signal()                               # a weight beat shifts in this cycle
+        w_pending = Signal()                               # a weight beat is written this cycle
+        w_rows = Signal(rows)                              # ... into this row (one-hot)
+        next_row = Signal(rows, init=1)                    # the next beat's row (one-hot)
         w_beat = Signal.like(self.w_stream.payload)
 
         take_token = Signal()
@@ -133,8 +137,11 @@ class SystolicArray(wiring.Component):
             # Weights change only with the grid empty, and never under a token being taken.
             self.w_stream.ready.eq(grid_empty & ~take_token),
         ]
-        m.d.sync += [w_pending.eq(self.w_stream.valid & self.w_stream.ready),
+        w_taken = self.w_stream.valid & self.w_stream.ready
+        m.d.sync += [w_pending.eq(w_taken), w_rows.eq(Mux(w_taken, next_row, 0)),
                      w_beat.eq(self.w_stream.payload)]
+        with m.If(w_taken):
+            m.d.sync += next_row.eq(next_row.rotate_left(1))
         with m.If(w_pending):
             m.d.sync += loaded_rows.eq(Mux(tile_loaded, 1, loaded_rows + 1))
 
@@ -149,9 +156,7 @@ class SystolicArray(wiring.Component):
         for r in range(rows):
             for c in range(cols):
                 pe = m.submodules[f"pe_{r}_{c}"] = grid[r][c]
-                m.d.comb += pe.w_shift.eq(w_pending)
-                # Weight shift chain runs upwards: the bottom row takes the new beat.
-                m.d.comb += pe.w_in.eq(w_beat[c] if r == rows - 1 else grid[r + 1][c].w)
+                m.d.comb += [pe.w_load.eq(w_rows[r]), pe.w_in.eq(w_beat[c])]
                 m.d.comb += pe.x_in.eq(self._skewed(m, self.i_stream.payload[r], delay=r)
                                        if c == 0 else grid[r][c - 1].x_out)
                 if r:

@@ -21,7 +21,7 @@ class TernaryPE(wiring.Component):
     """Weight-stationary ternary MAC: adds, subtracts or skips the activation. No multiplier.
 
     Every cycle: ``psum_out <= psum_in + w * x_in`` and ``x_out <= x_in`` (both registered).
-    When ``w_shift`` is high, the held weight is replaced by ``w_in`` (a column shift chain).
+    When ``w_load`` is high, the held weight is replaced by ``w_in``.
 
     Members
     -------
@@ -33,12 +33,12 @@ class TernaryPE(wiring.Component):
         Partial sum from the PE above (absent in the first row: ``psum_in_bits == 0``).
     psum_out : Out(signed(psum_out_bits))
         Partial sum to the PE below.
-    w_shift : In(1)
+    w_load : In(1)
         Load ``w_in`` as the stationary weight.
     w_in : In(Trit)
-        Next weight, from the PE below in the shift chain.
+        Next weight, from the array's weight beat for this PE's row.
     w : Out(Trit)
-        The stationary weight (feeds the PE above when shifting).
+        The stationary weight.
     """
     weight_shape = Trit
 
@@ -55,7 +55,7 @@ class TernaryPE(wiring.Component):
         members = {
             "x_in": In(signed(act_bits)), "x_out": Out(signed(act_bits)),
             "psum_out": Out(signed(psum_out_bits)),
-            "w_shift": In(1), "w_in": In(Trit), "w": Out(Trit),
+            "w_load": In(1), "w_in": In(Trit), "w": Out(Trit),
         }
         if psum_in_bits:
             members["psum_in"] = In(signed(psum_in_bits))
@@ -80,7 +80,7 @@ class TernaryPE(wiring.Component):
             self.x_out.eq(self.x_in),
             self.psum_out.eq(psum_in + self.product()),
         ]
-        with m.If(self.w_shift):
+        with m.If(self.w_load):
             m.d.sync += self.w.eq(self.w_in)
         return m
 

@@ -19,7 +19,7 @@ class Int8PE(wiring.Component):
     """Weight-stationary multiply-accumulate with an int8 weight.
 
     Every cycle: ``psum_out <= psum_in + w * x_in`` and ``x_out <= x_in`` (both registered).
-    When ``w_shift`` is high, the held weight is replaced by ``w_in`` (a column shift chain).
+    When ``w_load`` is high, the held weight is replaced by ``w_in``.
     The product is a plain ``*``, so synthesis may map it to a DSP block or to LUTs.
 
     Members
@@ -32,12 +32,12 @@ class Int8PE(wiring.Component):
         Partial sum from the PE above (absent in the first row: ``psum_in_bits == 0``).
     psum_out : Out(signed(psum_out_bits))
         Partial sum to the PE below.
-    w_shift : In(1)
+    w_load : In(1)
         Load ``w_in`` as the stationary weight.
     w_in : In(signed(8))
-        Next weight, from the PE below in the shift chain.
+        Next weight, from the array's weight beat for this PE's row.
     w : Out(signed(8))
-        The stationary weight (feeds the PE above when shifting).
+        The stationary weight.
     """
     weight_shape = signed(WEIGHT_BITS)
 
@@ -54,7 +54,7 @@ class Int8PE(wiring.Component):
         members = {
             "x_in": In(signed(act_bits)), "x_out": Out(signed(act_bits)),
             "psum_out": Out(signed(psum_out_bits)),
-            "w_shift": In(1), "w_in": In(self.weight_shape), "w": Out(self.weight_shape),
+            "w_load": In(1), "w_in": In(self.weight_shape), "w": Out(self.weight_shape),
         }
         if psum_in_bits:
             members["psum_in"] = In(signed(psum_in_bits))
@@ -67,6 +67,6 @@ class Int8PE(wiring.Component):
             self.x_out.eq(self.x_in),
             self.psum_out.eq(psum_in + self.x_in * self.w),
         ]
-        with m.If(self.w_shift):
+        with m.If(self.w_load):
             m.d.sync += self.w.eq(self.w_in)
         return m

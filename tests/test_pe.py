@@ -24,9 +24,9 @@ def test_ternary_pe_adds_subtracts_or_skips():
     async def testbench(ctx):
         for weight, x, psum in cases:
             ctx.set(pe.w_in, weight)
-            ctx.set(pe.w_shift, 1)
+            ctx.set(pe.w_load, 1)
             await ctx.tick()
-            ctx.set(pe.w_shift, 0)
+            ctx.set(pe.w_load, 0)
             ctx.set(pe.x_in, x)
             ctx.set(pe.psum_in, psum)
             await ctx.tick()
@@ -44,9 +44,9 @@ def test_weight_holds_until_shifted():
 
     async def testbench(ctx):
         ctx.set(pe.w_in, Trit.NEG)
-        ctx.set(pe.w_shift, 1)
+        ctx.set(pe.w_load, 1)
         await ctx.tick()
-        ctx.set(pe.w_shift, 0)
+        ctx.set(pe.w_load, 0)
         ctx.set(pe.w_in, Trit.POS)
         for x in (5, -128):
             ctx.set(pe.x_in, x)

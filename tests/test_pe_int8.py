@@ -40,9 +40,9 @@ def test_int8_pe_multiplies_and_accumulates():
     async def testbench(ctx):
         for weight, x, psum in cases:
             ctx.set(pe.w_in, weight)
-            ctx.set(pe.w_shift, 1)
+            ctx.set(pe.w_load, 1)
             await ctx.tick()
-            ctx.set(pe.w_shift, 0)
+            ctx.set(pe.w_load, 0)
             ctx.set(pe.x_in, x)
             ctx.set(pe.psum_in, psum)
             await ctx.tick()
@@ -58,9 +58,9 @@ def test_first_row_int8_pe_has_no_psum_in():
 
     async def testbench(ctx):
         ctx.set(pe.w_in, -128)
-        ctx.set(pe.w_shift, 1)
+        ctx.set(pe.w_load, 1)
         await ctx.tick()
-        ctx.set(pe.w_shift, 0)
+        ctx.set(pe.w_load, 0)
         ctx.set(pe.w_in, 5)                         # not shifted in: the weight holds
         for x in (-128, 127):
             ctx.set(pe.x_in, x)
