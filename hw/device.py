@@ -154,7 +154,10 @@ class Device(wiring.Component):
         m.d.comb += [pim.w_stream.payload.bank.eq(a), pim.w_stream.payload.addr.eq(addr),
                      pim.x_stream.payload.addr.eq(addr)]
 
-        response = m.submodules.response = fifo.SyncFIFO(width=WORD_BITS + 1, depth=2)
+        # Room for a whole result beat, so that a beat, once started, never waits.
+        response_depth = max(fmt.banks, fmt.cols) + 1
+        response = m.submodules.response = fifo.SyncFIFO(width=WORD_BITS + 1,
+                                                          depth=response_depth)
         sent = Signal(data.StructLayout({"word": WORD_BITS, "ends_beat": 1}))
         m.d.comb += [
             sent.eq(response.r_data),
@@ -162,19 +165,30 @@ class Device(wiring.Component):
             o.payload.eq(sent.word),
             response.r_en.eq(o.ready),
         ]
-        # ``response.w_rdy`` as a flip-flop: it moves the serialisers' shift registers, wide
-        # and fed from across the die, so it must not start behind the FIFO's level logic.
-        space = Signal(init=1)
         written = response.w_en & response.w_rdy
         read = response.r_en & response.r_rdy
-        m.d.sync += space.eq(Mux(written & ~read, response.level == 0,
-                                 Mux(read & ~written, 1, response.level != 2)))
+        blocked = Signal()              # a word waits for room in the response FIFO
         with m.If(o.valid & o.ready & sent.ends_beat):
             m.d.sync += [results_left.eq(results_left - 1), no_results.eq(results_left == 1)]
 
-        def respond(word, *, ends_beat=Const(0, 1)):
-            """Write ``word`` into the response FIFO; it is taken if ``space``."""
-            m.d.comb += [response.w_en.eq(1), response.w_data.eq(Cat(word, ends_beat))]
+        def room_for(words):
+            """A flip-flop: the response FIFO has room for ``words`` more words. It is
+            computed a cycle ahead from the level and that cycle's events, so that it does not
+            start behind the FIFO's level logic."""
+            room = Signal(init=1, name=f"room_for_{words}")
+            limit = response_depth - words
+            m.d.sync += room.eq(Mux(written & ~read, response.level < limit,
+                                    Mux(read & ~written, response.level <= limit + 1,
+                                        response.level <= limit)))
+            return room
+
+        space = room_for(1)
+
+        def respond(word, *, ends_beat=Const(0, 1), room=space):
+            """Write ``word`` into the response FIFO if ``room`` says it has room; the cycle
+            is stalled otherwise."""
+            m.d.comb += [response.w_en.eq(room), response.w_data.eq(Cat(word, ends_beat)),
+                         blocked.eq(~room)]
 
         def serialiser(source, count):
             """Make the sender of ``count``-element result beats from ``source`` as
@@ -183,42 +197,53 @@ class Device(wiring.Component):
 
             Element 0 is written into the response FIFO while the others are loaded into a
             shift register (``rest``) whose head is the next word, and the beat leaves its FIFOs
-            the cycle after, popped by a flip-flop (``pop``). The beat's FIFOs are spread over
-            the die with the banks and the array's columns: a pop decided in the cycle it is
-            made had to cross the die behind the gate that decided it (the ulx3s-85f critical
-            path, 81.7 MHz), and so did a select of each word out of the beat (79 MHz). Each
-            element's register takes its own element or its neighbour's, under a flag that is
-            a flip-flop, and it moves whenever the response FIFO has room, in any state, so the
-            control FSM is not on that path: outside its beat it holds nothing, and every beat
-            reloads it. A one-element beat (one bank, one column: no die to cross) leaves with
-            its word, as a registered pop would cost it a bubble.
+            the cycle after, popped by a flip-flop (``pop``). A beat starts only when the
+            response FIFO has room for all of it, so the shift register moves every cycle of a
+            beat and nothing holds it. Register ``e`` of ``rest`` loads the head beat or takes
+            its neighbour's under its own flag (``load``, a thermometer code: the flag rises
+            once its word has gone and stays up until the next beat has started), so no single
+            net reaches every bit of it.
+
+            The beat's FIFOs and ``rest`` spread over the die with the banks and the array's
+            columns. Each of these was the ulx3s-85f critical path: a select of each word out
+            of the beat (79 MHz), a pop decided in the cycle it is made (81.7 MHz), and one
+            enable holding every bit of ``rest`` while the FIFO was full (82.4 MHz). A
+            one-element beat (one bank, one column: no die to cross) leaves with its word, as
+            a registered pop would cost it a bubble.
             """
             element = Signal(range(count), name="element")
             first = Signal(init=1, name="first")                # element == 0, registered
             last = Signal(init=count == 1, name="last")         # element == count - 1, registered
             word = Signal(WORD_BITS, name="word")               # the element, sign-extended
             elements = source.payload
+            beat_room = room_for(count)
             if count > 1:
                 pop = Signal(name="pop")                        # element 0 left last cycle
                 m.d.sync += pop.eq(0)
                 m.d.comb += source.ready.eq(pop)
+                # rest[e] holds element e + 1 + (the words sent after element 0); the top one
+                # is needed only in the cycle after element 0, so it always loads.
                 rest = Signal(data.ArrayLayout(elements.shape().elem_shape, count - 1),
                               name="rest", reset_less=True)
-                with m.If(space):
-                    for e in range(count - 1):
-                        following = rest[e + 1] if e + 1 < count - 1 else elements[e + 1]
-                        m.d.sync += rest[e].eq(Mux(first, elements[e + 1], following))
+                if count > 2:
+                    load = Signal(count - 2, init=-1, name="load")
+                for e in range(count - 1):
+                    m.d.sync += rest[e].eq(elements[e + 1] if e == count - 2 else
+                                           Mux(load[e], elements[e + 1], rest[e + 1]))
                 m.d.comb += word.eq(Mux(first, elements[0], rest[0]))
             else:
                 m.d.comb += word.eq(elements[0])
             has_word = Mux(first, source.valid, 1)              # after element 0, it is in rest
+            room = Mux(first, beat_room, 1)                     # a started beat has its room
 
             def send():
                 with m.If(has_word):
-                    respond(word, ends_beat=last)
-                with m.If(has_word & space):
+                    respond(word, ends_beat=last, room=room)
+                with m.If(has_word & room):
                     m.d.sync += [element.eq(Mux(last, 0, element + 1)), first.eq(last),
                                  last.eq(Mux(last, count == 1, element == count - 2))]
+                    if count > 2:
+                        m.d.sync += load.eq(Mux(last, -1, Mux(first, 0, Cat(load[1:], 1))))
                     if count > 1:
                         m.d.sync += pop.eq(first)
                     else:
@@ -341,7 +366,7 @@ class Device(wiring.Component):
             pim.cmd_stream.payload.words_per_row.eq(args[1]),
         ]
         idle = fsm.ongoing("FETCH")
-        stalled = (response.w_en & ~space) | (~idle & i.ready & ~i.valid)
+        stalled = blocked | (~idle & i.ready & ~i.valid)
         m.d.comb += [
             cycle.busy.eq(~idle & ~stalled),
             cycle.idle.eq(idle),
