@@ -200,9 +200,11 @@ class Device(wiring.Component):
             the cycle after, popped by a flip-flop (``pop``). A beat starts only when the
             response FIFO has room for all of it, so the shift register moves every cycle of a
             beat and nothing holds it. Register ``e`` of ``rest`` loads the head beat or takes
-            its neighbour's under its own flag (``load``, a thermometer code: the flag rises
-            once its word has gone and stays up until the next beat has started), so no single
-            net reaches every bit of it.
+            its neighbour's under its own flag (``load``), so no single net reaches every bit
+            of it. The flags are a thermometer code: all up until a beat starts, then each
+            rises once its register's word has gone. When it rises does not matter to the
+            data, but it makes each flag a different function, which no synthesis step can
+            merge back into one net.
 
             The beat's FIFOs and ``rest`` spread over the die with the banks and the array's
             columns. Each of these was the ulx3s-85f critical path: a select of each word out

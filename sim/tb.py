@@ -32,9 +32,14 @@ def write_report(report):
 
 
 class StreamSource:
-    """Drives ``<prefix>__valid/payload`` beats; idles before a beat with probability ``pause``."""
+    """Drives ``<prefix>__valid/payload`` beats; idles before a beat with probability ``pause``.
 
-    def __init__(self, dut, prefix, *, rng, pause=0.0):
+    A beat refused for ``patience`` cycles in a row fails the test: a hung device ends the run
+    with a message instead of stalling it.
+    """
+
+    def __init__(self, dut, prefix, *, rng, pause=0.0, patience=50_000):
+        self._prefix, self._patience = prefix, patience
         self._clk = dut.clk
         self._valid = getattr(dut, f"{prefix}__valid")
         self._ready = getattr(dut, f"{prefix}__ready")
@@ -51,7 +56,7 @@ class StreamSource:
                 await RisingEdge(self._clk)
             self._valid.value = 1
             self._payload.value = payload
-            while True:
+            for refused in range(self._patience + 1):
                 await ReadOnly()
                 fired = bool(self._ready.value)
                 if fired:
@@ -59,6 +64,8 @@ class StreamSource:
                 await RisingEdge(self._clk)
                 if fired:
                     break
+            assert fired, (f"{self._prefix} refused a beat for {refused} cycles at cycle "
+                           f"{cycle()}: the device hangs")
         self._valid.value = 0
 
 
