@@ -406,18 +406,28 @@ class Device(wiring.Component):
         limit = Mux(opcode == Opcode.LOAD_ACTS.value, fmt.act_words, fmt.depth)
         rows = count[:Shape.cast(range(fmt.depth + 1)).width]
         words_per_row = word[:Shape.cast(range(fmt.act_words + 1)).width]
+        span = Shape.cast(range(max(fmt.depth, fmt.act_words) + 1)).width
+
+        def exceeds(bound):
+            """``word > bound`` for a ``bound`` of ``span`` bits: the word's high bits are only
+            ORed, so no carry chain is as wide as the word."""
+            return (word[span:] != 0) | (word[:span] > bound)
+
         with m.If(first):
-            past_end = word + count > limit
+            # ``word + count > limit``, with the header's side (``limit - count``) worked out
+            # apart from the word: the word arrives late, from the link, and a 33-bit adder
+            # and comparison after it were the ulx3s-85f critical path (93.8 MHz).
+            past_end = (count > limit) | exceeds((limit - count)[:span])
             m.d.sync += [
                 checks.verdict.eq(Mux(past_end, ErrorCode.BAD_ADDRESS.value, ErrorCode.NONE.value)),
                 checks.clean.eq(~past_end),
-                checks.too_far.eq((word > fmt.depth) | (count > fmt.depth)),
+                checks.too_far.eq(exceeds(fmt.depth) | (count > fmt.depth)),
                 checks.room.eq(fmt.depth - word),       # meaningful unless too_far
             ]
         with m.Else():
             # GEMV's words_per_row. A bad shape outranks the base's BAD_ADDRESS (the first
             # argument's verdict, implied by the product check in CHECK when the shape is good).
-            bad_shape = (word == 0) | (word > fmt.act_words)
+            bad_shape = (word == 0) | exceeds(fmt.act_words)
             m.d.sync += [
                 checks.verdict.eq(Mux(bad_shape, ErrorCode.BAD_SHAPE.value, ErrorCode.NONE.value)),
                 checks.clean.eq(~bad_shape),
