@@ -36,6 +36,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import Config, signed_bits_for
 from .pe import PE_KINDS
+from .queues import registered_r_rdy
 
 __all__ = ["SystolicArray"]
 
@@ -186,7 +187,7 @@ class SystolicArray(wiring.Component):
         ]
         # The FIFOs are written and read together, so column 0's stands for all of them.
         m.d.comb += [
-            self.o_stream.valid.eq(results[0].r_rdy),
+            self.o_stream.valid.eq(registered_r_rdy(m, results[0], name="result_waiting")),
             self.o_stream.payload.eq(Cat(column_results.r_data for column_results in results)),
             self.busy.eq(~grid_empty | results[0].r_rdy | w_pending),
         ]

@@ -249,9 +249,9 @@ class LinkCore(wiring.Component):
         bridge = m.submodules.bridge = UARTBridge(clk_hz=self._clk_hz, baud=self._baud)
         device = m.submodules.device = self._device
         m.d.comb += [bridge.rx.eq(self.rx), self.tx.eq(bridge.tx)]
-        # A two-entry FIFO each way between the bridge and the device: the device is spread
-        # over the die, the bridge sits by its pins. The link is slower than the device by
-        # three orders of magnitude; the cycle each costs is nothing.
+        # A FIFO each way between the bridge and the device: the device is spread over the
+        # die, the bridge sits by its pins. The link is slower than the device by three orders
+        # of magnitude; the cycles each costs are nothing.
         self._link_fifo(m, bridge.o_stream, device.i_stream, name="command")
         self._link_fifo(m, device.o_stream, bridge.i_stream, name="response")
 
@@ -273,12 +273,14 @@ class LinkCore(wiring.Component):
 
     @staticmethod
     def _link_fifo(m, source, sink, *, name):
-        """``source`` to ``sink`` through a two-entry FIFO, still a word per cycle. Each side's
-        ``ready`` comes from the FIFO's own state, so no path runs from the bridge's FIFO or
-        shift registers into the device's control or back (with one register between them,
+        """``source`` to ``sink`` through a three-entry FIFO, still a word per cycle. Each
+        side's ``ready`` comes from the FIFO's own state, so no path runs from the bridge's FIFO
+        or shift registers into the device's control or back (with one register between them,
         the bridge's ``ready`` ran through it to the device's serialiser: 75 MHz on
-        ulx3s-85f)."""
-        buffer = m.submodules[name] = fifo.SyncFIFO(width=len(source.payload), depth=2)
+        ulx3s-85f). The sink's word comes from a register, not out of a distributed RAM: the
+        device checks a command word as it arrives. A word takes a cycle longer to cross, which
+        a UART link does not see."""
+        buffer = m.submodules[name] = fifo.SyncFIFOBuffered(width=len(source.payload), depth=3)
         wiring.connect(m, source, buffer.w_stream)
         wiring.connect(m, buffer.r_stream, sink)
 

@@ -3,13 +3,14 @@
 The controller decodes the command words of :mod:`hw.commands`, validates every field before
 acting, and drives the bank group (GEMV, decode) and the array (GEMM tiles, prefill). A bad
 command sets the sticky error code and is dropped; the controller returns to fetching commands,
-so nothing a host sends can hang it. Every response word leaves through a two-entry FIFO
-(``response``) to ``o_stream``: nothing inside the device depends on the host's ``ready`` but
-that FIFO's read side and the count of result beats sent, so it is not the start of a path
-across the die to the banks (the ulx3s-85f critical path, through the serialiser's select, was
-75 MHz). With the host taking every word at once, every word leaves the cycle after it is
-written, and a command's timing is what it was with a one-word output register; while the FIFO
-is full, the work that produces the next word waits (counted as stalled cycles).
+so nothing a host sends can hang it. Every response word leaves through a FIFO (``response``)
+with room for a whole result beat to ``o_stream``: nothing inside the device depends on the
+host's ``ready`` but that FIFO's read side and the count of result beats sent, so it is not the
+start of a path across the die to the banks (the ulx3s-85f critical path, through the
+serialiser's select, was 75 MHz). With the host taking every word at once, every word leaves
+the cycle after it is written, and a command's timing is what it was with a one-word output
+register; while the FIFO lacks room, the work that produces the next word waits (counted as
+stalled cycles).
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Shape, Signal
@@ -80,7 +81,13 @@ class Device(wiring.Component):
         remaining = Signal(16)          # data items (words, chunks, rows, tokens) still to take
         no_items = Signal()             # remaining == 0, registered: it gates every beat's enable
         results_left = Signal(16)       # GEMV rows / GEMM tokens whose results are still owed
-        no_results = Signal()           # results_left == 0, registered: it gates the serialisers
+        no_results = Signal()           # results_left == 0, registered: the results are all out
+        # The serialisers' enables: GEMV_RESULTS or GEMM, with results owed. Flip-flops, set on
+        # entering the state and cleared with ``no_results`` rising: decoded from the state
+        # and ``no_results``, they were on the ulx3s-85f critical path into the response
+        # FIFO's write enable (96.6 MHz).
+        sending_rows = Signal()
+        sending_tokens = Signal()
         addr = Signal(WORD_BITS)
         register = Signal(range(len(fmt.registers) + 1))    # the next register to read
         register_word = Signal(WORD_BITS)                      # ... and the one leaving
@@ -170,6 +177,8 @@ class Device(wiring.Component):
         blocked = Signal()              # a word waits for room in the response FIFO
         with m.If(o.valid & o.ready & sent.ends_beat):
             m.d.sync += [results_left.eq(results_left - 1), no_results.eq(results_left == 1)]
+            with m.If(results_left == 1):
+                m.d.sync += [sending_rows.eq(0), sending_tokens.eq(0)]
 
         def room_for(words):
             """A flip-flop: the response FIFO has room for ``words`` more words. It is
@@ -190,10 +199,9 @@ class Device(wiring.Component):
             m.d.comb += [response.w_en.eq(room), response.w_data.eq(Cat(word, ends_beat)),
                          blocked.eq(~room)]
 
-        def serialiser(source, count):
-            """Make the sender of ``count``-element result beats from ``source`` as
-            sign-extended words; returns the function that sends them, to be called in the
-            state that does.
+        def serialiser(source, count, *, sending):
+            """Send ``count``-element result beats from ``source`` as sign-extended words
+            while ``sending`` (a flip-flop: the state that sends them, with results owed).
 
             Element 0 is written into the response FIFO while the others are loaded into a
             shift register (``rest``) whose head is the next word, and the beat leaves its FIFOs
@@ -238,10 +246,9 @@ class Device(wiring.Component):
             has_word = Mux(first, source.valid, 1)              # after element 0, it is in rest
             room = Mux(first, beat_room, 1)                     # a started beat has its room
 
-            def send():
-                with m.If(has_word):
-                    respond(word, ends_beat=last, room=room)
-                with m.If(has_word & room):
+            with m.If(sending & has_word):
+                respond(word, ends_beat=last, room=room)
+                with m.If(room):
                     m.d.sync += [element.eq(Mux(last, 0, element + 1)), first.eq(last),
                                  last.eq(Mux(last, count == 1, element == count - 2))]
                     if count > 2:
@@ -250,10 +257,9 @@ class Device(wiring.Component):
                         m.d.sync += pop.eq(first)
                     else:
                         m.d.comb += source.ready.eq(1)
-            return send
 
-        send_row_results = serialiser(pim.o_stream, fmt.banks)
-        send_token_results = serialiser(array.o_stream, fmt.cols)
+        serialiser(pim.o_stream, fmt.banks, sending=sending_rows)
+        serialiser(array.o_stream, fmt.cols, sending=sending_tokens)
 
         with m.FSM(name="control") as fsm:
             with m.State("FETCH"):
@@ -333,8 +339,10 @@ class Device(wiring.Component):
                 with m.If(space):
                     with m.Switch(opcode):
                         with m.Case(Opcode.GEMV):
+                            m.d.sync += sending_rows.eq(1)
                             m.next = "GEMV_RESULTS"
                         with m.Case(Opcode.GEMM):
+                            m.d.sync += sending_tokens.eq(1)
                             m.next = "GEMM"
                         with m.Default():
                             take_register()
@@ -343,8 +351,6 @@ class Device(wiring.Component):
             with m.State("GEMV_RESULTS"):
                 with m.If(no_results):
                     m.next = "FETCH"
-                with m.Else():
-                    send_row_results()
 
             with m.State("GEMM"):
                 # Tokens go in while results come out: the array's FIFO would fill otherwise.
@@ -352,8 +358,6 @@ class Device(wiring.Component):
                     feed_tokens()
                 with m.If(no_results):
                     m.next = "FETCH"
-                with m.Else():
-                    send_token_results()
 
             with m.State("REGISTERS"):
                 respond(register_word)

@@ -45,6 +45,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import Config, signed_bits_for
+from .queues import registered_r_rdy
 from .trit import Trit
 
 __all__ = ["LEVELS_PER_STAGE", "BANKS_PER_RELAY", "AdderTree", "PimBank", "Relay",
@@ -273,7 +274,7 @@ class PimBank(wiring.Component):
         m.d.comb += [
             results.w_en.eq(at_acc.valid & at_acc.last),
             results.w_data.eq(total),
-            self.o_stream.valid.eq(results.r_rdy),
+            self.o_stream.valid.eq(registered_r_rdy(m, results, name="result_waiting")),
             self.o_stream.payload.eq(results.r_data),
             results.r_en.eq(self.o_stream.ready),
         ]
