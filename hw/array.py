@@ -139,10 +139,11 @@ class SystolicArray(wiring.Component):
             self.w_stream.ready.eq(grid_empty & ~take_token),
         ]
         w_taken = self.w_stream.valid & self.w_stream.ready
-        m.d.sync += [w_pending.eq(w_taken), w_rows.eq(Mux(w_taken, next_row, 0)),
-                     w_beat.eq(self.w_stream.payload)]
+        m.d.sync += [w_pending.eq(w_taken), w_rows.eq(Mux(w_taken, next_row, 0))]
         with m.If(w_taken):
-            m.d.sync += next_row.eq(next_row.rotate_left(1))
+            # Only when taken: else it is one flip-flop with every other register of the
+            # producer's word, and one net from the array to the banks (see ``hw.pim``).
+            m.d.sync += [w_beat.eq(self.w_stream.payload), next_row.eq(next_row.rotate_left(1))]
         with m.If(w_pending):
             m.d.sync += loaded_rows.eq(Mux(tile_loaded, 1, loaded_rows + 1))
 

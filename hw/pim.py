@@ -441,7 +441,10 @@ class PimBankGroup(wiring.Component):
 
         # Writes: only while idle, so nothing changes under a running GEMV. Each write is
         # registered before it reaches the memories, which are spread over the die; it lands
-        # the cycle after it is taken, before any GEMV command could read it.
+        # the cycle after it is taken, before any GEMV command could read it. The data is
+        # registered only when taken: registered every cycle, it was the same flip-flop as
+        # every other copy of the producer's word (Yosys merges them), one net from the bank
+        # RAMs to the array (ulx3s-85f: 80.8 MHz).
         weight_write = Signal(self.w_stream.payload.shape())
         weight_write_en = Signal()
         act_write = Signal(self.x_stream.payload.shape())
@@ -450,12 +453,13 @@ class PimBankGroup(wiring.Component):
             self.w_stream.ready.eq(~self.busy),
             self.x_stream.ready.eq(~self.busy),
         ]
-        m.d.sync += [
-            weight_write_en.eq(self.w_stream.valid & self.w_stream.ready),
-            weight_write.eq(self.w_stream.p),
-            act_write_en.eq(self.x_stream.valid & self.x_stream.ready),
-            act_write.eq(self.x_stream.p),
-        ]
+        weight_taken = self.w_stream.valid & self.w_stream.ready
+        act_taken = self.x_stream.valid & self.x_stream.ready
+        m.d.sync += [weight_write_en.eq(weight_taken), act_write_en.eq(act_taken)]
+        with m.If(weight_taken):
+            m.d.sync += weight_write.eq(self.w_stream.p)
+        with m.If(act_taken):
+            m.d.sync += act_write.eq(self.x_stream.p)
         m.d.comb += [
             chunk_write.en.eq(act_write_en),
             chunk_write.addr.eq(act_write.addr),
