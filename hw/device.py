@@ -137,7 +137,9 @@ class Device(wiring.Component):
             so beats move at one per ``words`` input words."""
             chunk = Signal(range(words), name="chunk")
             low = Signal((words - 1) * WORD_BITS, name="low_words")
-            last = chunk == words - 1
+            # chunk == words - 1, registered: it is on the path from the target's ``ready``,
+            # through ``i.ready``, back to the link (ulx3s-85f: 98.9 MHz).
+            last = Signal(init=words == 1, name="last_word")
             m.d.comb += destination.eq(Cat(low, i.payload))
 
             def feed():
@@ -148,9 +150,10 @@ class Device(wiring.Component):
                 # The low words' enable leaves ``target.ready`` out (it is 1 when ``~last``): it
                 # fans out to every bit of the beat.
                 with m.If(i.valid & ~last):
-                    m.d.sync += [chunk.eq(chunk + 1), low.eq(Cat(low[WORD_BITS:], i.payload))]
+                    m.d.sync += [chunk.eq(chunk + 1), low.eq(Cat(low[WORD_BITS:], i.payload)),
+                                 last.eq(chunk == words - 2)]
                 with m.If(i.valid & last & target.ready):
-                    m.d.sync += [chunk.eq(0), remaining.eq(remaining - 1),
+                    m.d.sync += [chunk.eq(0), last.eq(words == 1), remaining.eq(remaining - 1),
                                  no_items.eq(remaining == 1), addr.eq(addr + 1)]
             return feed
 
