@@ -22,6 +22,7 @@ from .commands import (ARGUMENT_WORDS, HEADER, STATUS_FLAGS, STATUS_MAGIC, WORD_
                        CommandFormat, ErrorCode, Opcode)
 from .config import Config
 from .pim import PimBankGroup
+from .queues import registered_room
 
 __all__ = ["Device"]
 
@@ -165,9 +166,8 @@ class Device(wiring.Component):
                      pim.x_stream.payload.addr.eq(addr)]
 
         # Room for a whole result beat, so that a beat, once started, never waits.
-        response_depth = max(fmt.banks, fmt.cols) + 1
         response = m.submodules.response = fifo.SyncFIFO(width=WORD_BITS + 1,
-                                                          depth=response_depth)
+                                                          depth=max(fmt.banks, fmt.cols) + 1)
         sent = Signal(data.StructLayout({"word": WORD_BITS, "ends_beat": 1}))
         m.d.comb += [
             sent.eq(response.r_data),
@@ -175,26 +175,13 @@ class Device(wiring.Component):
             o.payload.eq(sent.word),
             response.r_en.eq(o.ready),
         ]
-        written = response.w_en & response.w_rdy
-        read = response.r_en & response.r_rdy
         blocked = Signal()              # a word waits for room in the response FIFO
         with m.If(o.valid & o.ready & sent.ends_beat):
             m.d.sync += [results_left.eq(results_left - 1), no_results.eq(results_left == 1)]
             with m.If(results_left == 1):
                 m.d.sync += [sending_rows.eq(0), sending_tokens.eq(0)]
 
-        def room_for(words):
-            """A flip-flop: the response FIFO has room for ``words`` more words. It is
-            computed a cycle ahead from the level and that cycle's events, so that it does not
-            start behind the FIFO's level logic."""
-            room = Signal(init=1, name=f"room_for_{words}")
-            limit = response_depth - words
-            m.d.sync += room.eq(Mux(written & ~read, response.level < limit,
-                                    Mux(read & ~written, response.level <= limit + 1,
-                                        response.level <= limit)))
-            return room
-
-        space = room_for(1)
+        space = registered_room(m, response, 1, name="space")
 
         def respond(word, *, ends_beat=Const(0, 1), room=space):
             """Write ``word`` into the response FIFO if ``room`` says it has room; the cycle
@@ -229,7 +216,7 @@ class Device(wiring.Component):
             last = Signal(init=count == 1, name="last")         # element == count - 1, registered
             word = Signal(WORD_BITS, name="word")               # the element, sign-extended
             elements = source.payload
-            beat_room = room_for(count)
+            beat_room = registered_room(m, response, count, name="beat_room")
             if count > 1:
                 pop = Signal(name="pop")                        # element 0 left last cycle
                 m.d.sync += pop.eq(0)
