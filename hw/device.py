@@ -13,6 +13,9 @@ register; while the FIFO lacks room, the work that produces the next word waits 
 stalled cycles).
 """
 
+import operator
+from functools import reduce
+
 from amaranth import Array, Cat, Const, Module, Mux, Shape, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -25,6 +28,9 @@ from .pim import PimBankGroup
 from .queues import registered_room
 
 __all__ = ["Device"]
+
+READ_GROUP_BITS = 3
+READ_GROUP = 1 << READ_GROUP_BITS   # registers per group in the first step of a register read
 
 
 class Device(wiring.Component):
@@ -91,7 +97,6 @@ class Device(wiring.Component):
         sending_tokens = Signal()
         addr = Signal(WORD_BITS)
         register = Signal(range(len(fmt.registers) + 1))    # the next register to read
-        register_word = Signal(WORD_BITS)                      # ... and the one leaving
         tile_loaded = Signal()
         error = Signal(8)               # sticky: the first error since CLEAR_ERRORS
         errors = Signal(WORD_BITS)      # every error since CLEAR_ERRORS
@@ -105,8 +110,7 @@ class Device(wiring.Component):
         error_now = Mux(error != ErrorCode.NONE.value, error, fail_q)
         errors_now = errors + (fail_q != ErrorCode.NONE.value)
         counters_now = self._count(m, counters, cycle=cycle, pim=pim, array=array)
-        registers = Array([Const(STATUS_MAGIC, WORD_BITS), error_now, errors_now, flags,
-                           *counters_now])
+        registers = [Const(STATUS_MAGIC, WORD_BITS), error_now, errors_now, flags, *counters_now]
         n_status = len(fmt.registers) - len(counters)
 
         # Errors are recorded from a register, so that the decoder's verdict is not the start
@@ -119,11 +123,23 @@ class Device(wiring.Component):
         for name, bit in STATUS_FLAGS.items():
             m.d.comb += flags[bit].eq({"tile_loaded": tile_loaded, "pim_busy": pim.busy}[name])
 
+        # A register read selects in two steps. Taking a word registers, for each group of
+        # ``READ_GROUP`` registers, the one the index's low bits name (``fetched``); the word
+        # that leaves is then the group its high bits name. A one-step select over every
+        # register and counter adder, 24 to 1, was the ulx3s-85f critical path (95.0 MHz).
+        groups = [registers[n:n + READ_GROUP] for n in range(0, len(registers), READ_GROUP)]
+        fetched = Array(Signal(WORD_BITS, name=f"fetched{n}") for n in range(len(groups)))
+        fetched_group = Signal(range(len(groups)))
+        register_word = fetched[fetched_group]                  # the register leaving
+
         def take_register():
-            """Register the next register's value as the word before it leaves: the read sees
-            every cycle before that one. The select over the counters, with their pending
-            increments' adders, then ends in a flip-flop, not at the link."""
-            m.d.sync += [register_word.eq(registers[register]), register.eq(register + 1)]
+            """Register the next register's value (its group's step of the select) before it
+            leaves: the read sees every cycle before that one."""
+            low = register[:READ_GROUP_BITS]
+            for group, values in zip(fetched, groups):
+                padded = values + [Const(0, WORD_BITS)] * (READ_GROUP - len(values))
+                m.d.sync += group.eq(Array(padded)[low])
+            m.d.sync += [fetched_group.eq(register[READ_GROUP_BITS:]), register.eq(register + 1)]
 
         def reject(code):
             m.d.comb += fail.eq(code.value)
@@ -183,11 +199,18 @@ class Device(wiring.Component):
 
         space = registered_room(m, response, 1, name="space")
 
-        def respond(word, *, ends_beat=Const(0, 1), room=space):
+        # The words that may be written, each beside the flag that selects it. The write data
+        # is their AND-OR: with the sources' conditions chained as priority multiplexers, a
+        # column's word went through five LUTs from its FIFO to the response FIFO, the
+        # ulx3s-85f critical path (99.8 MHz).
+        writers = []
+
+        def respond(word, *, selected, ends_beat=Const(0, 1), room=space):
             """Write ``word`` into the response FIFO if ``room`` says it has room; the cycle
-            is stalled otherwise."""
-            m.d.comb += [response.w_en.eq(room), response.w_data.eq(Cat(word, ends_beat)),
-                         blocked.eq(~room)]
+            is stalled otherwise. ``selected`` is true whenever this call may write: it is
+            this word's select into the write data, and no other call's may be true with it."""
+            m.d.comb += [response.w_en.eq(room), blocked.eq(~room)]
+            writers.append((selected, Cat(word, ends_beat)))
 
         def serialiser(source, count, *, sending):
             """Send ``count``-element result beats from ``source`` as sign-extended words
@@ -237,7 +260,7 @@ class Device(wiring.Component):
             room = Mux(first, beat_room, 1)                     # a started beat has its room
 
             with m.If(sending & has_word):
-                respond(word, ends_beat=last, room=room)
+                respond(word, selected=sending, ends_beat=last, room=room)
                 with m.If(room):
                     m.d.sync += [element.eq(Mux(last, 0, element + 1)), first.eq(last),
                                  last.eq(Mux(last, count == 1, element == count - 2))]
@@ -325,7 +348,7 @@ class Device(wiring.Component):
                     m.next = "RESPOND"
 
             with m.State("RESPOND"):
-                respond(Cat(opcode, error, b))
+                respond(Cat(opcode, error, b), selected=fsm.ongoing("RESPOND"))
                 with m.If(space):
                     with m.Switch(opcode):
                         with m.Case(Opcode.GEMV):
@@ -350,13 +373,15 @@ class Device(wiring.Component):
                     m.next = "FETCH"
 
             with m.State("REGISTERS"):
-                respond(register_word)
+                respond(register_word, selected=fsm.ongoing("REGISTERS"))
                 with m.If(space):
                     take_register()
                     with m.If((register == n_status) | (register == len(registers))):
                         m.next = "FETCH"
 
         m.d.comb += [
+            response.w_data.eq(reduce(operator.or_, (Mux(selected, word, 0)
+                                                     for selected, word in writers))),
             pim.cmd_stream.payload.base.eq(args[0]),
             pim.cmd_stream.payload.rows.eq(b),
             pim.cmd_stream.payload.words_per_row.eq(args[1]),
