@@ -273,12 +273,15 @@ class LinkCore(wiring.Component):
 
     @staticmethod
     def _link_fifo(m, source, sink, *, name):
-        """``source`` to ``sink`` through a two-entry FIFO, still a word per cycle. Each side's
-        ``ready`` comes from the FIFO's own state, so no path runs from the bridge's FIFO or
-        shift registers into the device's control or back (with one register between them,
+        """``source`` to ``sink`` through a three-entry FIFO, still a word per cycle. Each
+        side's ``ready`` comes from the FIFO's own state, so no path runs from the bridge's FIFO
+        or shift registers into the device's control or back (with one register between them,
         the bridge's ``ready`` ran through it to the device's serialiser: 75 MHz on
-        ulx3s-85f)."""
-        buffer = m.submodules[name] = fifo.SyncFIFO(width=len(source.payload), depth=2)
+        ulx3s-85f). The sink's word comes from a register, not out of a distributed RAM: the
+        device checks a command word as it arrives, and from the RAM of a two-entry
+        ``SyncFIFO`` through those checks was the ulx3s-85f critical path (99.7 MHz). A word
+        takes a cycle longer to cross, which a UART link does not see."""
+        buffer = m.submodules[name] = fifo.SyncFIFOBuffered(width=len(source.payload), depth=3)
         wiring.connect(m, source, buffer.w_stream)
         wiring.connect(m, buffer.r_stream, sink)
 
