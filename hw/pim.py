@@ -281,16 +281,17 @@ class PimBank(wiring.Component):
         return m
 
 
-BANKS_PER_RELAY = 4     # banks fed by one relay of the request and the activation chunk
+BANKS_PER_RELAY = 4     # banks fed by one relay of the request, the activation chunk and writes
 
 
 class Relay(wiring.Component):
     """One register of the bank group's broadcast tree: ``o`` is ``i`` a cycle later.
 
-    The group's request and chunk reach the banks through these, :data:`BANKS_PER_RELAY` banks
-    each, so no single flip-flop drives a net across the whole die (on the ulx3s-85f build that
-    net alone took 11.5 ns). Each relay is a module of its own so that synthesis can keep them
-    apart (identical registers would otherwise be merged back into one).
+    The group's request, chunk and weight writes reach the banks through these,
+    :data:`BANKS_PER_RELAY` banks each, so no single flip-flop drives a net across the whole die
+    (on the ulx3s-85f build that net alone took 11.5 ns). Each relay is a module of its own so
+    that synthesis can keep them apart (identical registers would otherwise be merged back
+    into one).
     """
 
     def __init__(self, layout):
@@ -440,8 +441,9 @@ class PimBankGroup(wiring.Component):
         chunk_read = chunks.read_port()
 
         # Writes: only while idle, so nothing changes under a running GEMV. Each write is
-        # registered before it reaches the memories, which are spread over the die; it lands
-        # the cycle after it is taken, before any GEMV command could read it. The data is
+        # registered before it reaches the memories, which are spread over the die, and goes
+        # through the relays with the reads (below); it lands ``1 + R`` cycles after it is
+        # taken, before any GEMV command could read it. The data is
         # registered only when taken: registered every cycle, it was the same flip-flop as
         # every other copy of the producer's word (Yosys merges them), one net from the bank
         # RAMs to the array (ulx3s-85f: 80.8 MHz).
@@ -469,12 +471,6 @@ class PimBankGroup(wiring.Component):
         for lane in range(valid_lanes, pim.lanes):
             with m.If(act_write.addr == act_words - 1):
                 m.d.comb += chunk_write.data[lane].eq(0)
-        for b, bank in enumerate(banks):
-            m.d.comb += [
-                bank.w_stream.valid.eq(weight_write_en & (weight_write.bank == b)),
-                bank.w_stream.p.addr.eq(weight_write.addr),
-                bank.w_stream.p.data.eq(weight_write.data),
-            ]
 
         # Sequencer. In cycle d it decides to read word `addr`, to be dotted with chunk `chunk`
         # of the current row, and reads that chunk from the buffer. The decision reaches the
@@ -509,17 +505,27 @@ class PimBankGroup(wiring.Component):
             request.eq(Cat(issue, addr, chunk == 0, row_end)),
             broadcast.eq(chunk_read.data),
         ]
+        # Weight writes ride the relays too: one register driving all the banks' write data
+        # was the ulx3s-85f critical path, a single net of 9.4 ns (100.6 MHz). A write then
+        # lands a relay stage later, as the reads that could follow it do.
         operands = Signal(data.StructLayout({"request": request.shape(),
-                                             "x": broadcast.shape()}))
-        m.d.comb += [operands.request.eq(request), operands.x.eq(broadcast)]
+                                             "x": broadcast.shape(),
+                                             "write_en": 1,
+                                             "write": weight_write.shape()}))
+        m.d.comb += [operands.request.eq(request), operands.x.eq(broadcast),
+                     operands.write_en.eq(weight_write_en), operands.write.eq(weight_write)]
         for n, first_bank in enumerate(range(0, pim.banks, BANKS_PER_RELAY)):
             relayed = operands
             if Relay.stages_for(self._config):
                 relay = m.submodules[f"relay{n}"] = Relay(operands.shape())
                 m.d.comb += relay.i.eq(operands)
                 relayed = relay.o
-            for bank in banks[first_bank:first_bank + BANKS_PER_RELAY]:
+            for b, bank in enumerate(banks[first_bank:first_bank + BANKS_PER_RELAY],
+                                     start=first_bank):
                 m.d.comb += [
+                    bank.w_stream.valid.eq(relayed.write_en & (relayed.write.bank == b)),
+                    bank.w_stream.p.addr.eq(relayed.write.addr),
+                    bank.w_stream.p.data.eq(relayed.write.data),
                     bank.rd_stream.valid.eq(relayed.request.valid),
                     bank.rd_stream.p.addr.eq(relayed.request.addr),
                     bank.rd_stream.p.first.eq(relayed.request.first),

@@ -17,6 +17,8 @@ CONFIGS = {
     # Odd sizes everywhere: 5 lanes leave max_k = 256 one lane into its last chunk (52 chunks),
     # and a depth of 136 is no power of two.
     "3x5": dataclasses.replace(TINY, pim=PimConfig(banks=3, lanes=5, depth=136)),
+    # More banks than one relay feeds: requests, chunks and weight writes cross a relay stage.
+    "6x4": dataclasses.replace(TINY, pim=PimConfig(banks=6, lanes=4, depth=64)),
 }
 
 
