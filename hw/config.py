@@ -185,7 +185,7 @@ PRESETS = {
     # engine and its share of the result FIFO (flip-flops: the iCE40 has no distributed RAM)
     # cost ~600 cells. A 4 x 4 array later grew to 5,147 cells (97.5 %), where nextpnr's
     # placers can fail (HeAP stalled at 5,226 cells, simulated annealing could not place a
-    # carry chain); with 3 columns the device takes 4,669 (88 %).
+    # carry chain); with 3 columns the board build takes 4,683 (88.7 %).
     "icebreaker": _override(_DEFAULT, clock_mhz=24.0, max_k=1024, array=dict(rows=4, cols=3),
                             pim=dict(banks=2, lanes=8, depth=256)),
 }

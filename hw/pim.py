@@ -443,10 +443,10 @@ class PimBankGroup(wiring.Component):
         # Writes: only while idle, so nothing changes under a running GEMV. Each write is
         # registered before it reaches the memories, which are spread over the die, and goes
         # through the relays with the reads (below); it lands ``1 + R`` cycles after it is
-        # taken, before any GEMV command could read it. The data is
-        # registered only when taken: registered every cycle, it was the same flip-flop as
-        # every other copy of the producer's word (Yosys merges them), one net from the bank
-        # RAMs to the array (ulx3s-85f: 80.8 MHz).
+        # taken, before any GEMV command could read it. The data is registered only when taken:
+        # registered every cycle, it was the same flip-flop as every other copy of the
+        # producer's word (Yosys merges them), one net from the bank RAMs to the array
+        # (ulx3s-85f: 80.8 MHz).
         weight_write = Signal(self.w_stream.payload.shape())
         weight_write_en = Signal()
         act_write = Signal(self.x_stream.payload.shape())
