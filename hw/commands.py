@@ -72,7 +72,8 @@ class ErrorCode(enum.Enum, shape=8):
 
 HEADER = data.StructLayout({"opcode": 8, "a": 8, "b": 16})
 STATUS = ["magic", "error", "errors", "flags"]       # the READ_STATUS response data words
-STATUS_FLAGS = {"tile_loaded": 0, "pim_busy": 1}     # bit positions in the ``flags`` word
+# The ``flags`` status word, bit 0 first.
+STATUS_FLAGS = data.StructLayout({"tile_loaded": 1, "pim_busy": 1})
 ARGUMENT_WORDS = {Opcode.WRITE_WEIGHTS: 1, Opcode.LOAD_ACTS: 1, Opcode.GEMV: 2}
 
 

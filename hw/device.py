@@ -3,14 +3,23 @@
 The controller decodes the command words of :mod:`hw.commands`, validates every field before
 acting, and drives the bank group (GEMV, decode) and the array (GEMM tiles, prefill). A bad
 command sets the sticky error code and is dropped; the controller returns to fetching commands,
-so nothing a host sends can hang it. Every response word leaves through a FIFO (``response``)
-with room for a whole result beat to ``o_stream``: nothing inside the device depends on the
-host's ``ready`` but that FIFO's read side and the count of result beats sent, so it is not the
-start of a path across the die to the banks (the ulx3s-85f critical path, through the
-serialiser's select, was 75 MHz). With the host taking every word at once, every word leaves
-the cycle after it is written, and a command's timing is what it was with a one-word output
-register; while the FIFO lacks room, the work that produces the next word waits (counted as
+so nothing a host sends can hang it.
+
+Parts: a :class:`~hw.streams.WordAssembler` per unit input joins command words into beats, a
+:class:`~hw.streams.ResultSerialiser` per unit output splits result beats into response words,
+and a :class:`~hw.registers.RegisterFile` holds status and counters; the controller here wires
+them and runs the control FSM.
+
+Every response word leaves through a FIFO (``response``) with room for a whole result beat:
+nothing inside the device depends on the host's ``ready`` but that FIFO's read side and the
+count of result beats sent, so the host's ``ready`` is not the start of a path across the die
+to the banks. With the host taking every word at once, every word leaves the cycle after it is
+written; while the FIFO lacks room, the work that produces the next word waits (counted as
 stalled cycles).
+
+Timing rule, here and in every unit: a net that fans out across the die (to all banks, to every
+PE, back to the link) starts at a flip-flop, and the control FSM's state is not on the path of
+a beat's data.
 """
 
 import operator
@@ -21,16 +30,17 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .array import SystolicArray
-from .commands import (ARGUMENT_WORDS, HEADER, STATUS_FLAGS, STATUS_MAGIC, WORD_BITS,
-                       CommandFormat, ErrorCode, Opcode)
+from .commands import (ARGUMENT_WORDS, HEADER, STATUS, WORD_BITS, CommandFormat, ErrorCode,
+                       Opcode)
 from .config import Config
 from .pim import PimBankGroup
 from .queues import registered_room
+from .registers import RegisterFile
+from .streams import RESPONSE_WORD, ResultSerialiser, WordAssembler
 
-__all__ = ["Device"]
+__all__ = ["DEVICE_STATUS", "Device"]
 
-READ_GROUP_BITS = 3
-READ_GROUP = 1 << READ_GROUP_BITS   # registers per group in the first step of a register read
+DEVICE_STATUS = data.StructLayout({"busy": 1, "error": 1})
 
 
 class Device(wiring.Component):
@@ -48,7 +58,7 @@ class Device(wiring.Component):
         Command words (:mod:`hw.commands`).
     o_stream : Out(stream.Signature(32))
         Response words.
-    status : Out(StructLayout({"busy": 1, "error": 1}))
+    status : Out(DEVICE_STATUS)
         A command is executing; the sticky error is set (for LEDs).
     """
 
@@ -61,7 +71,7 @@ class Device(wiring.Component):
         super().__init__({
             "i_stream": In(stream.Signature(WORD_BITS)),
             "o_stream": Out(stream.Signature(WORD_BITS)),
-            "status": Out(data.StructLayout({"busy": 1, "error": 1})),
+            "status": Out(DEVICE_STATUS),
         })
 
     @property
@@ -73,11 +83,18 @@ class Device(wiring.Component):
         """The :class:`~hw.commands.CommandFormat` of this configuration."""
         return self._format
 
+    @property
+    def max_macs(self):
+        """Trit-lanes consumed in a cycle at most: every bank lane and the whole array."""
+        cfg = self._config
+        return cfg.pim.banks * cfg.pim.lanes + cfg.array.rows * cfg.array.cols
+
     def elaborate(self, platform):
         m = Module()
         cfg, fmt = self._config, self._format
         pim = m.submodules.pim = PimBankGroup(cfg)
         array = m.submodules.array = SystolicArray(cfg, pe=self._pe)
+        registers = m.submodules.registers = RegisterFile(fmt, max_macs=self.max_macs)
         i, o = self.i_stream, self.o_stream
 
         header = Signal(HEADER)
@@ -90,189 +107,92 @@ class Device(wiring.Component):
         results_left = Signal(16)       # GEMV rows / GEMM tokens whose results are still owed
         no_results = Signal()           # results_left == 0, registered: the results are all out
         # The serialisers' enables: GEMV_RESULTS or GEMM, with results owed. Flip-flops, set on
-        # entering the state and cleared with ``no_results`` rising: decoded from the state
-        # and ``no_results``, they were on the ulx3s-85f critical path into the response
-        # FIFO's write enable (96.6 MHz).
+        # entering the state and cleared with ``no_results`` rising, so that the state decode
+        # is not in front of the response FIFO's write enable.
         sending_rows = Signal()
         sending_tokens = Signal()
         addr = Signal(WORD_BITS)
-        register = Signal(range(len(fmt.registers) + 1))    # the next register to read
         tile_loaded = Signal()
-        error = Signal(8)               # sticky: the first error since CLEAR_ERRORS
-        errors = Signal(WORD_BITS)      # every error since CLEAR_ERRORS
         fail = Signal(8)                # the error raised this cycle (NONE: none)
-        fail_q = Signal(8)              # ... registered: error and errors take it a cycle later
         checks = Signal(self._checks_layout())  # the argument checks, for CHECK
-        flags = Signal(WORD_BITS)
-        counters = [Signal(WORD_BITS, name=name) for name in fmt.counter_names]
-        cycle = Signal(data.StructLayout({"busy": 1, "idle": 1, "stalled": 1}))  # this one's kind
-        # What the registers read: the stored values plus what is still on its way in.
-        error_now = Mux(error != ErrorCode.NONE.value, error, fail_q)
-        errors_now = errors + (fail_q != ErrorCode.NONE.value)
-        counters_now = self._count(m, counters, cycle=cycle, pim=pim, array=array)
-        registers = [Const(STATUS_MAGIC, WORD_BITS), error_now, errors_now, flags, *counters_now]
-        n_status = len(fmt.registers) - len(counters)
-
-        # Errors are recorded from a register, so that the decoder's verdict is not the start
-        # of a path through a 32-bit adder (``CLEAR_ERRORS``, later in this module, wins).
-        m.d.sync += fail_q.eq(fail)
-        with m.If(fail_q != ErrorCode.NONE.value):
-            m.d.sync += errors.eq(errors + 1)
-            with m.If(error == ErrorCode.NONE.value):
-                m.d.sync += error.eq(fail_q)
-        for name, bit in STATUS_FLAGS.items():
-            m.d.comb += flags[bit].eq({"tile_loaded": tile_loaded, "pim_busy": pim.busy}[name])
-
-        # A register read selects in two steps. Taking a word registers, for each group of
-        # ``READ_GROUP`` registers, the one the index's low bits name (``fetched``); the word
-        # that leaves is then the group its high bits name. A one-step select over every
-        # register and counter adder, 24 to 1, was the ulx3s-85f critical path (95.0 MHz).
-        groups = [registers[n:n + READ_GROUP] for n in range(0, len(registers), READ_GROUP)]
-        fetched = Array(Signal(WORD_BITS, name=f"fetched{n}") for n in range(len(groups)))
-        fetched_group = Signal(range(len(groups)))
-        register_word = fetched[fetched_group]                  # the register leaving
-
-        def take_register():
-            """Register the next register's value (its group's step of the select) before it
-            leaves: the read sees every cycle before that one."""
-            low = register[:READ_GROUP_BITS]
-            for group, values in zip(fetched, groups):
-                padded = values + [Const(0, WORD_BITS)] * (READ_GROUP - len(values))
-                m.d.sync += group.eq(Array(padded)[low])
-            m.d.sync += [fetched_group.eq(register[READ_GROUP_BITS:]), register.eq(register + 1)]
+        m.d.comb += [
+            registers.fail.eq(fail),
+            registers.flags.tile_loaded.eq(tile_loaded),
+            registers.flags.pim_busy.eq(pim.busy),
+        ]
 
         def reject(code):
             m.d.comb += fail.eq(code.value)
             m.next = "FETCH"
 
-        def assembler(target, destination, words):
-            """Make beats for ``target`` whose ``destination`` (the payload or a field of it) is
-            made of ``words`` input words; returns the function that feeds them, to be called in
-            the state that loads them. The data is wired in every state and only ``valid``
-            depends on the state: the beats cross the die to the banks and the array, and the
-            control FSM is kept off that path. The last word completes a beat combinationally,
-            so beats move at one per ``words`` input words."""
-            chunk = Signal(range(words), name="chunk")
-            low = Signal((words - 1) * WORD_BITS, name="low_words")
-            # chunk == words - 1, registered: it is on the path from the target's ``ready``,
-            # through ``i.ready``, back to the link (ulx3s-85f: 98.9 MHz).
-            last = Signal(init=words == 1, name="last_word")
-            m.d.comb += destination.eq(Cat(low, i.payload))
+        # Word assembly: each unit's beat from its words. The beats go to their units in every
+        # state; only the words' ``valid`` follows the control FSM (``feed``).
+        def assembler(name, target, destination, words):
+            unit = m.submodules[f"{name}_words"] = WordAssembler(words=words)
+            m.d.comb += [destination.eq(unit.o_stream.payload),
+                         target.valid.eq(unit.o_stream.valid),
+                         unit.o_stream.ready.eq(target.ready),
+                         unit.i_stream.payload.eq(i.payload)]
+            return unit
 
-            def feed():
-                m.d.comb += [
-                    target.valid.eq(i.valid & last),
-                    i.ready.eq(~last | target.ready),
-                ]
-                # The low words' enable leaves ``target.ready`` out (it is 1 when ``~last``): it
-                # fans out to every bit of the beat.
-                with m.If(i.valid & ~last):
-                    m.d.sync += [chunk.eq(chunk + 1), low.eq(Cat(low[WORD_BITS:], i.payload)),
-                                 last.eq(chunk == words - 2)]
-                with m.If(i.valid & last & target.ready):
-                    m.d.sync += [chunk.eq(0), last.eq(words == 1), remaining.eq(remaining - 1),
-                                 no_items.eq(remaining == 1), addr.eq(addr + 1)]
-            return feed
+        def feed(unit):
+            """Take the command's data words into ``unit`` (called in the state that loads it)."""
+            m.d.comb += [unit.i_stream.valid.eq(i.valid), i.ready.eq(unit.i_stream.ready)]
+            with m.If(unit.o_stream.valid & unit.o_stream.ready):
+                m.d.sync += [remaining.eq(remaining - 1), no_items.eq(remaining == 1),
+                             addr.eq(addr + 1)]
 
-        feed_weights = assembler(pim.w_stream, pim.w_stream.payload.data, fmt.weight_word_words)
-        feed_acts = assembler(pim.x_stream, pim.x_stream.payload.data, fmt.act_chunk_words)
-        feed_tile = assembler(array.w_stream, array.w_stream.payload, fmt.tile_row_words)
-        feed_tokens = assembler(array.i_stream, array.i_stream.payload, fmt.token_words)
+        weights_in = assembler("weight", pim.w_stream, pim.w_stream.payload.data,
+                               fmt.weight_word_words)
+        acts_in = assembler("act", pim.x_stream, pim.x_stream.payload.data, fmt.act_chunk_words)
+        tile_in = assembler("tile", array.w_stream, array.w_stream.payload, fmt.tile_row_words)
+        tokens_in = assembler("token", array.i_stream, array.i_stream.payload, fmt.token_words)
         m.d.comb += [pim.w_stream.payload.bank.eq(a), pim.w_stream.payload.addr.eq(addr),
                      pim.x_stream.payload.addr.eq(addr)]
 
-        # Room for a whole result beat, so that a beat, once started, never waits.
+        # Responses: every word leaves through a FIFO with room for a whole result beat, so that
+        # a beat, once started, never waits.
         response = m.submodules.response = fifo.SyncFIFO(width=WORD_BITS + 1,
                                                           depth=max(fmt.banks, fmt.cols) + 1)
-        sent = Signal(data.StructLayout({"word": WORD_BITS, "ends_beat": 1}))
+        sent = Signal(RESPONSE_WORD)
         m.d.comb += [
             sent.eq(response.r_data),
             o.valid.eq(response.r_rdy),
             o.payload.eq(sent.word),
             response.r_en.eq(o.ready),
         ]
-        blocked = Signal()              # a word waits for room in the response FIFO
         with m.If(o.valid & o.ready & sent.ends_beat):
             m.d.sync += [results_left.eq(results_left - 1), no_results.eq(results_left == 1)]
             with m.If(results_left == 1):
                 m.d.sync += [sending_rows.eq(0), sending_tokens.eq(0)]
-
         space = registered_room(m, response, 1, name="space")
 
-        # The words that may be written, each beside the flag that selects it. The write data
-        # is their AND-OR: with the sources' conditions chained as priority multiplexers, a
-        # column's word went through five LUTs from its FIFO to the response FIFO, the
-        # ulx3s-85f critical path (99.8 MHz).
+        # The words that may be written, each with the flag that selects it (a flip-flop or a
+        # state): the write data is their AND-OR, not a chain of priority multiplexers, so that
+        # every source is one level of logic from the FIFO.
         writers = []
+        blocked = Signal()              # a word waits for room in the response FIFO
 
-        def respond(word, *, selected, ends_beat=Const(0, 1), room=space):
-            """Write ``word`` into the response FIFO if ``room`` says it has room; the cycle
-            is stalled otherwise. ``selected`` is true whenever this call may write: it is
-            this word's select into the write data, and no other call's may be true with it."""
-            m.d.comb += [response.w_en.eq(room), blocked.eq(~room)]
-            writers.append((selected, Cat(word, ends_beat)))
+        def respond(word, *, selected):
+            """Write ``word`` (a header or a register) when the FIFO has room; the cycle is
+            stalled otherwise. ``selected`` is true whenever this call may write."""
+            m.d.comb += [response.w_en.eq(space), blocked.eq(~space)]
+            writers.append((selected, Cat(word, Const(0, 1))))
 
-        def serialiser(source, count, *, sending):
-            """Send ``count``-element result beats from ``source`` as sign-extended words
-            while ``sending`` (a flip-flop: the state that sends them, with results owed).
-
-            Element 0 is written into the response FIFO while the others are loaded into a
-            shift register (``rest``) whose head is the next word, and the beat leaves its FIFOs
-            the cycle after, popped by a flip-flop (``pop``). A beat starts only when the
-            response FIFO has room for all of it, so the shift register moves every cycle of a
-            beat and nothing holds it. Register ``e`` of ``rest`` loads the head beat or takes
-            its neighbour's under its own flag (``load``), so no single net reaches every bit
-            of it. The flags are a thermometer code: all up until a beat starts, then each
-            rises once its register's word has gone. When it rises does not matter to the
-            data, but it makes each flag a different function, which no synthesis step can
-            merge back into one net.
-
-            The beat's FIFOs and ``rest`` spread over the die with the banks and the array's
-            columns. Each of these was the ulx3s-85f critical path: a select of each word out
-            of the beat (79 MHz), a pop decided in the cycle it is made (81.7 MHz), and one
-            enable holding every bit of ``rest`` while the FIFO was full (82.4 MHz). A
-            one-element beat (one bank, one column: no die to cross) leaves with its word, as
-            a registered pop would cost it a bubble.
-            """
-            element = Signal(range(count), name="element")
-            first = Signal(init=1, name="first")                # element == 0, registered
-            last = Signal(init=count == 1, name="last")         # element == count - 1, registered
-            word = Signal(WORD_BITS, name="word")               # the element, sign-extended
-            elements = source.payload
-            beat_room = registered_room(m, response, count, name="beat_room")
-            if count > 1:
-                pop = Signal(name="pop")                        # element 0 left last cycle
-                m.d.sync += pop.eq(0)
-                m.d.comb += source.ready.eq(pop)
-                # rest[e] holds element e + 1 + (the words sent after element 0); the top one
-                # is needed only in the cycle after element 0, so it always loads.
-                rest = Signal(data.ArrayLayout(elements.shape().elem_shape, count - 1),
-                              name="rest", reset_less=True)
-                if count > 2:
-                    load = Signal(count - 2, init=-1, name="load")
-                for e in range(count - 1):
-                    m.d.sync += rest[e].eq(elements[e + 1] if e == count - 2 else
-                                           Mux(load[e], elements[e + 1], rest[e + 1]))
-                m.d.comb += word.eq(Mux(first, elements[0], rest[0]))
-            else:
-                m.d.comb += word.eq(elements[0])
-            has_word = Mux(first, source.valid, 1)              # after element 0, it is in rest
-            room = Mux(first, beat_room, 1)                     # a started beat has its room
-
-            with m.If(sending & has_word):
-                respond(word, selected=sending, ends_beat=last, room=room)
-                with m.If(room):
-                    m.d.sync += [element.eq(Mux(last, 0, element + 1)), first.eq(last),
-                                 last.eq(Mux(last, count == 1, element == count - 2))]
-                    if count > 2:
-                        m.d.sync += load.eq(Mux(last, -1, Mux(first, 0, Cat(load[1:], 1))))
-                    if count > 1:
-                        m.d.sync += pop.eq(first)
-                    else:
-                        m.d.comb += source.ready.eq(1)
-
-        serialiser(pim.o_stream, fmt.banks, sending=sending_rows)
-        serialiser(array.o_stream, fmt.cols, sending=sending_tokens)
+        for name, source, count, sending in (("rows", pim.o_stream, fmt.banks, sending_rows),
+                                             ("tokens", array.o_stream, fmt.cols,
+                                              sending_tokens)):
+            serialiser = m.submodules[f"{name}_out"] = ResultSerialiser(
+                count=count, element_shape=source.payload.shape().elem_shape)
+            wiring.connect(m, source, serialiser.i_stream)
+            m.d.comb += [serialiser.enable.eq(sending),
+                         serialiser.room.eq(registered_room(m, response, count,
+                                                            name=f"{name}_room"))]
+            with m.If(serialiser.o_stream.valid):
+                m.d.comb += response.w_en.eq(1)
+            with m.If(serialiser.blocked):
+                m.d.comb += blocked.eq(1)
+            writers.append((sending, serialiser.o_stream.payload))
 
         with m.FSM(name="control") as fsm:
             with m.State("FETCH"):
@@ -287,8 +207,7 @@ class Device(wiring.Component):
                                  remaining.eq(items), no_items.eq(items == 0),
                                  results_left.eq(incoming.b), no_results.eq(incoming.b == 0)]
                     self._decode(m, incoming, reject=reject, tile_loaded=tile_loaded,
-                                 register=register, response_words=b, n_status=n_status,
-                                 n_counters=len(counters), clear=[error.eq(0), errors.eq(0)])
+                                 registers=registers, response_words=b)
 
             with m.State("ARGUMENTS"):
                 m.d.comb += i.ready.eq(1)
@@ -303,8 +222,7 @@ class Device(wiring.Component):
             with m.State("CHECK"):
                 # Acts on the checks registered with the argument words and flags registered
                 # with the header: between them and the bank group's command port there is
-                # only one comparison and a gate (through the opcode's and the verdict's
-                # comparisons, this was the ulx3s-85f critical path at 80.8 MHz).
+                # only one comparison and a gate.
                 m.d.sync += addr.eq(args[0])
                 with m.If(~checks.clean):
                     m.d.comb += fail.eq(checks.verdict)
@@ -327,20 +245,20 @@ class Device(wiring.Component):
                 with m.If(no_items):
                     m.next = "FETCH"
                 with m.Else():
-                    feed_weights()
+                    feed(weights_in)
 
             with m.State("LOAD_ACTS"):
                 with m.If(no_items):
                     m.next = "FETCH"
                 with m.Else():
-                    feed_acts()
+                    feed(acts_in)
 
             with m.State("LOAD_TILE"):
                 with m.If(no_items):
                     m.d.sync += tile_loaded.eq(1)
                     m.next = "FETCH"
                 with m.Else():
-                    feed_tile()
+                    feed(tile_in)
 
             with m.State("GEMV_START"):
                 m.d.comb += pim.cmd_stream.valid.eq(1)
@@ -348,7 +266,7 @@ class Device(wiring.Component):
                     m.next = "RESPOND"
 
             with m.State("RESPOND"):
-                respond(Cat(opcode, error, b), selected=fsm.ongoing("RESPOND"))
+                respond(Cat(opcode, registers.error, b), selected=fsm.ongoing("RESPOND"))
                 with m.If(space):
                     with m.Switch(opcode):
                         with m.Case(Opcode.GEMV):
@@ -358,7 +276,7 @@ class Device(wiring.Component):
                             m.d.sync += sending_tokens.eq(1)
                             m.next = "GEMM"
                         with m.Default():
-                            take_register()
+                            m.d.comb += registers.take.eq(1)
                             m.next = "REGISTERS"
 
             with m.State("GEMV_RESULTS"):
@@ -368,15 +286,16 @@ class Device(wiring.Component):
             with m.State("GEMM"):
                 # Tokens go in while results come out: the array's FIFO would fill otherwise.
                 with m.If(~no_items):
-                    feed_tokens()
+                    feed(tokens_in)
                 with m.If(no_results):
                     m.next = "FETCH"
 
             with m.State("REGISTERS"):
-                respond(register_word, selected=fsm.ongoing("REGISTERS"))
+                respond(registers.word, selected=fsm.ongoing("REGISTERS"))
                 with m.If(space):
-                    take_register()
-                    with m.If((register == n_status) | (register == len(registers))):
+                    m.d.comb += registers.take.eq(1)
+                    with m.If((registers.index == len(STATUS))
+                              | (registers.index == len(fmt.registers))):
                         m.next = "FETCH"
 
         m.d.comb += [
@@ -388,12 +307,16 @@ class Device(wiring.Component):
         ]
         idle = fsm.ongoing("FETCH")
         stalled = blocked | (~idle & i.ready & ~i.valid)
+        array_token = array.i_stream.valid & array.i_stream.ready
         m.d.comb += [
-            cycle.busy.eq(~idle & ~stalled),
-            cycle.idle.eq(idle),
-            cycle.stalled.eq(~idle & stalled),
+            registers.cycle.busy.eq(~idle & ~stalled),
+            registers.cycle.idle.eq(idle),
+            registers.cycle.stalled.eq(~idle & stalled),
+            # Trit-lanes: the bank group's, plus ``rows * cols`` per token the array takes.
+            registers.macs.eq(pim.macs + Mux(array_token, cfg.array.rows * cfg.array.cols, 0)),
+            registers.words_read.eq(pim.words_read),
             self.status.busy.eq(~idle),
-            self.status.error.eq(error_now != ErrorCode.NONE.value),
+            self.status.error.eq(registers.error_set),
         ]
         return m
 
@@ -453,8 +376,7 @@ class Device(wiring.Component):
                 checks.product.eq(rows * words_per_row),
             ]
 
-    def _decode(self, m, h, *, reject, tile_loaded, register, response_words, n_status,
-                n_counters, clear):
+    def _decode(self, m, h, *, reject, tile_loaded, registers, response_words):
         """Header checks and dispatch, in the order :class:`BehaviouralDevice` mirrors."""
         fmt = self._format
         with m.Switch(h.opcode):
@@ -484,40 +406,14 @@ class Device(wiring.Component):
                     m.d.sync += tile_loaded.eq(0)
                     m.next = "LOAD_TILE"
                 with m.Elif(h.opcode == Opcode.READ_STATUS.value):
-                    m.d.sync += [response_words.eq(n_status), register.eq(0)]
+                    m.d.sync += response_words.eq(len(STATUS))
+                    m.d.comb += [registers.restart.eq(1), registers.restart_at.eq(0)]
                     m.next = "RESPOND"
                 with m.Elif(h.opcode == Opcode.READ_COUNTERS.value):
-                    m.d.sync += [response_words.eq(n_counters), register.eq(n_status)]
+                    m.d.sync += response_words.eq(len(fmt.counter_names))
+                    m.d.comb += [registers.restart.eq(1), registers.restart_at.eq(len(STATUS))]
                     m.next = "RESPOND"
                 with m.Elif(h.opcode == Opcode.CLEAR_ERRORS.value):
-                    m.d.sync += clear
+                    m.d.comb += registers.clear.eq(1)
             with m.Default():
                 reject(ErrorCode.UNKNOWN_OPCODE)
-
-    def _count(self, m, counters, *, cycle, pim, array):
-        """Performance counters (32-bit, wrapping), in ``CommandFormat.counter_names`` order;
-        returns the values a read sees.
-
-        Every cycle is exactly one of: idle (waiting for a command), stalled (inside a command,
-        waiting for the host to send or to take a word) or busy (``cycle``, driven by the
-        controller). ``macs`` counts trit-lanes consumed: the bank group's, plus
-        ``rows * cols`` per token the array takes.
-
-        A cycle's increments are registered first and added the cycle after, so the control
-        logic that classifies a cycle never ends in a 32-bit adder; a read adds the pending
-        increments, so it sees every cycle before the one that registers its word, as if counted
-        at once.
-        """
-        cfg = self._config
-        array_token = array.i_stream.valid & array.i_stream.ready
-        increments = [cycle.busy, cycle.idle, cycle.stalled,
-                      pim.macs + Mux(array_token, cfg.array.rows * cfg.array.cols, 0),
-                      *pim.words_read]
-        now = []
-        for count, increment in zip(counters, increments):
-            pending = Signal(range(cfg.pim.banks * cfg.pim.lanes
-                                   + cfg.array.rows * cfg.array.cols + 1),
-                             name=f"{count.name}_pending")
-            m.d.sync += [pending.eq(increment), count.eq(count + pending)]
-            now.append(count + pending)
-        return now

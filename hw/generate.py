@@ -33,7 +33,7 @@ def metadata(device):
                           "activation_chunk": fmt.act_chunk_words,
                           "tile_row": fmt.tile_row_words, "token": fmt.token_words},
             "status_magic": STATUS_MAGIC,
-            "status_flags": STATUS_FLAGS,
+            "status_flags": {name: field.offset for name, field in STATUS_FLAGS},
         },
         "registers": {"READ_STATUS": STATUS, "READ_COUNTERS": fmt.counter_names},
     }

@@ -131,7 +131,7 @@ class BehaviouralDevice:
                     self.macs += fmt.rows * fmt.cols
                     self._out.extend(int(v) & _MASK for v in bitlinear_int(token, self.tile.T)[0])
             elif op is Opcode.READ_STATUS:
-                flags = int(self.tile_loaded) << STATUS_FLAGS["tile_loaded"]
+                flags = int(self.tile_loaded) << STATUS_FLAGS["tile_loaded"].offset
                 self._respond(op, 4, [STATUS_MAGIC, self.error, self.errors, flags])
             elif op is Opcode.CLEAR_ERRORS:
                 self.error, self.errors = ErrorCode.NONE.value, 0
