@@ -1,4 +1,4 @@
-"""BitLinear, the W1.58 A8 layer of BitNet b1.58 (DESIGN.md section 2, the numeric contract).
+"""BitLinear, the W1.58 A8 layer of BitNet b1.58 (docs/design.md, the numeric contract).
 
 Contract
     Weights, one scale per matrix: ``gamma = max(mean(|W|), 1e-5)``,
@@ -17,8 +17,8 @@ import numpy as np
 from golden.trits import check_trits
 
 __all__ = [
-    "quantize_weights", "quantize_activations", "bitlinear_int", "rescale", "bitlinear",
-    "MAX_REDUCTION",
+    "quantize_weights", "quantize_activations", "bitlinear_int", "matmul_int", "rescale",
+    "bitlinear", "MAX_REDUCTION",
 ]
 
 WEIGHT_SCALE_FLOOR = np.float32(1e-5)
@@ -104,6 +104,15 @@ def bitlinear_int(x_q, W_t):
     k = _check_reduction(x_q, W_t)
     exact = np.float32 if k <= _FLOAT32_EXACT_REDUCTION else np.float64
     return (x_q.astype(exact) @ W_t.T.astype(exact)).astype(np.int32)
+
+
+def matmul_int(x, W):
+    """Exact integer product ``x (..., K) @ W.T`` for ``W (N, K)`` of any integer weights, as
+    int64: the reference for a tensor unit whose weights are not trits (the int8 baseline PE)."""
+    x, W = np.asarray(x), np.asarray(W)
+    if x.dtype.kind not in "iu" or W.dtype.kind not in "iu":
+        raise ValueError(f"x and W must be integer arrays, not {x.dtype} and {W.dtype}")
+    return x.astype(np.int64) @ W.T.astype(np.int64)
 
 
 def _check_reduction(x_q, W_t):

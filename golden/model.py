@@ -1,4 +1,5 @@
-"""BitNet b1.58 decoder of the 2B4T family in NumPy: the golden model (DESIGN.md section 2).
+"""BitNet b1.58 decoder of the 2B4T family in NumPy: the golden model (the numeric contract of
+docs/design.md).
 
 Graph (as HF ``BitNetForCausalLM``), every float step in float32::
 

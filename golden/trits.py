@@ -60,10 +60,19 @@ def encode(trits):
     return (check_trits(trits).astype(np.uint8) & 0b11)
 
 
-def decode(codes, *, name="codes"):
-    """2-bit codes -> trits (int8), or :class:`TritError` naming the first invalid code."""
+def decode(codes, *, name="codes", invalid_as_zero=False):
+    """2-bit codes -> trits (int8), or :class:`TritError` naming the first invalid code.
+
+    With ``invalid_as_zero``, ``0b10`` decodes as 0, as the hardware computes with it (bit 0,
+    "non-zero", is clear); codes outside two bits are still errors.
+    """
     codes = np.asarray(codes)
-    bad = np.flatnonzero((codes < 0) | (codes > 0b11) | (codes == CODE_INVALID))
+    invalid = (codes < 0) | (codes > 0b11)
+    if invalid_as_zero:
+        codes = np.where(codes == CODE_INVALID, CODE_ZERO, codes)
+    else:
+        invalid |= codes == CODE_INVALID
+    bad = np.flatnonzero(invalid)
     if bad.size:
         i = bad[0]
         raise TritError(f"{name}[{_position(codes.shape, i)}] = {int(codes.flat[i]):#04b} "
@@ -88,8 +97,10 @@ def pack_words(trits, trits_per_word):
     return (grouped * shifts).sum(axis=-1).tolist()
 
 
-def unpack_words(words, trits_per_word, *, count=None):
-    """Inverse of :func:`pack_words`: words -> int8 trits, the last axis cut to ``count``."""
+def unpack_words(words, trits_per_word, *, count=None, invalid_as_zero=False):
+    """Inverse of :func:`pack_words`: words -> int8 trits, the last axis cut to ``count``.
+
+    ``invalid_as_zero`` reads ``0b10`` as the hardware does (see :func:`decode`)."""
     words = np.asarray(words, dtype=object)
     if np.any(words < 0) or np.any(words >> (CODE_BITS * trits_per_word)):
         bad = np.flatnonzero((words < 0) | (words >> (CODE_BITS * trits_per_word)) != 0)[0]
@@ -98,7 +109,7 @@ def unpack_words(words, trits_per_word, *, count=None):
     shifts = np.array([CODE_BITS * i for i in range(trits_per_word)], dtype=object)
     codes = ((words[..., None] >> shifts) & 0b11).astype(np.uint8)
     try:
-        trits = decode(codes, name="word")
+        trits = decode(codes, name="word", invalid_as_zero=invalid_as_zero)
     except TritError as error:
         raise TritError(f"{error} (lane index last)") from None
     trits = trits.reshape(*words.shape[:-1], -1) if words.ndim else trits

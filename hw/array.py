@@ -15,8 +15,7 @@ consumer ready, tokens stream at one per cycle with no bubbles, and a stream of 
 takes ``M + rows + cols`` cycles from the first token in to the last result out. The result
 FIFOs are first-word-fall-through (``SyncFIFO``) to keep that bound; they are small (``rows +
 cols + 1`` entries) and map to distributed RAM. There is one per column, at the bottom of its
-column: one FIFO as wide as a whole result spread across the die with the columns, and its
-write enable had to reach every bit of it in a cycle (the ulx3s-85f critical path).
+column, so that no FIFO's write enable has to reach across the die with the columns.
 
 Weights load as ``rows`` beats of ``cols`` trits, ``k = 0`` first, beat ``r`` into row ``r``, and
 only while no token is in flight (the array finishes the previous tile first). Tokens are
@@ -24,17 +23,18 @@ accepted once a full tile has been loaded.
 
 For timing, every signal that fans out across the grid or back to the producer comes from a
 flip-flop: a weight beat is registered before it is written, and so is each row's load enable
-(one enable for every PE of the grid, as a shift chain up the columns had, was one net of
-several hundred loads: the ulx3s-85f critical path, 81.1 MHz). Both ``ready`` outputs are
-registered flags (grid empty, room for a token) derived from next-state counts. None of this
-changes when a beat or a token is taken.
+(one enable per row, not one for the whole grid). Both ``ready`` outputs are registered flags
+(grid empty, room for a token) derived from next-state counts. None of this changes when a beat
+or a token is taken. ``docs/timing.md`` has the builds that led here.
 """
 
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import Config, signed_bits_for
+from golden.widths import signed_bits_for
+
+from .config import Config
 from .pe import PE_KINDS
 from .queues import registered_r_rdy
 
@@ -175,7 +175,7 @@ class SystolicArray(wiring.Component):
         # The flags' next values are comparisons of the registered counts, selected by this
         # cycle's events: a token taken and a result read arrive late (from the controller,
         # across the die), so they select a flag rather than pass through an adder and a
-        # comparison (ulx3s-85f: 74.7 MHz through ``room``).
+        # comparison.
         result_read = self.o_stream.valid & self.o_stream.ready
         m.d.sync += [
             in_flight.eq(in_flight + take_token - result_ready),

@@ -21,14 +21,13 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from .commands import WORD_BITS
-from .device import Device
-from .uart import UARTBridge, baud_divisor
+from .device import DEVICE_STATUS, Device
+from .uart import DEFAULT_BAUD, UARTBridge, baud_divisor
 
 __all__ = ["DEVICE_STATUS", "LEDS", "Ecp5Pll", "Ice40Pll", "PllError", "EchoDevice",
            "DEVICES", "DEFAULT_DEVICE", "LinkCore", "Board", "BOARDS", "BoardError", "board",
            "board_clock", "BoardTop"]
 
-DEVICE_STATUS = data.StructLayout({"busy": 1, "error": 1})
 LEDS = data.StructLayout({"heartbeat": 1, "rx": 1, "tx": 1, "busy": 1, "error": 1})
 
 
@@ -234,7 +233,7 @@ class LinkCore(wiring.Component):
     tx: Out(1, init=1)
     leds: Out(LEDS)
 
-    def __init__(self, device, *, clk_hz, baud=115200):
+    def __init__(self, device, *, clk_hz, baud=DEFAULT_BAUD):
         if not (isinstance(device, wiring.Component)
                 and {"i_stream", "o_stream"} <= set(device.signature.members)):
             raise TypeError(f"device must be a wiring.Component with i_stream and o_stream, "
@@ -275,12 +274,9 @@ class LinkCore(wiring.Component):
     def _link_fifo(m, source, sink, *, name):
         """``source`` to ``sink`` through a three-entry FIFO, still a word per cycle. Each
         side's ``ready`` comes from the FIFO's own state, so no path runs from the bridge's FIFO
-        or shift registers into the device's control or back (with one register between them,
-        the bridge's ``ready`` ran through it to the device's serialiser: 75 MHz on
-        ulx3s-85f). The sink's word comes from a register, not out of a distributed RAM: the
-        device checks a command word as it arrives, and from the RAM of a two-entry
-        ``SyncFIFO`` through those checks was the ulx3s-85f critical path (99.7 MHz). A word
-        takes a cycle longer to cross, which a UART link does not see."""
+        or shift registers into the device's control or back. The sink's word comes from a
+        register, not out of a distributed RAM: the device checks a command word as it
+        arrives. A word takes a cycle longer to cross, which a UART link does not see."""
         buffer = m.submodules[name] = fifo.SyncFIFOBuffered(width=len(source.payload), depth=3)
         wiring.connect(m, source, buffer.w_stream)
         wiring.connect(m, buffer.r_stream, sink)
@@ -370,12 +366,12 @@ class BoardTop(Elaboratable):
 
     The reset comes straight from a flip-flop and, on ECP5, is put on a global net (``DCCA``):
     nextpnr-ecp5 promotes only clocks by itself, and in fabric routing the reset's fan-out
-    (every flip-flop of the device) took 15 ns, the ulx3s-85f build's critical path.
-    nextpnr-ice40 promotes high-fan-out resets to a global buffer on its own.
+    (every flip-flop of the device) does not fit a cycle. nextpnr-ice40 promotes high-fan-out
+    resets to a global buffer on its own.
     """
     POR_SECONDS = 20e-6
 
-    def __init__(self, board, config, device, *, baud=115200):
+    def __init__(self, board, config, device, *, baud=DEFAULT_BAUD):
         self._board = board
         self._pll = board_clock(board, config, baud=baud)
         self._config, self._device, self._baud = config, device, baud

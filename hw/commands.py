@@ -3,23 +3,13 @@
 The host talks to the device through two streams of 32-bit words. A command is a header word,
 then its argument words, then its data words; a command that answers sends a response: a header
 word, then its data words. Wide values (weight words, activation chunks, tile rows, tokens) are
-split into 32-bit words, least significant first; each result is one word, sign-extended.
+split into 32-bit words, least significant first; each result is one word, sign-extended. On a
+byte link (the boards' UART) a word is 4 bytes, least significant first.
 
-Command header (``HEADER``): ``opcode`` (bits 0-7), ``a`` (8-15), ``b`` (16-31).
-
-========================  ===============  ====================  =================================
-opcode                    a / b            argument words        data words / response
-========================  ===============  ====================  =================================
-``NOP``                   0 / 0            -                     -
-``WRITE_WEIGHTS``         bank / count     addr                  count weight words
-``LOAD_ACTS``             0 / count        addr                  count activation chunks
-``GEMV``                  0 / rows         base, words_per_row   response: rows x banks results
-``LOAD_TILE``             0 / 0            -                     array.rows tile rows (k = 0 first)
-``GEMM``                  0 / tokens       -                     tokens; response: tokens x cols
-``READ_STATUS``           0 / 0            -                     response: ``STATUS`` words
-``READ_COUNTERS``         0 / 0            -                     response: ``counter_names`` words
-``CLEAR_ERRORS``          0 / 0            -                     -
-========================  ===============  ====================  =================================
+Command header (:data:`HEADER`): ``opcode`` (bits 0-7), ``a`` (8-15), ``b`` (16-31).
+:data:`COMMANDS` says what every opcode carries: its header fields, argument words, data words
+and response (``bittern generate`` writes it out, with this configuration's word counts, as the
+device's interface page).
 
 A response header has the same layout: ``opcode`` of the command, ``a`` = the sticky error code,
 ``b`` = rows (GEMV) or tokens (GEMM) as in the command, or the number of data words that follow
@@ -30,20 +20,22 @@ sets the sticky error (the first error is kept until ``CLEAR_ERRORS``; ``errors`
 is dropped (its header and arguments are consumed, its data words are not: they are read as
 commands), and the device goes on accepting commands. Every valid command finishes in a bounded
 number of words, so a host that keeps sending ``READ_STATUS`` always gets an answer.
-
-GEMV rows of every bank start at ``base`` and take ``words_per_row`` consecutive words; bank ``b``'s
-result for row ``r`` is data word ``r * banks + b``. GEMM results are ``cols`` words per token.
 """
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 from amaranth.lib import data, enum
 
-__all__ = ["WORD_BITS", "Opcode", "ErrorCode", "HEADER", "STATUS", "STATUS_FLAGS",
-           "STATUS_MAGIC", "ARGUMENT_WORDS", "words_for", "pack_header", "unpack_header",
-           "CommandFormat"]
+from .pe import PE_KINDS
+
+__all__ = ["WORD_BITS", "WORD_BYTES", "Opcode", "ErrorCode", "HEADER", "STATUS",
+           "STATUS_FLAGS", "STATUS_MAGIC", "Command", "COMMANDS", "ARGUMENT_WORDS",
+           "words_for", "pack_header", "unpack_header", "CommandFormat"]
 
 WORD_BITS = 32
+WORD_BYTES = WORD_BITS // 8
 STATUS_MAGIC = 0xB177_E201      # "Bittern", format version 1
 
 
@@ -74,7 +66,49 @@ HEADER = data.StructLayout({"opcode": 8, "a": 8, "b": 16})
 STATUS = ["magic", "error", "errors", "flags"]       # the READ_STATUS response data words
 # The ``flags`` status word, bit 0 first.
 STATUS_FLAGS = data.StructLayout({"tile_loaded": 1, "pim_busy": 1})
-ARGUMENT_WORDS = {Opcode.WRITE_WEIGHTS: 1, Opcode.LOAD_ACTS: 1, Opcode.GEMV: 2}
+
+
+@dataclass(frozen=True)
+class Command:
+    """What one opcode carries. ``a`` and ``b`` name the header fields (``"0"``: must be 0);
+    ``data`` and ``response`` describe the words after the arguments and the response's data
+    words (``""``: none), with ``{name}`` for a :class:`CommandFormat` size."""
+    opcode: Opcode
+    summary: str
+    a: str = "0"
+    b: str = "0"
+    arguments: tuple = ()
+    data: str = ""
+    response: str = ""
+
+
+COMMANDS = {command.opcode: command for command in [
+    Command(Opcode.NOP, "do nothing"),
+    Command(Opcode.WRITE_WEIGHTS, "write weight words into one bank", a="bank", b="count",
+            arguments=("addr",),
+            data="count weight words of {weight_word_words} word(s), for bank words addr .. "
+                 "addr + count - 1"),
+    Command(Opcode.LOAD_ACTS, "write activation chunks into the activation buffer",
+            b="count", arguments=("addr",),
+            data="count activation chunks of {act_chunk_words} word(s), for chunks addr .. "
+                 "addr + count - 1"),
+    Command(Opcode.GEMV, "all-bank GEMV: every bank dots rows of words_per_row words from "
+            "base with the activation chunks 0 ..", b="rows", arguments=("base", "words_per_row"),
+            response="rows x {banks} results; bank b's result for row r is word r * {banks} + b"),
+    Command(Opcode.LOAD_TILE, "load a weight tile into the array",
+            data="{rows} tile rows (k = 0 first) of {tile_row_words} word(s)"),
+    Command(Opcode.GEMM, "stream tokens through the loaded tile", b="tokens",
+            data="tokens of {token_words} word(s) ({rows} activations each)",
+            response="tokens x {cols} results, one token's {cols} in a row"),
+    Command(Opcode.READ_STATUS, "read the status registers",
+            response="{status_words} words: " + ", ".join(STATUS)),
+    Command(Opcode.READ_COUNTERS, "read the performance counters",
+            response="{counter_words} words: {counters}"),
+    Command(Opcode.CLEAR_ERRORS, "forget the sticky error and the error count"),
+]}
+ARGUMENT_WORDS = {opcode: len(command.arguments) for opcode, command in COMMANDS.items()
+                  if command.arguments}
+_HEADER_FIELDS = {name: (field.offset, field.width) for name, field in HEADER}
 
 
 def words_for(bits):
@@ -84,27 +118,40 @@ def words_for(bits):
 
 def pack_header(opcode, a=0, b=0):
     """A header word (command or response) from its fields."""
-    opcode = opcode.value if isinstance(opcode, Opcode) else opcode
-    return HEADER.const({"opcode": opcode, "a": a, "b": b}).as_value().value
+    fields = {"opcode": opcode.value if isinstance(opcode, Opcode) else opcode, "a": a, "b": b}
+    word = 0
+    for name, (offset, width) in _HEADER_FIELDS.items():
+        if not 0 <= fields[name] < 1 << width:
+            raise ValueError(f"header field {name} must be in [0, {(1 << width) - 1}], "
+                             f"not {fields[name]}")
+        word |= fields[name] << offset
+    return word
 
 
 def unpack_header(word):
     """A header word as a dict of its fields."""
-    view = HEADER.from_bits(word)
-    return {name: int(view[name]) for name in ("opcode", "a", "b")}
+    return {name: (word >> offset) & ((1 << width) - 1)
+            for name, (offset, width) in _HEADER_FIELDS.items()}
 
 
 class CommandFormat:
-    """Word counts and encoders for one configuration (what the driver and testbenches use)."""
+    """Word counts and encoders for one configuration (what the driver and testbenches use).
 
-    def __init__(self, config):
+    A tile row holds ``cols`` weights of the configured PE kind (``pe``, from
+    :data:`hw.pe.PE_KINDS`), each in its own code, weight ``n`` in bits
+    ``[n * weight_bits, (n + 1) * weight_bits)``.
+    """
+
+    def __init__(self, config, *, pe=None):
         self.config = config
+        self.pe = pe or PE_KINDS[config.array.pe]
         self.banks, self.lanes, self.depth = config.pim.banks, config.pim.lanes, config.pim.depth
         self.rows, self.cols = config.array.rows, config.array.cols
-        self.act_words = math.ceil(config.max_k / self.lanes)
+        self.act_words = config.act_words
+        self.weight_bits = self.pe.weight_bits()
         self.weight_word_words = words_for(config.word_bits)
         self.act_chunk_words = words_for(self.lanes * config.act_bits)
-        self.tile_row_words = words_for(2 * self.cols)
+        self.tile_row_words = words_for(self.weight_bits * self.cols)
         self.token_words = words_for(self.rows * config.act_bits)
         self.counter_names = ["cycles_busy", "cycles_idle", "cycles_stalled", "macs",
                               *[f"words_read_{b}" for b in range(self.banks)]]
@@ -137,9 +184,27 @@ class CommandFormat:
     def gemv(self, base, rows, words_per_row):
         return [pack_header(Opcode.GEMV, 0, rows), base, words_per_row]
 
-    def load_tile(self, tile_rows):
+    def load_tile(self, w_t):
+        """Load the ``(cols, rows)`` weight tile ``w_t`` (``w_t[n, k]``)."""
         return [pack_header(Opcode.LOAD_TILE),
-                *[w for row in tile_rows for w in self.split(row, self.tile_row_words)]]
+                *[w for row in self.tile_rows(w_t) for w in self.split(row, self.tile_row_words)]]
+
+    def tile_rows(self, w_t):
+        """The tile's rows as integers: row ``k`` holds ``w_t[:, k]`` in the PE's codes."""
+        w_t = np.asarray(w_t)
+        if w_t.shape != (self.cols, self.rows):
+            raise ValueError(f"a tile is (cols, rows) = {(self.cols, self.rows)}, not "
+                             f"{w_t.shape}")
+        codes = self.pe.encode_weights(w_t.T).astype(object)
+        shifts = np.array([1 << (self.weight_bits * n) for n in range(self.cols)], object)
+        return [int(row) for row in (codes * shifts).sum(axis=1)]
+
+    def tile_row_weights(self, row):
+        """Inverse of :meth:`tile_rows` for one row: the ``cols`` weights the PEs compute
+        with (every code decodes)."""
+        mask = (1 << self.weight_bits) - 1
+        codes = np.array([(row >> (self.weight_bits * n)) & mask for n in range(self.cols)])
+        return self.pe.decode_weights(codes)
 
     def gemm(self, tokens):
         return [pack_header(Opcode.GEMM, 0, len(tokens)),
@@ -149,6 +214,16 @@ class CommandFormat:
     def simple(opcode):
         """A command with no arguments and no data (``READ_STATUS``, ``CLEAR_ERRORS``...)."""
         return [pack_header(opcode)]
+
+    def sizes(self):
+        """The word counts and sizes that :data:`COMMANDS`' descriptions name."""
+        return {"banks": self.banks, "lanes": self.lanes, "depth": self.depth,
+                "rows": self.rows, "cols": self.cols, "act_words": self.act_words,
+                "weight_word_words": self.weight_word_words,
+                "act_chunk_words": self.act_chunk_words, "tile_row_words": self.tile_row_words,
+                "token_words": self.token_words, "status_words": len(STATUS),
+                "counter_words": len(self.counter_names),
+                "counters": ", ".join(self.counter_names)}
 
     def response_words(self, opcode, b=0):
         """Data words of the response to a valid command (``None``: it sends no response)."""

@@ -1,8 +1,8 @@
 """The generator's configuration record: one frozen dataclass, shared by hw/, sim/ and sw_driver/.
 
-This module imports no Amaranth, so the driver and the golden model can read a configuration
-without the HDL toolchain. Derived values (accumulator widths, word widths) are properties,
-never stored, so they cannot disagree with the fields they come from.
+Derived values (accumulator widths, word widths, buffer sizes) are properties, never stored, so
+they cannot disagree with the fields they come from. The PE kinds a configuration may name are
+those of the registry in :mod:`hw.pe`.
 """
 
 import dataclasses
@@ -10,17 +10,15 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from golden.trits import CODE_BITS
+from golden.widths import signed_bits_for
+
 __all__ = ["ConfigError", "ArrayConfig", "PimConfig", "Config", "PRESETS", "preset",
-           "apply_overrides", "signed_bits_for"]
+           "apply_overrides"]
 
 
 class ConfigError(ValueError):
     """An invalid configuration; the message names the parameter and the allowed range."""
-
-
-def signed_bits_for(magnitude):
-    """Width of a signed integer that holds every value in ``[-magnitude, +magnitude]``."""
-    return int(magnitude).bit_length() + 1
 
 
 def _check_int(name, value, low, high):
@@ -36,7 +34,6 @@ def _check_choice(name, value, choices):
                           f"not {value!r}")
 
 
-PE_KINDS = ("ternary", "int8")
 DATAFLOWS = ("weight-stationary",)
 
 
@@ -55,7 +52,9 @@ class ArrayConfig:
     def __post_init__(self):
         _check_int("array.rows", self.rows, 1, 256)
         _check_int("array.cols", self.cols, 1, 256)
-        _check_choice("array.pe", self.pe, PE_KINDS)
+        from hw.pe import PE_KINDS
+
+        _check_choice("array.pe", self.pe, list(PE_KINDS))
         _check_choice("array.dataflow", self.dataflow, DATAFLOWS)
 
 
@@ -81,7 +80,7 @@ class Config:
     array: ArrayConfig = field(default_factory=ArrayConfig)
     pim: PimConfig = field(default_factory=PimConfig)
 
-    ACC_LIMIT_BITS = 32          # results leave the device as int32 (DESIGN.md §2)
+    ACC_LIMIT_BITS = 32          # results leave the device as int32 (docs/design.md)
 
     def __post_init__(self):
         _check_int("act_bits", self.act_bits, 2, 16)
@@ -111,8 +110,12 @@ class Config:
     @property
     def word_bits(self):
         """Width of one PIM bank word: ``lanes`` trits of 2 bits."""
-        from golden.trits import CODE_BITS
         return CODE_BITS * self.pim.lanes
+
+    @property
+    def act_words(self):
+        """Chunks of ``lanes`` activations in the activation buffer: ``ceil(max_k / lanes)``."""
+        return -(-self.max_k // self.pim.lanes)
 
     @property
     def bank_trits(self):
@@ -180,12 +183,10 @@ PRESETS = {
     # ECP5-85F: 208 EBR of 18 Kbit. 16 banks x 1024 words x 32 lanes = 512 Ki trits = 1 Mbit.
     "ulx3s-85f": _override(_DEFAULT, clock_mhz=100.0, array=dict(rows=16, cols=16),
                            pim=dict(banks=16, lanes=32, depth=1024)),
-    # iCE40UP5K: 5,280 LUT4, 30 EBR of 4 Kbit; banks fit in EBR. With the whole device behind
-    # the UART, 4 banks needed 5,922 logic cells (112 %), 2 banks take 4,510 (85 %): a bank's
-    # engine and its share of the result FIFO (flip-flops: the iCE40 has no distributed RAM)
-    # cost ~600 cells. A 4 x 4 array later grew to 5,147 cells (97.5 %), where nextpnr's
-    # placers can fail (HeAP stalled at 5,226 cells, simulated annealing could not place a
-    # carry chain); with 3 columns the board build takes 4,683 (88.7 %).
+    # iCE40UP5K: 5,280 LUT4, 30 EBR of 4 Kbit; banks fit in EBR. Sized for the whole device
+    # behind the UART to take under 90 % of the cells: a bank's engine and its result FIFO
+    # (flip-flops: the iCE40 has no distributed RAM) cost ~600 cells, and near 98 % nextpnr's
+    # placers stall or fail. docs/timing.md has the builds.
     "icebreaker": _override(_DEFAULT, clock_mhz=24.0, max_k=1024, array=dict(rows=4, cols=3),
                             pim=dict(banks=2, lanes=8, depth=256)),
 }

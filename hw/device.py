@@ -341,8 +341,7 @@ class Device(wiring.Component):
         be in ``[1, act_words]``, else ``BAD_SHAPE``) must fit between it and the end of a
         bank, else ``BAD_ADDRESS``. The factors are range checked before they are multiplied,
         so the product is only ``log2(depth) x log2(act_words)`` bits, and it is registered:
-        the multiplier, in ``CHECK`` or between the argument word and the verdict, was the
-        critical path of both boards' builds.
+        no multiplier sits in ``CHECK`` or between the argument word and the verdict.
         """
         fmt = self._format
         limit = Mux(opcode == Opcode.LOAD_ACTS.value, fmt.act_words, fmt.depth)
@@ -357,8 +356,8 @@ class Device(wiring.Component):
 
         with m.If(first):
             # ``word + count > limit``, with the header's side (``limit - count``) worked out
-            # apart from the word: the word arrives late, from the link, and a 33-bit adder
-            # and comparison after it were the ulx3s-85f critical path (93.8 MHz).
+            # apart from the word: the word arrives late, from the link, so no adder as wide
+            # as the word follows it.
             past_end = (count > limit) | exceeds((limit - count)[:span])
             m.d.sync += [
                 checks.verdict.eq(Mux(past_end, ErrorCode.BAD_ADDRESS.value, ErrorCode.NONE.value)),

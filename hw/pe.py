@@ -1,27 +1,31 @@
-"""Processing elements of the systolic array, chosen by ``Config.array.pe``.
+"""Processing elements of the systolic array, and the registry of PE kinds (``Config.array.pe``).
 
-A PE kind is a :class:`wiring.Component` class with three class-level facts the array needs:
-``weight_shape`` (what one stationary weight is), ``max_product(act_bits)`` (the largest
-``|x * w|``, from which every partial-sum width is derived) and a constructor taking
-``act_bits``, ``psum_in_bits`` and ``psum_out_bits``. Register a new kind in :data:`PE_KINDS`
-and add its name to ``hw.config.PE_KINDS``.
+The PE contract (what :class:`hw.array.SystolicArray` relies on) is :class:`ProcessingElement`:
+its ports are a :class:`PESignature`, it has one cycle of latency (``psum_out`` and ``x_out``
+are registered), and its class states what one stationary weight is (``weight_shape``, with the
+NumPy codec the command format, the driver and the behavioural device use to move weights) and
+the largest ``|x * w|`` (``max_product``), from which every partial-sum width is derived.
+
+:data:`PE_KINDS` is the one registry of kinds: the configuration accepts exactly its names, and
+tests and documentation read it. :func:`register_pe_kind` adds one (see ``docs/extending.md``).
 """
 
-from amaranth import Module, Mux, Signal, signed
+import numpy as np
+from amaranth import Module, Mux, Shape, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .pe_int8 import Int8PE
+from golden import trits
+from golden.widths import signed_bits_for
+
 from .trit import Trit
 
-__all__ = ["TernaryPE", "PE_KINDS"]
+__all__ = ["PESignature", "ProcessingElement", "TernaryPE", "Int8PE", "PE_KINDS",
+           "register_pe_kind"]
 
 
-class TernaryPE(wiring.Component):
-    """Weight-stationary ternary MAC: adds, subtracts or skips the activation. No multiplier.
-
-    Every cycle: ``psum_out <= psum_in + w * x_in`` and ``x_out <= x_in`` (both registered).
-    When ``w_load`` is high, the held weight is replaced by ``w_in``.
+class PESignature(wiring.Signature):
+    """The ports of a PE.
 
     Members
     -------
@@ -32,46 +36,80 @@ class TernaryPE(wiring.Component):
     psum_in : In(signed(psum_in_bits))
         Partial sum from the PE above (absent in the first row: ``psum_in_bits == 0``).
     psum_out : Out(signed(psum_out_bits))
-        Partial sum to the PE below.
+        Partial sum to the PE below: ``psum_in + w * x_in`` of one cycle earlier.
     w_load : In(1)
         Load ``w_in`` as the stationary weight.
-    w_in : In(Trit)
+    w_in : In(weight_shape)
         Next weight, from the array's weight beat for this PE's row.
-    w : Out(Trit)
+    w : Out(weight_shape)
         The stationary weight.
     """
-    weight_shape = Trit
 
-    @staticmethod
-    def max_product(act_bits):
-        """Largest ``|x * w|``: the most negative activation times -1."""
-        return 1 << (act_bits - 1)
-
-    def __init__(self, *, act_bits, psum_in_bits, psum_out_bits):
-        if psum_out_bits < max(act_bits + 1, psum_in_bits):
-            raise ValueError(f"psum_out_bits must be at least {max(act_bits + 1, psum_in_bits)} "
-                             f"to hold psum_in plus a product, not {psum_out_bits}")
-        self._act_bits = act_bits
+    def __init__(self, *, act_bits, psum_in_bits, psum_out_bits, weight_shape):
         members = {
             "x_in": In(signed(act_bits)), "x_out": Out(signed(act_bits)),
             "psum_out": Out(signed(psum_out_bits)),
-            "w_load": In(1), "w_in": In(Trit), "w": Out(Trit),
+            "w_load": In(1), "w_in": In(weight_shape), "w": Out(weight_shape),
         }
         if psum_in_bits:
             members["psum_in"] = In(signed(psum_in_bits))
         super().__init__(members)
 
-    def product(self):
-        """The signed product ``w * x_in`` built without a multiplier or a negator.
 
-        ``-x`` is ``~x + 1``: the activation is gated by "non-zero", inverted by "negate", and
-        the ``+1`` becomes the carry-in of the accumulating adder, so a PE is one adder (about
-        half the LUTs of negating first and adding after). A code that is not a trit adds 0.
-        """
-        nonzero = (self.w == Trit.POS) | (self.w == Trit.NEG)
-        negate = self.w == Trit.NEG
-        gated = Mux(nonzero, self.x_in, 0)
-        return (gated ^ Mux(negate, -1, 0)) + negate
+class ProcessingElement(wiring.Component):
+    """Base of every PE kind: a weight-stationary multiply-accumulate.
+
+    Every cycle: ``psum_out <= psum_in + w * x_in`` and ``x_out <= x_in`` (both registered).
+    When ``w_load`` is high, the held weight is replaced by ``w_in``. A subclass sets
+    ``weight_shape`` and ``weight_range`` and implements :meth:`max_product`,
+    :meth:`encode_weights`, :meth:`decode_weights` and :meth:`product`.
+
+    Parameters
+    ----------
+    act_bits : int
+        Width of a signed activation.
+    psum_in_bits : int
+        Width of the partial sum from above (0: first row, no ``psum_in``).
+    psum_out_bits : int
+        Width of the partial sum passed down; at least enough for ``psum_in`` plus a product.
+    """
+    weight_shape = None         # the shape of one stationary weight
+    weight_range = None         # (lowest, highest) weight value
+
+    @staticmethod
+    def max_product(act_bits):
+        """Largest ``|x * w|`` for a ``act_bits``-wide activation."""
+        raise NotImplementedError
+
+    @classmethod
+    def encode_weights(cls, values):
+        """Weight values (an integer array) -> their codes in ``weight_shape``, unsigned."""
+        raise NotImplementedError
+
+    @classmethod
+    def decode_weights(cls, codes):
+        """Codes -> the weight values the hardware computes with (the inverse of
+        :meth:`encode_weights`, and defined for every code)."""
+        raise NotImplementedError
+
+    @classmethod
+    def weight_bits(cls):
+        """Bits of one weight's code."""
+        return Shape.cast(cls.weight_shape).width
+
+    def __init__(self, *, act_bits, psum_in_bits, psum_out_bits):
+        least = max(signed_bits_for(self.max_product(act_bits)), psum_in_bits)
+        if psum_out_bits < least:
+            raise ValueError(f"psum_out_bits must be at least {least} to hold psum_in plus a "
+                             f"product, not {psum_out_bits}")
+        self._act_bits = act_bits
+        super().__init__(PESignature(act_bits=act_bits, psum_in_bits=psum_in_bits,
+                                     psum_out_bits=psum_out_bits,
+                                     weight_shape=self.weight_shape))
+
+    def product(self):
+        """The signed product ``w * x_in``, as an Amaranth value."""
+        raise NotImplementedError
 
     def elaborate(self, platform):
         m = Module()
@@ -85,4 +123,80 @@ class TernaryPE(wiring.Component):
         return m
 
 
-PE_KINDS = {"ternary": TernaryPE, "int8": Int8PE}
+class TernaryPE(ProcessingElement):
+    """Ternary MAC: adds, subtracts or skips the activation. No multiplier.
+
+    The weight is a :class:`~hw.trit.Trit` in the code of :mod:`golden.trits`; a code that is
+    not a trit (``0b10``) computes as zero.
+    """
+    weight_shape = Trit
+    weight_range = (-1, 1)
+
+    @staticmethod
+    def max_product(act_bits):
+        """The most negative activation times -1."""
+        return 1 << (act_bits - 1)
+
+    @classmethod
+    def encode_weights(cls, values):
+        return trits.encode(values)
+
+    @classmethod
+    def decode_weights(cls, codes):
+        return trits.decode(codes, invalid_as_zero=True)
+
+    def product(self):
+        """``w * x_in`` built without a multiplier or a negator.
+
+        ``-x`` is ``~x + 1``: the activation is gated by "non-zero", inverted by "negate", and
+        the ``+1`` becomes the carry-in of the accumulating adder, so a PE is one adder (about
+        half the LUTs of negating first and adding after). A code that is not a trit adds 0.
+        """
+        nonzero = (self.w == Trit.POS) | (self.w == Trit.NEG)
+        negate = self.w == Trit.NEG
+        gated = Mux(nonzero, self.x_in, 0)
+        return (gated ^ Mux(negate, -1, 0)) + negate
+
+
+class Int8PE(ProcessingElement):
+    """Multiply-accumulate with an int8 weight: the multiplier baseline that ternary PEs are
+    measured against. The product is a plain ``*``, so synthesis may map it to a DSP block or to
+    LUTs."""
+    weight_shape = signed(8)
+    weight_range = (-128, 127)
+
+    @staticmethod
+    def max_product(act_bits):
+        """The most negative activation times the most negative weight."""
+        return (1 << (act_bits - 1)) * 128
+
+    @classmethod
+    def encode_weights(cls, values):
+        return np.asarray(values, np.int64) & 0xFF
+
+    @classmethod
+    def decode_weights(cls, codes):
+        codes = np.asarray(codes, np.int64)
+        return np.where(codes & 0x80, codes - 0x100, codes)
+
+    def product(self):
+        return self.x_in * self.w
+
+
+PE_KINDS = {}
+"""Every PE kind by name, in registration order."""
+
+
+def register_pe_kind(name, pe_class):
+    """Make ``pe_class`` selectable as ``array.pe = name``; returns ``pe_class``."""
+    if not (isinstance(pe_class, type) and issubclass(pe_class, ProcessingElement)):
+        raise TypeError(f"a PE kind must be a ProcessingElement subclass, not {pe_class!r}")
+    if not isinstance(name, str) or not name.isidentifier() or name in PE_KINDS:
+        raise ValueError(f"PE kind name must be a new identifier, not {name!r} (taken: "
+                         f"{', '.join(PE_KINDS)})")
+    PE_KINDS[name] = pe_class
+    return pe_class
+
+
+register_pe_kind("ternary", TernaryPE)
+register_pe_kind("int8", Int8PE)

@@ -29,14 +29,11 @@ t+4+R+S   the accumulator holds the word's contribution: ``PimBankGroup.latency 
           (``PimBank.latency = 3 + S``, counted from the bank's read)
 ========  ===============================================================================
 
-Timing at 100 MHz on ECP5: a block RAM's clock-to-output time is 5.5-6 ns, so RAM data gets a
-cycle with nothing but routing to a register (with the products in that cycle, the default
-preset reached 85 MHz), and so does every signal that fans out to all banks. Two carry levels
-per stage (chains of at most ``acc_bits`` bits) fit a cycle, at half the flops of a register
-per level. Out of context on an 85F, nextpnr gives 124 MHz for the default preset and 104 MHz
-for ``ulx3s-85f`` (16 banks of 32 lanes); its critical path is a bank RAM's output. In the
-whole ulx3s-85f device the banks spread over the die, and the broadcast to them needed the
-relays.
+Timing rules, for 100 MHz on ECP5: a block RAM's clock-to-output time is 5.5-6 ns, so RAM
+data gets a cycle with nothing but routing to a register, and so does every signal that fans out
+to all banks (through the relays when the banks spread over the die). Two carry levels per stage
+(chains of at most ``acc_bits`` bits) fit a cycle, at half the flops of a register per level.
+``docs/timing.md`` has the builds that led here.
 """
 
 from amaranth import Cat, Module, Mux, Signal, signed
@@ -44,7 +41,9 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .config import Config, signed_bits_for
+from golden.widths import signed_bits_for
+
+from .config import Config
 from .queues import registered_r_rdy
 from .trit import Trit
 
@@ -136,10 +135,6 @@ class AdderTree(wiring.Component):
                 nodes = registered
         m.d.comb += self.o.eq(nodes[0][0])
         return m
-
-
-def _act_words(config):
-    return -(-config.max_k // config.pim.lanes)
 
 
 def _delayed(m, value, cycles, name):
@@ -236,8 +231,8 @@ class PimBank(wiring.Component):
             shape=data.ArrayLayout(Trit, lanes), depth=self._config.pim.depth, init=[])
         write = weights.write_port()
         # The RAM reads every cycle, and only the control pipeline follows ``rd_stream.valid``:
-        # a read enable reached every bit of the read data's register, and from a relay that
-        # is four banks' (ulx3s-85f: 14.7 ns of routing for that one net).
+        # a read enable would reach every bit of the read data's register, from a relay that
+        # feeds four banks.
         read = weights.read_port()
         m.d.comb += [
             write.en.eq(self.w_stream.valid),
@@ -380,7 +375,7 @@ class PimBankGroup(wiring.Component):
     def layouts(config):
         """Payload layout of each stream, by member name (for drivers and testbenches)."""
         _check_config(config)
-        pim, act_words = config.pim, _act_words(config)
+        pim, act_words = config.pim, config.act_words
         return {
             "w_stream": data.StructLayout({
                 "bank": range(pim.banks), "addr": range(pim.depth), "data": config.word_bits}),
@@ -399,8 +394,8 @@ class PimBankGroup(wiring.Component):
 
     @property
     def act_words(self):
-        """Activation-buffer chunks: ``ceil(max_k / lanes)``."""
-        return _act_words(self._config)
+        """Activation-buffer chunks (``Config.act_words``)."""
+        return self._config.act_words
 
     @staticmethod
     def latency_for(config, bank=PimBank):
@@ -444,9 +439,8 @@ class PimBankGroup(wiring.Component):
         # registered before it reaches the memories, which are spread over the die, and goes
         # through the relays with the reads (below); it lands ``1 + R`` cycles after it is
         # taken, before any GEMV command could read it. The data is registered only when taken:
-        # registered every cycle, it was the same flip-flop as every other copy of the
-        # producer's word (Yosys merges them), one net from the bank RAMs to the array
-        # (ulx3s-85f: 80.8 MHz).
+        # registered every cycle, it would be the same flip-flop as every other copy of the
+        # producer's word (Yosys merges them), one net from the bank RAMs to the array.
         weight_write = Signal(self.w_stream.payload.shape())
         weight_write_en = Signal()
         act_write = Signal(self.x_stream.payload.shape())
@@ -505,9 +499,8 @@ class PimBankGroup(wiring.Component):
             request.eq(Cat(issue, addr, chunk == 0, row_end)),
             broadcast.eq(chunk_read.data),
         ]
-        # Weight writes ride the relays too: one register driving all the banks' write data
-        # was the ulx3s-85f critical path, a single net of 9.4 ns (100.6 MHz). A write then
-        # lands a relay stage later, as the reads that could follow it do.
+        # Weight writes ride the relays too, so that no register drives every bank's write
+        # data. A write then lands a relay stage later, as the reads that could follow it do.
         operands = Signal(data.StructLayout({"request": request.shape(),
                                              "x": broadcast.shape(),
                                              "write_en": 1,
@@ -548,7 +541,7 @@ class PimBankGroup(wiring.Component):
                 m.d.sync += [chunk.eq(chunk + 1), row_end.eq(chunk + 1 == last_chunk)]
         # Whenever a command could be taken, the sequencer loads its fields; only ``running``
         # waits for ``valid``. The controller's verdict then reaches one flip-flop, not the
-        # enables and resets of them all (ulx3s-85f: 100.5 MHz, that fan-out the critical path).
+        # enables and resets of them all.
         cmd = self.cmd_stream.p
         with m.If(self.cmd_stream.ready):
             m.d.sync += [

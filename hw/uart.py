@@ -9,7 +9,9 @@ from amaranth import Cat, Const, Module, Signal
 from amaranth.lib import cdc, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["RX_FIFO_WORDS", "baud_divisor", "UARTRx", "UARTTx", "UARTBridge"]
+__all__ = ["DEFAULT_BAUD", "RX_FIFO_WORDS", "baud_divisor", "UARTRx", "UARTTx", "UARTBridge"]
+
+DEFAULT_BAUD = 115200           # the line rate of every board build unless asked otherwise
 
 BAUD_TOLERANCE = 0.02           # 8N1 samples the stop bit 9.5 bits in: 2 % is a safe mismatch
 RX_FIFO_WORDS = 64              # the bridge's default receive buffer (the host's burst limit)
@@ -153,7 +155,8 @@ class UARTBridge(wiring.Component):
     clk_hz : float
         Frequency of the ``sync`` clock.
     baud : int
-        Line rate (default 115200); must be within 2 % of ``clk_hz / round(clk_hz / baud)``.
+        Line rate (default :data:`DEFAULT_BAUD`); must be within 2 % of
+        ``clk_hz / round(clk_hz / baud)``.
     rx_fifo_words : int
         Received words buffered for a device that is not ready.
 
@@ -181,7 +184,7 @@ class UARTBridge(wiring.Component):
     overrun: Out(1)
     framing_error: Out(1)
 
-    def __init__(self, *, clk_hz, baud=115200, rx_fifo_words=RX_FIFO_WORDS):
+    def __init__(self, *, clk_hz, baud=DEFAULT_BAUD, rx_fifo_words=RX_FIFO_WORDS):
         self._divisor = baud_divisor(clk_hz, baud)
         if not (isinstance(rx_fifo_words, int) and rx_fifo_words >= 1):
             raise ValueError(f"rx_fifo_words must be a positive integer, not {rx_fifo_words!r}")

@@ -1,4 +1,7 @@
-"""cocotb testbench of :class:`hw.array.SystolicArray`, checked against golden's integer core.
+"""cocotb testbench of :class:`hw.array.SystolicArray`, checked against golden's integer product.
+
+Weights are random in the PE kind's range and sent in its codes (:class:`CommandFormat`), so
+any registered kind runs here.
 
 Parameters (``BITTERN_PARAMS``): ``config`` (the JSON config), ``seed``, ``tiles`` (random
 tiles), ``stream_tokens`` (length of the utilisation run; at least ``16 * rows``).
@@ -9,8 +12,8 @@ import itertools
 import cocotb
 import numpy as np
 
-from golden import trits
-from golden.bitlinear import bitlinear_int
+from golden.bitlinear import matmul_int
+from hw.commands import CommandFormat
 from hw.config import Config
 from hw.words import pack_ints, unpack_ints
 from sim.tb import TB, StreamSink, StreamSource, params, write_report
@@ -27,6 +30,8 @@ class ArrayTB(TB):
         super().__init__(dut, seed=seed)
         self.config = config
         self.rows, self.cols = config.array.rows, config.array.cols
+        self.format = CommandFormat(config)
+        self.weight_range = self.format.pe.weight_range
         self.act_bits = len(dut.i_stream__payload) // self.rows     # widths from the DUT
         self.psum_bits = len(dut.o_stream__payload) // self.cols
         self.np_rng = np.random.default_rng(seed)
@@ -39,19 +44,18 @@ class ArrayTB(TB):
         self.results.backpressure = backpressure
 
     async def run_tile(self, w_t, x_q, useful_macs_per_token=None):
-        """Load ``w_t`` (cols x rows trits), stream ``x_q`` (M x rows); check; return cycles.
+        """Load ``w_t`` (cols x rows weights), stream ``x_q`` (M x rows); check; return cycles.
 
         ``useful_macs_per_token`` is ``K * N`` of a tile padded to the array (default: all).
         """
-        await self.weights.send([row[0] for row in trits.pack_words(w_t.T, self.cols)],
-                                self.cycle)
+        await self.weights.send(self.format.tile_rows(w_t), self.cycle)
         first = len(self.tokens.accepted_cycles)
         sender = cocotb.start_soon(self.tokens.send(pack_ints(x_q, self.act_bits), self.cycle))
         beats = await self.results.receive(len(x_q), self.cycle,
                                            timeout=4 * (self.rows + self.cols) + 100)
         await sender
         got = unpack_ints(beats, self.psum_bits, self.cols)
-        expected = bitlinear_int(x_q, w_t)
+        expected = matmul_int(x_q, w_t)
         bad = np.argwhere(got != expected)
         assert not bad.size, (f"token {bad[0][0]} column {bad[0][1]}: got "
                               f"{got[tuple(bad[0])]}, expected {expected[tuple(bad[0])]} "
@@ -65,13 +69,14 @@ class ArrayTB(TB):
     def random_tile(self, kind):
         """A tile of shape K <= rows, N <= cols, zero-padded to the full array."""
         rng = self.np_rng
+        low, high = self.weight_range
         k = self.rows if kind != "random" else int(rng.integers(1, self.rows + 1))
         n = self.cols if kind != "random" else int(rng.integers(1, self.cols + 1))
         m = int(rng.integers(1, 3 * self.rows + 2))
-        w_t = np.zeros((self.cols, self.rows), np.int8)
+        w_t = np.zeros((self.cols, self.rows), np.int64)
         x_q = rng.integers(-128, 128, (m, self.rows)).astype(np.int8)
         if kind == "random":
-            w_t[:n, :k] = rng.integers(-1, 2, (n, k))
+            w_t[:n, :k] = rng.integers(low, high + 1, (n, k))
             x_q[rng.random(x_q.shape) < 0.1] = -128
             x_q[rng.random(x_q.shape) < 0.1] = 127
         elif kind == "zero-weights":
@@ -81,7 +86,7 @@ class ArrayTB(TB):
         elif kind == "all-minus":
             w_t[:] = -1
         elif kind == "extremes":          # longest reduction at both ends of the psum range
-            w_t[:] = rng.choice([-1, 1], size=(self.cols, 1))
+            w_t[:] = rng.choice([low, high], size=(self.cols, 1))
             x_q[:] = rng.choice([-128, 127], size=(m, 1))
         return w_t, x_q, k * n
 
@@ -103,12 +108,12 @@ async def random_tiles(dut):
 
 @cocotb.test()
 async def stream_utilisation(dut):
-    """A long token stream through one full tile; utilisation as in DESIGN.md §5."""
+    """A long token stream through one full tile; utilisation as defined in docs/design.md."""
     p = params()
     tb = ArrayTB(dut, Config.from_dict(p["config"]), p.get("seed", 0) + 1)
     await tb.reset()
     tokens = max(p.get("stream_tokens", 0), 16 * tb.rows)
-    w_t = tb.np_rng.integers(-1, 2, (tb.cols, tb.rows)).astype(np.int8)
+    w_t = tb.np_rng.integers(tb.weight_range[0], tb.weight_range[1] + 1, (tb.cols, tb.rows))
     x_q = tb.np_rng.integers(-128, 128, (tokens, tb.rows)).astype(np.int8)
     cycles = await tb.run_tile(w_t, x_q)
     utilisation = tokens * tb.rows * tb.cols / (tb.rows * tb.cols * cycles)

@@ -8,7 +8,8 @@ may be accepted while ``busy``.
 Parameters (``BITTERN_PARAMS``): ``config`` (the JSON config), ``seed``, ``tiles`` (random
 GEMVs). Report: ``tiles`` (random GEMVs checked), ``gemvs`` (every GEMV command checked,
 empty ones included), ``macs`` (trit-lanes read), ``cycles`` (first command accepted to last
-result, summed over batches), ``efficiency`` (DESIGN.md §5) and the run it was measured on.
+result, summed over batches), ``efficiency`` (docs/design.md, Metrics) and the run it was
+measured on.
 """
 
 import itertools
@@ -52,7 +53,7 @@ class PimTB(TB):
         super().__init__(dut, seed=seed)
         self.banks, self.lanes, self.depth = config.pim.banks, config.pim.lanes, config.pim.depth
         self.max_k, self.act_bits = config.max_k, config.act_bits
-        self.act_words = -(-config.max_k // self.lanes)
+        self.act_words = config.act_words
         self.latency = PimBankGroup.latency_for(config)
         layouts = PimBankGroup.layouts(config)
         for name, layout in layouts.items():                 # the DUT is what we think it is
@@ -238,8 +239,8 @@ async def random_gemvs(dut):
 @cocotb.test()
 async def gemv_efficiency(dut):
     """One GEMV of K = 16 * lanes and 8 rows (or what fits) with no pauses: it must take exactly
-    ``N + latency + 1`` cycles, and reach an efficiency (DESIGN.md §5) of 0.90 when it has the
-    full size. Then two commands back to back, one-word rows first: every cycle between the
+    ``N + latency + 1`` cycles, and reach an efficiency (docs/design.md, Metrics) of 0.90 when it
+    has the full size. Then two commands back to back, one-word rows first: every cycle between the
     first command and the last read must read a word."""
     p = params()
     tb = PimTB(dut, Config.from_dict(p["config"]), p.get("seed", 0) + 1)

@@ -4,6 +4,7 @@ A stream is driven and sampled in the ReadOnly phase before each rising edge, so
 recorded exactly when ``valid & ready`` hold at the edge, whatever the simulator's event order.
 """
 
+import importlib
 import json
 import os
 import random
@@ -19,8 +20,14 @@ CLOCK_NS = 10
 
 
 def params():
-    """Testbench parameters passed by :func:`sim.verilator.run` (``BITTERN_PARAMS``)."""
-    return json.loads(os.environ.get("BITTERN_PARAMS", "{}"))
+    """Testbench parameters passed by :func:`sw_driver.flow.verilator_run` (``BITTERN_PARAMS``).
+
+    ``pe_module``, if given, is imported first: the module that defines (and registers) the PE
+    kind the design was built with, so that the configuration may name it."""
+    values = json.loads(os.environ.get("BITTERN_PARAMS", "{}"))
+    if values.get("pe_module"):
+        importlib.import_module(values["pe_module"])
+    return values
 
 
 def write_report(report):

@@ -3,7 +3,7 @@
 import importlib
 from dataclasses import dataclass
 
-from . import verilator
+from sw_driver import flow
 
 __all__ = ["UNITS", "simulate"]
 
@@ -35,16 +35,16 @@ def simulate(unit_name, config, *, seed=0, tiles=8, waves=False, progress=None, 
     """Build (or reuse) ``unit_name`` for ``config`` and run its testbench.
 
     ``pe`` replaces the configured PE class (to try a new PE, or to prove the tests catch a
-    broken one). Returns a :class:`sim.verilator.SimResult`.
+    broken one). Returns a :class:`sw_driver.flow.SimResult`.
     """
     unit = UNITS[unit_name]
     overrides = {"pe": pe} if pe else {}
-    sim_build = verilator.build(unit.component(config, **overrides), unit=unit.name,
-                                waves=waves, metadata={"config": config.to_dict()},
-                                progress=progress)
+    sim_build = flow.verilator_build(unit.component(config, **overrides), unit=unit.name,
+                                     waves=waves, metadata={"config": config.to_dict()},
+                                     progress=progress)
     run_params = {"config": config.to_dict(), "seed": seed, "tiles": tiles,
-                  **(extra_params or {})}
+                  "pe_module": pe.__module__ if pe else None, **(extra_params or {})}
     if progress:
         progress(f"simulating {unit.name} (seed {seed}) ...")
-    return verilator.run(sim_build, test_module=unit.test_module,
-                         name=f"seed{seed}-tiles{tiles}", params=run_params)
+    return flow.verilator_run(sim_build, test_module=unit.test_module,
+                              name=f"seed{seed}-tiles{tiles}", params=run_params)

@@ -1,9 +1,10 @@
-"""A behavioural model of the device: the same command words in, the same response words out.
+"""The behavioural device: the same command words in, the same response words out.
 
 It follows :mod:`hw.commands` word for word (validation, dropping, sticky errors, the order of
 response words) and computes every result with golden's integer core, so the RTL testbench can
 compare the device with it exactly, and the driver can run whole models without a simulator.
-Invalid trit codes (``0b10``) in weight data act as zero, as in the hardware.
+Weight codes decode as the hardware computes with them (:mod:`golden.trits` for the banks, the
+PE kind's codec for the array's tile): an invalid trit code (``0b10``) acts as zero.
 
 Counters: ``macs`` and ``words_read`` are exact; ``cycles_busy`` is exact for a host that sends
 each command's words back to back and takes responses at once (:mod:`sw_driver.timing`);
@@ -12,23 +13,19 @@ each command's words back to back and takes responses at once (:mod:`sw_driver.t
 
 import numpy as np
 
-from golden.bitlinear import bitlinear_int
-from golden.trits import CODE_BITS
+from golden import trits
+from golden.bitlinear import bitlinear_int, matmul_int
 from hw.commands import (ARGUMENT_WORDS, STATUS_FLAGS, STATUS_MAGIC, WORD_BITS, CommandFormat,
                          ErrorCode, Opcode, pack_header, unpack_header)
 from hw.words import unpack_ints
 
+from .driver import DeviceError, Transport
 from .timing import CommandTiming
 
-__all__ = ["BehaviouralDevice"]
+__all__ = ["BehaviouralDevice", "BehaviouralTransport"]
 
 _MASK = (1 << WORD_BITS) - 1
 _OPCODES = {op.value for op in Opcode}
-
-
-def _codes_to_trits(value, count):
-    codes = np.array([(value >> (CODE_BITS * i)) & 0b11 for i in range(count)], np.int8)
-    return np.select([codes == 0b01, codes == 0b11], [1, -1], 0).astype(np.int8)
 
 
 class BehaviouralDevice:
@@ -46,7 +43,7 @@ class BehaviouralDevice:
         if not hasattr(self, "banks"):
             self.banks = np.zeros((fmt.banks, fmt.depth, fmt.lanes), np.int8)
             self.acts = np.zeros((fmt.act_words, fmt.lanes), np.int8)
-        self.tile = np.zeros((fmt.rows, fmt.cols), np.int8)        # tile[k, n]
+        self.tile = np.zeros((fmt.rows, fmt.cols), np.int64)       # tile[k, n]
         self.tile_loaded = False
         self.error = ErrorCode.NONE.value
         self.errors = 0
@@ -109,7 +106,9 @@ class BehaviouralDevice:
             if op is Opcode.WRITE_WEIGHTS:
                 for n in range(b):
                     value = yield from self._take(fmt.weight_word_words)
-                    self.banks[a, args[0] + n] = _codes_to_trits(value, fmt.lanes)
+                    word = value & ((1 << self.config.word_bits) - 1)    # bits it holds
+                    self.banks[a, args[0] + n] = trits.unpack_words(word, fmt.lanes,
+                                                                    invalid_as_zero=True)
             elif op is Opcode.LOAD_ACTS:
                 for n in range(b):
                     value = yield from self._take(fmt.act_chunk_words)
@@ -121,7 +120,7 @@ class BehaviouralDevice:
                 self.tile_loaded = False
                 for k in range(fmt.rows):
                     value = yield from self._take(fmt.tile_row_words)
-                    self.tile[k] = _codes_to_trits(value, fmt.cols)
+                    self.tile[k] = fmt.tile_row_weights(value)
                 self.tile_loaded = True
             elif op is Opcode.GEMM:
                 self._out.append(pack_header(op, self.error, b))
@@ -129,7 +128,7 @@ class BehaviouralDevice:
                     value = yield from self._take(fmt.token_words)
                     token = unpack_ints([value], self.config.act_bits, fmt.rows).astype(np.int8)
                     self.macs += fmt.rows * fmt.cols
-                    self._out.extend(int(v) & _MASK for v in bitlinear_int(token, self.tile.T)[0])
+                    self._out.extend(int(v) & _MASK for v in matmul_int(token, self.tile.T)[0])
             elif op is Opcode.READ_STATUS:
                 flags = int(self.tile_loaded) << STATUS_FLAGS["tile_loaded"].offset
                 self._respond(op, 4, [STATUS_MAGIC, self.error, self.errors, flags])
@@ -178,3 +177,16 @@ class BehaviouralDevice:
         """Counter values, in ``CommandFormat.counter_names`` order (idle, stalled: zero)."""
         return [self.busy & _MASK, 0, 0, self.macs & _MASK,
                 *[w & _MASK for w in self.words_read]]
+
+
+class BehaviouralTransport(Transport):
+    """The behavioural device as a transport: bit-exact, with the RTL's busy-cycle counts."""
+
+    def __init__(self, config):
+        self.device = BehaviouralDevice(config)
+
+    def transact(self, words, count):
+        out = self.device.feed(words)
+        if len(out) != count:
+            raise DeviceError(f"expected {count} response words, the device sent {len(out)}")
+        return out

@@ -2,8 +2,9 @@
 
 A transport moves words; it knows nothing of commands. ``transact(words, count)`` sends command
 words and returns the next ``count`` response words. The same :class:`Accelerator` drives the
-behavioural model (:class:`ModelTransport`), the RTL under Verilator (``sim.run_tb``) and a board
-over a serial link, so whatever runs on one runs on all.
+behavioural device (:class:`sw_driver.behavioural.BehaviouralTransport`), the RTL under
+Verilator (``sim.run_tb``) and a board over a serial link
+(:class:`sw_driver.serial_link.SerialTransport`), so whatever runs on one runs on all.
 """
 
 from dataclasses import dataclass
@@ -14,9 +15,7 @@ from golden import trits
 from hw.commands import STATUS, STATUS_MAGIC, CommandFormat, ErrorCode, Opcode, unpack_header
 from hw.words import pack_ints
 
-from .behavioural import BehaviouralDevice
-
-__all__ = ["DeviceError", "Transport", "ModelTransport", "Accelerator"]
+__all__ = ["DeviceError", "Transport", "Counters", "Accelerator"]
 
 
 class DeviceError(RuntimeError):
@@ -38,19 +37,6 @@ class Transport:
     def transact(self, words, count):
         """Send ``words``; return the next ``count`` response words."""
         raise NotImplementedError
-
-
-class ModelTransport(Transport):
-    """The behavioural model: bit-exact, with the RTL's busy-cycle counts, in pure Python."""
-
-    def __init__(self, config):
-        self.device = BehaviouralDevice(config)
-
-    def transact(self, words, count):
-        out = self.device.feed(words)
-        if len(out) != count:
-            raise DeviceError(f"expected {count} response words, the model sent {len(out)}")
-        return out
 
 
 @dataclass
@@ -141,9 +127,8 @@ class Accelerator:
         return np.array([CommandFormat.signed(w) for w in data]).reshape(rows, -1)
 
     def load_tile(self, w_t):
-        """Load a ``(cols, rows)`` tile of trits (``w_t[n, k]``) into the array."""
-        tile_rows = [w[0] for w in trits.pack_words(np.asarray(w_t).T, self.format.cols)]
-        self.transport.transact(self.format.load_tile(tile_rows), 0)
+        """Load a ``(cols, rows)`` tile of weights (``w_t[n, k]``) into the array."""
+        self.transport.transact(self.format.load_tile(w_t), 0)
 
     def gemm(self, x_q):
         """Stream tokens ``(T, rows)`` through the loaded tile: results ``(T, cols)``.

@@ -13,13 +13,12 @@ tells the driver so (it splits commands whose words could pile up, see
 :attr:`sw_driver.driver.Transport.burst_words`).
 """
 
-from hw.uart import RX_FIFO_WORDS
+from hw.commands import WORD_BYTES
+from hw.uart import DEFAULT_BAUD, RX_FIFO_WORDS
 
 from .driver import DeviceError, Transport
 
-__all__ = ["WORD_BYTES", "SerialTransport"]
-
-WORD_BYTES = 4
+__all__ = ["SerialTransport"]
 
 
 class SerialTransport(Transport):
@@ -45,7 +44,7 @@ class SerialTransport(Transport):
         self.burst_words = burst_words
 
     @classmethod
-    def open(cls, name, *, baud=115200, timeout=2.0, **kwargs):
+    def open(cls, name, *, baud=DEFAULT_BAUD, timeout=2.0, **kwargs):
         """A transport on the serial port ``name`` (``/dev/ttyUSB0``, ``COM3``) through pyserial.
 
         ``timeout`` (seconds) is how long the device may stay silent while a response is owed.

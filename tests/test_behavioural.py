@@ -53,6 +53,6 @@ def test_gemm_before_a_tile_is_refused_then_works():
     assert device.feed(fmt.gemm(pack_ints(x_q, 8))) == []   # its token word is then a command
     assert device.error == ErrorCode.NO_TILE.value
     w_t = np.array([[1, 0, -1, 1], [-1, -1, -1, -1], [0, 0, 0, 0], [1, 1, 1, 1]], np.int8)
-    out = device.feed(fmt.load_tile([r[0] for r in trits.pack_words(w_t.T, fmt.cols)])
+    out = device.feed(fmt.load_tile(w_t)
                       + fmt.gemm(pack_ints(x_q, 8)))
     assert [CommandFormat.signed(w) for w in out[1:]] == bitlinear_int(x_q, w_t)[0].tolist()

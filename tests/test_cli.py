@@ -1,6 +1,7 @@
 """The ``bittern`` command line: what a user sees, including their mistakes."""
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -60,3 +61,27 @@ def test_sim_waves_writes_a_vcd(tmp_path):
     path = result.stdout.split("waves: ")[1].split()[0]
     with open(path) as vcd:
         assert "$enddefinitions" in vcd.read(100_000)
+
+
+def test_version_names_the_generator_and_its_commit():
+    from sw_driver.interface import generator_version
+
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"bittern {generator_version()['describe']}"
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    """Interrupted in a long step (a big array's Verilog conversion), the command says so in
+    one line: no traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sw_driver.cli", "generate", "--set", "rows=64", "--set",
+         "cols=64", "-o", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    first = process.stderr.readline()                  # the step has started
+    assert "converting the device (64 x 64 array" in first
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert err.strip().splitlines() == ["bittern: interrupted"], err
+    assert out == ""

@@ -8,7 +8,8 @@ import pytest
 from golden import Model, ModelConfig, ModelWeights
 from golden.bitlinear import bitlinear_int
 from hw.config import PimConfig, preset
-from sw_driver.driver import Accelerator, DeviceError, ModelTransport
+from sw_driver.behavioural import BehaviouralTransport
+from sw_driver.driver import Accelerator, DeviceError
 from sw_driver.mapper import DeviceCore, MappingError, place
 from sw_driver.run import run
 
@@ -34,7 +35,7 @@ def test_placement_errors_name_the_matrix():
 @pytest.mark.parametrize("tokens", [1, 7])
 def test_device_core_matches_golden_on_both_paths(tokens):
     weights = ModelWeights.random(MICRO, seed=4)
-    core = DeviceCore(Accelerator(ModelTransport(HW), HW), weights.linears)
+    core = DeviceCore(Accelerator(BehaviouralTransport(HW), HW), weights.linears)
     rng = np.random.default_rng(0)
     for name, weight in weights.linears.items():
         x_q = rng.integers(-128, 128, (tokens, weight.trits.shape[1])).astype(np.int8)
@@ -44,7 +45,7 @@ def test_device_core_matches_golden_on_both_paths(tokens):
 
 def test_run_is_bit_exact_with_golden():
     weights = ModelWeights.random(MICRO, seed=2)
-    result = run(ModelTransport(HW), HW, MICRO, weights, [1, 2, 3, 4, 5], 6, check=True)
+    result = run(BehaviouralTransport(HW), HW, MICRO, weights, [1, 2, 3, 4, 5], 6, check=True)
     assert result.checked is True
     assert result.tokens == Model(MICRO, weights).generate([1, 2, 3, 4, 5], 6)
     assert result.cycles_per_token > 0 and result.prefill_cycles > 0
@@ -52,7 +53,7 @@ def test_run_is_bit_exact_with_golden():
 
 def test_a_broken_device_fails_the_check():
     weights = ModelWeights.random(MICRO, seed=2)
-    transport = ModelTransport(HW)
+    transport = BehaviouralTransport(HW)
     gemv = transport.device._gemv
     transport.device._gemv = lambda *args: gemv(*args) + 1          # off by one everywhere
     result = run(transport, HW, MICRO, weights, [1, 2, 3], 3, check=True)
@@ -60,7 +61,7 @@ def test_a_broken_device_fails_the_check():
 
 
 def test_device_errors_are_named():
-    accelerator = Accelerator(ModelTransport(HW), HW)
+    accelerator = Accelerator(BehaviouralTransport(HW), HW)
     accelerator.write_weights(7, 0, np.zeros((1, 4), np.int8))       # bank 7 of 2
     with pytest.raises(DeviceError, match="device error BAD_BANK"):
         accelerator.check()

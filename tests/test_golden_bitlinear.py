@@ -1,4 +1,4 @@
-"""golden.bitlinear against the numeric contract (DESIGN.md section 2)."""
+"""golden.bitlinear against the numeric contract (docs/design.md, numeric contract)."""
 
 import numpy as np
 import pytest

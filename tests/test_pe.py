@@ -3,18 +3,40 @@
 
 import itertools
 
+import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.pe import PE_KINDS, TernaryPE
-from hw.config import PE_KINDS as CONFIG_PE_KINDS
+from hw.config import ArrayConfig, ConfigError
+from hw.pe import PE_KINDS, ProcessingElement, TernaryPE, register_pe_kind
 from hw.trit import Trit
 
 TRITS = {Trit.NEG: -1, Trit.ZERO: 0, Trit.POS: 1}
 
 
-def test_pe_registry_matches_config_choices():
-    assert set(PE_KINDS) == set(CONFIG_PE_KINDS)
+def test_config_accepts_exactly_the_registered_kinds():
+    for name in PE_KINDS:
+        assert ArrayConfig(pe=name).pe == name
+    with pytest.raises(ConfigError) as error:
+        ArrayConfig(pe="bogus")
+    assert str(error.value) == (f"array.pe must be one of {', '.join(map(repr, PE_KINDS))}, "
+                                f"not 'bogus'")
+
+
+def test_registering_a_kind_is_checked():
+    with pytest.raises(TypeError, match="a PE kind must be a ProcessingElement subclass"):
+        register_pe_kind("plain", object)
+    with pytest.raises(ValueError, match="PE kind name must be a new identifier, not 'ternary'"):
+        register_pe_kind("ternary", TernaryPE)
+    assert all(issubclass(kind, ProcessingElement) for kind in PE_KINDS.values())
+
+
+def test_ternary_codec_round_trips_and_reads_0b10_as_zero():
+    values = np.array([-1, 0, 1, 1, -1])
+    codes = TernaryPE.encode_weights(values)
+    assert codes.tolist() == [0b11, 0b00, 0b01, 0b01, 0b11]
+    assert TernaryPE.decode_weights(codes).tolist() == values.tolist()
+    assert TernaryPE.decode_weights(np.array([0b10])).tolist() == [0]
 
 
 def test_ternary_pe_adds_subtracts_or_skips():

@@ -13,8 +13,7 @@ from amaranth.sim import Simulator
 
 from hw.array import SystolicArray
 from hw.config import ArrayConfig, apply_overrides, preset
-from hw.pe import PE_KINDS
-from hw.pe_int8 import Int8PE
+from hw.pe import PE_KINDS, Int8PE
 
 
 def _simulate(dut, *testbenches):

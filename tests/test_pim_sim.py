@@ -8,7 +8,7 @@ from amaranth import Mux
 from hw.config import PimConfig, preset
 from hw.pim import PimBank
 from hw.trit import Trit
-from sim import verilator
+from sw_driver import flow
 from sim.units import UNITS, simulate
 
 TINY = preset("tiny")
@@ -44,8 +44,8 @@ class SignFlipLaneBank(PimBank):
 
 def test_broken_bank_is_caught():
     config, unit = TINY, UNITS["pim"]
-    sim_build = verilator.build(unit.component(config, bank=SignFlipLaneBank), unit=unit.name)
-    result = verilator.run(sim_build, test_module=unit.test_module, name="sign-flip-lane",
+    sim_build = flow.verilator_build(unit.component(config, bank=SignFlipLaneBank), unit=unit.name)
+    result = flow.verilator_run(sim_build, test_module=unit.test_module, name="sign-flip-lane",
                            params={"config": config.to_dict(), "seed": 1, "tiles": 4})
     assert not result.passed
     assert any("expected" in failure for failure in result.failures), result.failures

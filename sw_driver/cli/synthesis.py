@@ -1,49 +1,13 @@
 """``bittern area`` and ``bittern synth``: Yosys area per unit, and bitstreams for boards.
 
-:func:`add_commands` registers both subcommands on the ``bittern`` parser. A user mistake (bad
-config, unknown board, missing toolchain) prints one ``bittern: error: ...`` line and exits with
-status 2; a failed tool run exits with 1, and so does a build that misses its clock.
+A build that misses its clock exits with status 1, as a failed tool run does.
 """
 
 import json
-import sys
-import time
 
-__all__ = ["add_commands", "main"]
+from .common import UserError, add_config_options, config_from, progress
 
-
-class _Mistake(Exception):
-    """What the user asked for cannot be done; reported as one line, status 2."""
-
-
-def _progress(message):
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _config(args, default_preset):
-    from hw.config import ConfigError, apply_overrides, preset
-
-    try:
-        return apply_overrides(preset(args.preset or default_preset), args.set)
-    except ConfigError as error:
-        raise _Mistake(str(error)) from None
-
-
-def _handled(command):
-    """Run ``command(args)``, turning the errors a user can cause into one line."""
-    def handler(args):
-        from hw.boards import BoardError
-        from hw.synth import ToolError, ToolMissing
-
-        try:
-            return command(args)
-        except (_Mistake, BoardError, ToolMissing) as error:
-            print(f"bittern: error: {error}", file=sys.stderr)
-            return 2
-        except ToolError as error:
-            print(f"bittern: error: {error}", file=sys.stderr)
-            return 1
-    return handler
+__all__ = ["add_commands"]
 
 
 def _table(header, rows):
@@ -63,19 +27,20 @@ def _number(value):
 
 def _check_timeout(args):
     if args.timeout < 1:
-        raise _Mistake(f"--timeout must be at least 1 second, not {args.timeout}")
+        raise UserError(f"--timeout must be at least 1 second, not {args.timeout}")
 
 
 def cmd_area(args):
     from hw.boards import DEVICES
-    from hw.synth import TARGETS, DerivedArea, area, compare_int8
+
+    from ..synth import TARGETS, DerivedArea, area, compare_int8
 
     _check_timeout(args)
-    config = _config(args, "default")
+    config = config_from(args)
     target = TARGETS[args.target]
     if args.compare_int8:
         rows = compare_int8(config, target=args.target, timeout=args.timeout,
-                            progress=_progress)
+                            progress=progress)
         if args.json:
             print(json.dumps({"config": config.to_dict(), "target": target.name,
                               "compare_int8": [{"dsp": row["dsp"], "ratio": row["ratio"],
@@ -97,7 +62,7 @@ def cmd_area(args):
 
     units = None if args.unit == "all" else [args.unit]
     results = area(config, units=units, target=args.target, dsp=not args.no_dsp,
-                   device=DEVICES[args.device], timeout=args.timeout, progress=_progress)
+                   device=DEVICES[args.device], timeout=args.timeout, progress=progress)
     if args.json:
         print(json.dumps({"config": config.to_dict(), "target": target.name,
                           "dsp": not args.no_dsp, "units": [r.to_dict() for r in results]}))
@@ -105,7 +70,7 @@ def cmd_area(args):
     names = list(results[0].metrics)
     print(f"area on {target.name} ({target.command}, "
           f"{'no DSPs' if args.no_dsp or not target.has_dsp else 'DSPs allowed'}), preset "
-          f"{args.preset}" + (f" with {', '.join(args.set)}" if args.set else ""))
+          f"{args.preset or 'default'}" + (f" with {', '.join(args.set)}" if args.set else ""))
     derived = [r for r in results if isinstance(r, DerivedArea)]
     fallen_back = [r for r in results if getattr(r, "fallback", "")]
     print(_table(["unit", *names, "lanes", f"{names[0]}/lane"],
@@ -122,14 +87,15 @@ def cmd_area(args):
 
 def cmd_synth(args):
     from hw.boards import DEVICES, board
-    from hw.synth import synth_board
+
+    from ..synth import synth_board
 
     _check_timeout(args)
     chosen = board(args.board)
-    config = _config(args, chosen.default_preset)
+    config = config_from(args, chosen.default_preset)
     result = synth_board(chosen, config, device=DEVICES[args.device], device_name=args.device,
                          baud=args.baud, timeout=args.timeout, rebuild=args.rebuild,
-                         progress=_progress)
+                         progress=progress)
     summary = result.summary
     if args.json:
         print(json.dumps(summary))
@@ -155,22 +121,18 @@ def cmd_synth(args):
 def add_commands(subparsers):
     """Register ``area`` and ``synth`` on ``subparsers`` (from ``add_subparsers``)."""
     from hw.boards import BOARDS, DEFAULT_DEVICE, DEVICES
-    from hw.config import PRESETS
-    from hw.synth import AREA_UNITS, PNR_TIMEOUT, TARGETS, YOSYS_TIMEOUT
+    from hw.uart import DEFAULT_BAUD
+
+    from ..synth import AREA_UNITS, PNR_TIMEOUT, TARGETS, YOSYS_TIMEOUT
 
     def config_options(parser, default):
-        parser.add_argument("--preset", metavar="NAME",
-                            help=f"configuration preset ({', '.join(PRESETS)}); "
-                                 f"default: {default}")
-        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                            help="override one config field, e.g. rows=3 or pe=int8 "
-                                 "(repeatable)")
+        add_config_options(parser, default)
         parser.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
                             help=f"device the board hosts (default: {DEFAULT_DEVICE})")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     area = subparsers.add_parser(
-        "area", help="Yosys area of each unit, in the metrics of DESIGN.md §5",
+        "area", help="Yosys area of each unit, in the metrics of docs/design.md",
         description="Synthesise each unit with Yosys and report its cells.")
     config_options(area, "default")
     area.add_argument("--target", choices=TARGETS, default="ecp5",
@@ -183,7 +145,7 @@ def add_commands(subparsers):
                       help="the array with ternary and with int8 PEs, logic only and with DSPs")
     area.add_argument("--timeout", type=int, default=YOSYS_TIMEOUT, metavar="SECONDS",
                       help=f"limit on each yosys run (default {YOSYS_TIMEOUT})")
-    area.set_defaults(handler=_handled(cmd_area))
+    area.set_defaults(handler=cmd_area)
 
     synth = subparsers.add_parser(
         "synth", help="build a board's bitstream and report Fmax and utilisation",
@@ -192,23 +154,10 @@ def add_commands(subparsers):
     synth.add_argument("--board", required=True, metavar="BOARD",
                        help="; ".join(f"{b.name}: {b.description}" for b in BOARDS.values()))
     config_options(synth, "the board's own preset")
-    synth.add_argument("--baud", type=int, default=115200, help="UART rate (default 115200)")
+    synth.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                       help=f"UART rate (default {DEFAULT_BAUD})")
     synth.add_argument("--rebuild", action="store_true",
                        help="build again even if this exact design was built before")
     synth.add_argument("--timeout", type=int, default=PNR_TIMEOUT, metavar="SECONDS",
                        help=f"limit on the whole build (default {PNR_TIMEOUT})")
-    synth.set_defaults(handler=_handled(cmd_synth))
-
-
-def main(argv=None):
-    """Run ``area`` or ``synth`` alone (``python -m sw_driver.synth_cli``), as ``bittern`` does."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="bittern")
-    add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    synth.set_defaults(handler=cmd_synth)

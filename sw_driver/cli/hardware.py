@@ -1,0 +1,100 @@
+"""``bittern config``, ``generate`` and ``sim``: configurations, generated RTL, simulation."""
+
+import json
+
+from .common import UserError, add_config_options, config_from, progress
+
+__all__ = ["add_commands"]
+
+
+def cmd_config(args):
+    config = config_from(args)
+    if args.json:
+        print(config.to_json())
+        return 0
+    print(f"preset {args.preset or 'default'}"
+          + (f" with {', '.join(args.set)}" if args.set else ""))
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                print(f"  {f'{key}.{sub}':<16} {sub_value}")
+        else:
+            print(f"  {key:<16} {value}")
+    print(f"  derived: acc_bits={config.acc_bits} word_bits={config.word_bits} "
+          f"act_words={config.act_words} bank_trits={config.bank_trits}")
+    return 0
+
+
+def cmd_generate(args):
+    from ..interface import generate
+
+    config = config_from(args)
+    try:
+        paths = generate(config, args.output, progress=progress)
+    except OSError as error:
+        raise UserError(f"cannot write to {args.output}: {error.strerror}") from None
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_sim(args):
+    from sim.units import UNITS, simulate
+
+    config = config_from(args)
+    if args.seed < 0 or args.tiles < 1:
+        raise UserError("--seed must be >= 0 and --tiles >= 1")
+    names = list(UNITS) if args.unit == "all" else [args.unit]
+    summaries = []
+    for name in names:
+        result = simulate(name, config, seed=args.seed, tiles=args.tiles, waves=args.waves,
+                          progress=progress)
+        summary = {"unit": name, "passed": result.passed, **result.report}
+        summaries.append(summary)
+        print(f"{name}: {'PASS' if result.passed else 'FAIL'}  "
+              + "  ".join(f"{k}={_fmt(v)}" for k, v in result.report.items()))
+        for failure in result.failures:
+            print(f"  {failure}")
+        if not result.passed:
+            print(f"  log: {result.log}")
+        if result.waves:
+            print(f"  waves: {result.waves}")
+    passed = all(s["passed"] for s in summaries)
+    if args.json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else
+                         {"passed": passed, "units": summaries}))
+    return 0 if passed else 1
+
+
+def _fmt(value):
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def add_commands(commands):
+    """Register ``config``, ``generate`` and ``sim`` on ``commands`` (``add_subparsers``)."""
+    from sim.units import UNITS
+
+    config = commands.add_parser("config", help="print a resolved configuration")
+    add_config_options(config)
+    config.add_argument("--json", action="store_true", help="print JSON")
+    config.set_defaults(handler=cmd_config)
+
+    generate = commands.add_parser(
+        "generate", help="write the device's Verilog, metadata JSON, C header and interface page")
+    add_config_options(generate)
+    generate.add_argument("-o", "--output", required=True, metavar="DIR",
+                          help="output directory")
+    generate.set_defaults(handler=cmd_generate)
+
+    sim = commands.add_parser("sim", help="simulate a unit on Verilator against golden/")
+    sim.add_argument("--unit", choices=[*UNITS, "all"], default="all",
+                     help="unit to simulate (default: all)")
+    add_config_options(sim)
+    sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sim.add_argument("--tiles", type=int, default=16,
+                     help="random tiles / operations to check (default 16)")
+    sim.add_argument("--waves", action="store_true",
+                     help="dump a VCD waveform (also: WAVES=1) and print its path")
+    sim.add_argument("--json", action="store_true",
+                     help="end the output with one JSON object")
+    sim.set_defaults(handler=cmd_sim)

@@ -1,0 +1,65 @@
+"""The ``bittern`` parser and entry point: one place turns errors into exit statuses."""
+
+import argparse
+import sys
+
+from .common import UserError
+
+__all__ = ["build_parser", "main"]
+
+
+def _user_mistakes():
+    """The exceptions that report a user's mistake (status 2), wherever they are raised."""
+    from hw.boards import BoardError
+    from hw.config import ConfigError
+
+    from ..checkpoint import CheckpointError
+    from ..flow import ToolMissing
+    from ..mapper import MappingError
+
+    return (UserError, ConfigError, BoardError, ToolMissing, CheckpointError, MappingError)
+
+
+class _Version(argparse.Action):
+    """``--version``: the generator's version and commit (looked up only when asked)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..interface import generator_version
+
+        print(f"bittern {generator_version()['describe']}")
+        parser.exit()
+
+
+def build_parser():
+    from . import hardware, inference, synthesis
+
+    parser = argparse.ArgumentParser(
+        prog="bittern", description="Ternary (BitNet b1.58) accelerator generator.")
+    parser.add_argument("--version", action=_Version)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (hardware, synthesis, inference):
+        module.add_commands(commands)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("bittern: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        from ..flow import ToolError
+
+        if isinstance(error, _user_mistakes()):
+            print(f"bittern: error: {error}", file=sys.stderr)
+            return 2
+        if isinstance(error, ToolError):
+            print(f"bittern: error: {error}", file=sys.stderr)
+            return 1
+        raise

