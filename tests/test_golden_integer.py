@@ -2,8 +2,11 @@
 documented bound (docs/integer-decoder.md), widths that cannot overflow, no float in the forward
 pass, and a KV cache that gives the one-shot pass's logits bit for bit."""
 
+import ast
 import dataclasses
+import inspect
 import math
+import textwrap
 from fractions import Fraction
 
 import numpy as np
@@ -11,15 +14,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from golden import BITNET_B158_2B4T, Model, ModelConfig, ModelWeights, integer_formats
+from golden import (
+    BITNET_B158_2B4T, IntegerWeights, Model, ModelConfig, ModelWeights, integer_formats,
+)
+from golden import fixedpoint
 from golden.fixedpoint import (
     Dyadic, IntegerWidthError, Width, bit_length, build_tables, dyadic,
     dyadic_add, dyadic_mul, dyadic_reciprocal, dyadic_rsqrt, dyadic_value, exp2_lookup,
     shift_round, sine_lookup, table_error_bounds,
 )
 from golden.integer import (
-    IntegerLogits, IntegerModel, NormGain, apply_rope, attention, ffn_inner, norm_quantize, rescale,
-    rope_factors, softmax_scale,
+    IntegerLogits, IntegerModel, NormGain, apply_rope, attention, ffn_inner, norm_quantize,
+    output_bound, rescale, rope_factors, softmax_scale,
 )
 from golden.model import linear_shapes, rope_inverse_frequencies
 
@@ -358,6 +364,36 @@ def test_forward_pass_has_only_integer_intermediates(weights):
     assert {"layers.1.self_attn.score", "layers.1.mlp.ffn_inner", "head.logit"} <= set(seen)
 
 
+# Everything the forward pass runs (IntegerModel.__init__ prepares, with floats, and is not here).
+FORWARD_PASS = [
+    fixedpoint.Width.check, shift_round, bit_length, dyadic, dyadic_mul, dyadic_add,
+    dyadic_rsqrt, dyadic_reciprocal, exp2_lookup, sine_lookup, norm_quantize, rescale,
+    rope_factors, apply_rope, attention, ffn_inner, IntegerLogits.argmax,
+    *[member for name, member in vars(IntegerModel).items()
+      if callable(member) and name != "__init__"], IntegerModel.position.fget,
+]
+FLOAT_TYPES = {"float", "float16", "float32", "float64", "math"}
+FLOAT_CALLS = {"sqrt", "log", "log2", "exp", "exp2", "ceil", "floor", "rint", "round", "around",
+               "ldexp", "frexp", "power", "divide", "true_divide", "mean"}
+
+
+def _name(node):
+    return node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
+
+
+def test_forward_pass_source_has_no_float_operations():
+    """No true division, float constant, float type or float function in the forward pass."""
+    for function in FORWARD_PASS:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+        for node in ast.walk(tree):
+            where = f"{function.__qualname__} line {getattr(node, 'lineno', '?')}"
+            assert not isinstance(node, ast.Div), f"true division in {where}"
+            assert not (isinstance(node, ast.Constant) and isinstance(node.value, float)), where
+            assert _name(node) not in FLOAT_TYPES, f"{_name(node)} in {where}"
+            if isinstance(node, ast.Call):
+                assert _name(node.func) not in FLOAT_CALLS, f"{_name(node.func)} in {where}"
+
+
 def test_entry_points_reject_floats(weights):
     with pytest.raises(TypeError, match="^norm input must be an integer array"):
         norm_quantize(np.ones((1, 4)), 0, None, TABLES, checked)
@@ -423,6 +459,28 @@ def test_prepared_scales_reach_their_bounds(weights):
     model.forward([0] * CFG.max_seq, 0)
     assert peaks["residual"] >= 2 ** (FORMATS.widths["residual"].bits - 8)
     assert peaks["projection"] >= 2 ** 12
+
+
+def test_output_bound_holds_for_the_worst_rounding():
+    """One element at the maximum and every other just past half an int8 step: each x_q
+    rounds up to 1, and over K = 30,000 inputs that lifts |acc| rho past ``gamma K`` (by 13 %);
+    :func:`output_bound`'s sqrt(K) / 254 term covers it."""
+    cfg = ModelConfig(hidden=16, layers=1, heads=2, kv_heads=1, ffn=30000, vocab=8, max_seq=4)
+    weights = ModelWeights.random(cfg, seed=0)
+    weights = dataclasses.replace(weights, norms={name: np.ones_like(gain)
+                                                  for name, gain in weights.norms.items()})
+    prepared = IntegerWeights.from_weights(cfg, weights)
+    name = "layers.0.mlp.down_proj"
+    x = np.full((1, cfg.ffn), (2 ** 14 + 253) // 254 + 1)
+    x[0, 0] = 2 ** 14
+    norm = prepared.norms["layers.0.mlp.ffn_sub_norm"]
+    x_q, rho = norm_quantize(x, 0, norm, TABLES, integer_only)
+    assert x_q[0, 0] == 127 and np.all(x_q[0, 1:] == 1)
+    acc = np.abs(x_q.astype(np.int32)).sum(axis=-1, keepdims=True)
+    y = rescale(acc, rho, prepared.linears[name], integer_only, "residual")
+    real = float(y[0, 0]) * 2.0 ** -prepared.linears[name].out_fraction
+    gamma = float(weights.linears[name].gamma)
+    assert 1.1 * gamma * cfg.ffn < real <= output_bound(cfg, weights, prepared.norms, name)
 
 
 @pytest.mark.parametrize("call, message", [
