@@ -263,6 +263,12 @@ class IntegerWeights:
                                        * 2.0 ** -row_scale_fraction)
         steps = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta).astype(np.float64)
         rope_steps = np.floor(steps / (2 * np.pi) * 2.0 ** 32 + 0.5).astype(np.int64)
+        for name, norm in norms.items():
+            formats.check("gain", norm.gain, f"{name} ")
+        formats.check("embedding", embedding)
+        formats.check("row_scale", row_scales)
+        for name, scale in linears.items():
+            formats.check("mantissa", scale.constant.mantissa, f"{name} ")
         return cls(
             formats=formats, tables=tables, embedding=embedding, row_scales=row_scales,
             row_scale_fraction=row_scale_fraction, residual_fraction=residual_fraction,
@@ -397,7 +403,8 @@ def norm_quantize(x, x_exponent, norm, tables, check):
     nonzero = peak > 0
     factor = dyadic_mul(dyadic(ACT_MAX), dyadic_reciprocal(dyadic(np.maximum(peak, 1)), tables))
     product = check("quantize_product", u * factor.mantissa[:, None])
-    x_q = np.clip(shift_round(product, -factor.exponent[:, None]), -ACT_MAX, ACT_MAX)
+    x_q = check("activation", np.clip(shift_round(product, -factor.exponent[:, None]),
+                                      -ACT_MAX, ACT_MAX))
     sum_squares = check("sum_squares", (x * x).sum(axis=-1))
     exponent = shift + x_exponent
     total = dyadic_add(dyadic(sum_squares, 2 * exponent), norm.eps_k)
@@ -608,6 +615,7 @@ class IntegerModel:
     def _embed(self, tokens):
         p = self.prepared
         check = self._checker("embed.")
+        tokens = check("token", tokens)
         product = check("embedding_product", p.embedding[tokens].astype(np.int64)
                         * p.row_scales[tokens][:, None])
         return check("residual", shift_round(product, p.row_scale_fraction
