@@ -57,8 +57,10 @@ EMBEDDING_BITS = 8             # the tied embedding: int8 with a 17-bit scale pe
 # this much headroom.
 RESCALE_SLACK = 2.0 ** -7
 _TABLE_ERROR_BUDGET = 2.0 ** -10
-# Softmax: gaps are cut at 19 octaves (every weight from 18 on is 0; one octave of margin).
+# Softmax: gaps are cut at 19 octaves (every weight from 18 on is 0; one octave of margin), so
+# the exponent t stays below 2**15 (softmax_scale checks it after the constant's rounding).
 _EXPONENT_CUT = 19 << EXP2_FRACTION_BITS
+EXPONENT_BITS = 15
 
 
 # Formats -----------------------------------------------------------------------------------
@@ -129,7 +131,7 @@ def integer_formats(cfg):
         "score": score,
         "score_gap": _unsigned_for(2 * cfg.head_dim * projection ** 2),
         "gap_shifted": _unsigned_for(half * 2),
-        "exponent": Width(15, signed=False),
+        "exponent": Width(EXPONENT_BITS, signed=False),
         "probability": _unsigned_for(1 << EXP2_TABLE_BITS),
         "probability_sum": _unsigned_for(cfg.max_seq << EXP2_TABLE_BITS),
         "probability_product": _unsigned_for((1 << EXP2_TABLE_BITS)
@@ -154,7 +156,7 @@ def integer_formats(cfg):
         "sum_squares": _mult18(widths["norm_input"].bits, widths["norm_input"].bits),
         "quantize": _mult18(widths["gained_shifted"].bits, mantissa),
         "rescale": _mult18(accumulator.bits, mantissa),
-        "rope_phase": 2,                  # position x 32-bit step, low 32 bits kept
+        "rope_phase": _mult18(widths["position"].bits + 1, 33),   # low 32 bits kept
         "rope": 2 * _mult18(PROJECTION_BITS, widths["rope_factor"].bits),
         "score": _mult18(PROJECTION_BITS, PROJECTION_BITS),
         "exponent": _mult18(widths["gap_shifted"].bits + 1, mantissa),
@@ -363,9 +365,9 @@ def softmax_scale(head_dim, score_fraction):
     gap_shift = max(gap_limit.bit_length() - SHIFTED_BITS, 0)
     scale = _scalar(dyadic_from_float(per_unit * 2.0 ** gap_shift))
     cut = shift_round(shift_round(gap_limit, gap_shift) * scale.mantissa, -scale.exponent)
-    if not (EXP2_TABLE_BITS + 2) << EXP2_FRACTION_BITS <= cut < 1 << 15:
+    if not (EXP2_TABLE_BITS + 2) << EXP2_FRACTION_BITS <= cut < 1 << EXPONENT_BITS:
         raise ValueError(f"score_fraction {score_fraction} puts the softmax cut at {int(cut)}, "
-                         f"outside the exponent's 15 bits")
+                         f"outside the exponent's {EXPONENT_BITS} bits")
     return SoftmaxScale(gap_limit, gap_shift, scale)
 
 
