@@ -1,6 +1,9 @@
-"""``bittern run``: a language model generating text through a device."""
+"""``bittern run`` and ``bittern eval``: a language model generating text, through a device or
+with golden's integer decoder on the host, and what the integer decoder costs in accuracy."""
 
 import json
+import time
+from pathlib import Path
 
 from hw.uart import DEFAULT_BAUD
 
@@ -17,6 +20,7 @@ def cmd_run(args):
     from ..tokenizer import encode
 
     config = config_from(args, RUN_PRESET)
+    _check_numeric(args)
     if args.tokens < 1:
         raise UserError(f"--tokens must be at least 1, not {args.tokens}")
     if args.backend == "serial" and not args.port:
@@ -32,6 +36,8 @@ def cmd_run(args):
     if len(prompt) + args.tokens - 1 > model_config.max_seq:
         raise UserError(f"{len(prompt)} prompt bytes + {args.tokens} tokens exceed the "
                         f"model's max_seq = {model_config.max_seq}")
+    if args.numeric == "integer":
+        return _run_integer(args, model_config, weights, prompt)
     backends = {"behavioural": _run_behavioural, "rtl": _run_rtl, "serial": _run_serial}
     try:
         report = backends[args.backend](args, config, model_config, weights, prompt)
@@ -109,6 +115,99 @@ def _run_rtl(args, config, model_config, weights, prompt):
     return result.report
 
 
+def _check_numeric(args):
+    """``--numeric integer`` generates on the host: it takes no device options."""
+    if args.numeric != "integer":
+        return
+    if args.backend != "behavioural":
+        raise UserError(f"--numeric integer runs the integer decoder on the host, without a "
+                        f"device; drop --backend {args.backend}")
+    if args.check:
+        raise UserError("--check compares a device with golden/; --numeric integer runs no "
+                        "device (its accuracy: bittern eval)")
+
+
+def _run_integer(args, model_config, weights, prompt):
+    from golden import IntegerModel
+
+    from ..tokenizer import decode
+
+    progress(f"integer decoder on the host: prefill {len(prompt)} tokens, then "
+             f"{args.tokens - 1} more")
+    start = time.perf_counter()
+    tokens = IntegerModel(model_config, weights).generate(prompt, args.tokens)
+    wall = time.perf_counter() - start
+    report = {"numeric": "integer", "text": decode(tokens), "tokens": tokens,
+              "tokens_per_s": len(tokens) / wall if wall else 0.0, "wall_s": wall}
+    print(f"{args.prompt}{report['text']}")
+    print(f"integer decoder on the host: {len(tokens)} tokens in {wall:.2f} s "
+          f"({report['tokens_per_s']:.2f} tokens/s)")
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def cmd_eval(args):
+    from ..evaluate import evaluate
+    from ..run import load_model
+
+    if args.windows < 1:
+        raise UserError(f"--windows must be at least 1, not {args.windows}")
+    model_config, weights = _load(args.model, load_model)
+    window_bytes = model_config.max_seq if args.window_bytes is None else args.window_bytes
+    if not 2 <= window_bytes <= model_config.max_seq + 1:
+        raise UserError(f"--window-bytes must be in [2, {model_config.max_seq + 1}] (the "
+                        f"model's max_seq + 1), not {window_bytes}")
+    source, data = _eval_text(args.text, model_config.vocab)
+    windows = min(args.windows, len(data) // window_bytes)
+    if windows == 0:
+        raise UserError(f"{source} has {len(data)} bytes, fewer than one window of "
+                        f"{window_bytes}")
+    if windows < args.windows:
+        progress(f"{source} holds {windows} windows of {window_bytes} bytes, not "
+                 f"{args.windows}: using {windows}")
+    start = time.perf_counter()
+    result = evaluate(model_config, weights, data, windows=windows, window_bytes=window_bytes,
+                      progress=progress).to_dict()
+    report = {"model": args.model, "text": source, **result,
+              "wall_s": time.perf_counter() - start}
+    print(f"{args.model}: {windows} windows of {window_bytes} bytes from {source} "
+          f"({report['positions']} predicted bytes)")
+    print(f"  float bits per byte    {report['float_bits_per_byte']:.4f}")
+    print(f"  integer bits per byte  {report['integer_bits_per_byte']:.4f} "
+          f"({report['integer_bits_per_byte'] - report['float_bits_per_byte']:+.4f})")
+    print(f"  top-1 agreement        {report['top1_agreement']:.4f}")
+    print(f"  wall time              {report['wall_s']:.1f} s")
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def _eval_text(path, vocab):
+    """``(source name, uint8 bytes)``: the file at ``path``, or the shipped held-out text."""
+    import numpy as np
+
+    if path is None:
+        from ..models import corpus, split
+        source, data = "the held-out text (pydoc_data.topics)", split(corpus())[1]
+    else:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as error:
+            raise UserError(f"cannot read {path}: {error.strerror}") from None
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path} is not UTF-8 text ({error.reason} at byte "
+                            f"{error.start})") from None
+        source, data = path, np.frombuffer(raw, dtype=np.uint8)
+    beyond = np.flatnonzero(data >= vocab)
+    if beyond.size:
+        raise UserError(f"{source} has byte {data[beyond[0]]} at offset {beyond[0]}, beyond "
+                        f"the model's vocabulary of {vocab} tokens")
+    return source, data
+
+
 def _backend(value):
     """``--backend``'s value: ``model``, the behavioural device's name before it was named for
     what it is, still selects it."""
@@ -116,7 +215,7 @@ def _backend(value):
 
 
 def add_commands(commands):
-    """Register ``run`` on ``commands`` (from ``add_subparsers``)."""
+    """Register ``run`` and ``eval`` on ``commands`` (from ``add_subparsers``)."""
     run = commands.add_parser("run", help="generate text with a model on the device")
     run.add_argument("--model", default="tiny", metavar="tiny|PATH",
                      help="the shipped tiny model, or a checkpoint (Bittern .safetensors, "
@@ -135,7 +234,27 @@ def add_commands(commands):
                           f"(bittern synth --baud; default {DEFAULT_BAUD})")
     run.add_argument("--check", action="store_true",
                      help="compare every BitLinear result and token with golden/")
+    run.add_argument("--numeric", choices=["float", "integer"], default="float",
+                     help="float: the host's float steps around the device's BitLinears "
+                          "(default); integer: golden's integer decoder on the host, no device")
     run.add_argument("--waves", action="store_true", help="dump a VCD (rtl backend)")
     run.add_argument("--json", action="store_true", help="end the output with one JSON object")
     add_config_options(run, default=RUN_PRESET)
     run.set_defaults(handler=cmd_run)
+
+    evaluation = commands.add_parser(
+        "eval", help="bits per byte of the float and the integer decoders, and their top-1 "
+                     "agreement")
+    evaluation.add_argument("--model", default="tiny", metavar="tiny|PATH",
+                            help="the shipped tiny model, or a checkpoint (Bittern "
+                                 ".safetensors, Hugging Face BitNet directory, GGUF)")
+    evaluation.add_argument("--text", metavar="FILE",
+                            help="UTF-8 text whose bytes are the tokens (default: the shipped "
+                                 "held-out text)")
+    evaluation.add_argument("--windows", type=int, default=64,
+                            help="windows to evaluate, each from an empty cache (default 64)")
+    evaluation.add_argument("--window-bytes", type=int, metavar="N",
+                            help="bytes per window (default: the model's max_seq)")
+    evaluation.add_argument("--json", action="store_true",
+                            help="end the output with one JSON object")
+    evaluation.set_defaults(handler=cmd_eval)
