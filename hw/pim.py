@@ -343,7 +343,9 @@ class PimBankGroup(wiring.Component):
         not ``busy``.
     cmd_stream : In(stream.Signature(StructLayout({"base": range(depth), "rows": range(depth+1),
                                                   "words_per_row": range(act_words + 1)})))
-        Run one GEMV.
+        Run one GEMV. Not ready in a cycle that takes a chunk: the chunk lands in the buffer a
+        cycle after it is taken, as the GEMV's first read of the buffer would. (A weight word
+        taken with a GEMV lands before the GEMV's first bank read.)
     o_stream : Out(stream.Signature(ArrayLayout(signed(acc_bits), banks)))
         One beat per row, in row order.
     busy : Out(1)
@@ -489,7 +491,7 @@ class PimBankGroup(wiring.Component):
         gemv_end = row_end & last_row
         m.d.comb += [
             issue.eq(running & (~row_end | room)),
-            self.cmd_stream.ready.eq(~running | (issue & gemv_end)),
+            self.cmd_stream.ready.eq((~running | (issue & gemv_end)) & ~act_taken),
             chunk_read.addr.eq(chunk),          # always enabled: no fan-in to its clock enable
         ]
         request = Signal(data.StructLayout({

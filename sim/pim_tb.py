@@ -267,3 +267,81 @@ async def gemv_efficiency(dut):
         f"back-to-back GEMVs took {chained} cycles, expected {first[1] + bound}"
     if rows == 8 and words_per_row == 16:
         assert efficiency >= 0.90, f"efficiency {efficiency:.4f} < 0.90"
+
+
+@cocotb.test()
+async def concurrent_streams(dut):
+    """Weights, chunks, commands and results all flowing at once, each with random pauses or
+    back-pressure. A monitor applies every write in the cycle it is taken (a weight word taken
+    with a command is seen by it; a chunk never is taken with one) and predicts each command's
+    rows from the memory it saw; the results must arrive in that order, bit for bit."""
+    p = params()
+    tb = PimTB(dut, Config.from_dict(p["config"]), p.get("seed", 0) + 2)
+    await tb.reset()
+    # The memories keep what earlier tests wrote (a reset does not clear them): zero them, as
+    # the shadow is.
+    await tb.weights.send([tb.pack_w(bank=b, addr=a, data=0) for b in range(tb.banks)
+                           for a in range(tb.depth)], tb.cycle)
+    await tb.activations.send([tb.pack_x(addr=a, data=0) for a in range(tb.act_words)],
+                              tb.cycle)
+    rng, count = tb.np_rng, max(p.get("tiles", 8), 4)
+    words_per_row = [int(rng.integers(1, min(tb.act_words, tb.depth, 6) + 1))
+                     for _ in range(count)]
+    commands = []
+    for wpr in words_per_row:
+        rows = int(rng.integers(0, min(tb.depth // wpr, 6) + 1))
+        commands.append((int(rng.integers(0, tb.depth - rows * wpr + 1)), rows, wpr))
+    weight_beats = [(int(rng.integers(tb.banks)), int(rng.integers(tb.depth)),
+                     trits.pack_words(tb.random_trits(1, tb.lanes)[0], tb.lanes)[0])
+                    for _ in range(8 * count)]
+    chunk_beats = [(int(rng.integers(min(tb.act_words, 6))), tb.random_x(tb.lanes))
+                   for _ in range(4 * count)]
+    expected, taken = [], {"w": 0, "x": 0, "cmd": 0}
+    dut_signals = {name: (getattr(dut, f"{name}__valid"), getattr(dut, f"{name}__ready"))
+                   for name in ("w_stream", "x_stream", "cmd_stream")}
+
+    def fired(name):
+        valid, ready = dut_signals[name]
+        return bool(valid.value) and bool(ready.value)
+
+    async def monitor():
+        while True:
+            await ReadOnly()
+            if fired("w_stream"):
+                bank, addr, word = weight_beats[taken["w"]]
+                tb.memory[bank, addr] = trits.unpack_words(word, tb.lanes)
+                taken["w"] += 1
+            if fired("x_stream"):
+                assert not fired("cmd_stream"), "a chunk and a GEMV taken in the same cycle"
+                addr, chunk = chunk_beats[taken["x"]]
+                tb.chunks[addr] = chunk
+                tb.chunks.reshape(-1)[tb.max_k:] = 0
+                taken["x"] += 1
+            if fired("cmd_stream"):
+                command = commands[taken["cmd"]]
+                if command[1]:
+                    expected.extend(tb.expected(*command))
+                taken["cmd"] += 1
+            await RisingEdge(dut.clk)
+
+    tb.set_flow(0.3, 0.4)
+    watcher = cocotb.start_soon(monitor())
+    senders = [cocotb.start_soon(source.send(payloads, tb.cycle)) for source, payloads in (
+        (tb.weights, [tb.pack_w(bank=b, addr=a, data=d) for b, a, d in weight_beats]),
+        (tb.activations, [tb.pack_x(addr=a, data=pack_ints(c, tb.act_bits))
+                          for a, c in chunk_beats]),
+        (tb.commands, [tb.pack_cmd(base=b, rows=r, words_per_row=w) for b, r, w in commands]))]
+    rows = sum(r for _, r, _ in commands)
+    beats = await tb.results.receive(rows, tb.cycle, timeout=20_000)
+    for sender in senders:
+        await sender
+    watcher.cancel()
+    got = unpack_ints(beats, tb.acc_bits, tb.banks).reshape(-1, tb.banks)
+    want = np.array(expected).reshape(-1, tb.banks)
+    bad = np.argwhere(got != want)
+    assert not bad.size, (f"row {bad[0][0]} bank {bad[0][1]}: got {got[tuple(bad[0])]}, "
+                          f"expected {want[tuple(bad[0])]} ({len(bad)} wrong of {got.size})")
+    assert taken == {"w": len(weight_beats), "x": len(chunk_beats), "cmd": len(commands)}
+    assert not tb.writes_while_busy, "a write was accepted while busy"
+    REPORT["concurrent_rows"] = rows
+    write_report(REPORT)

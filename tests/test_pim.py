@@ -186,3 +186,49 @@ def test_wrong_parameters_name_themselves():
         PimBankGroup(None)
     with pytest.raises(TypeError, match="bank must be a PimBank subclass, not <class 'int'>"):
         PimBankGroup(BANK, bank=int)
+
+
+def test_a_chunk_and_a_gemv_offered_together_compute_with_the_new_chunk():
+    """A chunk write and a GEMV offered in the same cycle: the GEMV must see the chunk. (Both
+    taken in one cycle, the GEMV read the buffer as the write landed, and got the old chunk:
+    4 lanes of 10 x (+1) gave 4, not 40.)"""
+    config = Config(max_k=8, pim=PimConfig(banks=1, lanes=4, depth=8))
+    group = PimBankGroup(config)
+    beats = []
+
+    async def driver(ctx):
+        ctx.set(group.w_stream.valid, 1)
+        ctx.set(group.w_stream.p, {"bank": 0, "addr": 0,
+                                   "data": trits.pack_words([1, 1, 1, 1], 4)[0]})
+        await ctx.tick().until(group.w_stream.ready)
+        ctx.set(group.w_stream.valid, 0)
+        ctx.set(group.x_stream.valid, 1)
+        ctx.set(group.x_stream.p, {"addr": 0, "data": [1, 1, 1, 1]})
+        await ctx.tick().until(group.x_stream.ready)
+        ctx.set(group.x_stream.p, {"addr": 0, "data": [10, 10, 10, 10]})
+        ctx.set(group.cmd_stream.valid, 1)
+        ctx.set(group.cmd_stream.p, {"base": 0, "rows": 1, "words_per_row": 1})
+        x_taken = cmd_taken = False
+        while not (x_taken and cmd_taken):
+            await ctx.delay(1e-7)
+            x_now = ctx.get(group.x_stream.valid) and ctx.get(group.x_stream.ready)
+            cmd_now = ctx.get(group.cmd_stream.valid) and ctx.get(group.cmd_stream.ready)
+            await ctx.tick()
+            if x_now:
+                x_taken = True
+                ctx.set(group.x_stream.valid, 0)
+            if cmd_now:
+                assert x_taken, "the GEMV must not be taken before the chunk offered with it"
+                cmd_taken = True
+                ctx.set(group.cmd_stream.valid, 0)
+
+    async def sink(ctx):
+        ctx.set(group.o_stream.ready, 1)
+        for _ in range(40):
+            _, _, valid, payload = await ctx.tick().sample(group.o_stream.valid,
+                                                           group.o_stream.payload)
+            if valid:
+                beats.append([int(v) for v in payload])
+
+    simulate(group, driver, sink)
+    assert beats == [[40]]

@@ -26,8 +26,9 @@ CONFIGS = {
 def test_pim_matches_golden(name):
     result = simulate("pim", CONFIGS[name], seed=1, tiles=12)
     assert result.passed, result.failures
-    assert result.tests == 2
+    assert result.tests == 3
     report = result.report
+    assert report["concurrent_rows"] > 0
     assert report["tiles"] == 12 and report["gemvs"] > 12       # plus corner cases
     assert report["macs"] > 0 and report["cycles"] > 0
     assert report["efficiency"] >= 0.90
