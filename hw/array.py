@@ -61,6 +61,9 @@ class SystolicArray(wiring.Component):
         Results, one token (``cols`` values of ``n``) per beat, in token order.
     busy : Out(1)
         A token is in the grid or a result waits in the FIFO.
+    macs : Out(range(rows * cols + 1))
+        Multiply-accumulates of the token taken this cycle: the loaded tile's non-zero weights
+        (a zero weight is a skip). 0 when no token is taken.
     """
 
     def __init__(self, config, *, pe=None):
@@ -74,6 +77,7 @@ class SystolicArray(wiring.Component):
             "i_stream": In(stream.Signature(data.ArrayLayout(signed(config.act_bits), rows))),
             "o_stream": Out(stream.Signature(data.ArrayLayout(signed(self.psum_bits), cols))),
             "busy": Out(1),
+            "macs": Out(range(rows * cols + 1)),
         })
 
     @property
@@ -144,8 +148,13 @@ class SystolicArray(wiring.Component):
             # Only when taken: else it is one flip-flop with every other register of the
             # producer's word, and one net from the array to the banks (see ``hw.pim``).
             m.d.sync += [w_beat.eq(self.w_stream.payload), next_row.eq(next_row.rotate_left(1))]
+        # The tile's non-zero weights, counted row by row as they load (a beat after a whole
+        # tile starts the next one).
+        tile_nonzero = Signal(range(rows * cols + 1))
+        row_nonzero = sum(self._pe.weight_is_nonzero(w_beat[c]) for c in range(cols))
         with m.If(w_pending):
-            m.d.sync += loaded_rows.eq(Mux(tile_loaded, 1, loaded_rows + 1))
+            m.d.sync += [loaded_rows.eq(Mux(tile_loaded, 1, loaded_rows + 1)),
+                         tile_nonzero.eq(Mux(tile_loaded, 0, tile_nonzero) + row_nonzero)]
 
         # Token valid bits follow the data through the grid: one bit per cycle of latency.
         valid_line = Signal(self.latency)
@@ -191,6 +200,7 @@ class SystolicArray(wiring.Component):
             self.o_stream.valid.eq(registered_r_rdy(m, results[0], name="result_waiting")),
             self.o_stream.payload.eq(Cat(column_results.r_data for column_results in results)),
             self.busy.eq(~grid_empty | results[0].r_rdy | w_pending),
+            self.macs.eq(Mux(take_token, tile_nonzero, 0)),
         ]
         return m
 

@@ -65,7 +65,7 @@ class ErrorCode(enum.Enum, shape=8):
 HEADER = data.StructLayout({"opcode": 8, "a": 8, "b": 16})
 STATUS = ["magic", "error", "errors", "flags"]       # the READ_STATUS response data words
 # The ``flags`` status word, bit 0 first.
-STATUS_FLAGS = data.StructLayout({"tile_loaded": 1, "pim_busy": 1})
+STATUS_FLAGS = data.StructLayout({"tile_loaded": 1})
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ class Device(wiring.Component):
 
     @property
     def max_macs(self):
-        """Trit-lanes consumed in a cycle at most: every bank lane and the whole array."""
+        """Multiply-accumulates in a cycle at most: every bank lane and the whole array."""
         cfg = self._config
         return cfg.pim.banks * cfg.pim.lanes + cfg.array.rows * cfg.array.cols
 
@@ -118,7 +118,6 @@ class Device(wiring.Component):
         m.d.comb += [
             registers.fail.eq(fail),
             registers.flags.tile_loaded.eq(tile_loaded),
-            registers.flags.pim_busy.eq(pim.busy),
         ]
 
         def reject(code):
@@ -307,13 +306,11 @@ class Device(wiring.Component):
         ]
         idle = fsm.ongoing("FETCH")
         stalled = blocked | (~idle & i.ready & ~i.valid)
-        array_token = array.i_stream.valid & array.i_stream.ready
         m.d.comb += [
             registers.cycle.busy.eq(~idle & ~stalled),
             registers.cycle.idle.eq(idle),
             registers.cycle.stalled.eq(~idle & stalled),
-            # Trit-lanes: the bank group's, plus ``rows * cols`` per token the array takes.
-            registers.macs.eq(pim.macs + Mux(array_token, cfg.array.rows * cfg.array.cols, 0)),
+            registers.macs.eq(pim.macs + array.macs),
             registers.words_read.eq(pim.words_read),
             self.status.busy.eq(~idle),
             self.status.error.eq(registers.error_set),

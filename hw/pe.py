@@ -11,7 +11,7 @@ tests and documentation read it. :func:`register_pe_kind` adds one (see ``docs/e
 """
 
 import numpy as np
-from amaranth import Module, Mux, Shape, signed
+from amaranth import Module, Mux, Shape, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -93,6 +93,12 @@ class ProcessingElement(wiring.Component):
         raise NotImplementedError
 
     @classmethod
+    def weight_is_nonzero(cls, code):
+        """Amaranth: the weight ``code`` computes as non-zero (a multiply-accumulate, not a
+        skip)."""
+        return Value.cast(code) != 0
+
+    @classmethod
     def weight_bits(cls):
         """Bits of one weight's code."""
         return Shape.cast(cls.weight_shape).width
@@ -144,6 +150,11 @@ class TernaryPE(ProcessingElement):
     @classmethod
     def decode_weights(cls, codes):
         return trits.decode(codes, invalid_as_zero=True)
+
+    @classmethod
+    def weight_is_nonzero(cls, code):
+        """Bit 0 of a trit's code: ``0b10``, not a trit, computes as zero too."""
+        return Value.cast(code)[0]
 
     def product(self):
         """``w * x_in`` built without a multiplier or a negator.

@@ -36,7 +36,7 @@ to all banks (through the relays when the banks spread over the die). Two carry 
 ``docs/timing.md`` has the builds that led here.
 """
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -183,6 +183,10 @@ class PimBank(wiring.Component):
         The activation chunk for the word read in the previous cycle.
     o_stream : Out(stream.Signature(signed(acc_bits)))
         One row result per read with ``last`` set, in read order, out of the result FIFO.
+    macs : Out(range(lanes + 1))
+        The multiply-accumulates a read did, a cycle after its contribution entered the
+        accumulator: its word's non-zero trits (each an add or a subtract; a zero trit, padding
+        included, is a skip). 0 in every other cycle.
     """
 
     def __init__(self, config, *, fifo_depth):
@@ -198,6 +202,7 @@ class PimBank(wiring.Component):
                 "addr": range(depth), "first": 1, "last": 1}), always_ready=True)),
             "x": In(data.ArrayLayout(signed(config.act_bits), lanes)),
             "o_stream": Out(stream.Signature(signed(config.acc_bits))),
+            "macs": Out(range(lanes + 1)),
         })
 
     @property
@@ -250,8 +255,12 @@ class PimBank(wiring.Component):
         # products are at most 2**(act_bits-1) in magnitude (-128 * -1 for int8).
         tree = m.submodules.tree = AdderTree(count=lanes, levels_before=1,
                                              magnitude=self._config.act_max_magnitude)
+        # The word's non-zero trits (bit 0 of a trit's code), counted in a tree of the same
+        # stages, so the count is ready with the word's contribution.
+        nonzero = m.submodules.nonzero = AdderTree(count=lanes, levels_before=1, magnitude=1)
         for lane in range(lanes):
-            m.d.comb += tree.i[lane].eq(self.product(lane, word[lane], chunk[lane]))
+            m.d.comb += [tree.i[lane].eq(self.product(lane, word[lane], chunk[lane])),
+                         nonzero.i[lane].eq(Value.cast(word[lane])[0])]
 
         control = Signal(data.StructLayout({"valid": 1, "first": 1, "last": 1}))
         m.d.comb += control.eq(Cat(self.rd_stream.valid, self.rd_stream.p.first,
@@ -264,6 +273,7 @@ class PimBank(wiring.Component):
         m.d.comb += total.eq(Mux(at_acc.first, 0, acc) + tree.o)
         with m.If(at_acc.valid):
             m.d.sync += acc.eq(total)
+        m.d.sync += self.macs.eq(Mux(at_acc.valid, nonzero.o, 0))
         results = m.submodules.results = fifo.SyncFIFO(width=self._config.acc_bits,
                                                        depth=self._fifo_depth)
         m.d.comb += [
@@ -351,10 +361,12 @@ class PimBankGroup(wiring.Component):
     busy : Out(1)
         A GEMV is reading, or a result is in the pipeline or waits in the FIFO.
     words_read : Out(ArrayLayout(1, banks))
-        Bit ``b`` is high in every cycle bank ``b`` reads a weight word (all banks together).
+        Bit ``b`` is high in every cycle bank ``b`` reads a weight word (its own read strobe).
     macs : Out(range(banks * lanes + 1))
-        Trit-lanes read into the dot products this cycle: ``banks * lanes`` with a read, else 0
-        (zero trits and padding included).
+        Multiply-accumulates done, summed over the banks' :attr:`PimBank.macs` (non-zero trits;
+        zero trits are skips) in a pipelined tree: a read's count arrives ``1 + ceil(log2(banks))
+        // 2`` cycles after its row's result can leave the group, before a beat of ``banks``
+        words has been serialised.
     """
 
     def __init__(self, config, *, bank=PimBank):
@@ -561,11 +573,13 @@ class PimBankGroup(wiring.Component):
         m.d.sync += rows_owed.eq(rows_owed + (issue & row_end) - taken)
         for bank in banks:
             m.d.comb += bank.o_stream.ready.eq(self.o_stream.ready)
+        macs = m.submodules.macs = AdderTree(count=pim.banks, magnitude=pim.lanes)
         m.d.comb += [
             self.o_stream.valid.eq(banks[0].o_stream.valid),
             self.o_stream.payload.eq(Cat(bank.o_stream.payload for bank in banks)),
             self.busy.eq(running | (rows_owed != 0)),
-            self.words_read.eq(Cat(request.valid for _ in banks)),
-            self.macs.eq(Mux(request.valid, pim.banks * pim.lanes, 0)),
+            self.words_read.eq(Cat(bank.rd_stream.valid for bank in banks)),
+            *[macs.i[b].eq(bank.macs) for b, bank in enumerate(banks)],
+            self.macs.eq(macs.o),
         ]
         return m

@@ -34,14 +34,14 @@ class RegisterFile(wiring.Component):
     ----------
     format : CommandFormat
     max_macs : int
-        The most trit-lanes the device consumes in a cycle.
+        The most multiply-accumulates the device does in a cycle.
 
     Members
     -------
     cycle : In(CYCLE_KIND)
         What this cycle is: exactly one of busy, idle or stalled.
     macs : In(range(max_macs + 1))
-        Trit-lanes consumed this cycle.
+        Multiply-accumulates done this cycle (non-zero weights met; zero ones are skips).
     words_read : In(ArrayLayout(1, banks))
         Bit ``b``: bank ``b`` read a weight word this cycle.
     fail : In(8)

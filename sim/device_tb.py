@@ -17,7 +17,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from golden import trits
 from golden.bitlinear import bitlinear_int, matmul_int
-from hw.commands import STATUS, CommandFormat, ErrorCode, Opcode, unpack_header
+from hw.commands import STATUS, STATUS_FLAGS, CommandFormat, ErrorCode, Opcode, unpack_header
 from hw.commands import pack_header as header
 from hw.config import Config
 from hw.words import pack_ints
@@ -193,12 +193,22 @@ async def start(dut):
 
 @cocotb.test()
 async def operations(dut):
-    """Random GEMVs and GEMM tiles under every idle / back-pressure combination."""
+    """Random GEMVs and GEMM tiles under every idle / back-pressure combination; every status
+    flag is seen both clear and set (a flag that never changes says nothing)."""
     tb, p = await start(dut)
+    seen = {name: set() for name, _ in STATUS_FLAGS}
+
+    def note_flags(status):
+        for name, field in STATUS_FLAGS:
+            seen[name].add((status["flags"] >> field.offset) & 1)
+
+    note_flags(await tb.status())
     for n in range(max(p.get("tiles", 8), len(FLOW_KNOBS))):
         tb.set_flow(*FLOW_KNOBS[n % len(FLOW_KNOBS)])
         await (tb.check_gemv() if n % 2 == 0 else tb.check_gemm())
+        note_flags(await tb.status())
         REPORT["tiles"] += 1
+    assert all(values == {0, 1} for values in seen.values()), f"flags seen: {seen}"
     await tb.send(tb.format.simple(Opcode.READ_COUNTERS))
     await tb.settle()
     REPORT["macs"] = tb.model.macs

@@ -6,17 +6,18 @@ compare the device with it exactly, and the driver can run whole models without 
 Weight codes decode as the hardware computes with them (:mod:`golden.trits` for the banks, the
 PE kind's codec for the array's tile): an invalid trit code (``0b10``) acts as zero.
 
-Counters: ``macs`` and ``words_read`` are exact; ``cycles_busy`` is exact for a host that sends
-each command's words back to back and takes responses at once (:mod:`sw_driver.timing`);
-``cycles_idle`` and ``cycles_stalled`` depend on the host and read as zero.
+Counters: ``macs`` (the non-zero weights met: a zero weight is a skip) and ``words_read`` are
+exact; ``cycles_busy`` is exact for a host that sends each command's words back to back and
+takes responses at once (:mod:`sw_driver.timing`); ``cycles_idle`` and ``cycles_stalled``
+depend on the host and read as zero.
 """
 
 import numpy as np
 
 from golden import trits
 from golden.bitlinear import bitlinear_int, matmul_int
-from hw.commands import (ARGUMENT_WORDS, STATUS_FLAGS, STATUS_MAGIC, WORD_BITS, CommandFormat,
-                         ErrorCode, Opcode, pack_header, unpack_header)
+from hw.commands import (ARGUMENT_WORDS, STATUS, STATUS_FLAGS, STATUS_MAGIC, WORD_BITS,
+                         CommandFormat, ErrorCode, Opcode, pack_header, unpack_header)
 from hw.words import unpack_ints
 
 from .driver import DeviceError, Transport
@@ -127,11 +128,11 @@ class BehaviouralDevice:
                 for _ in range(b):
                     value = yield from self._take(fmt.token_words)
                     token = unpack_ints([value], self.config.act_bits, fmt.rows).astype(np.int8)
-                    self.macs += fmt.rows * fmt.cols
+                    self.macs += int(np.count_nonzero(self.tile))
                     self._out.extend(int(v) & _MASK for v in matmul_int(token, self.tile.T)[0])
             elif op is Opcode.READ_STATUS:
                 flags = int(self.tile_loaded) << STATUS_FLAGS["tile_loaded"].offset
-                self._respond(op, 4, [STATUS_MAGIC, self.error, self.errors, flags])
+                self._respond(op, len(STATUS), [STATUS_MAGIC, self.error, self.errors, flags])
             elif op is Opcode.CLEAR_ERRORS:
                 self.error, self.errors = ErrorCode.NONE.value, 0
 
@@ -168,7 +169,7 @@ class BehaviouralDevice:
         span = self.banks[:, base:base + rows * words_per_row]        # (banks, words, lanes)
         weights = span.reshape(fmt.banks, rows, words_per_row * fmt.lanes)
         x_q = self.acts[:words_per_row].reshape(-1)
-        self.macs += fmt.banks * fmt.lanes * rows * words_per_row
+        self.macs += int(np.count_nonzero(span))
         for bank in range(fmt.banks):
             self.words_read[bank] += rows * words_per_row
         return np.stack([bitlinear_int(x_q, weights[bank]) for bank in range(fmt.banks)], 1)

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from hw.config import ArrayConfig, PimConfig, preset
+from hw.config import ArrayConfig, PimConfig, apply_overrides, preset
 from sim.units import simulate
 
 from .test_array_sim import SignFlipPE
@@ -28,6 +28,15 @@ def test_top_with_one_element_beats_matches_model_and_golden():
     result = simulate("top", config, seed=5, tiles=4)
     assert result.passed, result.failures
     assert result.report["gemvs"] > 0 and result.report["gemms"] > 0
+
+
+def test_int8_device_matches_model_and_golden():
+    """The int8 PE end to end: tile rows of 8-bit weights from the command format, through the
+    device, against the behavioural device and golden's integer product."""
+    config = apply_overrides(preset("tiny"), ["pe=int8"])
+    result = simulate("top", config, seed=6, tiles=6)
+    assert result.passed, result.failures
+    assert result.report["gemms"] > 0
 
 
 def test_top_with_broken_pe_fails():
