@@ -48,7 +48,7 @@ __all__ = ["WORD_BYTES", "RESYNC_WORDS", "STRAY_BYTES", "SerialTransport"]
 WORD_BYTES = 4
 # READ_STATUS words one resynchronisation may send: as many as the longest WRITE_WEIGHTS or
 # LOAD_ACTS of the presets has data words (2,048 on ulx3s-85f), which a garbage header can start.
-# A device silent throughout takes a port timeout per burst of 64: about a minute at 2 s.
+# A device silent throughout costs a port timeout per burst: 38 bursts, 76 s at the default 2 s.
 RESYNC_WORDS = 2048
 # Bytes one wait for silence may discard: four times the largest response of the presets (a GEMV
 # over all 1,024 rows of ulx3s-85f's 16 banks, 64 KiB).
