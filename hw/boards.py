@@ -227,7 +227,8 @@ class LinkCore(wiring.Component):
         UART to the host.
     leds : Out(LEDS)
         ``heartbeat`` blinks at 1 Hz; ``rx`` / ``tx`` light for 50 ms per byte; ``busy`` is the
-        device's; ``error`` is the device's error or a UART overrun or framing error (sticky).
+        device's; ``error`` is the device's error or the bridge's overrun, framing error or
+        resync flag (sticky).
     """
     rx: In(1, init=1)
     tx: Out(1, init=1)
@@ -265,7 +266,7 @@ class LinkCore(wiring.Component):
         status = device.status if "status" in device.signature.members else None
         m.d.comb += [
             self.leds.busy.eq(status.busy if status is not None else 0),
-            self.leds.error.eq(bridge.overrun | bridge.framing_error
+            self.leds.error.eq(bridge.overrun | bridge.framing_error | bridge.resync
                                | (status.error if status is not None else 0)),
         ]
         return m

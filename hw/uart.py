@@ -3,18 +3,29 @@
 Words cross the link least significant byte first. The host has no flow control: the receive
 side buffers ``rx_fifo_words`` words for a device that is not ready, and a byte that finds the
 buffer full is lost and sets the sticky ``overrun`` flag.
+
+Resynchronisation: a host writes each command's bytes back to back, so a word whose bytes stop
+coming part-way was cut by a lost or an extra byte. When no byte arrives for ``resync_bits`` bit
+times while a word is part-assembled, the bridge drops the part word and starts the next word
+afresh (sticky ``resync`` flag). A host that sees garbage or silence waits longer than that, then
+sends ``READ_STATUS`` until a status arrives (:mod:`sw_driver.serial_link`).
 """
 
 from amaranth import Cat, Const, Module, Signal
 from amaranth.lib import cdc, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["DEFAULT_BAUD", "RX_FIFO_WORDS", "baud_divisor", "UARTRx", "UARTTx", "UARTBridge"]
+__all__ = ["DEFAULT_BAUD", "RX_FIFO_WORDS", "RESYNC_BITS", "baud_divisor", "UARTRx", "UARTTx",
+           "UARTBridge"]
 
 DEFAULT_BAUD = 115200           # the line rate of every board build unless asked otherwise
 
 BAUD_TOLERANCE = 0.02           # 8N1 samples the stop bit 9.5 bits in: 2 % is a safe mismatch
 RX_FIFO_WORDS = 64              # the bridge's default receive buffer (the host's burst limit)
+# A part word is dropped after 10 ms without a byte at 115,200 baud. Inside a command the only
+# gaps are a USB-serial adapter's between USB transfers, about a 1 ms frame; the host waits its
+# read timeout (2 s by default), far longer, before it resynchronises.
+RESYNC_BITS = 1152
 
 
 def baud_divisor(clk_hz, baud):
@@ -159,6 +170,9 @@ class UARTBridge(wiring.Component):
         ``clk_hz / round(clk_hz / baud)``.
     rx_fifo_words : int
         Received words buffered for a device that is not ready.
+    resync_bits : int
+        Bit times without a byte after which a part-assembled word is dropped (at least 20:
+        back-to-back bytes arrive every 10).
 
     Members
     -------
@@ -174,6 +188,9 @@ class UARTBridge(wiring.Component):
         Pulse once per byte received / started (activity LEDs).
     overrun, framing_error : Out(1)
         Sticky until reset: a received byte was lost / had a low stop bit.
+    resync : Out(1)
+        Sticky until reset: a part-assembled word was dropped after ``resync_bits`` idle bit
+        times (a byte was lost or added on the way).
     """
     rx: In(1, init=1)
     tx: Out(1, init=1)
@@ -183,12 +200,18 @@ class UARTBridge(wiring.Component):
     tx_byte: Out(1)
     overrun: Out(1)
     framing_error: Out(1)
+    resync: Out(1)
 
-    def __init__(self, *, clk_hz, baud=DEFAULT_BAUD, rx_fifo_words=RX_FIFO_WORDS):
+    def __init__(self, *, clk_hz, baud=DEFAULT_BAUD, rx_fifo_words=RX_FIFO_WORDS,
+                 resync_bits=RESYNC_BITS):
         self._divisor = baud_divisor(clk_hz, baud)
         if not (isinstance(rx_fifo_words, int) and rx_fifo_words >= 1):
             raise ValueError(f"rx_fifo_words must be a positive integer, not {rx_fifo_words!r}")
+        if not (isinstance(resync_bits, int) and resync_bits >= 20):
+            raise ValueError(f"resync_bits must be an integer of at least 20 (two byte frames), "
+                             f"not {resync_bits!r}")
         self._rx_fifo_words = rx_fifo_words
+        self._resync_bits = resync_bits
         super().__init__()
 
     @property
@@ -222,6 +245,19 @@ class UARTBridge(wiring.Component):
         ]
         with m.If(byte.valid & byte.ready):
             m.d.sync += [low.eq(Cat(low[8:], byte.payload)), count.eq(count + 1)]
+
+        # Resynchronise: `idle` restarts while a byte is on offer (so a full FIFO never counts as
+        # a gap) and counts up from there; its top bit, a register, rises `resync_bits` bit times
+        # after the last byte was taken. A part word then is dropped: `count` restarts.
+        idle_cycles = self._resync_bits * self._divisor
+        idle_width = (idle_cycles - 1).bit_length()
+        idle = Signal(idle_width + 1, init=1 << idle_width)
+        with m.If(byte.valid):
+            m.d.sync += idle.eq((1 << idle_width) - idle_cycles)
+        with m.Elif(~idle[-1]):
+            m.d.sync += idle.eq(idle + 1)
+        with m.Elif(count != 0):
+            m.d.sync += [count.eq(0), self.resync.eq(1)]
 
         # Send: a taken word leaves as four bytes, least significant first.
         word = Signal(32)

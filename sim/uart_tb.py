@@ -7,10 +7,11 @@ accelerator: :class:`sw_driver.driver.Accelerator` over
 :class:`sw_driver.serial_link.SerialTransport` over :class:`UartPort`, a byte port with
 pyserial's interface backed by the UART models. The blocking driver runs in a thread
 (``cocotb.task.bridge``); each call to the port runs in the simulation (``cocotb.task.resume``).
+``link_recovers`` runs it over :class:`FaultyPort`, which loses, adds or corrupts a byte.
 
 Parameters (``BITTERN_PARAMS``): ``baud``, ``seed``, ``leds`` (bit offset of each LED);
-``words`` (echo test); ``config``, ``gemvs``, ``tokens``, ``timeout_bytes`` and optionally
-``burst_words`` (accelerator test).
+``words`` (echo test); ``config`` and ``timeout_bytes`` (accelerator and recovery tests);
+``gemvs``, ``tokens`` and optionally ``burst_words`` (accelerator test).
 """
 
 import logging
@@ -23,8 +24,9 @@ from cocotb.utils import get_sim_time
 from cocotbext.uart import UartSink, UartSource
 
 from golden.bitlinear import bitlinear_int
-from hw.commands import ErrorCode, pack_header
+from hw.commands import ErrorCode, Opcode, pack_header
 from hw.config import Config
+from hw.uart import RESYNC_BITS
 from sim.tb import TB, params, write_report
 from sw_driver.driver import Accelerator, DeviceError
 from sw_driver.serial_link import SerialTransport
@@ -77,6 +79,9 @@ class UartPort:
     """
 
     def __init__(self, tb, *, timeout_ns):
+        # The transport resynchronises by staying silent for a timeout: longer than the gap
+        # after which the board's bridge drops a part word.
+        assert timeout_ns > RESYNC_BITS * 1e9 / tb.baud, "the port timeout is within the gap"
         self.tb, self.timeout_ns = tb, timeout_ns
 
     def write(self, data):
@@ -104,6 +109,27 @@ class UartPort:
                 break
             await sink.wait(timeout=left, timeout_unit="ns")
         return data
+
+
+class FaultyPort(UartPort):
+    """A :class:`UartPort` whose line loses, adds or corrupts one byte: ``fault = (kind, opcode,
+    at)`` acts on byte ``at`` of the next command of ``opcode`` written (the driver writes a
+    command at a time)."""
+
+    fault = None
+
+    def write(self, data):
+        line = bytearray(data)
+        if self.fault and line[0] == self.fault[1].value:
+            (kind, _, at), self.fault = self.fault, None
+            if kind == "lose":
+                del line[at]
+            elif kind == "add":
+                line.insert(at, 0x5A)
+            else:
+                line[at] ^= 0xFF
+        super().write(line)
+        return len(data)
 
 
 @cocotb.test()
@@ -231,3 +257,45 @@ async def accelerator_over_uart(dut):
     await RisingEdge(dut.clk)
     assert tb.led("error") == 0, "the link lost a byte (overrun) or saw a framing error"
     write_report({**REPORT, **report, "cycles": tb.cycle()})
+
+
+# Where each fault lands in a GEMV's commands (WRITE_WEIGHTS for each bank, LOAD_ACTS, GEMV), and
+# what the driver's error then says. Lost or added: byte 9, in bank 0's first weight word; every
+# word after it is out of step until the bridge drops the part word left over. Corrupted: the
+# LOAD_ACTS opcode, which the device refuses; the error is sticky (a corrupted data byte would go
+# unseen: the command format has no checksum).
+FAULTS = {"lose": (Opcode.WRITE_WEIGHTS, 9, "resynchronised"),
+          "add": (Opcode.WRITE_WEIGHTS, 9, "resynchronised"),
+          "corrupt": (Opcode.LOAD_ACTS, 0, "UNKNOWN_OPCODE")}
+
+
+def _recover(accelerator, port, fault, p):
+    """A GEMV, a GEMV whose commands meet ``fault``, then a GEMV after clear_errors (blocking:
+    runs in the driver's thread)."""
+    rng = np.random.default_rng(p["seed"])
+    _random_gemv(accelerator, rng)
+    opcode, at, says = FAULTS[fault]
+    port.fault = (fault, opcode, at)
+    _expect_error(lambda: _random_gemv(accelerator, rng), says)
+    assert port.fault is None, "the fault fell beyond the GEMV's commands"
+    accelerator.clear_errors()
+    _random_gemv(accelerator, rng)
+    accelerator.check()
+
+
+@cocotb.test()
+@cocotb.parametrize(fault=list(FAULTS))
+async def link_recovers(dut, fault):
+    """A byte lost, added or corrupted in the middle of a GEMV's commands: the GEMV raises a
+    DeviceError saying what happened, never wrong results, and after clear_errors the next GEMV
+    equals golden's. The bridge's resync flag keeps the error LED lit after a lost or added byte
+    (the device's error, cleared, no longer does)."""
+    p = params()
+    tb = LinkTB(dut, p)
+    await tb.reset()
+    port = FaultyPort(tb, timeout_ns=p["timeout_bytes"] * tb.byte_ns)
+    accelerator = Accelerator(SerialTransport(port), Config.from_dict(p["config"]))
+    await bridge(_recover)(accelerator, port, fault, p)
+    await RisingEdge(dut.clk)
+    assert tb.led("error") == (fault != "corrupt"), f"error LED {tb.led('error')} after {fault}"
+    write_report({**REPORT, "cycles": tb.cycle()})

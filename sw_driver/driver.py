@@ -38,6 +38,12 @@ class Transport:
         """Send ``words``; return the next ``count`` response words."""
         raise NotImplementedError
 
+    def resynchronise(self):
+        """Bring the device back in step after a response that is not the one owed, and say how
+        (for the driver's error). Words are never lost, added or corrupted on a stream or in the
+        model: there is nothing to do."""
+        return ""
+
 
 @dataclass
 class Counters:
@@ -74,8 +80,13 @@ class Accelerator:
     def _respond(self, words, opcode, count):
         out = self.transport.transact(words, count + 1)
         header = unpack_header(out[0])
-        if header["opcode"] != opcode.value:
-            raise DeviceError(f"expected a {opcode.name} response, got header {out[0]:#010x}")
+        # The response header repeats the opcode, and GEMV's rows or GEMM's tokens (``b``), or
+        # counts the data words that follow.
+        owed = unpack_header(words[0])["b"] if opcode in (Opcode.GEMV, Opcode.GEMM) else count
+        if (header["opcode"], header["b"]) != (opcode.value, owed):
+            how = self.transport.resynchronise()
+            raise DeviceError(f"expected a {opcode.name} response, got header {out[0]:#010x}"
+                              + (f"; {how}" if how else ""))
         if header["a"] != ErrorCode.NONE.value:
             raise DeviceError(f"device error {ErrorCode(header['a']).name} "
                               f"(reported with {opcode.name})")

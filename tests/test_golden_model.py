@@ -11,6 +11,8 @@ from golden.model import (
     linear_shapes, random_float_tensors, rms_norm, rope_inverse_frequencies, rope_tables,
 )
 
+from .extras import require
+
 f32 = np.float32
 CFG = ModelConfig(hidden=32, layers=2, heads=4, kv_heads=2, ffn=48, vocab=61, max_seq=24)
 TOKENS = [5, 17, 42, 3, 60, 0, 29, 11, 8, 33]
@@ -273,12 +275,11 @@ def test_model_errors_say_what_is_wrong(weights, call, message):
     assert str(error.value) == message
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch's own, raised on import
+# torch's own, raised as torch.compile loads its inductor (transformers compiles the quantisers).
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_matches_hugging_face_bitnet_online_quantisation():
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    if not hasattr(transformers, "BitNetForCausalLM"):
-        pytest.skip(f"transformers {transformers.__version__} has no BitNetForCausalLM")
+    torch = require("torch", extra="hf")
+    transformers = require("transformers", extra="hf")
     from transformers.integrations.bitnet import replace_with_bitnet_linear
 
     cfg = ModelConfig(hidden=64, layers=2, heads=4, kv_heads=2, ffn=96, vocab=97, max_seq=32)

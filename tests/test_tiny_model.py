@@ -1,14 +1,25 @@
 """The shipped tiny model: it loads, fits the ulx3s-85f banks, and the golden model reproduces
-the text and the held-out bits per byte recorded in tiny.json. Needs no torch."""
+the text and the held-out bits per byte recorded in tiny.json. Only the training graph's test
+needs torch."""
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
 from golden import Model, ModelConfig, linear_shapes
+from golden.model import TernaryWeight
 from hw.config import preset
 from sw_driver import models, tokenizer
+
+from .extras import require
+
+# How far the held-out bits per byte may stray from tiny.json's figure on a corpus other than the
+# one it was measured on: pydoc_data.topics changes with each CPython release, and so does its
+# last tenth. On the corpora of CPython 3.9.18 to 3.13.0 it lies within 0.057 of the record
+# (3.13.0 the farthest); negating one matrix's trits raises it by 1.6 or more (to 3.55 or more).
+BPB_TOLERANCE = 0.15
 
 
 @pytest.fixture(scope="module")
@@ -47,26 +58,46 @@ def test_tiny_greedy_text_is_deterministic_and_as_shipped(tiny, info):
     assert tokenizer.decode(first) == sample["text"]
 
 
-def test_tiny_held_out_bits_per_byte(tiny, info):
-    data = models.corpus()
-    if models.corpus_sha256(data) != info["corpus"]["sha256"]:
-        pytest.skip(f"pydoc_data.topics differs from the text the model was measured on "
-                    f"(Python {info['corpus']['python']})")
-    cfg, weights = tiny
-    _, held_out = models.split(data)
-    check = info["check"]
-    batch = models.windows(held_out, cfg.max_seq, check["windows"])
-    bpb = models.bits_per_byte(cfg, weights, batch)
-    assert bpb == pytest.approx(check["golden_bits_per_byte"], abs=1e-3)
+def _held_out_bits_per_byte(cfg, weights, info, *, windows=None):
+    """The golden model's bits per byte on the held-out windows tiny.json names, from this
+    Python's corpus."""
     held = info["held_out"]
-    assert held["golden_bits_per_byte"] < 3.5
+    _, held_out = models.split(models.corpus())
+    batch = models.windows(held_out, held["window_bytes"], windows or held["windows"])
+    return models.bits_per_byte(cfg, weights, batch)
+
+
+def test_tiny_held_out_bits_per_byte(tiny, info):
+    """Recomputed on any CPython: within BPB_TOLERANCE of the recorded figure, and equal to the
+    recorded digits where the corpus is the one it was measured on (the same SHA-256)."""
+    cfg, weights = tiny
+    held = info["held_out"]
     assert held["golden_bits_per_byte"] == pytest.approx(held["torch_ternary_bits_per_byte"],
                                                          abs=0.01)
+    bpb = _held_out_bits_per_byte(cfg, weights, info)
+    assert bpb == pytest.approx(held["golden_bits_per_byte"], abs=BPB_TOLERANCE)
+    if models.corpus_sha256(models.corpus()) == info["corpus"]["sha256"]:
+        assert round(bpb, 3) == held["golden_bits_per_byte"]
+        check = info["check"]
+        assert _held_out_bits_per_byte(cfg, weights, info, windows=check["windows"]) == \
+            pytest.approx(check["golden_bits_per_byte"], abs=1e-3)
+
+
+def test_held_out_check_catches_a_sign_flipped_matrix(tiny, info):
+    """With the trits of one matrix negated, the one whose negation moves the figure least
+    (layer 1's q_proj: 3.55 bits per byte), the check above fails."""
+    cfg, weights = tiny
+    name = "layers.1.self_attn.q_proj"
+    trits, gamma = weights.linears[name]
+    broken = dataclasses.replace(weights, linears={**weights.linears,
+                                                   name: TernaryWeight(-trits, gamma)})
+    bpb = _held_out_bits_per_byte(cfg, broken, info)
+    assert bpb != pytest.approx(info["held_out"]["golden_bits_per_byte"], abs=BPB_TOLERANCE)
 
 
 def test_training_graph_is_the_golden_model():
     """train_tiny's torch model, exported, gives the golden model's logits (needs torch)."""
-    torch = pytest.importorskip("torch", reason="torch (the train extra) is not installed")
+    torch = require("torch", extra="train")
     from sw_driver.train_tiny import TinyLM, export
     cfg = ModelConfig(hidden=64, layers=2, heads=4, kv_heads=2, ffn=96, vocab=256, max_seq=32,
                       rope_theta=10000.0)

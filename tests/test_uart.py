@@ -85,13 +85,71 @@ def test_bridge_rejects_a_bad_fifo_depth():
         UARTBridge(clk_hz=CLK_HZ, rx_fifo_words=0)
 
 
+@pytest.mark.parametrize("resync_bits", [19, 20.0, None])
+def test_bridge_rejects_a_bad_resync_gap(resync_bits):
+    with pytest.raises(ValueError) as error:
+        UARTBridge(clk_hz=CLK_HZ, resync_bits=resync_bits)
+    assert str(error.value) == (f"resync_bits must be an integer of at least 20 (two byte "
+                                f"frames), not {resync_bits!r}")
+
+
+def _bridge_words(script, *, divisor=4, resync_bits=20):
+    """What a :class:`UARTBridge` makes of ``script``, ``(idle bit times, byte)`` pairs sent on
+    its line: the words it assembles, and its ``resync`` flag at the end."""
+    bridge = UARTBridge(clk_hz=divisor * 1e6, baud=1_000_000, resync_bits=resync_bits)
+    words, flag = [], []
+
+    async def line(ctx):
+        for idle, byte in script:
+            if idle:
+                await ctx.tick().repeat(idle * divisor)
+            for bit in [0, *(byte >> i & 1 for i in range(8)), 1]:
+                ctx.set(bridge.rx, bit)
+                await ctx.tick().repeat(divisor)
+        await ctx.tick().repeat(5 * divisor)            # the last word leaves; no gap yet
+        flag.append(ctx.get(bridge.resync))
+
+    async def receive(ctx):
+        ctx.set(bridge.o_stream.ready, 1)
+        async for _, _, valid, payload in ctx.tick().sample(bridge.o_stream.valid,
+                                                           bridge.o_stream.payload):
+            if valid:
+                words.append(payload)
+
+    sim = Simulator(bridge)
+    sim.add_clock(1e-6 / divisor)
+    sim.add_testbench(line)
+    sim.add_testbench(receive, background=True)
+    sim.run()
+    return words, flag[0]
+
+
+@pytest.mark.parametrize("gap, words, resync", [
+    (9, [0x44332211], 0),                    # bytes 11 and 22 arrive 19 bit times apart: kept
+    (11, [0x55443322], 1),                   # 21 bit times: the part word (11) is dropped
+])
+def test_bridge_drops_a_part_word_after_the_resync_gap(gap, words, resync):
+    """``resync_bits`` = 20: a part-assembled word waits up to 20 bit times (from one byte's
+    arrival, its stop bit, to the next's) for its next byte, then is dropped; back-to-back
+    bytes arrive every 10."""
+    script = [(0, 0x11), (gap, 0x22), (0, 0x33), (0, 0x44), (0, 0x55), (0, 0x66)]
+    assert _bridge_words(script) == (words, resync)
+
+
+def test_bridge_never_drops_a_whole_word():
+    """Gaps between words do not count, however long."""
+    script = [(0, 0x11), (0, 0x22), (0, 0x33), (0, 0x44), (60, 0x55), (0, 0x66), (0, 0x77),
+              (0, 0x88)]
+    assert _bridge_words(script) == ([0x44332211, 0x88776655], 0)
+
+
 def _run(device, testcase, **extra):
     core = LinkCore(device, clk_hz=CLK_HZ, baud=BAUD)
     build = flow.verilator_build(core, unit="uart", metadata={"baud": BAUD, "clk_hz": CLK_HZ})
     leds = {name: LEDS[name].offset for name in LEDS.members}
-    return flow.verilator_run(build, test_module="sim.uart_tb", name="-".join(testcase),
-                         testcase=testcase, seed=1,
-                         params={"baud": BAUD, "seed": 1, "leds": leds, **extra})
+    name = "-".join(testcase).replace("/", "_")         # link_recovers/fault=lose: a file name
+    return flow.verilator_run(build, test_module="sim.uart_tb", name=name, testcase=testcase,
+                              seed=1, params={"baud": BAUD, "seed": 1, "leds": leds, **extra})
 
 
 def test_words_echo_over_uart():
@@ -130,6 +188,16 @@ def test_driver_over_uart_matches_golden():
     report = result.report
     assert report["gemvs"] == 5 and report["gemm_tokens"] == 100 and report["macs"] > 0
     assert report["bytes_received"] > 4 * 100 * TINY.array.cols
+
+
+def test_driver_recovers_from_a_lost_added_or_corrupted_byte():
+    """Each fault in the middle of a GEMV's commands on the line: the driver reports it (a
+    DeviceError naming the resynchronisation or the device's error), the board keeps working
+    (the next GEMV equals golden's), and a lost or added byte lights the error LED."""
+    faults = ["lose", "add", "corrupt"]
+    result = _run(Device(TINY), [f"link_recovers/fault={fault}" for fault in faults],
+                  config=TINY.to_dict(), timeout_bytes=200)
+    assert result.passed and result.tests == len(faults), result.failures
 
 
 def test_driver_over_uart_catches_a_broken_device():
