@@ -7,9 +7,11 @@ Weight codes decode as the hardware computes with them (:mod:`golden.trits` for 
 PE kind's codec for the array's tile): an invalid trit code (``0b10``) acts as zero.
 
 Counters: ``macs`` (the non-zero weights met: a zero weight is a skip) and ``words_read`` are
-exact; ``cycles_busy`` is exact for a host that sends each command's words back to back and
-takes responses at once (:mod:`sw_driver.timing`); ``cycles_idle`` and ``cycles_stalled``
-depend on the host and read as zero.
+exact. The cycle counters are exact for a host that offers every word as soon as the device can
+take it and takes every response word at once: ``cycles_busy`` from :mod:`sw_driver.timing`,
+``cycles_idle`` one cycle per header, ``cycles_stalled`` none. For a host of any other timing,
+:class:`sw_driver.cycles.DeviceCycles` steps the device's control cycle by cycle around this
+device and reads out the counters the RTL does.
 """
 
 import numpy as np
@@ -26,7 +28,6 @@ from .timing import CommandTiming
 __all__ = ["BehaviouralDevice", "BehaviouralTransport"]
 
 _MASK = (1 << WORD_BITS) - 1
-_OPCODES = {op.value for op in Opcode}
 
 
 class BehaviouralDevice:
@@ -49,7 +50,7 @@ class BehaviouralDevice:
         self.error = ErrorCode.NONE.value
         self.errors = 0
         self.macs = 0
-        self.busy = 0
+        self.busy = self.idle = 0
         self.words_read = [0] * fmt.banks
         self._out = []
         self._parser = self._commands()
@@ -83,8 +84,9 @@ class BehaviouralDevice:
         fmt = self.format
         while True:
             header = unpack_header((yield))
+            self.idle += 1                      # the cycle the header is decoded in
             op, a, b = header["opcode"], header["a"], header["b"]
-            problem = self._decode(op, a, b)
+            problem = fmt.header_error(op, a, b, tile_loaded=self.tile_loaded)
             if problem:
                 self._fail(problem)
                 continue
@@ -92,7 +94,7 @@ class BehaviouralDevice:
             args = []
             for _ in range(ARGUMENT_WORDS.get(op, 0)):
                 args.append((yield))
-            problem = self._check(op, b, args)
+            problem = fmt.argument_error(op, b, args)
             if problem:
                 self._fail(problem)
                 self.busy += self.timing.rejected_after_arguments(op)
@@ -136,33 +138,6 @@ class BehaviouralDevice:
             elif op is Opcode.CLEAR_ERRORS:
                 self.error, self.errors = ErrorCode.NONE.value, 0
 
-    def _decode(self, op, a, b):
-        """The header checks of the RTL's DECODE state, in the same order."""
-        if op not in _OPCODES:
-            return ErrorCode.UNKNOWN_OPCODE
-        op = Opcode(op)
-        if op is Opcode.WRITE_WEIGHTS:
-            return (ErrorCode.BAD_BANK if a >= self.format.banks else
-                    ErrorCode.BAD_LENGTH if b == 0 else None)
-        if op in (Opcode.LOAD_ACTS, Opcode.GEMV, Opcode.GEMM):
-            return (ErrorCode.RESERVED_FIELD if a else ErrorCode.BAD_LENGTH if b == 0 else
-                    ErrorCode.NO_TILE if op is Opcode.GEMM and not self.tile_loaded else None)
-        return ErrorCode.RESERVED_FIELD if a or b else None
-
-    def _check(self, op, b, args):
-        """The argument checks of the RTL's CHECK state."""
-        fmt = self.format
-        if op is Opcode.WRITE_WEIGHTS and args[0] + b > fmt.depth:
-            return ErrorCode.BAD_ADDRESS
-        if op is Opcode.LOAD_ACTS and args[0] + b > fmt.act_words:
-            return ErrorCode.BAD_ADDRESS
-        if op is Opcode.GEMV:
-            if not 1 <= args[1] <= fmt.act_words:
-                return ErrorCode.BAD_SHAPE
-            if args[0] + b * args[1] > fmt.depth:
-                return ErrorCode.BAD_ADDRESS
-        return None
-
     def _gemv(self, base, rows, words_per_row):
         """Results ``(rows, banks)``: bank b's row r dotted with the activation chunks."""
         fmt = self.format
@@ -175,8 +150,9 @@ class BehaviouralDevice:
         return np.stack([bitlinear_int(x_q, weights[bank]) for bank in range(fmt.banks)], 1)
 
     def counters(self):
-        """Counter values, in ``CommandFormat.counter_names`` order (idle, stalled: zero)."""
-        return [self.busy & _MASK, 0, 0, self.macs & _MASK,
+        """Counter values, in ``CommandFormat.counter_names`` order (for a host that never waits:
+        see the module docstring)."""
+        return [self.busy & _MASK, self.idle & _MASK, 0, self.macs & _MASK,
                 *[w & _MASK for w in self.words_read]]
 
 
