@@ -37,7 +37,8 @@ REPORT = {"tiles": 0, "gemvs": 0, "gemms": 0, "bad_commands": 0, "fuzz_words": 0
 
 
 class DeviceTB(TB):
-    """Sends command words, collects response words, and checks them against the model."""
+    """Sends command words, collects response words, and checks them against the behavioural
+    device."""
 
     def __init__(self, dut, config, seed):
         super().__init__(dut, seed=seed)
@@ -73,7 +74,7 @@ class DeviceTB(TB):
         return self._ideal
 
     async def send(self, words):
-        """Send command words; the model predicts what the device must answer."""
+        """Send command words; the behavioural device predicts what the device must answer."""
         self.expected += self.model.feed(words)
         await self.source.send(words, self.cycle)
 
@@ -356,7 +357,7 @@ def fuzz_words(rng, fmt, count):
 @cocotb.test()
 async def fuzz_with_watchdog(dut):
     """At least 10,000 random command words; after every batch the device must still answer
-    status reads (a watchdog fails the test otherwise), and must agree with the model."""
+    status reads (a watchdog fails the test otherwise), and must agree with the behavioural device."""
     tb, p = await start(dut)
     fmt = tb.format
     total = p.get("fuzz_words", 10_000)

@@ -1,4 +1,4 @@
-"""The driver on the behavioural model: mapping, both integer paths, whole-model runs."""
+"""The driver on the behavioural device: mapping, both integer paths, whole-model runs."""
 
 import dataclasses
 
