@@ -35,7 +35,8 @@ from golden.fixedpoint import (
     dyadic_reciprocal, dyadic_rsqrt, dyadic_value, exp2_lookup, shift_round, sine_lookup,
     table_error_bounds,
 )
-from golden.model import WeightsCore, linear_shapes, norm_sizes, rope_inverse_frequencies
+from golden.model import (ATTENTION_INPUTS, MLP_INPUTS, WeightsCore, linear_shapes, norm_sizes,
+                          rope_inverse_frequencies)
 from golden.widths import signed_bits_for
 
 __all__ = [
@@ -630,7 +631,7 @@ class IntegerModel:
         steps = h.shape[0]
         x_q, rho = norm_quantize(h, -p.residual_fraction, p.norms[f"layers.{i}.input_layernorm"],
                                  p.tables, check)
-        q, k, v = self._linears(x_q, rho, prefix, ("q_proj", "k_proj", "v_proj"), "projection",
+        q, k, v = self._linears(x_q, rho, prefix, ATTENTION_INPUTS, "projection",
                                 check)
         q = apply_rope(q.reshape(steps, cfg.heads, cfg.head_dim), *rope, check)
         k = apply_rope(k.reshape(steps, cfg.kv_heads, cfg.head_dim), *rope, check)
@@ -649,7 +650,7 @@ class IntegerModel:
         check = self._checker(prefix)
         x_q, rho = norm_quantize(h, -p.residual_fraction,
                                  p.norms[f"layers.{i}.post_attention_layernorm"], p.tables, check)
-        gate, up = self._linears(x_q, rho, prefix, ("gate_proj", "up_proj"), "projection", check)
+        gate, up = self._linears(x_q, rho, prefix, MLP_INPUTS, "projection", check)
         inner, exponent = ffn_inner(gate, up, p.linears[prefix + "gate_proj"].out_fraction,
                                     p.linears[prefix + "up_proj"].out_fraction, check)
         x_q, rho = norm_quantize(inner, exponent, p.norms[prefix + "ffn_sub_norm"], p.tables,

@@ -30,7 +30,8 @@ from golden.trits import check_trits
 
 __all__ = [
     "ModelConfig", "BITNET_B158_2B4T", "TernaryWeight", "ModelWeights", "linear_shapes",
-    "norm_sizes", "random_float_tensors", "WeightsCore", "CoreCall", "RecordingCore", "Model",
+    "ATTENTION_INPUTS", "MLP_INPUTS", "input_groups", "norm_sizes", "random_float_tensors",
+    "WeightsCore", "CoreCall", "RecordingCore", "Model",
     "rms_norm", "rope_inverse_frequencies", "rope_tables", "apply_rope", "attention",
 ]
 
@@ -119,6 +120,22 @@ def linear_shapes(cfg):
         shapes.update({f"layers.{i}.self_attn.{name}": shape for name, shape in attn.items()})
         shapes.update({f"layers.{i}.mlp.{name}": shape for name, shape in mlp.items()})
     return shapes
+
+
+# The BitLinears of a layer that share one activation quantisation (one x_q), in call order.
+ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")
+MLP_INPUTS = ("gate_proj", "up_proj")
+
+
+def input_groups(cfg):
+    """Tuples of BitLinear names that the forward pass calls with one and the same ``x_q``,
+    in call order (``linear_shapes`` order): per layer q|k|v, o, gate|up, down."""
+    groups = []
+    for i in range(cfg.layers):
+        attn, mlp = f"layers.{i}.self_attn.", f"layers.{i}.mlp."
+        groups += [tuple(attn + name for name in ATTENTION_INPUTS), (attn + "o_proj",),
+                   tuple(mlp + name for name in MLP_INPUTS), (mlp + "down_proj",)]
+    return groups
 
 
 def norm_sizes(cfg):
@@ -425,7 +442,7 @@ class Model:
         cfg, prefix = self.cfg, f"layers.{i}.self_attn."
         steps = h.shape[0]
         a = self._norm(h, f"layers.{i}.input_layernorm")
-        q, k, v = self._bitlinears(a, prefix, ("q_proj", "k_proj", "v_proj"))
+        q, k, v = self._bitlinears(a, prefix, ATTENTION_INPUTS)
         q = apply_rope(q.reshape(steps, cfg.heads, cfg.head_dim), *rope)
         k = apply_rope(k.reshape(steps, cfg.kv_heads, cfg.head_dim), *rope)
         keys[i] = np.concatenate([keys[i], k])
@@ -437,7 +454,7 @@ class Model:
     def _mlp_block(self, i, h):
         prefix = f"layers.{i}.mlp."
         m = self._norm(h, f"layers.{i}.post_attention_layernorm")
-        gate, up = self._bitlinears(m, prefix, ("gate_proj", "up_proj"))
+        gate, up = self._bitlinears(m, prefix, MLP_INPUTS)
         inner = self._norm(np.square(np.maximum(gate, 0)) * up, prefix + "ffn_sub_norm")
         (out,) = self._bitlinears(inner, prefix, ("down_proj",))
         return h + out

@@ -357,7 +357,8 @@ def fuzz_words(rng, fmt, count):
 @cocotb.test()
 async def fuzz_with_watchdog(dut):
     """At least 10,000 random command words; after every batch the device must still answer
-    status reads (a watchdog fails the test otherwise), and must agree with the behavioural device."""
+    status reads (a watchdog fails the test otherwise), and must agree with the behavioural
+    device."""
     tb, p = await start(dut)
     fmt = tb.format
     total = p.get("fuzz_words", 10_000)
