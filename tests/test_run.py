@@ -34,9 +34,11 @@ def _agree(common):
     assert rtl.returncode == 0, rtl.stdout + rtl.stderr
     for report in (behavioural_report, rtl_report):
         assert report["checked"] is True
-    for key in ("text", "tokens", "prefill_cycles", "cycles_per_token", "calls"):
+    for key in ("text", "tokens", "prefill_cycles", "cycles_per_token", "calls",
+                "link_words_per_token"):
         assert behavioural_report[key] == rtl_report[key], key
     assert rtl_report["calls"]["gemv"] > 0
+    return rtl_report
 
 
 def test_behavioural_and_rtl_backends_agree_bit_exactly(nano_model):
@@ -53,8 +55,16 @@ def test_model_is_the_behavioural_backend_by_its_old_name(nano_model):
 
 def test_shipped_model_on_the_ulx3s_device():
     """The shipped tiny model, resident in the ulx3s-85f banks, on the full-size device (a
-    Verilator build of about 25 seconds, then about 2 seconds a token)."""
-    _agree(["--model", "tiny", "--preset", "ulx3s-85f", "--tokens", "4", "--check", "--json"])
+    Verilator build of about 25 seconds, then about 2 seconds a token); bittern perf predicts
+    its cycles."""
+    rtl = _agree(["--model", "tiny", "--preset", "ulx3s-85f", "--prompt", "a = b",
+                  "--tokens", "4", "--check", "--json"])
+    perf = subprocess.run([sys.executable, "-m", "sw_driver.cli", "perf", "--preset",
+                           "ulx3s-85f", "--prompt-tokens", "5", "--tokens", "4", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    predicted = json.loads(perf.stdout.strip().splitlines()[-1])
+    assert (predicted["prefill_cycles"], predicted["cycles_per_token"]) == (
+        rtl["prefill_cycles"], rtl["cycles_per_token"])
 
 
 @pytest.mark.parametrize("args, message", [

@@ -42,7 +42,7 @@ def cmd_run(args):
     try:
         report = backends[args.backend](args, config, model_config, weights, prompt)
     except MappingError as error:
-        raise UserError(f"{error}; try --preset {RUN_PRESET}") from None
+        raise UserError(f"{error}{_bigger(args)}") from None
     print(f"{args.prompt}{report['text']}")
     for line in _figures(report, config):
         print(line)
@@ -52,6 +52,11 @@ def cmd_run(args):
     if args.json:
         print(json.dumps({"backend": args.backend, **report}))
     return 0 if report.get("checked") is not False else 1
+
+
+def _bigger(args):
+    """A hint at a preset whose banks are bigger, unless it is the one used."""
+    return "" if (args.preset or RUN_PRESET) == RUN_PRESET else f"; try --preset {RUN_PRESET}"
 
 
 def _figures(report, config):
@@ -236,7 +241,7 @@ def _backend(value):
 
 def add_commands(commands):
     """Register ``run`` and ``eval`` on ``commands`` (from ``add_subparsers``)."""
-    from ..mapper import DeviceCore
+    from ..mapper import Schedule
 
     run = commands.add_parser("run", help="generate text with a model on the device")
     run.add_argument("--model", default="tiny", metavar="tiny|PATH",
@@ -256,7 +261,7 @@ def add_commands(commands):
                           f"projection's (bittern synth --baud; default {DEFAULT_BAUD})")
     run.add_argument("--check", action="store_true",
                      help="compare every BitLinear result and token with golden/")
-    run.add_argument("--prefill", choices=DeviceCore.PREFILL, default="auto",
+    run.add_argument("--prefill", choices=Schedule.PREFILL, default="auto",
                      help="where the prompt's BitLinears run: the faster unit by the command "
                           "timing (default), the banks token by token, or the array")
     run.add_argument("--numeric", choices=["float", "integer"], default="float",
