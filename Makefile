@@ -31,12 +31,13 @@ demo: $(STAMP)
 	$(BIN)/bittern run --model tiny --backend rtl --tokens 16 --check
 
 # The suite's quick synthesis tests (PLL dividers, PE and array area) need the YoWASP tools; the
-# training graph needs torch, golden against Hugging Face torch and transformers. A test that
+# training graph needs torch, golden against Hugging Face torch and transformers, the sweep
+# Dask and matplotlib. A test that
 # needs an extra listed in BITTERN_EXTRAS fails, rather than skips, when it does not import.
 # One BLAS thread per worker: the workers fill the cores, and OpenBLAS threads competing for
 # them made the golden model's small matrix products ten times slower.
-test: $(VENV)/.synth-installed $(VENV)/.hf-installed
-	BITTERN_EXTRAS="train hf" OPENBLAS_NUM_THREADS=1 \
+test: $(VENV)/.synth-installed $(VENV)/.test-extras-installed
+	BITTERN_EXTRAS="train hf sweep" OPENBLAS_NUM_THREADS=1 \
 	$(BIN)/python -m pytest -n $(JOBS) -m "not slow and not synth"
 
 test-slow: $(STAMP)
@@ -46,8 +47,8 @@ $(VENV)/.synth-installed: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[synth]'
 	touch $@
 
-$(VENV)/.hf-installed: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[train,hf]'
+$(VENV)/.test-extras-installed: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[train,hf,sweep]'
 	touch $@
 
 # Both boards are built even if the first misses its clock; the target fails if either does.

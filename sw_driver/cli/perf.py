@@ -1,10 +1,12 @@
-"""``bittern perf``: a run's cycles, link words, bounds and energy, without simulating it."""
+"""``bittern perf`` (a run's cycles, link words, bounds and energy, without simulating it) and
+``bittern sweep`` (perf and area over a design space)."""
 
 import json
+from pathlib import Path
 
 from hw.uart import DEFAULT_BAUD
 
-from .common import UserError, add_config_options, config_from
+from .common import UserError, add_config_options, config_from, progress
 
 __all__ = ["add_commands"]
 
@@ -65,8 +67,60 @@ def _report(result, config, args):
            f"{result['zero_fraction']:.1%} (docs/design.md, Metrics)")
 
 
+def cmd_sweep(args):
+    from hw.boards import board
+
+    from ..run import load_model
+    from ..sweep import grid, pareto_front, plot_pareto, run_sweep, write_csv
+    from .inference import RUN_PRESET, _load
+
+    chosen = board(args.board)
+    _load(args.model, load_model)           # a bad model fails here, not in every point
+    base = config_from(args, RUN_PRESET)
+    varies = {}
+    for vary in args.vary:
+        key, sep, values = vary.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise UserError(f"--vary expects key=value,value..., not {vary!r}")
+        varies[key.strip()] = [value.strip() for value in values.split(",")]
+    if not varies:
+        raise UserError("give at least one --vary key=value,value...")
+    points = grid(base, varies)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot write to {out}: {error.strerror}") from None
+    progress(f"{len(points)} points on "
+             + (f"the Dask cluster at {args.scheduler}" if args.scheduler else
+                "a local Dask cluster"))
+    rows = run_sweep(points, scheduler=args.scheduler, workers=args.workers,
+                     progress=progress, model=args.model, prompt_tokens=args.prompt_tokens,
+                     tokens=args.tokens, board_name=chosen.name, fmax=args.fmax)
+    cost = next(iter(chosen.resources))
+    front = pareto_front(rows, cost=cost)
+    write_csv(rows, out / "sweep.csv")
+    plot_pareto(rows, front, out / "pareto.png", cost=cost,
+                title=f"{args.model} on {chosen.name}: " + ", ".join(varies))
+    print(f"wrote {out / 'sweep.csv'} ({len(rows)} points) and {out / 'pareto.png'}")
+    for row in rows:
+        if not row["fits"]:
+            print(f"  {_point(row, varies)}: {row['reason']}")
+    print(f"Pareto front (tokens/s against {cost}):")
+    for row in sorted(front, key=lambda row: row[cost]):
+        print(f"  {_point(row, varies)}: {row['tokens_per_s']:,.0f} tokens/s, "
+              f"{row[cost]:,} {cost}")
+    if args.json:
+        print(json.dumps({"points": rows, "front": front}))
+    return 0
+
+
+def _point(row, varies):
+    return " ".join(f"{key}={row[key]}" for key in varies)
+
+
 def add_commands(commands):
-    """Register ``perf`` on ``commands`` (from ``add_subparsers``)."""
+    """Register ``perf`` and ``sweep`` on ``commands`` (from ``add_subparsers``)."""
     from ..mapper import Schedule
 
     parser = commands.add_parser(
@@ -85,3 +139,27 @@ def add_commands(commands):
     parser.add_argument("--json", action="store_true", help="end with one JSON object")
     add_config_options(parser, default="ulx3s-85f")
     parser.set_defaults(handler=cmd_perf)
+
+    from hw.boards import BOARDS
+
+    sweep = commands.add_parser(
+        "sweep", help="perf and area of every combination of config fields, on Dask")
+    sweep.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="a config field and its values (repeatable; every combination)")
+    sweep.add_argument("--model", default="tiny", metavar="tiny|PATH",
+                       help="the model whose performance is measured")
+    sweep.add_argument("--prompt-tokens", type=int, default=31, metavar="N")
+    sweep.add_argument("--tokens", type=int, default=12, metavar="T")
+    sweep.add_argument("--board", choices=BOARDS, default="ulx3s-85f",
+                       help="whose FPGA a point must fit, and whose area metrics it reports")
+    sweep.add_argument("--fmax", action="store_true",
+                       help="place and route every point that fits (minutes each)")
+    sweep.add_argument("--scheduler", metavar="ADDRESS",
+                       help="an existing Dask scheduler (default: a local cluster)")
+    sweep.add_argument("--workers", type=int, metavar="N",
+                       help="local cluster's workers (default: one a core)")
+    sweep.add_argument("--out", required=True, metavar="DIR",
+                       help="where sweep.csv and pareto.png go")
+    sweep.add_argument("--json", action="store_true", help="end with one JSON object")
+    add_config_options(sweep, default="ulx3s-85f")
+    sweep.set_defaults(handler=cmd_sweep)
