@@ -27,7 +27,6 @@ from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume, Cover
 from amaranth.lib import data, enum, wiring
 
-from golden import trits
 from golden.widths import signed_bits_for
 from hw.array import SystolicArray
 from hw.commands import HEADER, WORD_BITS, CommandFormat, ErrorCode, Opcode
@@ -410,9 +409,9 @@ class CommandContract(wiring.Component):
       none otherwise;
     - a unit is written or started exactly by a valid command's own words: the bank group takes
       a weight word in the cycle a valid ``WRITE_WEIGHTS`` completes one (to bank ``a``, at
-      ``addr`` plus its index), a chunk likewise for ``LOAD_ACTS``, and a GEMV only once a valid
-      ``GEMV``'s arguments are in (with them); the array takes a tile row exactly with a
-      ``LOAD_TILE``'s words and a token exactly with a valid ``GEMM``'s.
+      ``addr`` plus its index), a chunk likewise for ``LOAD_ACTS``, and a GEMV once for each
+      valid ``GEMV`` (with its arguments), before the word after it is read; the array takes a
+      tile row exactly with a ``LOAD_TILE``'s words and a token exactly with a valid ``GEMM``'s.
 
     So a rejected command writes nothing and starts nothing, and the words after it are read as
     commands. The command words (valid and payload) and ``o_stream.ready`` are free. The
@@ -453,15 +452,16 @@ class CommandContract(wiring.Component):
         op, a, b = Signal(8), Signal(8), Signal(16)
         args = Array(Signal(WORD_BITS, name=f"arg{n}") for n in range(2))
         arg_n = Signal(range(2))
-        left = Signal(range(max(fmt.rows, 1 << 16) * fmt.max_command_words))
+        left = Signal(range(fmt.max_command_words))
         per_item = Mux(op == ops[Opcode.WRITE_WEIGHTS], fmt.weight_word_words,
                        Mux(op == ops[Opcode.LOAD_ACTS], fmt.act_chunk_words,
                            Mux(op == ops[Opcode.LOAD_TILE], fmt.tile_row_words,
                                fmt.token_words)))
-        in_item = Signal(range(fmt.max_command_words))
+        in_item = Signal(range(max(fmt.weight_word_words, fmt.act_chunk_words,
+                                   fmt.tile_row_words, fmt.token_words)))
         item = Signal(16)
         tile = Signal()                 # a whole LOAD_TILE has been read
-        gemv_due = Signal()             # a valid GEMV is in, not yet started
+        gemv_due = Signal()             # a valid GEMV's arguments are in, no word since
         late = Signal(8)                # the error of the arguments just read
 
         # The header's checks, in the behavioural device's order.
@@ -497,8 +497,10 @@ class CommandContract(wiring.Component):
                 error[ErrorCode.BAD_ADDRESS], error[ErrorCode.NONE]))
         last_argument = arg_n == Mux(op == ops[Opcode.GEMV], 1, 0)
 
+        gemv_in = Signal()              # this word is the last argument of a valid GEMV
         m.d.sync += late.eq(error[ErrorCode.NONE])
         with m.If(taken):
+            m.d.sync += gemv_due.eq(gemv_in)
             with m.Switch(phase):
                 with m.Case(_Phase.HEADER):
                     m.d.sync += [op.eq(h.opcode), a.eq(h.a), b.eq(h.b), arg_n.eq(0),
@@ -519,7 +521,7 @@ class CommandContract(wiring.Component):
                         m.d.sync += [late.eq(argument_error), phase.eq(_Phase.HEADER)]
                         with m.If(argument_error == error[ErrorCode.NONE]):
                             with m.If(op == ops[Opcode.GEMV]):
-                                m.d.sync += gemv_due.eq(1)
+                                m.d.comb += gemv_in.eq(1)
                             with m.Else():
                                 m.d.sync += [phase.eq(_Phase.DATA),
                                              left.eq(b * Mux(op == ops[Opcode.LOAD_ACTS],
@@ -543,7 +545,8 @@ class CommandContract(wiring.Component):
             "tile_row": data_word & (op == ops[Opcode.LOAD_TILE]),
             "token": data_word & (op == ops[Opcode.GEMM]),
             "bank": a, "addr": args[0] + item,
-            "gemv_due": gemv_due, "base": args[0], "rows": b, "words_per_row": args[1],
+            "gemv_in": gemv_in, "gemv_due": gemv_due, "taken": taken,
+            "base": args[0], "rows": b, "words_per_row": args[1],
         })
         return m
 
@@ -559,6 +562,11 @@ class CommandContract(wiring.Component):
         gemv = handshake(pim.cmd_stream)
         tile_row, token = handshake(array.w_stream), handshake(array.i_stream)
         command = pim.cmd_stream.payload
+        started = Signal()              # the bank group took the last valid GEMV
+        with m.If(gemv):
+            m.d.sync += started.eq(1)
+        with m.Elif(expected["gemv_in"]):
+            m.d.sync += started.eq(0)
         m.d.comb += [
             Assert(registers.fail == expected["fail"], "the error raised is the rules' one"),
             Assert(weight == expected["weight"], "weight words: a valid WRITE_WEIGHTS's"),
@@ -568,10 +576,12 @@ class CommandContract(wiring.Component):
             Assert(chunk == expected["chunk"], "chunks: a valid LOAD_ACTS's"),
             Assert(~chunk | (pim.x_stream.p.addr == expected["addr"]),
                    "a chunk goes to its address"),
-            Assert(~gemv | (expected["gemv_due"] & (command.base == expected["base"])
+            Assert(~gemv | (expected["gemv_due"] & ~started & (command.base == expected["base"])
                             & (command.rows == expected["rows"])
                             & (command.words_per_row == expected["words_per_row"])),
-                   "a GEMV starts only as a valid GEMV asked"),
+                   "a GEMV starts once, only as a valid GEMV asked"),
+            Assert(~(expected["taken"] & expected["gemv_due"]) | started,
+                   "a valid GEMV starts before the next word is read"),
             Assert(tile_row == expected["tile_row"], "tile rows: a LOAD_TILE's"),
             Assert(token == expected["token"], "tokens: a valid GEMM's"),
         ]
