@@ -72,3 +72,22 @@ def test_a_job_sby_cannot_run_names_its_log(tmp_path, monkeypatch):
                      timeout=120)
     with pytest.raises(ValueError, match="mode must be 'prove' or 'bmc', not 'cover'"):
         flow.run_sby("", name="broken", mode="cover", depth=1, cover_depth=1, timeout=120)
+
+
+def test_bittern_formal_reports_proofs_and_mutants(capsys):
+    from sw_driver.cli import main
+
+    assert main(["formal", "--proof", "pe-ternary", "--mutants"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["proof", "mode", "depth", "result", "time"]
+    assert lines[1].split()[:4] == ["pe-ternary", "prove", "3", "PASS"]
+    assert lines[2].split()[:6] == ["mutant", "sign-flip-pe", "prove", "3", "FAIL", "(expected"]
+    assert lines[-1] == "2 passed, 0 failed"
+
+
+def test_bittern_formal_mistakes_give_one_line_and_status_2(capsys):
+    from sw_driver.cli import main
+
+    assert main(["formal", "--proof", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bittern: error: unknown proof 'nope'; known")
