@@ -335,7 +335,7 @@ class BankGroupContract(wiring.Component):
         chunks = Array(Signal(data.ArrayLayout(signed(config.act_bits), pim.lanes),
                               name=f"chunk{n}") for n in range(config.act_words))
         group_class = self._group
-        if self._reads:
+        if self._reads:     # the watch runs when the group is elaborated, after this module
             group_class = _watching(group_class, lambda inside: self._watch(inside, group, chunks))
         group = m.submodules.group = group_class(config)
         w, x, cmd, o = group.w_stream, group.x_stream, group.cmd_stream, group.o_stream
@@ -372,22 +372,20 @@ class BankGroupContract(wiring.Component):
         with m.If(group.cmd_stream.valid & group.cmd_stream.ready & landing):
             m.d.sync += fresh.eq(1)
         for b in range(group.config.pim.banks):
-            read = m.submodules[f"bank{b}"].rd_stream
+            bank = m.submodules[f"bank{b}"]
+            read = bank.rd_stream
             index = Signal(range(group.act_words), name=f"bank{b}_index")   # of the last read
             with m.If(read.valid):
                 m.d.sync += index.eq(Mux(read.p.first, 0, index + 1))
             dotted = _past(m, read.valid)
             with m.If(dotted):
-                m.d.comb += Assert(m.submodules[f"bank{b}"].x.as_value()
-                                   == chunks[index].as_value(),
+                m.d.comb += Assert(bank.x.as_value() == chunks[index].as_value(),
                                    "a read is dotted with its chunk as written before its GEMV")
             first = dotted & _past(m, read.p.first)
             if b == 0:
                 with m.If(first):
                     m.d.sync += fresh.eq(0)
             m.d.comb += Cover(first & fresh)
-
-
 
 
 class _Phase(enum.Enum, shape=2):
@@ -436,6 +434,8 @@ class CommandContract(wiring.Component):
     def elaborate(self, platform):
         m = _harness_module()
         fmt = CommandFormat(self._config)
+        # What the units should see, for the watch: filled in below, read when the device is
+        # elaborated (after this module).
         expected = {}
         device = m.submodules.device = _watching(
             self._device, lambda inside: self._watch(inside, expected))(self._config)
