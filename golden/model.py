@@ -31,7 +31,7 @@ from golden.trits import check_trits
 __all__ = [
     "ModelConfig", "BITNET_B158_2B4T", "TernaryWeight", "ModelWeights", "linear_shapes",
     "ATTENTION_INPUTS", "MLP_INPUTS", "input_groups", "norm_sizes", "random_float_tensors",
-    "WeightsCore", "CoreCall", "RecordingCore", "Model",
+    "WeightsCore", "CoreCall", "RecordingCore", "Decoder", "Model",
     "rms_norm", "rope_inverse_frequencies", "rope_tables", "apply_rope", "attention",
 ]
 
@@ -333,16 +333,11 @@ def attention(q, keys, values, start_pos):
     return (probs @ v).transpose(1, 0, 2).reshape(steps, heads * head_dim)
 
 
-class Model:
-    """The golden decoder with a KV cache. ``core`` does all BitLinear integer work."""
+class Decoder:
+    """What both decoders (:class:`Model`, :class:`golden.integer.IntegerModel`) share: a KV
+    cache of ``cache_dtype`` per layer, and the checks of their arguments."""
 
-    def __init__(self, cfg, weights, core=None):
-        weights.check(cfg)
-        self.cfg = cfg
-        self.weights = weights
-        self.core = WeightsCore(weights) if core is None else core
-        self._inverse_frequencies = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta)
-        self.reset()
+    cache_dtype = None
 
     @property
     def position(self):
@@ -351,9 +346,54 @@ class Model:
 
     def reset(self):
         """Empty the KV cache."""
-        empty = np.zeros((0, self.cfg.kv_heads, self.cfg.head_dim), dtype=np.float32)
+        empty = np.zeros((0, self.cfg.kv_heads, self.cfg.head_dim), dtype=self.cache_dtype)
         self._keys = [empty] * self.cfg.layers
         self._values = [empty] * self.cfg.layers
+
+    def _check_generation(self, prompt_tokens, n_tokens):
+        """The prompt as an array, once ``n_tokens`` after it fit ``max_seq``."""
+        prompt = self._check_tokens(prompt_tokens, "prompt_tokens")
+        if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens < 0:
+            raise ValueError(f"n_tokens must be a non-negative integer, not {n_tokens!r}")
+        needed = len(prompt) + n_tokens - 1    # the last new token is never fed back
+        if needed > self.cfg.max_seq:
+            raise ValueError(f"{len(prompt)} prompt tokens and {n_tokens} new tokens need "
+                             f"{needed} positions, more than max_seq = {self.cfg.max_seq}")
+        return prompt
+
+    def _check_tokens(self, tokens, what):
+        array = np.asarray(tokens)
+        if array.ndim != 1 or array.size == 0:
+            raise ValueError(f"{what} must be a non-empty 1-D sequence, not shape {array.shape}")
+        if array.dtype.kind not in "iu":
+            raise ValueError(f"{what} must be integers, not dtype {array.dtype}")
+        bad = np.flatnonzero((array < 0) | (array >= self.cfg.vocab))
+        if bad.size:
+            raise ValueError(f"{what}[{bad[0]}] = {array[bad[0]]} is outside the vocabulary "
+                             f"[0, {self.cfg.vocab})")
+        return array
+
+    def _check_start(self, start_pos, steps):
+        if not isinstance(start_pos, (int, np.integer)) or not 0 <= start_pos <= self.position:
+            raise ValueError(f"start_pos must be an integer in [0, {self.position}] (the cached "
+                             f"positions), not {start_pos!r}")
+        if start_pos + steps > self.cfg.max_seq:
+            raise ValueError(f"positions {start_pos} .. {start_pos + steps - 1} exceed "
+                             f"max_seq = {self.cfg.max_seq}")
+
+
+class Model(Decoder):
+    """The golden decoder with a KV cache. ``core`` does all BitLinear integer work."""
+
+    cache_dtype = np.float32
+
+    def __init__(self, cfg, weights, core=None):
+        weights.check(cfg)
+        self.cfg = cfg
+        self.weights = weights
+        self.core = WeightsCore(weights) if core is None else core
+        self._inverse_frequencies = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta)
+        self.reset()
 
     def forward(self, tokens, start_pos):
         """Logits float32 ``(T, vocab)`` for ``tokens`` at positions ``start_pos ..``.
@@ -380,15 +420,9 @@ class Model:
         Greedy (first arg max) when ``temperature`` is 0, else sampled from
         ``softmax(logits / temperature)`` with ``np.random.default_rng(seed)``.
         """
-        prompt = self._check_tokens(prompt_tokens, "prompt_tokens")
-        if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens < 0:
-            raise ValueError(f"n_tokens must be a non-negative integer, not {n_tokens!r}")
+        prompt = self._check_generation(prompt_tokens, n_tokens)
         if not 0 <= temperature < math.inf:
             raise ValueError(f"temperature must be a finite number >= 0, not {temperature!r}")
-        needed = len(prompt) + n_tokens - 1    # the last new token is never fed back
-        if needed > self.cfg.max_seq:
-            raise ValueError(f"{len(prompt)} prompt tokens and {n_tokens} new tokens need "
-                             f"{needed} positions, more than max_seq = {self.cfg.max_seq}")
         self.reset()
         if n_tokens == 0:
             return []
@@ -400,26 +434,6 @@ class Model:
             if len(new_tokens) == n_tokens:
                 return new_tokens
             logits = self.forward(new_tokens[-1:], self.position)[-1]
-
-    def _check_tokens(self, tokens, what):
-        array = np.asarray(tokens)
-        if array.ndim != 1 or array.size == 0:
-            raise ValueError(f"{what} must be a non-empty 1-D sequence, not shape {array.shape}")
-        if array.dtype.kind not in "iu":
-            raise ValueError(f"{what} must be integers, not dtype {array.dtype}")
-        bad = np.flatnonzero((array < 0) | (array >= self.cfg.vocab))
-        if bad.size:
-            raise ValueError(f"{what}[{bad[0]}] = {array[bad[0]]} is outside the vocabulary "
-                             f"[0, {self.cfg.vocab})")
-        return array
-
-    def _check_start(self, start_pos, steps):
-        if not isinstance(start_pos, (int, np.integer)) or not 0 <= start_pos <= self.position:
-            raise ValueError(f"start_pos must be an integer in [0, {self.position}] (the cached "
-                             f"positions), not {start_pos!r}")
-        if start_pos + steps > self.cfg.max_seq:
-            raise ValueError(f"positions {start_pos} .. {start_pos + steps - 1} exceed "
-                             f"max_seq = {self.cfg.max_seq}")
 
     def _norm(self, x, name):
         return rms_norm(x, self.weights.norms[name], self.cfg.eps)
