@@ -25,20 +25,23 @@ class Unit:
 UNITS = {unit.name: unit for unit in [
     Unit("array", "hw.array:SystolicArray", "sim.array_tb", "systolic tensor unit (GEMM tiles)"),
     Unit("pim", "hw.pim:PimBankGroup", "sim.pim_tb", "processing-in-memory bank group (GEMV)"),
+    Unit("epilogue", "hw.epilogue:Epilogue", "sim.epilogue_tb",
+         "BitLinear epilogue of the resident decoder (rescale, residual add)"),
     Unit("top", "hw.device:Device", "sim.device_tb",
          "the whole device through its command stream"),
 ]}
 
 
 def simulate(unit_name, config, *, seed=0, tiles=8, waves=False, progress=None, pe=None,
-             extra_params=None):
+             options=None, extra_params=None):
     """Build (or reuse) ``unit_name`` for ``config`` and run its testbench.
 
     ``pe`` replaces the configured PE class (to try a new PE, or to prove the tests catch a
-    broken one). Returns a :class:`sw_driver.flow.SimResult`.
+    broken one); ``options`` go to the unit's constructor (``out_bits=`` of the epilogue).
+    Returns a :class:`sw_driver.flow.SimResult`.
     """
     unit = UNITS[unit_name]
-    overrides = {"pe": pe} if pe else {}
+    overrides = {**(options or {}), **({"pe": pe} if pe else {})}
     sim_build = flow.verilator_build(unit.component(config, **overrides), unit=unit.name,
                                      waves=waves, metadata={"config": config.to_dict()},
                                      progress=progress)

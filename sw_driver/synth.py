@@ -14,9 +14,11 @@ from typing import Callable
 
 from hw.array import SystolicArray
 from hw.boards import BoardTop, board_clock
+from golden.integer import RESIDUAL_BITS
 from golden.widths import signed_bits_for
 from hw.config import Config
 from hw.device import Device
+from hw.epilogue import Epilogue
 from hw.pe import PE_KINDS
 from hw.pim import PimBank, PimBankGroup
 from hw.uart import DEFAULT_BAUD
@@ -139,6 +141,8 @@ register_area_unit(AreaUnit("pim-bank", "one PIM bank: block RAM, near-bank engi
 register_area_unit(AreaUnit("pim", "PIM bank group: banks, sequencer, activation buffer",
                             lambda config, device: PimBankGroup(config),
                             lanes=lambda config: config.pim.banks * config.pim.lanes))
+register_area_unit(AreaUnit("epilogue", "resident decoder's BitLinear epilogue (int32 results)",
+                            lambda config, device: Epilogue(config, out_bits=RESIDUAL_BITS)))
 register_area_unit(AreaUnit("device", "the device the boards host (--device)",
                             lambda config, device: device(config)))
 

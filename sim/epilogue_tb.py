@@ -1,0 +1,127 @@
+"""cocotb testbench of :class:`hw.epilogue.Epilogue`, checked against ``golden.integer.rescale``
+and the residual add.
+
+Tokens of random length, each with its own ``rho`` and matrix constant (their product, by
+``golden.fixedpoint.dyadic_mul``, is the factor the unit takes), accumulators over the whole
+range the configuration allows with its extremes, and a residual element each; streamed under
+random idle and back-pressure. The factor's exponent is drawn so that results use all of
+``out_bits`` (the decoder's widths guarantee they fit, and so does this draw).
+
+Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (tokens per flow setting).
+"""
+
+import itertools
+
+import cocotb
+import numpy as np
+
+from golden.fixedpoint import Dyadic, bit_length, dyadic, dyadic_mul
+from golden.integer import LinearScale, rescale
+from hw.config import Config
+from sim.tb import TB, StreamSink, StreamSource, params, write_report
+
+FLOW_KNOBS = list(itertools.product((0.0, 0.3), (0.0, 0.5)))
+
+
+def _no_check(name, value):
+    return value
+
+
+class EpilogueTB(TB):
+    """Drives elements into the unit and collects its results."""
+
+    def __init__(self, dut, seed):
+        super().__init__(dut, seed=seed)
+        self.np_rng = np.random.default_rng(seed)
+        self.source = StreamSource(dut, "i_stream", rng=self.rng)
+        self.sink = StreamSink(dut, "o_stream", rng=self.rng)
+
+
+def _pack(fields):
+    """The payload integer of ``[(value, bits), ...]``, first field least significant."""
+    word, offset = 0, 0
+    for value, bits in fields:
+        word |= (int(value) & ((1 << bits) - 1)) << offset
+        offset += bits
+    return word
+
+
+def draw_token(rng, acc_bits, out_bits, length):
+    """One token: accumulators, its factor (as rho and a constant), residual elements."""
+    limit = 1 << (acc_bits - 1)
+    acc = rng.integers(-limit, limit, length)
+    acc[rng.random(length) < 0.1] = -limit
+    acc[rng.random(length) < 0.1] = limit - 1
+    acc[rng.random(length) < 0.05] = 0
+    if rng.random() < 0.2:                  # a short vector of small values
+        acc = rng.integers(-8, 8, length)
+    rho = dyadic(np.int64(rng.integers(1, 1 << 40)), np.int64(rng.integers(-60, 0)))
+    constant = dyadic(np.int64(rng.integers(1, 1 << 40)), np.int64(rng.integers(-60, 0)))
+    factor = dyadic_mul(rho, constant)
+    # Rescale the constant so that the largest |acc * factor| just fits half of out_bits.
+    peak = int(bit_length(np.abs(acc).max() * int(factor.mantissa)))
+    exponent = out_bits - 2 - peak - int(rng.integers(0, 4))
+    constant = Dyadic(constant.mantissa, constant.exponent + exponent - factor.exponent)
+    factor = dyadic_mul(rho, constant)
+    room = 1 << (out_bits - 2)
+    residual = rng.integers(-room, room, length)
+    residual[rng.random(length) < 0.3] = 0
+    return acc, rho, constant, factor, residual
+
+
+@cocotb.test()
+async def epilogue_matches_golden(dut):
+    p = params()
+    config = Config.from_dict(p["config"])
+    tb = EpilogueTB(dut, seed=p["seed"])
+    acc_bits = config.acc_bits
+    out_bits = len(dut.o_stream__payload)
+    payload_bits = len(dut.i_stream__payload)
+    assert payload_bits == acc_bits + 17 + 12 + out_bits, payload_bits
+    await tb.reset()
+    elements = cycles = 0
+    for idle, backpressure in FLOW_KNOBS:
+        tb.source.pause, tb.sink.backpressure = idle, backpressure
+        payloads, expected = [], []
+        for _ in range(p["tiles"]):
+            length = int(tb.np_rng.integers(1, 40))
+            acc, rho, constant, factor, residual = draw_token(tb.np_rng, acc_bits, out_bits,
+                                                              length)
+            scaled = rescale(acc[None, :], Dyadic(np.array([rho.mantissa]),
+                                                  np.array([rho.exponent])),
+                             LinearScale(constant, 0), _no_check, "out")[0]
+            expected += list(scaled + residual)
+            payloads += [_pack([(a, acc_bits), (factor.mantissa, 17), (factor.exponent, 12),
+                                (r, out_bits)]) for a, r in zip(acc, residual)]
+        start = tb.cycle()
+        sender = cocotb.start_soon(tb.source.send(payloads, tb.cycle))
+        beats = await tb.sink.receive(len(payloads), tb.cycle, timeout=200)
+        await sender
+        cycles += tb.cycle() - start
+        got = [b - (1 << out_bits) if b >> (out_bits - 1) else b for b in beats]
+        bad = [n for n, (g, e) in enumerate(zip(got, expected)) if g != e]
+        assert not bad, (f"element {bad[0]} (idle {idle}, back-pressure {backpressure}): got "
+                         f"{got[bad[0]]}, golden {expected[bad[0]]}; {len(bad)} differ")
+        assert max(abs(e) for e in expected) >= 1 << (out_bits - 3), "results too small"
+        elements += len(payloads)
+    write_report({"elements": elements, "cycles": cycles})
+
+
+@cocotb.test()
+async def one_element_a_cycle(dut):
+    """With no idle and no back-pressure, results leave one a cycle, LATENCY after entry."""
+    p = params()
+    config = Config.from_dict(p["config"])
+    tb = EpilogueTB(dut, seed=p["seed"])
+    out_bits = len(dut.o_stream__payload)
+    await tb.reset()
+    count = 64
+    payloads = [_pack([(n, config.acc_bits), (1 << 16, 17), (-16, 12), (0, out_bits)])
+                for n in range(count)]
+    sender = cocotb.start_soon(tb.source.send(payloads, tb.cycle))
+    beats = await tb.sink.receive(count, tb.cycle, timeout=20)
+    await sender
+    assert beats == [(n * (1 << 16) + (1 << 15)) >> 16 for n in range(count)]
+    entered, left = tb.source.accepted_cycles, tb.sink.beat_cycles
+    assert [b - a for a, b in zip(entered, left)] == [3] * count
+    assert left == list(range(left[0], left[0] + count))
