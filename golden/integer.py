@@ -43,7 +43,7 @@ __all__ = [
     "IntegerFormats", "integer_formats", "NormGain", "LinearScale", "SoftmaxScale",
     "IntegerWeights", "IntegerLogits", "IntegerModel", "output_bound", "softmax_scale",
     "norm_quantize", "rescale", "rope_factors", "apply_rope", "attention", "ffn_inner",
-    "RESCALE_SLACK",
+    "head_values", "RESCALE_SLACK",
 ]
 
 ACT_MAX = 127                  # x_q in [-127, 127]: the symmetric int8 range
@@ -494,6 +494,16 @@ def ffn_inner(gate, up, gate_fraction, up_fraction, check):
     return check("ffn_inner", square * up), shift - 2 * gate_fraction - up_fraction
 
 
+def head_values(x_q, embedding, row_scales, check=None):
+    """The LM head's integer logits ``(x_q . embedding[v]) * row_scales[v]``, int64 ``(T,
+    vocab)``: int8 ``x_q (T, hidden)`` against the tied int8 embedding, then one multiply by
+    the row's 17-bit scale. ``check(name, value)`` checks the widths (``logit_dot``,
+    ``logit``)."""
+    check = check or (lambda name, value: value)
+    dot = check("logit_dot", _integers(x_q, "x_q") @ _integers(embedding, "embedding").T)
+    return check("logit", dot * _integers(row_scales, "row scales")[None, :])
+
+
 class IntegerLogits(NamedTuple):
     """Logits as the integer decoder gives them: ``values`` (int64 ``(T, vocab)``, the arg max
     is the greedy choice) and ``scale``, one dyadic per position: the real logits are
@@ -627,6 +637,5 @@ class IntegerModel(Decoder):
         p = self.prepared
         check = self._checker("head.")
         x_q, rho = norm_quantize(h, -p.residual_fraction, p.norms["norm"], p.tables, check)
-        dot = check("logit_dot", x_q.astype(np.int64) @ p.embedding.T.astype(np.int64))
-        values = check("logit", dot * p.row_scales[None, :])
+        values = head_values(x_q, p.embedding, p.row_scales, check)
         return IntegerLogits(values, dyadic_mul(rho, p.head_scale))

@@ -47,7 +47,7 @@ from .config import Config
 from .queues import registered_r_rdy
 from .trit import Trit
 
-__all__ = ["LEVELS_PER_STAGE", "BANKS_PER_RELAY", "AdderTree", "PimBank", "Relay",
+__all__ = ["LEVELS_PER_STAGE", "BANKS_PER_RELAY", "AdderTree", "delayed", "PimBank", "Relay",
            "PimBankGroup"]
 
 LEVELS_PER_STAGE = 2
@@ -137,7 +137,7 @@ class AdderTree(wiring.Component):
         return m
 
 
-def _delayed(m, value, cycles, name):
+def delayed(m, value, cycles, name):
     """``value`` through ``cycles`` registers."""
     for n in range(cycles):
         stage = Signal.like(value, name=f"{name}_d{n + 1}")
@@ -265,7 +265,7 @@ class PimBank(wiring.Component):
         control = Signal(data.StructLayout({"valid": 1, "first": 1, "last": 1}))
         m.d.comb += control.eq(Cat(self.rd_stream.valid, self.rd_stream.p.first,
                                    self.rd_stream.p.last))
-        at_acc = _delayed(m, control, 2 + tree.latency, "control")
+        at_acc = delayed(m, control, 2 + tree.latency, "control")
 
         # The accumulator's adder completes the tree's last stage, or has one of its own.
         acc = Signal(signed(self._config.acc_bits), reset_less=True)

@@ -1,7 +1,7 @@
 """The simulatable units: what to build for a configuration and which testbench checks it."""
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sw_driver import flow
 
@@ -10,16 +10,19 @@ __all__ = ["UNITS", "simulate"]
 
 @dataclass(frozen=True)
 class Unit:
-    """A hardware unit: its component (``"module:Class"``) and its cocotb testbench module."""
+    """A hardware unit: its component (``"module:Class"``), its cocotb testbench module, and
+    constructor options beside the config (a resident unit's model shape)."""
     name: str
     component_path: str
     test_module: str
     description: str
+    options: dict = field(default_factory=dict)
 
     def component(self, config, **overrides):
         """The unit built for ``config``; ``overrides`` go to its constructor (``pe=``...)."""
         module, _, name = self.component_path.partition(":")
-        return getattr(importlib.import_module(module), name)(config, **overrides)
+        return getattr(importlib.import_module(module), name)(config,
+                                                               **{**self.options, **overrides})
 
 
 UNITS = {unit.name: unit for unit in [
@@ -27,6 +30,9 @@ UNITS = {unit.name: unit for unit in [
     Unit("pim", "hw.pim:PimBankGroup", "sim.pim_tb", "processing-in-memory bank group (GEMV)"),
     Unit("epilogue", "hw.epilogue:Epilogue", "sim.epilogue_tb",
          "BitLinear epilogue of the resident decoder (rescale, residual add)"),
+    Unit("head", "hw.head:LmHead", "sim.head_tb",
+         "LM head and greedy choice of the resident decoder (the shipped model's shape)",
+         options={"hidden": 128, "vocab": 256}),
     Unit("top", "hw.device:Device", "sim.device_tb",
          "the whole device through its command stream"),
 ]}
@@ -46,6 +52,7 @@ def simulate(unit_name, config, *, seed=0, tiles=8, waves=False, progress=None, 
                                      waves=waves, metadata={"config": config.to_dict()},
                                      progress=progress)
     run_params = {"config": config.to_dict(), "seed": seed, "tiles": tiles,
+                  "options": {**unit.options, **(options or {})},
                   "pe_module": pe.__module__ if pe else None, **(extra_params or {})}
     if progress:
         progress(f"simulating {unit.name} (seed {seed}) ...")

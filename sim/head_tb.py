@@ -1,0 +1,118 @@
+"""cocotb testbench of :class:`hw.head.LmHead`, checked against the integer decoder's head:
+``values = (x_q @ embedding.T) * row_scales`` and ``IntegerLogits.argmax`` (golden.integer).
+
+Each round loads a random embedding and row scales (int8 in [-127, 127], 17-bit scales, some
+rows all -127 or all +127) and scans random activations; then the winning row is copied to a
+random other row, so that two rows tie, and the lowest index must win. Loads and the result
+run under random idle and back-pressure.
+
+Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (rounds), ``options``
+(``hidden``, ``vocab``, optional ``lanes``).
+"""
+
+import cocotb
+import numpy as np
+
+from golden.integer import ACT_MAX, IntegerLogits, head_values
+from hw.config import Config
+from hw.words import pack_ints
+from sim.tb import TB, StreamSink, StreamSource, params, write_report
+
+SCALE_BITS = 17
+
+
+def _bits_of_range(count):
+    """Bits of an Amaranth ``range(count)`` field (none for a single value)."""
+    return (count - 1).bit_length()
+
+
+class HeadTB(TB):
+    """Loads the head's memories and runs scans."""
+
+    def __init__(self, dut, config, options, seed):
+        super().__init__(dut, seed=seed)
+        self.hidden, self.vocab = options["hidden"], options["vocab"]
+        self.lanes = options.get("lanes") or config.pim.lanes
+        self.words = -(-self.hidden // self.lanes)
+        self.np_rng = np.random.default_rng(seed)
+        self.x = StreamSource(dut, "x_stream", rng=self.rng)
+        self.emb = StreamSource(dut, "emb_stream", rng=self.rng)
+        self.scale = StreamSource(dut, "scale_stream", rng=self.rng)
+        self.start = StreamSource(dut, "start", rng=self.rng)
+        self.result = StreamSink(dut, "o_stream", rng=self.rng)
+
+    def _words(self, vector):
+        padded = np.zeros(self.words * self.lanes, np.int64)
+        padded[:len(vector)] = vector
+        return pack_ints(padded.reshape(self.words, self.lanes), 8)
+
+    async def load_rows(self, embedding, scales, rows):
+        payloads, addr_bits = [], _bits_of_range(self.vocab * self.words)
+        for v in rows:
+            for w, word in enumerate(self._words(embedding[v])):
+                payloads.append((v * self.words + w) | (word << addr_bits))
+        await self.emb.send(payloads, self.cycle)
+        row_bits = _bits_of_range(self.vocab)
+        await self.scale.send([int(v) | (int(scales[v]) << row_bits) for v in rows], self.cycle)
+
+    async def scan(self, x_q):
+        """Load ``x_q``, run a scan; returns (token, logit, cycles from start to result)."""
+        index_bits = _bits_of_range(self.words)
+        await self.x.send([n | (word << index_bits) for n, word in enumerate(self._words(x_q))],
+                          self.cycle)
+        await self.start.send([0], self.cycle)
+        started = self.start.accepted_cycles[-1]
+        (beat,) = await self.result.receive(1, self.cycle,
+                                            timeout=self.vocab * self.words + 200)
+        token_bits = _bits_of_range(self.vocab)
+        logit_bits = len(self.dut.o_stream__payload) - token_bits
+        token, logit = beat & ((1 << token_bits) - 1), beat >> token_bits
+        if logit >> (logit_bits - 1):
+            logit -= 1 << logit_bits
+        return token, logit, self.result.beat_cycles[-1] - started
+
+
+def _expected(x_q, embedding, scales):
+    values = head_values(x_q[None, :], embedding, scales)
+    logits = IntegerLogits(values, None)
+    token = int(logits.argmax()[0])
+    return token, int(values[0, token])
+
+
+@cocotb.test()
+async def head_matches_golden(dut):
+    p = params()
+    config = Config.from_dict(p["config"])
+    tb = HeadTB(dut, config, p["options"], p["seed"])
+    rng = tb.np_rng
+    await tb.reset()
+    embedding = rng.integers(-ACT_MAX, ACT_MAX + 1, (tb.vocab, tb.hidden))
+    embedding[rng.integers(0, tb.vocab)] = ACT_MAX
+    embedding[rng.integers(0, tb.vocab)] = -ACT_MAX
+    scales = rng.integers(1 << (SCALE_BITS - 1), 1 << SCALE_BITS, tb.vocab)
+    await tb.load_rows(embedding, scales, range(tb.vocab))
+    report = {"scans": 0, "ties": 0, "cycles_per_scan": None}
+    for round_ in range(p["tiles"]):
+        idle = (0.0, 0.3)[round_ % 2]
+        tb.x.pause = tb.emb.pause = tb.scale.pause = idle
+        tb.result.backpressure = (0.0, 0.5)[(round_ // 2) % 2]
+        x_q = rng.integers(-ACT_MAX, ACT_MAX + 1, tb.hidden)
+        if round_ % 5 == 4:
+            x_q[:] = rng.choice([-ACT_MAX, ACT_MAX])
+        for tie in (False, True):
+            if tie:                 # the winner's twin elsewhere: the lower index must win
+                winner = _expected(x_q, embedding, scales)[0]
+                twin = int(rng.integers(0, tb.vocab - 1))
+                twin += twin >= winner
+                embedding[twin], scales[twin] = embedding[winner], scales[winner]
+                await tb.load_rows(embedding, scales, [twin])
+            token, logit, cycles = await tb.scan(x_q)
+            expected = _expected(x_q, embedding, scales)
+            assert (token, logit) == expected, (
+                f"round {round_}{' (tie)' if tie else ''}: got token {token} logit {logit}, "
+                f"golden token {expected[0]} logit {expected[1]}")
+            report["scans"] += 1
+            report["ties"] += tie
+            if tb.result.backpressure == 0:
+                report["cycles_per_scan"] = cycles
+    write_report(report)
