@@ -3,7 +3,7 @@
 A transport moves words; it knows nothing of commands. ``transact(words, count)`` sends command
 words and returns the next ``count`` response words. The same :class:`Accelerator` drives the
 behavioural device (:class:`sw_driver.behavioural.BehaviouralTransport`), the RTL under
-Verilator (``sim.run_tb``) and a board over a serial link
+Verilator (``sim.harness.HarnessTransport``) and a board over a serial link
 (:class:`sw_driver.serial_link.SerialTransport`), so whatever runs on one runs on all.
 """
 
@@ -135,7 +135,7 @@ class Accelerator:
         """Results ``(rows, banks)`` as int64."""
         data = self._respond(self.format.gemv(base, rows, words_per_row), Opcode.GEMV,
                              rows * self.format.banks)
-        return np.array([CommandFormat.signed(w) for w in data]).reshape(rows, -1)
+        return _results(data).reshape(rows, -1)
 
     def load_tile(self, w_t):
         """Load a ``(cols, rows)`` tile of weights (``w_t[n, k]``) into the array."""
@@ -156,5 +156,10 @@ class Accelerator:
             tokens = pack_ints(x_q[start:start + per_command], self.config.act_bits)
             data = self._respond(self.format.gemm(tokens), Opcode.GEMM,
                                  len(tokens) * self.format.cols)
-            out += [CommandFormat.signed(w) for w in data]
-        return np.array(out).reshape(len(x_q), self.format.cols)
+            out += data
+        return _results(out).reshape(len(x_q), self.format.cols)
+
+
+def _results(words):
+    """Response words as the signed 32-bit results they carry, in int64."""
+    return np.array(words, np.uint32).view(np.int32).astype(np.int64)

@@ -123,21 +123,25 @@ def _run_serial(args, config, model_config, weights, prompt):
 
 
 def _run_rtl(args, config, model_config, weights, prompt):
-    from hw.device import Device
+    from sim.harness import HarnessTransport, build
 
-    from .. import flow
+    from ..driver import DeviceError
+    from ..run import run
+    from ..tokenizer import decode
 
-    sim_build = flow.verilator_build(Device(config), unit="top", waves=args.waves,
-                                     metadata={"config": config.to_dict()}, progress=progress)
+    library = build(config, waves=args.waves, progress=progress).path
+    trace = library.parent / "waves.vcd" if args.waves else None
     progress("running the model on the RTL (Verilator) ...")
-    result = flow.verilator_run(sim_build, test_module="sim.run_tb", name="run", params={
-        "config": config.to_dict(), "model": args.model, "prompt_tokens": prompt,
-        "tokens": args.tokens, "check": args.check, "prefill": args.prefill,
-        "baud": args.baud})
-    if not result.report:
-        raise UserError(f"the RTL run did not finish: {'; '.join(result.failures)}; "
-                        f"see {result.log}")
-    return result.report
+    with HarnessTransport(library, trace=trace) as transport:
+        try:
+            result = run(transport, config, model_config, weights, prompt, args.tokens,
+                         check=args.check, decode=decode, progress=progress,
+                         sim_cycles=transport.cycle, prefill=args.prefill, baud=args.baud)
+        except DeviceError as error:
+            raise UserError(f"the RTL run failed: {error}") from None
+    if trace:
+        progress(f"waves: {trace}")
+    return result.to_dict()
 
 
 def _check_numeric(args):

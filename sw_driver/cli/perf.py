@@ -1,5 +1,6 @@
-"""``bittern perf`` (a run's cycles, link words, bounds and energy, without simulating it) and
-``bittern sweep`` (perf and area over a design space)."""
+"""``bittern perf`` (a run's cycles, link words, bounds and energy, without simulating it),
+``bittern sweep`` (perf and area over a design space) and ``bittern bench`` (how fast the
+simulated backends run a model)."""
 
 import json
 from pathlib import Path
@@ -115,12 +116,75 @@ def cmd_sweep(args):
     return 0
 
 
+BENCH_PROMPT = 'The "while" statement executes '      # 31 bytes of the shipped model's text
+
+
+def cmd_bench(args):
+    """The same run on the RTL (the compiled harness) and on the behavioural device, each
+    ``--repeat`` times from a fresh device, the fastest kept: walls, simulated cycles/s, and
+    the behavioural device's speed-up. The two must agree on every token and cycle count."""
+    from sim.harness import HarnessTransport, build
+
+    from ..behavioural import BehaviouralTransport
+    from ..run import load_model, run
+    from ..tokenizer import decode, encode
+    from .inference import RUN_PRESET, _load
+
+    config = config_from(args, RUN_PRESET)
+    if args.tokens < 1 or args.repeat < 1:
+        raise UserError(f"--tokens and --repeat must be at least 1, not {args.tokens} and "
+                        f"{args.repeat}")
+    model_config, weights = _load(args.model, load_model)
+    prompt = encode(args.prompt)
+    if not prompt or len(prompt) + args.tokens - 1 > model_config.max_seq:
+        raise UserError(f"the prompt needs 1 to {model_config.max_seq - args.tokens + 1} "
+                        f"bytes for {args.tokens} tokens, not {len(prompt)}")
+    library = build(config, progress=progress).path
+
+    def job(transport, **timing):
+        return run(transport, config, model_config, weights, prompt, args.tokens,
+                   decode=decode, **timing).to_dict()
+
+    def on_rtl():
+        with HarnessTransport(library) as transport:
+            return job(transport, sim_cycles=transport.cycle)
+
+    fastest = {}
+    for backend, once in (("rtl", on_rtl), ("behavioural",
+                                            lambda: job(BehaviouralTransport(config)))):
+        for attempt in range(args.repeat):
+            progress(f"{backend}: run {attempt + 1} of {args.repeat}")
+            report = once()
+            if backend not in fastest or report["wall_s"] < fastest[backend]["wall_s"]:
+                fastest[backend] = report
+    rtl, behavioural = fastest["rtl"], fastest["behavioural"]
+    differ = [key for key in ("tokens", "prefill_cycles", "cycles_per_token")
+              if rtl[key] != behavioural[key]]
+    result = {
+        "preset": args.preset or RUN_PRESET, "model": args.model, "prompt_tokens": len(prompt),
+        "tokens": args.tokens, "repeat": args.repeat, "prefill_cycles": rtl["prefill_cycles"],
+        "cycles_per_token": rtl["cycles_per_token"], "rtl_wall_s": rtl["wall_s"],
+        "rtl_cycles_per_s": rtl["sim_cycles_per_s"],
+        "behavioural_wall_s": behavioural["wall_s"],
+        "speedup": rtl["wall_s"] / behavioural["wall_s"], "agree": not differ}
+    print(f"{args.model} on {result['preset']}: {len(prompt)}-token prompt, {args.tokens} "
+          f"tokens, the fastest of {args.repeat} runs each (build and model load excluded)")
+    print(f"rtl          {rtl['wall_s']:.3f} s wall, {rtl['sim_cycles_per_s']:,.0f} device "
+          f"cycles/s simulated")
+    print(f"behavioural  {behavioural['wall_s']:.3f} s wall, {result['speedup']:.1f}x the RTL")
+    if differ:
+        print(f"MISMATCH: the backends differ in {', '.join(differ)}")
+    if args.json:
+        print(json.dumps(result))
+    return 0 if not differ else 1
+
+
 def _point(row, varies):
     return " ".join(f"{key}={row[key]}" for key in varies)
 
 
 def add_commands(commands):
-    """Register ``perf`` and ``sweep`` on ``commands`` (from ``add_subparsers``)."""
+    """Register ``perf``, ``sweep`` and ``bench`` on ``commands`` (from ``add_subparsers``)."""
     from ..mapper import Schedule
 
     parser = commands.add_parser(
@@ -163,3 +227,16 @@ def add_commands(commands):
     sweep.add_argument("--json", action="store_true", help="end with one JSON object")
     add_config_options(sweep, default="ulx3s-85f")
     sweep.set_defaults(handler=cmd_sweep)
+
+    bench = commands.add_parser(
+        "bench", help="the speed of the RTL and behavioural backends on one run")
+    bench.add_argument("--model", default="tiny", metavar="tiny|PATH",
+                       help="the shipped tiny model, or a checkpoint")
+    bench.add_argument("--prompt", default=BENCH_PROMPT,
+                       help=f"prompt text (default {BENCH_PROMPT!r}, 31 bytes)")
+    bench.add_argument("--tokens", type=int, default=12, help="tokens generated (default 12)")
+    bench.add_argument("--repeat", type=int, default=3,
+                       help="runs per backend, the fastest kept (default 3)")
+    bench.add_argument("--json", action="store_true", help="end with one JSON object")
+    add_config_options(bench, default="ulx3s-85f")
+    bench.set_defaults(handler=cmd_bench)
