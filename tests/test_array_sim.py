@@ -22,9 +22,10 @@ CONFIGS = {
 def test_array_matches_golden(name):
     result = simulate("array", CONFIGS[name], seed=1, tiles=12)
     assert result.passed, result.failures
-    assert result.tests == 2
+    assert result.tests == 3
     report = result.report
     assert report["tiles"] == 13 and report["macs"] > 0
+    assert report["concurrent_tiles"] > 1
     assert report["utilisation"] >= report["utilisation_bound"] - 0.02
 
 
