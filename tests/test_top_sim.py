@@ -4,7 +4,9 @@ import dataclasses
 
 import pytest
 
+from hw.commands import CommandFormat
 from hw.config import ArrayConfig, PimConfig, apply_overrides, preset
+from sim.stimulus import bad_commands
 from sim.units import simulate
 
 from .test_array_sim import SignFlipPE
@@ -13,12 +15,16 @@ from .test_array_sim import SignFlipPE
 def test_top_matches_model_and_golden():
     result = simulate("top", preset("tiny"), seed=3, tiles=8)
     assert result.passed, result.failures
-    assert result.tests == 6
+    assert result.tests == 9
     report = result.report
     assert report["fuzz_words"] >= 10_000
-    assert report["bad_commands"] == 15
+    assert report["bad_commands"] >= len(bad_commands(CommandFormat(preset("tiny"))))
     assert report["gemvs"] > 0 and report["gemms"] > 0
     assert 0 < report["efficiency"] <= 1
+    assert report["power_on_status"] == 0                 # Amaranth's power-on values
+    assert report["longest_reduction"] == [-128 * 256, 128 * 256]   # max_k 256
+    assert set(report["reset_in_the_middle"]) == {"GEMV", "GEMM", "WRITE_WEIGHTS",
+                                                  "LOAD_ACTS", "LOAD_TILE", "READ_COUNTERS"}
 
 
 def test_top_with_one_element_beats_matches_model_and_golden():
@@ -43,6 +49,8 @@ def test_top_with_broken_pe_fails():
     result = simulate("top", preset("tiny"), seed=3, tiles=4, pe=SignFlipPE)
     assert not result.passed
     assert any("GEMM" in failure for failure in result.failures), result.failures
+    assert any(failure.startswith("regression: seed 3, operation") for failure in
+               result.failures), result.failures
 
 
 @pytest.mark.slow
