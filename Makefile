@@ -39,8 +39,9 @@ test: $(VENV)/.synth-installed $(VENV)/.hf-installed
 	BITTERN_EXTRAS="train hf" OPENBLAS_NUM_THREADS=1 \
 	$(BIN)/python -m pytest -n $(JOBS) -m "not slow and not synth"
 
+# The soaks: among them the device regression, 20 seeds a preset on X builds (tests/test_regression.py).
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) -m slow
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) -m slow
 
 $(VENV)/.synth-installed: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[synth]'
