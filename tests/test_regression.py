@@ -14,7 +14,8 @@ from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module
 
 import hw.device
 from hw.commands import ARGUMENT_WORDS, CommandFormat, Opcode, unpack_header
-from hw.config import PRESETS, preset
+from golden.widths import signed_bits_for
+from hw.config import PRESETS, Config, preset
 from hw.pim import PimBankGroup
 from sim.units import simulate
 from sw_driver.behavioural import BehaviouralDevice
@@ -23,8 +24,8 @@ from sw_driver.behavioural import BehaviouralDevice
 # all, builds included) and make test-slow's per seed.
 QUICK = {"tiny": (30, 2_000), "default": (16, 1_000), "ulx3s-85f": (10, 500),
          "icebreaker": (20, 1_000)}
-SOAK = {"tiny": (60, 5_000), "default": (40, 5_000), "ulx3s-85f": (24, 5_000),
-        "icebreaker": (50, 5_000)}
+SOAK = {"tiny": (80, 5_000), "default": (60, 5_000), "ulx3s-85f": (40, 5_000),
+        "icebreaker": (80, 5_000)}
 SEEDS = 20
 RESET_KINDS = 7         # WRITE_WEIGHTS, LOAD_ACTS, LOAD_TILE, GEMV, GEMM, READ_STATUS, COUNTERS
 
@@ -103,22 +104,34 @@ def test_data_words_frame_every_command():
         assert unpack_header(out[-5])["opcode"] == Opcode.READ_STATUS.value, op
 
 
-class ResetlessPim(PimBankGroup):
-    """A broken bank group: its registers ignore the reset (the device's reset reaches all of
-    its other parts)."""
-
-    def elaborate(self, platform):
-        m = Module()
-        m.domains.noreset = ClockDomain(reset_less=True, local=True)
-        m.d.comb += ClockSignal("noreset").eq(ClockSignal("sync"))
-        m.submodules.group = DomainRenamer("noreset")(super().elaborate(platform))
-        return m
+def ignoring_reset(component):
+    """A broken ``component`` class: its registers ignore the reset."""
+    class Broken(component):
+        def elaborate(self, platform):
+            m = Module()
+            m.domains.noreset = ClockDomain(reset_less=True, local=True)
+            m.d.comb += ClockSignal("noreset").eq(ClockSignal("sync"))
+            m.submodules.inner = DomainRenamer("noreset")(super().elaborate(platform))
+            return m
+    Broken.__name__ = f"{component.__name__}IgnoringReset"
+    return Broken
 
 
 def test_regression_fails_on_a_bank_group_without_reset(monkeypatch):
     """A reset inside a GEMV leaves such a bank group reading on; the regression sees it."""
-    monkeypatch.setattr(hw.device, "PimBankGroup", ResetlessPim)
+    monkeypatch.setattr(hw.device, "PimBankGroup", ignoring_reset(PimBankGroup))
     result = regression("tiny", 1, tiles=30, fuzz_words=0)
     assert not result.passed
     assert any("seed 1, operation" in failure for failure in result.failures), result.failures
 
+
+
+def test_longest_reduction_fails_on_an_accumulator_a_bit_short(monkeypatch):
+    """One bit short, +128 * max_k wraps to -128 * max_k (random operations pass: they never
+    come near it)."""
+    def one_bit_short(config):
+        return signed_bits_for(config.max_k * config.act_max_magnitude) - 1
+    monkeypatch.setattr(Config, "acc_bits", property(one_bit_short))
+    result = simulate("top", preset("tiny"), testcase="longest_reduction_at_the_extremes")
+    assert not result.passed
+    assert "got 0xffff8000, expected 0x00008000" in result.failures[0], result.failures

@@ -31,7 +31,7 @@ def test_top_with_one_element_beats_matches_model_and_golden():
     """One bank and one column: each result beat is one word, popped with it (hw.device)."""
     config = dataclasses.replace(preset("tiny"), array=ArrayConfig(rows=4, cols=1),
                                  pim=PimConfig(banks=1, lanes=4, depth=64))
-    result = simulate("top", config, seed=5, tiles=4)
+    result = simulate("top", config, seed=5, tiles=4, extra_params={"fuzz_words": 2_000})
     assert result.passed, result.failures
     assert result.report["gemvs"] > 0 and result.report["gemms"] > 0
 
@@ -40,7 +40,7 @@ def test_int8_device_matches_model_and_golden():
     """The int8 PE end to end: tile rows of 8-bit weights from the command format, through the
     device, against the behavioural device and golden's integer product."""
     config = apply_overrides(preset("tiny"), ["pe=int8"])
-    result = simulate("top", config, seed=6, tiles=6)
+    result = simulate("top", config, seed=6, tiles=6, extra_params={"fuzz_words": 2_000})
     assert result.passed, result.failures
     assert result.report["gemms"] > 0
 

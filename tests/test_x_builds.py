@@ -11,6 +11,8 @@ from hw.device import Device
 from sim.units import UNITS, simulate
 from sw_driver import flow
 
+from .test_regression import ignoring_reset
+
 TINY = preset("tiny")
 
 
@@ -51,3 +53,16 @@ def test_x_seeds_go_with_x_builds_only():
         flow.verilator_run(x_build, test_module=unit.test_module, name="x")
     with pytest.raises(ValueError, match=r"x_seed must be an integer in \[1, 2147483647\]"):
         flow.verilator_run(x_build, test_module=unit.test_module, name="x", x_seed=0)
+
+
+@pytest.mark.slow
+def test_an_x_build_fails_a_device_that_ignores_its_reset():
+    """Such a device powers up where Amaranth's power-on values put it, so a default build
+    passes a test without a reset in the middle; an X build powers it up anywhere."""
+    unit, device = UNITS["top"], ignoring_reset(Device)(TINY)
+    for x_random, x_seed in ((False, None), (True, 1)):
+        build = flow.verilator_build(device, unit=unit.name, x_random=x_random)
+        result = flow.verilator_run(build, test_module=unit.test_module, name="resetless",
+                                    params={"config": TINY.to_dict()},
+                                    testcase="power_on_then_reset", x_seed=x_seed)
+        assert result.passed != x_random, (x_seed, result.failures)
