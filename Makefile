@@ -6,7 +6,7 @@ STAMP    := $(VENV)/.installed
 PRESET   ?= default
 JOBS     ?= auto
 
-.PHONY: help venv sim demo test test-slow synth test-synth clean
+.PHONY: help venv sim demo test test-slow synth test-synth formal clean
 help:
 	@echo "make sim        simulate every hardware unit against golden/ (PRESET=$(PRESET))"
 	@echo "make test       the test suite (set-up included)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-slow  long simulations and soaks"
 	@echo "make synth      bitstreams, Fmax and utilisation for both boards (installs YoWASP)"
 	@echo "make test-synth the tests that run Yosys and nextpnr (minutes)"
+	@echo "make formal     every formal proof and its mutants, with a report (installs SymbiYosys)"
 	@echo "make clean      remove build products (keeps .venv)"
 
 $(STAMP): pyproject.toml
@@ -30,14 +31,15 @@ sim: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bittern run --model tiny --backend rtl --tokens 16 --check
 
-# The suite's quick synthesis tests (PLL dividers, PE and array area) need the YoWASP tools; the
-# training graph needs torch, golden against Hugging Face torch and transformers. A test that
-# needs an extra listed in BITTERN_EXTRAS fails, rather than skips, when it does not import.
+# The suite's quick synthesis tests (PLL dividers, PE and array area) need the YoWASP tools, its
+# quick formal proofs SymbiYosys and a solver; the training graph needs torch, golden against
+# Hugging Face torch and transformers, the sweep Dask and matplotlib. A test that needs an extra
+# listed in BITTERN_EXTRAS fails, rather than skips, when it does not import.
 # One BLAS thread per worker: the workers fill the cores, and OpenBLAS threads competing for
 # them made the golden model's small matrix products ten times slower.
-test: $(VENV)/.synth-installed $(VENV)/.hf-installed
-	BITTERN_EXTRAS="train hf" OPENBLAS_NUM_THREADS=1 \
-	$(BIN)/python -m pytest -n $(JOBS) -m "not slow and not synth"
+test: $(VENV)/.synth-installed $(VENV)/.formal-installed $(VENV)/.test-extras-installed
+	BITTERN_EXTRAS="train hf sweep" OPENBLAS_NUM_THREADS=1 \
+	$(BIN)/python -m pytest -n $(JOBS) -m "not slow and not synth and not formal"
 
 # The soaks: among them the device regression, 20 seeds a preset on X builds (tests/test_regression.py).
 test-slow: $(STAMP)
@@ -47,8 +49,8 @@ $(VENV)/.synth-installed: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[synth]'
 	touch $@
 
-$(VENV)/.hf-installed: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[train,hf]'
+$(VENV)/.test-extras-installed: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[train,hf,sweep]'
 	touch $@
 
 # Both boards are built even if the first misses its clock; the target fails if either does.
@@ -60,6 +62,14 @@ synth: $(VENV)/.synth-installed
 
 test-synth: $(VENV)/.synth-installed
 	$(BIN)/python -m pytest -n $(JOBS) -m synth
+
+$(VENV)/.formal-installed: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[formal]'
+	touch $@
+
+# Every proof, then every mutant (each must fail its proof); results of unchanged jobs are reused.
+formal: $(VENV)/.formal-installed
+	$(BIN)/bittern formal --mutants
 
 clean:
 	rm -rf build .pytest_cache

@@ -6,12 +6,13 @@ from golden.bitlinear import (
 from golden.integer import IntegerLogits, IntegerModel, IntegerWeights, integer_formats
 from golden.model import (
     BITNET_B158_2B4T, CoreCall, Model, ModelConfig, ModelWeights, RecordingCore, TernaryWeight,
-    WeightsCore, linear_shapes, norm_sizes, random_float_tensors,
+    WeightsCore, input_groups, linear_shapes, norm_sizes, random_float_tensors,
 )
 
 __all__ = [
     "bitlinear", "bitlinear_int", "quantize_activations", "quantize_weights", "rescale",
     "BITNET_B158_2B4T", "CoreCall", "Model", "ModelConfig", "ModelWeights", "RecordingCore",
-    "TernaryWeight", "WeightsCore", "linear_shapes", "norm_sizes", "random_float_tensors",
+    "TernaryWeight", "WeightsCore", "input_groups", "linear_shapes", "norm_sizes",
+    "random_float_tensors",
     "IntegerLogits", "IntegerModel", "IntegerWeights", "integer_formats",
 ]

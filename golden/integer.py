@@ -35,7 +35,8 @@ from golden.fixedpoint import (
     dyadic_reciprocal, dyadic_rsqrt, dyadic_value, exp2_lookup, shift_round, sine_lookup,
     table_error_bounds,
 )
-from golden.model import WeightsCore, linear_shapes, norm_sizes, rope_inverse_frequencies
+from golden.model import (ATTENTION_INPUTS, MLP_INPUTS, Decoder, WeightsCore, linear_shapes,
+                          norm_sizes, rope_inverse_frequencies)
 from golden.widths import signed_bits_for
 
 __all__ = [
@@ -512,10 +513,12 @@ class IntegerLogits(NamedTuple):
 
 # The decoder -------------------------------------------------------------------------------
 
-class IntegerModel:
+class IntegerModel(Decoder):
     """The integer decoder with an int16 KV cache. ``core`` does all BitLinear integer work,
     exactly as for :class:`golden.model.Model`; ``observer(name, array)``, if given, sees
     every checked intermediate."""
+
+    cache_dtype = np.int16
 
     def __init__(self, cfg, weights, core=None, *, observer=None):
         self.cfg = cfg
@@ -525,22 +528,11 @@ class IntegerModel:
         self._shapes = linear_shapes(cfg)
         self.reset()
 
-    @property
-    def position(self):
-        """Number of positions held in the KV cache (the next ``start_pos``)."""
-        return self._keys[0].shape[0]
-
-    def reset(self):
-        """Empty the KV cache."""
-        empty = np.zeros((0, self.cfg.kv_heads, self.cfg.head_dim), dtype=np.int16)
-        self._keys = [empty] * self.cfg.layers
-        self._values = [empty] * self.cfg.layers
-
     def forward(self, tokens, start_pos):
         """:class:`IntegerLogits` for ``tokens`` at positions ``start_pos ..``; the cache keeps
         positions ``0 .. start_pos - 1`` and then holds ``tokens`` too (as
         :meth:`golden.model.Model.forward`). Nothing changes if an error is raised."""
-        tokens = self._check_tokens(tokens, "tokens")
+        tokens = self._check_tokens(tokens, "tokens").astype(np.int64)
         self._check_start(start_pos, len(tokens))
         check = self._checker("rope.")
         rope = rope_factors(np.arange(start_pos, start_pos + len(tokens)),
@@ -556,13 +548,7 @@ class IntegerModel:
 
     def generate(self, prompt_tokens, n_tokens):
         """Reset, prefill the prompt, then decode greedily; the ``n_tokens`` new tokens."""
-        prompt = self._check_tokens(prompt_tokens, "prompt_tokens")
-        if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens < 0:
-            raise ValueError(f"n_tokens must be a non-negative integer, not {n_tokens!r}")
-        needed = len(prompt) + n_tokens - 1    # the last new token is never fed back
-        if needed > self.cfg.max_seq:
-            raise ValueError(f"{len(prompt)} prompt tokens and {n_tokens} new tokens need "
-                             f"{needed} positions, more than max_seq = {self.cfg.max_seq}")
+        prompt = self._check_generation(prompt_tokens, n_tokens)
         self.reset()
         new_tokens = []
         if n_tokens:
@@ -571,26 +557,6 @@ class IntegerModel:
             logits = self.forward(new_tokens[-1:], self.position)
             new_tokens.append(int(logits.argmax()[-1]))
         return new_tokens
-
-    def _check_tokens(self, tokens, what):
-        array = np.asarray(tokens)
-        if array.ndim != 1 or array.size == 0:
-            raise ValueError(f"{what} must be a non-empty 1-D sequence, not shape {array.shape}")
-        if array.dtype.kind not in "iu":
-            raise ValueError(f"{what} must be integers, not dtype {array.dtype}")
-        bad = np.flatnonzero((array < 0) | (array >= self.cfg.vocab))
-        if bad.size:
-            raise ValueError(f"{what}[{bad[0]}] = {array[bad[0]]} is outside the vocabulary "
-                             f"[0, {self.cfg.vocab})")
-        return array.astype(np.int64)
-
-    def _check_start(self, start_pos, steps):
-        if not isinstance(start_pos, (int, np.integer)) or not 0 <= start_pos <= self.position:
-            raise ValueError(f"start_pos must be an integer in [0, {self.position}] (the cached "
-                             f"positions), not {start_pos!r}")
-        if start_pos + steps > self.cfg.max_seq:
-            raise ValueError(f"positions {start_pos} .. {start_pos + steps - 1} exceed "
-                             f"max_seq = {self.cfg.max_seq}")
 
     def _checker(self, where):
         formats, observer = self.prepared.formats, self.observer
@@ -630,7 +596,7 @@ class IntegerModel:
         steps = h.shape[0]
         x_q, rho = norm_quantize(h, -p.residual_fraction, p.norms[f"layers.{i}.input_layernorm"],
                                  p.tables, check)
-        q, k, v = self._linears(x_q, rho, prefix, ("q_proj", "k_proj", "v_proj"), "projection",
+        q, k, v = self._linears(x_q, rho, prefix, ATTENTION_INPUTS, "projection",
                                 check)
         q = apply_rope(q.reshape(steps, cfg.heads, cfg.head_dim), *rope, check)
         k = apply_rope(k.reshape(steps, cfg.kv_heads, cfg.head_dim), *rope, check)
@@ -649,7 +615,7 @@ class IntegerModel:
         check = self._checker(prefix)
         x_q, rho = norm_quantize(h, -p.residual_fraction,
                                  p.norms[f"layers.{i}.post_attention_layernorm"], p.tables, check)
-        gate, up = self._linears(x_q, rho, prefix, ("gate_proj", "up_proj"), "projection", check)
+        gate, up = self._linears(x_q, rho, prefix, MLP_INPUTS, "projection", check)
         inner, exponent = ffn_inner(gate, up, p.linears[prefix + "gate_proj"].out_fraction,
                                     p.linears[prefix + "up_proj"].out_fraction, check)
         x_q, rho = norm_quantize(inner, exponent, p.norms[prefix + "ffn_sub_norm"], p.tables,

@@ -30,7 +30,8 @@ from golden.trits import check_trits
 
 __all__ = [
     "ModelConfig", "BITNET_B158_2B4T", "TernaryWeight", "ModelWeights", "linear_shapes",
-    "norm_sizes", "random_float_tensors", "WeightsCore", "CoreCall", "RecordingCore", "Model",
+    "ATTENTION_INPUTS", "MLP_INPUTS", "input_groups", "norm_sizes", "random_float_tensors",
+    "WeightsCore", "CoreCall", "RecordingCore", "Decoder", "Model",
     "rms_norm", "rope_inverse_frequencies", "rope_tables", "apply_rope", "attention",
 ]
 
@@ -119,6 +120,22 @@ def linear_shapes(cfg):
         shapes.update({f"layers.{i}.self_attn.{name}": shape for name, shape in attn.items()})
         shapes.update({f"layers.{i}.mlp.{name}": shape for name, shape in mlp.items()})
     return shapes
+
+
+# The BitLinears of a layer that share one activation quantisation (one x_q), in call order.
+ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")
+MLP_INPUTS = ("gate_proj", "up_proj")
+
+
+def input_groups(cfg):
+    """Tuples of BitLinear names that the forward pass calls with one and the same ``x_q``,
+    in call order (``linear_shapes`` order): per layer q|k|v, o, gate|up, down."""
+    groups = []
+    for i in range(cfg.layers):
+        attn, mlp = f"layers.{i}.self_attn.", f"layers.{i}.mlp."
+        groups += [tuple(attn + name for name in ATTENTION_INPUTS), (attn + "o_proj",),
+                   tuple(mlp + name for name in MLP_INPUTS), (mlp + "down_proj",)]
+    return groups
 
 
 def norm_sizes(cfg):
@@ -316,16 +333,11 @@ def attention(q, keys, values, start_pos):
     return (probs @ v).transpose(1, 0, 2).reshape(steps, heads * head_dim)
 
 
-class Model:
-    """The golden decoder with a KV cache. ``core`` does all BitLinear integer work."""
+class Decoder:
+    """What both decoders (:class:`Model`, :class:`golden.integer.IntegerModel`) share: a KV
+    cache of ``cache_dtype`` per layer, and the checks of their arguments."""
 
-    def __init__(self, cfg, weights, core=None):
-        weights.check(cfg)
-        self.cfg = cfg
-        self.weights = weights
-        self.core = WeightsCore(weights) if core is None else core
-        self._inverse_frequencies = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta)
-        self.reset()
+    cache_dtype = None
 
     @property
     def position(self):
@@ -334,9 +346,54 @@ class Model:
 
     def reset(self):
         """Empty the KV cache."""
-        empty = np.zeros((0, self.cfg.kv_heads, self.cfg.head_dim), dtype=np.float32)
+        empty = np.zeros((0, self.cfg.kv_heads, self.cfg.head_dim), dtype=self.cache_dtype)
         self._keys = [empty] * self.cfg.layers
         self._values = [empty] * self.cfg.layers
+
+    def _check_generation(self, prompt_tokens, n_tokens):
+        """The prompt as an array, once ``n_tokens`` after it fit ``max_seq``."""
+        prompt = self._check_tokens(prompt_tokens, "prompt_tokens")
+        if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens < 0:
+            raise ValueError(f"n_tokens must be a non-negative integer, not {n_tokens!r}")
+        needed = len(prompt) + n_tokens - 1    # the last new token is never fed back
+        if needed > self.cfg.max_seq:
+            raise ValueError(f"{len(prompt)} prompt tokens and {n_tokens} new tokens need "
+                             f"{needed} positions, more than max_seq = {self.cfg.max_seq}")
+        return prompt
+
+    def _check_tokens(self, tokens, what):
+        array = np.asarray(tokens)
+        if array.ndim != 1 or array.size == 0:
+            raise ValueError(f"{what} must be a non-empty 1-D sequence, not shape {array.shape}")
+        if array.dtype.kind not in "iu":
+            raise ValueError(f"{what} must be integers, not dtype {array.dtype}")
+        bad = np.flatnonzero((array < 0) | (array >= self.cfg.vocab))
+        if bad.size:
+            raise ValueError(f"{what}[{bad[0]}] = {array[bad[0]]} is outside the vocabulary "
+                             f"[0, {self.cfg.vocab})")
+        return array
+
+    def _check_start(self, start_pos, steps):
+        if not isinstance(start_pos, (int, np.integer)) or not 0 <= start_pos <= self.position:
+            raise ValueError(f"start_pos must be an integer in [0, {self.position}] (the cached "
+                             f"positions), not {start_pos!r}")
+        if start_pos + steps > self.cfg.max_seq:
+            raise ValueError(f"positions {start_pos} .. {start_pos + steps - 1} exceed "
+                             f"max_seq = {self.cfg.max_seq}")
+
+
+class Model(Decoder):
+    """The golden decoder with a KV cache. ``core`` does all BitLinear integer work."""
+
+    cache_dtype = np.float32
+
+    def __init__(self, cfg, weights, core=None):
+        weights.check(cfg)
+        self.cfg = cfg
+        self.weights = weights
+        self.core = WeightsCore(weights) if core is None else core
+        self._inverse_frequencies = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta)
+        self.reset()
 
     def forward(self, tokens, start_pos):
         """Logits float32 ``(T, vocab)`` for ``tokens`` at positions ``start_pos ..``.
@@ -363,15 +420,9 @@ class Model:
         Greedy (first arg max) when ``temperature`` is 0, else sampled from
         ``softmax(logits / temperature)`` with ``np.random.default_rng(seed)``.
         """
-        prompt = self._check_tokens(prompt_tokens, "prompt_tokens")
-        if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens < 0:
-            raise ValueError(f"n_tokens must be a non-negative integer, not {n_tokens!r}")
+        prompt = self._check_generation(prompt_tokens, n_tokens)
         if not 0 <= temperature < math.inf:
             raise ValueError(f"temperature must be a finite number >= 0, not {temperature!r}")
-        needed = len(prompt) + n_tokens - 1    # the last new token is never fed back
-        if needed > self.cfg.max_seq:
-            raise ValueError(f"{len(prompt)} prompt tokens and {n_tokens} new tokens need "
-                             f"{needed} positions, more than max_seq = {self.cfg.max_seq}")
         self.reset()
         if n_tokens == 0:
             return []
@@ -383,26 +434,6 @@ class Model:
             if len(new_tokens) == n_tokens:
                 return new_tokens
             logits = self.forward(new_tokens[-1:], self.position)[-1]
-
-    def _check_tokens(self, tokens, what):
-        array = np.asarray(tokens)
-        if array.ndim != 1 or array.size == 0:
-            raise ValueError(f"{what} must be a non-empty 1-D sequence, not shape {array.shape}")
-        if array.dtype.kind not in "iu":
-            raise ValueError(f"{what} must be integers, not dtype {array.dtype}")
-        bad = np.flatnonzero((array < 0) | (array >= self.cfg.vocab))
-        if bad.size:
-            raise ValueError(f"{what}[{bad[0]}] = {array[bad[0]]} is outside the vocabulary "
-                             f"[0, {self.cfg.vocab})")
-        return array
-
-    def _check_start(self, start_pos, steps):
-        if not isinstance(start_pos, (int, np.integer)) or not 0 <= start_pos <= self.position:
-            raise ValueError(f"start_pos must be an integer in [0, {self.position}] (the cached "
-                             f"positions), not {start_pos!r}")
-        if start_pos + steps > self.cfg.max_seq:
-            raise ValueError(f"positions {start_pos} .. {start_pos + steps - 1} exceed "
-                             f"max_seq = {self.cfg.max_seq}")
 
     def _norm(self, x, name):
         return rms_norm(x, self.weights.norms[name], self.cfg.eps)
@@ -425,7 +456,7 @@ class Model:
         cfg, prefix = self.cfg, f"layers.{i}.self_attn."
         steps = h.shape[0]
         a = self._norm(h, f"layers.{i}.input_layernorm")
-        q, k, v = self._bitlinears(a, prefix, ("q_proj", "k_proj", "v_proj"))
+        q, k, v = self._bitlinears(a, prefix, ATTENTION_INPUTS)
         q = apply_rope(q.reshape(steps, cfg.heads, cfg.head_dim), *rope)
         k = apply_rope(k.reshape(steps, cfg.kv_heads, cfg.head_dim), *rope)
         keys[i] = np.concatenate([keys[i], k])
@@ -437,7 +468,7 @@ class Model:
     def _mlp_block(self, i, h):
         prefix = f"layers.{i}.mlp."
         m = self._norm(h, f"layers.{i}.post_attention_layernorm")
-        gate, up = self._bitlinears(m, prefix, ("gate_proj", "up_proj"))
+        gate, up = self._bitlinears(m, prefix, MLP_INPUTS)
         inner = self._norm(np.square(np.maximum(gate, 0)) * up, prefix + "ffn_sub_norm")
         (out,) = self._bitlinears(inner, prefix, ("down_proj",))
         return h + out

@@ -309,6 +309,7 @@ class Board:
     family: str                 # "ecp5" or "ice40"
     default_preset: str
     leds: tuple                 # a field of LEDS per ("led", i) resource, in order
+    resources: dict             # what the FPGA holds, in the area metrics of its family
 
     @property
     def pll(self):
@@ -329,10 +330,14 @@ class Board:
 BOARDS = {board.name: board for board in [
     Board("ulx3s-85f", "Radiona ULX3S, ECP5 LFE5U-85F, 25 MHz oscillator, FTDI UART",
           ULX3S_85F_Platform, "ecp5", "ulx3s-85f",
-          leds=("heartbeat", "rx", "tx", "busy", "error")),
+          leds=("heartbeat", "rx", "tx", "busy", "error"),
+          resources={"LUT4-eq": 83_640, "TRELLIS_FF": 83_640, "DP16KD": 208,
+                     "MULT18X18D": 156}),
     Board("icebreaker", "1BitSquared iCEBreaker, iCE40UP5K, 12 MHz oscillator, FTDI UART",
           ICEBreakerPlatform, "ice40", "icebreaker",
-          leds=("error", "heartbeat")),         # led 0 is red, led 1 green
+          leds=("error", "heartbeat"),          # led 0 is red, led 1 green
+          resources={"SB_LUT4": 5_280, "SB_DFF*": 5_280, "SB_RAM40_4K": 30,
+                     "SB_SPRAM256KA": 4, "SB_MAC16": 8}),
 ]}
 
 

@@ -109,6 +109,7 @@ COMMANDS = {command.opcode: command for command in [
 ARGUMENT_WORDS = {opcode: len(command.arguments) for opcode, command in COMMANDS.items()
                   if command.arguments}
 _HEADER_FIELDS = {name: (field.offset, field.width) for name, field in HEADER}
+_OPCODES = {opcode.value for opcode in Opcode}
 
 
 def words_for(bits):
@@ -214,6 +215,34 @@ class CommandFormat:
     def simple(opcode):
         """A command with no arguments and no data (``READ_STATUS``, ``CLEAR_ERRORS``...)."""
         return [pack_header(opcode)]
+
+    # Validation: what the device's decoder decides, in the order it checks ------------------
+
+    def header_error(self, opcode, a, b, *, tile_loaded):
+        """The :class:`ErrorCode` a header earns (``None``: valid), as the device decodes it."""
+        if opcode not in _OPCODES:
+            return ErrorCode.UNKNOWN_OPCODE
+        opcode = Opcode(opcode)
+        if opcode is Opcode.WRITE_WEIGHTS:
+            return (ErrorCode.BAD_BANK if a >= self.banks else
+                    ErrorCode.BAD_LENGTH if b == 0 else None)
+        if opcode in (Opcode.LOAD_ACTS, Opcode.GEMV, Opcode.GEMM):
+            return (ErrorCode.RESERVED_FIELD if a else ErrorCode.BAD_LENGTH if b == 0 else
+                    ErrorCode.NO_TILE if opcode is Opcode.GEMM and not tile_loaded else None)
+        return ErrorCode.RESERVED_FIELD if a or b else None
+
+    def argument_error(self, opcode, b, args):
+        """The :class:`ErrorCode` a valid header's arguments earn (``None``: valid)."""
+        if opcode is Opcode.WRITE_WEIGHTS and args[0] + b > self.depth:
+            return ErrorCode.BAD_ADDRESS
+        if opcode is Opcode.LOAD_ACTS and args[0] + b > self.act_words:
+            return ErrorCode.BAD_ADDRESS
+        if opcode is Opcode.GEMV:
+            if not 1 <= args[1] <= self.act_words:
+                return ErrorCode.BAD_SHAPE
+            if args[0] + b * args[1] > self.depth:
+                return ErrorCode.BAD_ADDRESS
+        return None
 
     def sizes(self):
         """The word counts and sizes that :data:`COMMANDS`' descriptions name."""

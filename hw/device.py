@@ -373,7 +373,7 @@ class Device(wiring.Component):
             ]
 
     def _decode(self, m, h, *, reject, tile_loaded, registers, response_words):
-        """Header checks and dispatch, in the order :class:`BehaviouralDevice` mirrors."""
+        """Header checks and dispatch, in the order of :meth:`CommandFormat.header_error`."""
         fmt = self._format
         with m.Switch(h.opcode):
             with m.Case(Opcode.WRITE_WEIGHTS):

@@ -61,8 +61,9 @@ class ProcessingElement(wiring.Component):
 
     Every cycle: ``psum_out <= psum_in + w * x_in`` and ``x_out <= x_in`` (both registered).
     When ``w_load`` is high, the held weight is replaced by ``w_in``. A subclass sets
-    ``weight_shape`` and ``weight_range`` and implements :meth:`max_product`,
-    :meth:`encode_weights`, :meth:`decode_weights` and :meth:`product`.
+    ``weight_shape`` and ``weight_range`` and implements :meth:`max_product` and
+    :meth:`product`; a weight that is not a signed integer also needs its codec
+    (:meth:`encode_weights`, :meth:`decode_weights`).
 
     Parameters
     ----------
@@ -83,14 +84,16 @@ class ProcessingElement(wiring.Component):
 
     @classmethod
     def encode_weights(cls, values):
-        """Weight values (an integer array) -> their codes in ``weight_shape``, unsigned."""
-        raise NotImplementedError
+        """Weight values (an integer array) -> their codes in ``weight_shape``, unsigned; by
+        default two's complement, for a signed ``weight_shape``."""
+        return np.asarray(values, np.int64) & ((1 << cls.weight_bits()) - 1)
 
     @classmethod
     def decode_weights(cls, codes):
         """Codes -> the weight values the hardware computes with (the inverse of
-        :meth:`encode_weights`, and defined for every code)."""
-        raise NotImplementedError
+        :meth:`encode_weights`, and defined for every code); by default two's complement."""
+        bits, codes = cls.weight_bits(), np.asarray(codes, np.int64)
+        return np.where((codes >> (bits - 1)) & 1, codes - (1 << bits), codes)
 
     @classmethod
     def weight_is_nonzero(cls, code):
@@ -180,15 +183,6 @@ class Int8PE(ProcessingElement):
     def max_product(act_bits):
         """The most negative activation times the most negative weight."""
         return (1 << (act_bits - 1)) * 128
-
-    @classmethod
-    def encode_weights(cls, values):
-        return np.asarray(values, np.int64) & 0xFF
-
-    @classmethod
-    def decode_weights(cls, codes):
-        codes = np.asarray(codes, np.int64)
-        return np.where(codes & 0x80, codes - 0x100, codes)
 
     def product(self):
         return self.x_in * self.w

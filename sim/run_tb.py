@@ -2,13 +2,14 @@
 and its transport hands each transaction to the simulation (``cocotb.task.resume``).
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``model`` ("tiny" or a checkpoint path),
-``prompt_tokens``, ``tokens``, ``check``.
+``prompt_tokens``, ``tokens``, ``check``, ``prefill``.
 """
 
 import cocotb
 from cocotb.task import bridge, resume
 
 from hw.config import Config
+from hw.uart import DEFAULT_BAUD
 from sim.tb import TB, StreamSink, StreamSource, params, write_report
 from sw_driver.driver import Transport
 from sw_driver.run import load_model, run
@@ -43,6 +44,7 @@ async def inference(dut):
     model_config, weights = load_model(p["model"])
     result = await bridge(run)(transport, Config.from_dict(p["config"]), model_config, weights,
                                p["prompt_tokens"], p["tokens"], check=p["check"],
-                               decode=decode, sim_cycles=tb.cycle)
+                               decode=decode, sim_cycles=tb.cycle,
+                               prefill=p.get("prefill", "auto"), baud=p.get("baud", DEFAULT_BAUD))
     write_report(result.to_dict())
     assert result.checked is not False, result.first_mismatch

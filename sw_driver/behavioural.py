@@ -7,9 +7,11 @@ Weight codes decode as the hardware computes with them (:mod:`golden.trits` for 
 PE kind's codec for the array's tile): an invalid trit code (``0b10``) acts as zero.
 
 Counters: ``macs`` (the non-zero weights met: a zero weight is a skip) and ``words_read`` are
-exact; ``cycles_busy`` is exact for a host that sends each command's words back to back and
-takes responses at once (:mod:`sw_driver.timing`); ``cycles_idle`` and ``cycles_stalled``
-depend on the host and read as zero.
+exact. The cycle counters are exact for a host that offers every word as soon as the device can
+take it and takes every response word at once: ``cycles_busy`` from :mod:`sw_driver.timing`,
+``cycles_idle`` one cycle per header, ``cycles_stalled`` none. For a host of any other timing,
+:class:`sw_driver.cycles.DeviceCycles` steps the device's control cycle by cycle around this
+device and reads out the counters the RTL does.
 """
 
 import numpy as np
@@ -26,7 +28,6 @@ from .timing import CommandTiming
 __all__ = ["BehaviouralDevice", "BehaviouralTransport"]
 
 _MASK = (1 << WORD_BITS) - 1
-_OPCODES = {op.value for op in Opcode}
 
 
 class BehaviouralDevice:
@@ -49,31 +50,41 @@ class BehaviouralDevice:
         self.error = ErrorCode.NONE.value
         self.errors = 0
         self.macs = 0
-        self.busy = 0
+        self.busy = self.idle = 0
         self.words_read = [0] * fmt.banks
         self._out = []
+        self._words, self._next = [], 0
         self._parser = self._commands()
-        next(self._parser)
+        self._wants = next(self._parser)
 
     def feed(self, words):
         """Process command words; return the response words they completed."""
-        for word in words:
-            self._parser.send(int(word) & _MASK)
+        self._words.extend(int(word) & _MASK for word in words)
+        while True:
+            least, most = self._wants
+            ready = len(self._words) - self._next
+            if ready < least:
+                break
+            take = min(ready - ready % least, most)
+            chunk = self._words[self._next:self._next + take]
+            self._next += take
+            self._wants = self._parser.send(chunk)
+        del self._words[:self._next]
+        self._next = 0
         out, self._out = self._out, []
         return out
 
-    # The command parser, one word per ``yield`` --------------------------------------------
+    # The command parser: it yields ``(least, most)`` words it wants next (whole items of a
+    # command's data come in any number at once) and is sent a list of that many. --------
 
     def _fail(self, code):
         self.errors = (self.errors + 1) & _MASK
         if self.error == ErrorCode.NONE.value:
             self.error = code.value
 
-    def _take(self, words):
-        value = 0
-        for n in range(words):
-            value |= (yield) << (WORD_BITS * n)
-        return value
+    def _word(self):
+        (word,) = yield 1, 1
+        return word
 
     def _respond(self, opcode, b, data):
         self._out.append(pack_header(opcode, self.error, b))
@@ -82,17 +93,18 @@ class BehaviouralDevice:
     def _commands(self):
         fmt = self.format
         while True:
-            header = unpack_header((yield))
+            header = unpack_header((yield from self._word()))
+            self.idle += 1                      # the cycle the header is decoded in
             op, a, b = header["opcode"], header["a"], header["b"]
-            problem = self._decode(op, a, b)
+            problem = fmt.header_error(op, a, b, tile_loaded=self.tile_loaded)
             if problem:
                 self._fail(problem)
                 continue
             op = Opcode(op)
             args = []
             for _ in range(ARGUMENT_WORDS.get(op, 0)):
-                args.append((yield))
-            problem = self._check(op, b, args)
+                args.append((yield from self._word()))
+            problem = fmt.argument_error(op, b, args)
             if problem:
                 self._fail(problem)
                 self.busy += self.timing.rejected_after_arguments(op)
@@ -105,78 +117,71 @@ class BehaviouralDevice:
                           self.timing.gemm(b) if op is Opcode.GEMM else
                           self.timing.simple(op, b))
             if op is Opcode.WRITE_WEIGHTS:
-                for n in range(b):
-                    value = yield from self._take(fmt.weight_word_words)
-                    word = value & ((1 << self.config.word_bits) - 1)    # bits it holds
-                    self.banks[a, args[0] + n] = trits.unpack_words(word, fmt.lanes,
-                                                                    invalid_as_zero=True)
+                yield from self._data(b, fmt.weight_word_words, lambda done, values:
+                                      self._write_weights(a, args[0] + done, values))
             elif op is Opcode.LOAD_ACTS:
-                for n in range(b):
-                    value = yield from self._take(fmt.act_chunk_words)
-                    self.acts[args[0] + n] = unpack_ints([value], self.config.act_bits,
-                                                         fmt.lanes)[0]
+                yield from self._data(b, fmt.act_chunk_words, lambda done, values:
+                                      self._load_acts(args[0] + done, values))
             elif op is Opcode.GEMV:
                 self._respond(op, b, self._gemv(args[0], b, args[1]).ravel())
             elif op is Opcode.LOAD_TILE:
                 self.tile_loaded = False
-                for k in range(fmt.rows):
-                    value = yield from self._take(fmt.tile_row_words)
-                    self.tile[k] = fmt.tile_row_weights(value)
+                yield from self._data(fmt.rows, fmt.tile_row_words, self._load_tile)
                 self.tile_loaded = True
             elif op is Opcode.GEMM:
                 self._out.append(pack_header(op, self.error, b))
-                for _ in range(b):
-                    value = yield from self._take(fmt.token_words)
-                    token = unpack_ints([value], self.config.act_bits, fmt.rows).astype(np.int8)
-                    self.macs += int(np.count_nonzero(self.tile))
-                    self._out.extend(int(v) & _MASK for v in matmul_int(token, self.tile.T)[0])
+                yield from self._data(b, fmt.token_words, lambda done, values:
+                                      self._gemm(values))
             elif op is Opcode.READ_STATUS:
                 flags = int(self.tile_loaded) << STATUS_FLAGS["tile_loaded"].offset
                 self._respond(op, len(STATUS), [STATUS_MAGIC, self.error, self.errors, flags])
             elif op is Opcode.CLEAR_ERRORS:
                 self.error, self.errors = ErrorCode.NONE.value, 0
 
-    def _decode(self, op, a, b):
-        """The header checks of the RTL's DECODE state, in the same order."""
-        if op not in _OPCODES:
-            return ErrorCode.UNKNOWN_OPCODE
-        op = Opcode(op)
-        if op is Opcode.WRITE_WEIGHTS:
-            return (ErrorCode.BAD_BANK if a >= self.format.banks else
-                    ErrorCode.BAD_LENGTH if b == 0 else None)
-        if op in (Opcode.LOAD_ACTS, Opcode.GEMV, Opcode.GEMM):
-            return (ErrorCode.RESERVED_FIELD if a else ErrorCode.BAD_LENGTH if b == 0 else
-                    ErrorCode.NO_TILE if op is Opcode.GEMM and not self.tile_loaded else None)
-        return ErrorCode.RESERVED_FIELD if a or b else None
+    def _data(self, count, words, consume):
+        """Take a command's ``count`` data items of ``words`` words each, as they come: each
+        chunk of whole items goes to ``consume(items before it, their values)``."""
+        done = 0
+        while done < count:
+            chunk = yield words, (count - done) * words
+            values = [sum(chunk[i + n] << (WORD_BITS * n) for n in range(words))
+                      for i in range(0, len(chunk), words)]
+            consume(done, values)
+            done += len(values)
 
-    def _check(self, op, b, args):
-        """The argument checks of the RTL's CHECK state."""
-        fmt = self.format
-        if op is Opcode.WRITE_WEIGHTS and args[0] + b > fmt.depth:
-            return ErrorCode.BAD_ADDRESS
-        if op is Opcode.LOAD_ACTS and args[0] + b > fmt.act_words:
-            return ErrorCode.BAD_ADDRESS
-        if op is Opcode.GEMV:
-            if not 1 <= args[1] <= fmt.act_words:
-                return ErrorCode.BAD_SHAPE
-            if args[0] + b * args[1] > fmt.depth:
-                return ErrorCode.BAD_ADDRESS
-        return None
+    def _write_weights(self, bank, addr, values):
+        words = np.array(values, dtype=object) & ((1 << self.config.word_bits) - 1)
+        self.banks[bank, addr:addr + len(values)] = trits.unpack_words(
+            words, self.format.lanes, invalid_as_zero=True).reshape(len(values), -1)
+
+    def _load_tile(self, done, values):
+        for k, row in enumerate(values, start=done):
+            self.tile[k] = self.format.tile_row_weights(row)
+
+    def _load_acts(self, addr, values):
+        self.acts[addr:addr + len(values)] = unpack_ints(values, self.config.act_bits,
+                                                         self.format.lanes)
+
+    def _gemm(self, values):
+        tokens = unpack_ints(values, self.config.act_bits, self.format.rows).astype(np.int8)
+        self.macs += len(tokens) * int(np.count_nonzero(self.tile))
+        self._out.extend(int(v) & _MASK for v in matmul_int(tokens, self.tile.T).ravel())
 
     def _gemv(self, base, rows, words_per_row):
         """Results ``(rows, banks)``: bank b's row r dotted with the activation chunks."""
         fmt = self.format
         span = self.banks[:, base:base + rows * words_per_row]        # (banks, words, lanes)
-        weights = span.reshape(fmt.banks, rows, words_per_row * fmt.lanes)
+        weights = span.reshape(fmt.banks * rows, words_per_row * fmt.lanes)
         x_q = self.acts[:words_per_row].reshape(-1)
         self.macs += int(np.count_nonzero(span))
         for bank in range(fmt.banks):
             self.words_read[bank] += rows * words_per_row
-        return np.stack([bitlinear_int(x_q, weights[bank]) for bank in range(fmt.banks)], 1)
+        return bitlinear_int(x_q, weights).reshape(fmt.banks, rows).T
 
     def counters(self):
-        """Counter values, in ``CommandFormat.counter_names`` order (idle, stalled: zero)."""
-        return [self.busy & _MASK, 0, 0, self.macs & _MASK,
+        """Counter values, in ``CommandFormat.counter_names`` order (for a host that never waits:
+        see the module docstring)."""
+        return [self.busy & _MASK, self.idle & _MASK, 0, self.macs & _MASK,
                 *[w & _MASK for w in self.words_read]]
 
 

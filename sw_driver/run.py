@@ -6,15 +6,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from golden import Model
+from golden import Model, input_groups
 from golden.bitlinear import bitlinear_int
-from hw.commands import Opcode
+from hw.commands import WORD_BYTES, Opcode
+from hw.uart import DEFAULT_BAUD
 
-from .driver import Accelerator
+from .driver import Accelerator, Transport
 from .mapper import DeviceCore
 from .timing import CommandTiming
 
-__all__ = ["load_model", "RunResult", "CheckingCore", "run"]
+__all__ = ["load_model", "RunResult", "CheckingCore", "uart_link", "run",
+           "bank_bound_cycles_per_token"]
 
 
 def load_model(source):
@@ -47,16 +49,45 @@ class CheckingCore:
         return got
 
 
+class _CountedLink(Transport):
+    """A transport that counts the words it moves each way."""
+
+    def __init__(self, inner):
+        self.inner, self.burst_words = inner, inner.burst_words
+        self.to_device = self.from_device = 0
+
+    def transact(self, words, count):
+        self.to_device += len(words)
+        self.from_device += count
+        return self.inner.transact(words, count)
+
+    def moved(self):
+        return np.array([self.to_device, self.from_device])
+
+
 @dataclass
 class RunResult:
-    """What ``bittern run`` reports."""
+    """What ``bittern run`` reports. Prefill (the prompt in one forward pass) and decode (each
+    later token) are apart; ``cycles_per_token`` and what follows from it are decode's (``None``
+    when only one token is generated, which has no decode step). Projections: the device alone
+    at the preset's clock (``device_tokens_per_s``), and the board link alone
+    (``link_tokens_per_s``: the busier direction's words at the link's word rate, ``link``)."""
     text: str
     tokens: list
+    prefill_tokens: int
     prefill_cycles: int
-    cycles_per_token: float
-    tokens_per_s: float
+    prefill_wall_s: float
+    decode_tokens: int
+    cycles_per_token: float | None
+    decode_wall_s: float
+    decode_tokens_per_s: float | None
+    device_tokens_per_s: float | None
+    link: str
+    link_words_per_token: dict | None
+    link_tokens_per_s: float | None
+    bank_bound_cycles_per_token: float
+    bank_bound_fraction: float | None
     sim_cycles_per_s: float
-    projected_tokens_per_s: float
     wall_s: float
     checked: bool | None = None
     calls: dict = field(default_factory=dict)
@@ -66,33 +97,48 @@ class RunResult:
         return asdict(self)
 
 
+def uart_link(baud):
+    """``(description, words per second each way)`` of a UART at ``baud``, 8N1, full duplex."""
+    words_per_s = baud / (10 * WORD_BYTES)          # 10 bits a byte: start, 8 data, stop
+    return f"UART 8N1 at {baud} baud, full duplex: {words_per_s:.0f} words/s each way", \
+        words_per_s
+
+
 def run(transport, hw_config, model_config, weights, prompt_tokens, n_tokens, *, check=False,
-        decode=bytes, progress=None, sim_cycles=None):
+        decode=bytes, progress=None, sim_cycles=None, prefill="auto", baud=DEFAULT_BAUD):
     """Generate ``n_tokens`` greedily after ``prompt_tokens`` with every BitLinear on the device.
 
     ``sim_cycles()`` (optional) gives the simulated clock cycles so far, for the simulation
-    speed; without it, the device's own working cycles are used.
+    speed; without it, the device's own working cycles are used. ``prefill`` is where the
+    prompt's BitLinears run (:class:`~sw_driver.mapper.DeviceCore`); ``baud`` is the board
+    link's rate, for the link-bound projection.
     """
     start_wall = time.perf_counter()
-    accelerator = Accelerator(transport, hw_config)
+    link = _CountedLink(transport)
+    accelerator = Accelerator(link, hw_config)
     accelerator.status()
     accelerator.clear_errors()
-    device_core = DeviceCore(accelerator, weights.linears, progress=progress)
+    device_core = DeviceCore(accelerator, weights.linears, groups=input_groups(model_config),
+                             prefill=prefill, progress=progress)
     core = CheckingCore(device_core, weights.linears) if check else device_core
     model = Model(model_config, weights, core=core)
     counter_read = CommandTiming(hw_config).simple(Opcode.READ_COUNTERS)
 
-    def working_cycles(before):
-        return (accelerator.counters() - before).cycles_working - counter_read
+    def forward(tokens, start):
+        """A forward pass: its logits, working cycles and words moved each way."""
+        before, moved = accelerator.counters(), link.moved()
+        logits = model.forward(tokens, start)
+        moved = link.moved() - moved
+        cycles = (accelerator.counters() - before).cycles_working - counter_read
+        return logits, cycles, moved
 
     if progress:
         progress(f"prefill: {len(prompt_tokens)} tokens")
-    before = accelerator.counters()
-    decode_start_wall = time.perf_counter()
     sim_start = sim_cycles() if sim_cycles else 0
-    logits = model.forward(np.asarray(prompt_tokens), 0)
-    prefill_cycles = working_cycles(before)
-    generated, per_token = [], []
+    prefill_start = time.perf_counter()
+    logits, prefill_cycles, _ = forward(np.asarray(prompt_tokens), 0)
+    decode_start = time.perf_counter()
+    generated, per_token, words = [], [], []
     while True:
         token = int(np.argmax(logits[-1]))
         generated.append(token)
@@ -100,21 +146,36 @@ def run(transport, hw_config, model_config, weights, prompt_tokens, n_tokens, *,
             break
         if progress:
             progress(f"token {len(generated)}/{n_tokens}: {decode(bytes(generated))!r}")
-        before = accelerator.counters()
-        logits = model.forward(np.array([token]), len(prompt_tokens) + len(generated) - 1)
-        per_token.append(working_cycles(before))
-    wall = time.perf_counter() - decode_start_wall
+        logits, cycles, moved = forward(np.array([token]),
+                                        len(prompt_tokens) + len(generated) - 1)
+        per_token.append(cycles)
+        words.append(moved)
+    end = time.perf_counter()
     accelerator.check()
 
-    device_cycles = prefill_cycles + sum(per_token)
-    simulated = (sim_cycles() - sim_start) if sim_cycles else device_cycles
-    cycles_per_token = float(np.mean(per_token)) if per_token else float(prefill_cycles)
+    simulated = (sim_cycles() - sim_start) if sim_cycles else prefill_cycles + sum(per_token)
+    link_name, link_rate = uart_link(baud)
+    bound = bank_bound_cycles_per_token(hw_config, weights)
+    cycles_per_token = float(np.mean(per_token)) if per_token else None
+    per_token_words = np.mean(words, axis=0) if words else None
+    decode_wall = end - decode_start
     result = RunResult(
-        text=decode(bytes(generated)), tokens=generated, prefill_cycles=prefill_cycles,
-        cycles_per_token=cycles_per_token,
-        tokens_per_s=len(generated) / wall if wall else 0.0,
-        sim_cycles_per_s=simulated / wall if wall else 0.0,
-        projected_tokens_per_s=hw_config.clock_mhz * 1e6 / cycles_per_token,
+        text=decode(bytes(generated)), tokens=generated, prefill_tokens=len(prompt_tokens),
+        prefill_cycles=prefill_cycles, prefill_wall_s=decode_start - prefill_start,
+        decode_tokens=len(per_token), cycles_per_token=cycles_per_token,
+        decode_wall_s=decode_wall,
+        decode_tokens_per_s=len(per_token) / decode_wall if per_token and decode_wall else None,
+        device_tokens_per_s=(hw_config.clock_mhz * 1e6 / cycles_per_token
+                             if cycles_per_token else None),
+        link=link_name,
+        link_words_per_token=({"to_device": float(per_token_words[0]),
+                               "from_device": float(per_token_words[1])}
+                              if per_token_words is not None else None),
+        link_tokens_per_s=(link_rate / float(per_token_words.max())
+                           if per_token_words is not None else None),
+        bank_bound_cycles_per_token=bound,
+        bank_bound_fraction=bound / cycles_per_token if cycles_per_token else None,
+        sim_cycles_per_s=simulated / (end - prefill_start) if end > prefill_start else 0.0,
         wall_s=time.perf_counter() - start_wall, calls=dict(device_core.calls))
     if check:
         reference = Model(model_config, weights).generate(list(prompt_tokens), n_tokens)
@@ -123,3 +184,10 @@ def run(transport, hw_config, model_config, weights, prompt_tokens, n_tokens, *,
             None if reference == generated else
             f"tokens differ: device {generated}, golden {reference}")
     return result
+
+
+def bank_bound_cycles_per_token(hw_config, weights):
+    """The bank-bandwidth bound of decode: every ternary weight read once a token, ``banks x
+    lanes`` of them a cycle."""
+    trits = sum(weight.trits.size for weight in weights.linears.values())
+    return trits / (hw_config.pim.banks * hw_config.pim.lanes)

@@ -4,7 +4,6 @@ Importing this module registers it as ``array.pe = "int4"`` (``tests/test_extend
 through the array testbench; the testbench process imports this module too).
 """
 
-import numpy as np
 from amaranth import Mux, signed
 
 from hw.pe import ProcessingElement, register_pe_kind
@@ -18,15 +17,6 @@ class Int4PE(ProcessingElement):
     @staticmethod
     def max_product(act_bits):
         return (1 << (act_bits - 1)) * 8           # -128 * -8
-
-    @classmethod
-    def encode_weights(cls, values):
-        return np.asarray(values, np.int64) & 0xF
-
-    @classmethod
-    def decode_weights(cls, codes):
-        codes = np.asarray(codes, np.int64)
-        return np.where(codes & 0x8, codes - 0x10, codes)
 
     def product(self):
         return self.x_in * self.w

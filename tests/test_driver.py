@@ -1,11 +1,11 @@
-"""The driver on the behavioural model: mapping, both integer paths, whole-model runs."""
+"""The driver on the behavioural device: mapping, both integer paths, whole-model runs."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from golden import Model, ModelConfig, ModelWeights
+from golden import Model, ModelConfig, ModelWeights, input_groups
 from golden.bitlinear import bitlinear_int
 from hw.config import PimConfig, preset
 from sw_driver.behavioural import BehaviouralTransport
@@ -35,7 +35,8 @@ def test_placement_errors_name_the_matrix():
 @pytest.mark.parametrize("tokens", [1, 7])
 def test_device_core_matches_golden_on_both_paths(tokens):
     weights = ModelWeights.random(MICRO, seed=4)
-    core = DeviceCore(Accelerator(BehaviouralTransport(HW), HW), weights.linears)
+    core = DeviceCore(Accelerator(BehaviouralTransport(HW), HW), weights.linears,
+                      prefill="array")
     rng = np.random.default_rng(0)
     for name, weight in weights.linears.items():
         x_q = rng.integers(-128, 128, (tokens, weight.trits.shape[1])).astype(np.int8)
@@ -49,6 +50,7 @@ def test_run_is_bit_exact_with_golden():
     assert result.checked is True
     assert result.tokens == Model(MICRO, weights).generate([1, 2, 3, 4, 5], 6)
     assert result.cycles_per_token > 0 and result.prefill_cycles > 0
+    assert 0 < result.bank_bound_fraction <= 1 and result.link_tokens_per_s > 0
 
 
 def test_a_broken_device_fails_the_check():
@@ -67,3 +69,24 @@ def test_device_errors_are_named():
         accelerator.check()
     accelerator.clear_errors()
     accelerator.check()
+
+
+def test_groups_share_one_load_and_one_gemv_and_prefill_goes_to_the_faster_unit():
+    """q|k|v and gate|up: one LOAD_ACTS and one GEMV a token each; several tokens go where the
+    command timing says."""
+    weights = ModelWeights.random(MICRO, seed=4)
+    accelerator = Accelerator(BehaviouralTransport(HW), HW)
+    core = DeviceCore(accelerator, weights.linears, groups=input_groups(MICRO))
+    x_q = np.random.default_rng(1).integers(-128, 128, (1, MICRO.hidden)).astype(np.int8)
+    prefix = "layers.0.self_attn."
+    for name in ("q_proj", "k_proj", "v_proj"):
+        np.testing.assert_array_equal(core(prefix + name, x_q),
+                                      bitlinear_int(x_q, weights.linears[prefix + name].trits))
+    assert core.calls == {"gemv": 1, "gemm": 0, "load_acts": 1}
+    tokens = np.repeat(x_q, 4, axis=0)
+    core(prefix + "q_proj", tokens)
+    group = core.schedule.group(prefix + "q_proj")
+    assert core.calls["gemm"] == 0 and core.schedule.unit(group, 4) == "banks"
+    assert core.schedule.cost(group, 4, "banks") < core.schedule.cost(group, 4, "array")
+    with pytest.raises(MappingError, match="cannot share a GEMV"):
+        DeviceCore(accelerator, weights.linears, groups=[(prefix + "q_proj", prefix + "o_proj")])

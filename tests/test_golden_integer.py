@@ -27,7 +27,7 @@ from golden.integer import (
     IntegerLogits, IntegerModel, NormGain, apply_rope, attention, ffn_inner, norm_quantize,
     output_bound, rescale, rope_factors, softmax_scale,
 )
-from golden.model import linear_shapes, rope_inverse_frequencies
+from golden.model import Decoder, linear_shapes, rope_inverse_frequencies
 
 CFG = ModelConfig(hidden=32, layers=2, heads=4, kv_heads=2, ffn=48, vocab=61, max_seq=24)
 TOKENS = [5, 17, 42, 3, 60, 0, 29, 11, 8, 33]
@@ -369,8 +369,8 @@ FORWARD_PASS = [
     fixedpoint.Width.check, shift_round, bit_length, dyadic, dyadic_mul, dyadic_add,
     dyadic_rsqrt, dyadic_reciprocal, exp2_lookup, sine_lookup, norm_quantize, rescale,
     rope_factors, apply_rope, attention, ffn_inner, IntegerLogits.argmax,
-    *[member for name, member in vars(IntegerModel).items()
-      if callable(member) and name != "__init__"], IntegerModel.position.fget,
+    *[member for cls in (IntegerModel, Decoder) for name, member in vars(cls).items()
+      if inspect.isfunction(member) and name != "__init__"], Decoder.position.fget,
 ]
 FLOAT_TYPES = {"float", "float16", "float32", "float64", "math"}
 FLOAT_CALLS = {"sqrt", "log", "log2", "exp", "exp2", "ceil", "floor", "rint", "round", "around",

@@ -333,7 +333,7 @@ def test_bittern_run_on_a_serial_port(tmp_path):
         result = subprocess.run(
             [sys.executable, "-m", "sw_driver.cli", "run", "--backend", "serial", "--port",
              os.ttyname(slave), "--model", str(model), "--preset", "tiny", "--prompt", "Hi",
-             "--tokens", "3", "--check", "--json"],
+             "--tokens", "3", "--prefill", "array", "--check", "--json"],
             capture_output=True, text=True, timeout=300)
     finally:
         stop.set()

@@ -6,8 +6,10 @@ import pytest
 
 from hw.commands import CommandFormat
 from hw.config import ArrayConfig, PimConfig, apply_overrides, preset
+from hw.device import Device
 from sim.stimulus import bad_commands
 from sim.units import simulate
+from sw_driver import flow
 
 from .test_array_sim import SignFlipPE
 
@@ -58,3 +60,21 @@ def test_top_default_preset_efficiency():
     result = simulate("top", preset("default"), seed=0, tiles=16)
     assert result.passed, result.failures
     assert result.report["efficiency"] >= 0.90
+
+
+@pytest.mark.parametrize("name", ["tiny", "one-element beats"])
+def test_cycle_model_meets_the_rtl_under_any_host(name):
+    """Host pauses and back-pressure: every response word leaves in the cycle, and with the
+    value, the cycle model (sw_driver.cycles) says, every cycle counter included."""
+    config = preset("tiny") if name == "tiny" else dataclasses.replace(
+        preset("tiny"), array=ArrayConfig(rows=4, cols=1), pim=PimConfig(banks=1, lanes=4,
+                                                                         depth=64))
+    build = flow.verilator_build(Device(config), unit="top",
+                                 metadata={"config": config.to_dict()})
+    for seed in (1, 2):
+        result = flow.verilator_run(build, test_module="sim.timing_tb", name=f"timing{seed}",
+                                    params={"config": config.to_dict(), "seed": seed})
+        assert result.passed, (seed, result.failures)
+        assert result.tests == 2
+        report = result.report
+        assert report["cycles_stalled"] > 0 and report["cycles_idle"] > 0, report

@@ -42,18 +42,40 @@ def cmd_run(args):
     try:
         report = backends[args.backend](args, config, model_config, weights, prompt)
     except MappingError as error:
-        raise UserError(f"{error}; try --preset {RUN_PRESET}") from None
+        raise UserError(f"{error}{_bigger(args)}") from None
     print(f"{args.prompt}{report['text']}")
-    print(f"device cycles per token {report['cycles_per_token']:.0f} (prefill "
-          f"{report['prefill_cycles']}); {report['sim_cycles_per_s']:.0f} simulated cycles/s; "
-          f"{report['tokens_per_s']:.2f} tokens/s wall; projected "
-          f"{report['projected_tokens_per_s']:.0f} tokens/s at {config.clock_mhz:g} MHz")
+    for line in _figures(report, config):
+        print(line)
     if args.check:
         print("check: " + ("every BitLinear and token equal golden" if report["checked"]
                            else f"MISMATCH: {report['first_mismatch']}"))
     if args.json:
         print(json.dumps({"backend": args.backend, **report}))
     return 0 if report.get("checked") is not False else 1
+
+
+def _bigger(args):
+    """A hint at a preset whose banks are bigger, unless it is the one used."""
+    return "" if (args.preset or RUN_PRESET) == RUN_PRESET else f"; try --preset {RUN_PRESET}"
+
+
+def _figures(report, config):
+    """The run's figures, prefill and decode apart, each projection with what it assumes."""
+    yield (f"prefill  {report['prefill_tokens']} tokens: {report['prefill_cycles']:,} device "
+           f"cycles, {report['prefill_wall_s']:.2f} s wall")
+    if report["cycles_per_token"] is None:
+        yield "decode   none (one token: the prefill gives it)"
+        return
+    words = report["link_words_per_token"]
+    yield (f"decode   {report['decode_tokens']} tokens: {report['cycles_per_token']:,.0f} "
+           f"device cycles a token, {report['decode_tokens_per_s']:.2f} tokens/s wall "
+           f"({report['sim_cycles_per_s']:,.0f} device cycles/s simulated)")
+    yield (f"         device-bound {report['device_tokens_per_s']:,.0f} tokens/s at "
+           f"{config.clock_mhz:g} MHz; link-bound {report['link_tokens_per_s']:,.2f} tokens/s "
+           f"({words['to_device']:,.0f} words to the device and {words['from_device']:,.0f} "
+           f"back a token; {report['link']})")
+    yield (f"         bank bound {report['bank_bound_cycles_per_token']:,.0f} cycles a token: "
+           f"{report['bank_bound_fraction']:.1%} of it reached")
 
 
 def _load(source, load_model):
@@ -71,7 +93,8 @@ def _run_behavioural(args, config, model_config, weights, prompt):
     from ..tokenizer import decode
 
     result = run(BehaviouralTransport(config), config, model_config, weights, prompt,
-                 args.tokens, check=args.check, decode=decode, progress=progress)
+                 args.tokens, check=args.check, decode=decode, progress=progress,
+                 prefill=args.prefill, baud=args.baud)
     return result.to_dict()
 
 
@@ -89,7 +112,8 @@ def _run_serial(args, config, model_config, weights, prompt):
         raise UserError(f"cannot open {args.port} at {args.baud} baud: {error}") from None
     try:
         result = run(transport, config, model_config, weights, prompt, args.tokens,
-                     check=args.check, decode=decode, progress=progress)
+                     check=args.check, decode=decode, progress=progress, prefill=args.prefill,
+                     baud=args.baud)
     except DeviceError as error:
         raise UserError(f"{error} (board on {args.port}, preset "
                         f"{args.preset or RUN_PRESET})") from None
@@ -108,7 +132,8 @@ def _run_rtl(args, config, model_config, weights, prompt):
     progress("running the model on the RTL (Verilator) ...")
     result = flow.verilator_run(sim_build, test_module="sim.run_tb", name="run", params={
         "config": config.to_dict(), "model": args.model, "prompt_tokens": prompt,
-        "tokens": args.tokens, "check": args.check})
+        "tokens": args.tokens, "check": args.check, "prefill": args.prefill,
+        "baud": args.baud})
     if not result.report:
         raise UserError(f"the RTL run did not finish: {'; '.join(result.failures)}; "
                         f"see {result.log}")
@@ -216,6 +241,8 @@ def _backend(value):
 
 def add_commands(commands):
     """Register ``run`` and ``eval`` on ``commands`` (from ``add_subparsers``)."""
+    from ..mapper import Schedule
+
     run = commands.add_parser("run", help="generate text with a model on the device")
     run.add_argument("--model", default="tiny", metavar="tiny|PATH",
                      help="the shipped tiny model, or a checkpoint (Bittern .safetensors, "
@@ -230,10 +257,13 @@ def add_commands(commands):
     run.add_argument("--port", metavar="DEVICE",
                      help="serial backend: the board's port, e.g. /dev/ttyUSB0")
     run.add_argument("--baud", type=int, default=DEFAULT_BAUD,
-                     help=f"serial backend: line rate the bitstream was built for "
-                          f"(bittern synth --baud; default {DEFAULT_BAUD})")
+                     help=f"the board link's line rate: the serial backend's, and the link-bound "
+                          f"projection's (bittern synth --baud; default {DEFAULT_BAUD})")
     run.add_argument("--check", action="store_true",
                      help="compare every BitLinear result and token with golden/")
+    run.add_argument("--prefill", choices=Schedule.PREFILL, default="auto",
+                     help="where the prompt's BitLinears run: the faster unit by the command "
+                          "timing (default), the banks token by token, or the array")
     run.add_argument("--numeric", choices=["float", "integer"], default="float",
                      help="float: the host's float steps around the device's BitLinears "
                           "(default); integer: golden's integer decoder on the host, no device")

@@ -34,13 +34,13 @@ class _Version(argparse.Action):
 
 
 def build_parser():
-    from . import hardware, inference, synthesis
+    from . import formal, hardware, inference, perf, synthesis
 
     parser = argparse.ArgumentParser(
         prog="bittern", description="Ternary (BitNet b1.58) accelerator generator.")
     parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (hardware, synthesis, inference):
+    for module in (hardware, synthesis, formal, inference, perf):
         module.add_commands(commands)
     return parser
 
