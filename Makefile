@@ -41,8 +41,9 @@ test: $(VENV)/.synth-installed $(VENV)/.formal-installed $(VENV)/.test-extras-in
 	BITTERN_EXTRAS="train hf sweep" OPENBLAS_NUM_THREADS=1 \
 	$(BIN)/python -m pytest -n $(JOBS) -m "not slow and not synth and not formal"
 
+# The soaks: among them the device regression, 20 seeds a preset on X builds (tests/test_regression.py).
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) -m slow
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) -m slow
 
 $(VENV)/.synth-installed: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[synth]'

@@ -254,6 +254,13 @@ class CommandFormat:
                 "counter_words": len(self.counter_names),
                 "counters": ", ".join(self.counter_names)}
 
+    def data_words(self, opcode, b=0):
+        """Data words that follow a valid command's arguments (``b`` from its header)."""
+        return {Opcode.WRITE_WEIGHTS: b * self.weight_word_words,
+                Opcode.LOAD_ACTS: b * self.act_chunk_words,
+                Opcode.LOAD_TILE: self.rows * self.tile_row_words,
+                Opcode.GEMM: b * self.token_words}.get(opcode, 0)
+
     def response_words(self, opcode, b=0):
         """Data words of the response to a valid command (``None``: it sends no response)."""
         return {Opcode.GEMV: b * self.banks, Opcode.GEMM: b * self.cols,

@@ -82,8 +82,16 @@ class Config:
 
     ACC_LIMIT_BITS = 32          # results leave the device as int32 (docs/design.md)
 
+    # Activations are int8 end to end: golden's integer core (golden/bitlinear.py) takes int8
+    # x_q, and the driver and the behavioural device pack and unpack int8. Another width would
+    # build a device that nothing can check, so it is refused rather than simulated.
+    ACT_BITS = 8
+
     def __post_init__(self):
-        _check_int("act_bits", self.act_bits, 2, 16)
+        if type(self.act_bits) is not int or self.act_bits != self.ACT_BITS:
+            raise ConfigError(f"act_bits must be {self.ACT_BITS}, not {self.act_bits!r}: "
+                              f"golden's BitLinear quantises activations to int8, and the "
+                              f"driver packs them as int8")
         _check_int("max_k", self.max_k, 1, 1 << 24)
         if isinstance(self.clock_mhz, bool) or not isinstance(self.clock_mhz, (int, float)) \
                 or not 1.0 <= self.clock_mhz <= 1000.0:

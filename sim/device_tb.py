@@ -8,8 +8,10 @@ compared; ``cycles_busy`` and ``cycles_stalled`` are, whenever the host has not 
 refused a word since the last reset (``sim/timing_tb.py`` checks every counter under any host
 against the cycle model).
 
-Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (random operations),
-``fuzz_words`` (default 10,000).
+Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (random operations, of
+``operations`` and of the ``regression``), ``fuzz_words`` (random words of
+``fuzz_with_watchdog`` and, in all, of the regression's bursts; default 10,000), ``coverage``
+(sample the functional coverage of :mod:`sim.coverage` and add it to the report).
 """
 
 import itertools
@@ -19,12 +21,16 @@ import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from golden import trits
-from golden.bitlinear import bitlinear_int, matmul_int
-from hw.commands import STATUS, STATUS_FLAGS, CommandFormat, ErrorCode, Opcode, unpack_header
-from hw.commands import pack_header as header
+from hw.commands import (STATUS, STATUS_FLAGS, STATUS_MAGIC, CommandFormat, ErrorCode, Opcode,
+                         unpack_header)
 from hw.config import Config
 from hw.words import pack_ints
-from sim.tb import TB, StreamSource, params, write_report
+from sim import stimulus
+from sim.coverage import CoverageMonitor, DeviceCoverage, token_corners
+from sim.regression import Regression, answer_status, longest_reduction, reset_inside
+from sim.stimulus import bad_commands, fuzz_words
+from sim.tb import TB, StreamSource, params
+from sim.tb import write_report as write_measurements
 from sw_driver.behavioural import BehaviouralDevice
 
 FLOW_KNOBS = list(itertools.product((0.0, 0.3), (0.0, 0.5)))
@@ -34,6 +40,13 @@ IDLE = 1                        # cycles_idle: the host's gaps between commands 
 HOST_TIMED = {0, 2}
 REPORT = {"tiles": 0, "gemvs": 0, "gemms": 0, "bad_commands": 0, "fuzz_words": 0, "macs": 0,
           "cycles": 0}
+CLEAN_STATUS = {"magic": STATUS_MAGIC, "error": ErrorCode.NONE.value, "errors": 0, "flags": 0}
+
+
+def write_report(report):
+    """:func:`sim.tb.write_report`, with the functional coverage so far when it is sampled."""
+    coverage = DeviceCoverage.current()
+    write_measurements({**report, "coverage": coverage.report()} if coverage else report)
 
 
 class DeviceTB(TB):
@@ -131,70 +144,69 @@ class DeviceTB(TB):
 
     # Operations checked against golden directly --------------------------------------------
 
-    def random_gemv(self):
-        """Random placement: returns (command words, (W_t, x_q) per bank, base, rows, wpr)."""
-        fmt, rng = self.format, self.np_rng
-        words_per_row = int(rng.integers(1, min(fmt.act_words, 4) + 1))
-        k = int(rng.integers((words_per_row - 1) * fmt.lanes + 1, words_per_row * fmt.lanes + 1))
-        rows = int(rng.integers(1, max(2, min(8, fmt.depth // words_per_row)) + 1))
-        rows = min(rows, fmt.depth // words_per_row)
-        base = int(rng.integers(0, fmt.depth - rows * words_per_row + 1))
-        x_q = rng.integers(-128, 128, k).astype(np.int8)
-        weights = rng.integers(-1, 2, (fmt.banks, rows, k)).astype(np.int8)
-        padded = np.zeros((fmt.banks, rows, words_per_row * fmt.lanes), np.int8)
-        padded[:, :, :k] = weights
-        words = []
-        for bank in range(fmt.banks):
-            bank_words = trits.pack_words(padded[bank].reshape(-1, fmt.lanes), fmt.lanes)
-            words += fmt.write_weights(bank, base, [w[0] for w in bank_words])
-        x_padded = np.zeros(words_per_row * fmt.lanes, np.int8)
-        x_padded[:k] = x_q
-        words += fmt.load_acts(0, pack_ints(x_padded.reshape(-1, fmt.lanes),
-                                            self.config.act_bits))
-        words += fmt.gemv(base, rows, words_per_row)
-        return words, weights, x_q
-
-    async def check_gemv(self):
-        words, weights, x_q = self.random_gemv()
-        start = len(self.responses())
-        await self.send(words)
-        await self.settle()
-        (op, header, data), = self.responses()[start:]
-        assert op is Opcode.GEMV
-        got = np.array([CommandFormat.signed(w) for w in data]).reshape(-1, self.format.banks)
-        for bank in range(self.format.banks):
-            np.testing.assert_array_equal(got[:, bank], bitlinear_int(x_q, weights[bank]))
+    async def check_gemv(self, case=None):
+        """Run a GEMV (a :class:`~sim.stimulus.Gemv`; by default a random one of up to four
+        words a row) and check its results against golden."""
+        fmt = self.format
+        case = case or stimulus.gemv(self.np_rng, fmt, words_per_row=int(
+            self.np_rng.integers(1, min(fmt.act_words, 4) + 1)))
+        await self._check(case, Opcode.GEMV, fmt.banks)
         REPORT["gemvs"] += 1
 
-    async def check_gemm(self):
-        fmt, rng = self.format, self.np_rng
-        low, high = fmt.pe.weight_range
-        w_t = rng.integers(low, high + 1, (fmt.cols, fmt.rows))
-        x_q = rng.integers(-128, 128, (int(rng.integers(1, 3 * fmt.rows + 2)), fmt.rows))
-        words = fmt.load_tile(w_t)
-        words += fmt.gemm(pack_ints(x_q, self.config.act_bits))
+    async def check_gemm(self, case=None):
+        """Load a tile and stream tokens (a :class:`~sim.stimulus.Gemm`; by default random
+        weights and 1 to ``3 * rows + 1`` tokens) and check the results against golden."""
+        fmt = self.format
+        case = case or stimulus.gemm(self.np_rng, fmt, tokens=int(
+            self.np_rng.integers(1, 3 * fmt.rows + 2)))
+        await self._check(case, Opcode.GEMM, fmt.cols)
+        REPORT["gemms"] += 1
+
+    async def _check(self, case, opcode, width):
         start = len(self.responses())
-        await self.send(words)
+        await self.send(case.words)
         await self.settle()
         (op, header, data), = self.responses()[start:]
-        assert op is Opcode.GEMM
-        got = np.array([CommandFormat.signed(w) for w in data]).reshape(-1, fmt.cols)
-        np.testing.assert_array_equal(got, matmul_int(x_q, w_t))
-        REPORT["gemms"] += 1
+        assert op is opcode
+        got = np.array([CommandFormat.signed(w) for w in data]).reshape(-1, width)
+        want = case.expected()
+        bad = np.argwhere(got != want)
+        assert not bad.size, (f"{op.name} result {tuple(bad[0])} is {got[tuple(bad[0])]}, "
+                              f"golden says {want[tuple(bad[0])]} ({len(bad)} of {got.size} "
+                              f"differ)")
 
 
 async def start(dut):
     """A reset device whose memories hold zeros, as the fresh model's do (the tests share one
-    simulation, and a reset does not clear memories)."""
+    simulation, and a reset does not clear memories). Words the host saw before the reset
+    ended are not transfers."""
     p = params()
     tb = DeviceTB(dut, Config.from_dict(p["config"]), p.get("seed", 0))
+    if p.get("coverage"):
+        cocotb.start_soon(CoverageMonitor(dut, tb.format,
+                                          DeviceCoverage.get(tb.format)).run())
     await tb.reset()
+    tb.received, tb.received_cycles = [], []
     fmt = tb.format
     for bank in range(fmt.banks):
         await tb.send(fmt.write_weights(bank, 0, [0] * fmt.depth))
     await tb.send(fmt.load_acts(0, [0] * fmt.act_words))
     await tb.settle()
     return tb, p
+
+
+@cocotb.test()
+async def power_on_then_reset(dut):
+    """Reset clears whatever the device powered up in (random in an X build: see
+    :func:`sw_driver.flow.verilator_build`): the status port then reads idle with no error, and
+    READ_STATUS reads no error and no tile. Reports the status port before the reset
+    (``power_on_status``), when this is the simulation's first test."""
+    REPORT["power_on_status"] = int(dut.status.value)
+    tb, _ = await start(dut)
+    assert int(dut.status.value) == 0, f"status port {int(dut.status.value):#x} after reset"
+    status = await tb.status()
+    assert status == CLEAN_STATUS, f"READ_STATUS after reset: {status}"
+    write_report(REPORT)
 
 
 @cocotb.test()
@@ -273,27 +285,6 @@ async def timing_matches_model(dut):
     write_report(REPORT)
 
 
-def bad_commands(fmt):
-    """One malformed command of every kind, with the error code each must set."""
-    return [
-        ([header(0x7F)], ErrorCode.UNKNOWN_OPCODE),
-        ([header(Opcode.READ_STATUS, 1)], ErrorCode.RESERVED_FIELD),
-        ([header(Opcode.LOAD_TILE, 0, 3)], ErrorCode.RESERVED_FIELD),
-        ([header(Opcode.GEMV, 2, 1)], ErrorCode.RESERVED_FIELD),
-        ([header(Opcode.WRITE_WEIGHTS, fmt.banks, 1), 0, 0], ErrorCode.BAD_BANK),
-        ([header(Opcode.WRITE_WEIGHTS, 0, 0)], ErrorCode.BAD_LENGTH),
-        ([header(Opcode.GEMM, 0, 0)], ErrorCode.BAD_LENGTH),
-        (fmt.write_weights(0, fmt.depth - 1, [0, 0]), ErrorCode.BAD_ADDRESS),
-        ([header(Opcode.WRITE_WEIGHTS, 0, 1), 0xFFFF_FFFF], ErrorCode.BAD_ADDRESS),
-        (fmt.load_acts(fmt.act_words, [0]), ErrorCode.BAD_ADDRESS),
-        (fmt.gemv(0, 1, 0), ErrorCode.BAD_SHAPE),
-        (fmt.gemv(0, 1, fmt.act_words + 1), ErrorCode.BAD_SHAPE),
-        (fmt.gemv(fmt.depth - 1, 2, 1), ErrorCode.BAD_ADDRESS),
-        (fmt.gemv(0, 0xFFFF, 0xFFFF_FFFF), ErrorCode.BAD_SHAPE),
-        ([header(Opcode.GEMM, 0, 1)], ErrorCode.NO_TILE),
-    ]
-
-
 @cocotb.test()
 async def every_bad_command_is_dropped(dut):
     """Each bad command sets its error code; the next valid command still works."""
@@ -314,44 +305,71 @@ async def every_bad_command_is_dropped(dut):
 
 @cocotb.test()
 async def reset_in_the_middle(dut):
-    """Reset during a GEMV and during a GEMM; the device then works from a clean state."""
+    """A reset inside every kind of command, at a moment chosen to catch it working: a GEMV
+    while its results flow, a GEMM while tokens go in and results come out, WRITE_WEIGHTS,
+    LOAD_ACTS and LOAD_TILE halfway through their data, and a register read the host has not
+    taken. The device must have been busy in the command when the reset came; after it the
+    status reads no error and no tile, and a GEMV and a GEMM are bit-exact with golden."""
     tb, _ = await start(dut)
-    tb.set_flow(0.0, 0.9)                            # slow host: results pile up
-    for operation in ("gemv", "gemm"):
-        if operation == "gemv":
-            words = tb.random_gemv()[0]
-        else:
-            w_t = tb.np_rng.integers(-1, 2, (tb.format.cols, tb.format.rows))
-            words = tb.format.load_tile(w_t)
-            words += tb.format.gemm(pack_ints(np.ones((40, tb.format.rows)), 8))
-        sender = cocotb.start_soon(tb.source.send(words, tb.cycle))
-        for _ in range(len(words) // 2 + 5):
-            await RisingEdge(dut.clk)
-        sender.cancel()
-        dut.i_stream__valid.value = 0
-        await tb.reset()
-        tb.model.reset()
-        tb.received, tb.expected = [], []
-        assert (await tb.status())["error"] == ErrorCode.NONE.value
+    fmt, rng = tb.format, tb.np_rng
+    REPORT["reset_in_the_middle"] = {}
+    gemv = stimulus.gemv(rng, fmt, words_per_row=1, rows=min(8, fmt.depth))
+    gemm = stimulus.gemm(rng, fmt, tokens=3 * token_corners(fmt)["FIFO depth"])
+    results = {Opcode.GEMV: 1 + len(gemv.expected().ravel()),
+               Opcode.GEMM: 1 + len(gemm.expected().ravel())}
+    loads = {op: stimulus.load(rng, fmt, op)
+             for op in (Opcode.WRITE_WEIGHTS, Opcode.LOAD_ACTS, Opcode.LOAD_TILE)}
+    cases = [
+        # (opcode, setup, command, back-pressure, moment, what must hold at the moment)
+        (Opcode.GEMV, gemv.setup, gemv.command, 0.5, lambda p: p.received >= 3,
+         lambda p: 2 <= p.received < results[Opcode.GEMV]),
+        (Opcode.GEMM, gemm.setup, gemm.command, 0.5,
+         lambda p: p.taken > 2 * fmt.token_words and p.received >= 2,
+         lambda p: 2 <= p.received < results[Opcode.GEMM] and p.taken < len(gemm.command)),
+        *[(op, [], words, 0.0, lambda p, n=len(words): p.taken > n // 2,
+           lambda p, n=len(words): p.taken < n) for op, words in loads.items()],
+        (Opcode.READ_COUNTERS, [], fmt.simple(Opcode.READ_COUNTERS), 1.0,
+         lambda p: p.cycles >= 2, lambda p: p.received == 0),
+    ]
+    for op, setup, command, backpressure, moment, working in cases:
+        tb.set_flow(0.0, 0.5)
+        await tb.send(setup)
+        await tb.settle()
+        tb.set_flow(0.0, backpressure)
+        progress = await reset_inside(tb, command, moment)
+        assert progress.busy and working(progress), (
+            f"reset in {op.name} did not catch it working: {progress}")
+        REPORT["reset_in_the_middle"][op.name] = {"taken": progress.taken,
+                                                  "received": progress.received}
+        tb.set_flow(0.0, 0.5)
+        status = await tb.status()
+        assert status == CLEAN_STATUS, f"READ_STATUS after a reset in {op.name}: {status}"
         await tb.check_gemv()
         await tb.check_gemm()
     write_report(REPORT)
 
 
-def fuzz_words(rng, fmt, count):
-    """Random words: half uniformly random, half headers of real opcodes with small fields."""
-    words = []
-    while len(words) < count:
-        if rng.random() < 0.5:
-            words.append(int(rng.integers(0, 1 << 32)))
-        else:
-            op = int(rng.choice([op.value for op in Opcode]))
-            a = int(rng.choice([0, 0, 1, fmt.banks, 255]))
-            b = int(rng.choice([0, 1, 2, 3, 255, 0xFFFF]))
-            b = min(b, 255) if op == Opcode.GEMM.value else b     # keep the run short
-            words.append(op | a << 8 | b << 16)
-            words += [int(rng.integers(0, 64)) for _ in range(int(rng.integers(0, 4)))]
-    return words[:count]
+@cocotb.test()
+async def longest_reduction_at_the_extremes(dut):
+    """K = max_k with every activation -128 and every weight +1, then -1: each GEMV result is
+    exactly -128 * max_k, then +128 * max_k, sign-extended
+    (:func:`sim.regression.longest_reduction`)."""
+    tb, _ = await start(dut)
+    REPORT["longest_reduction"] = await longest_reduction(tb)
+    write_report(REPORT)
+
+
+@cocotb.test()
+async def regression(dut):
+    """The random regression (:class:`sim.regression.Regression`): ``tiles`` operations of
+    every kind and ``fuzz_words`` random words, resets inside every kind of command, random
+    idle and back-pressure; every response word against the model, results against golden."""
+    tb, p = await start(dut)
+    await Regression(tb, seed=p.get("seed", 0), operations=p.get("tiles", 8),
+                     fuzz_words=p.get("fuzz_words", 10_000), report=REPORT).run()
+    await tb.check_gemv()
+    await tb.check_gemm()
+    write_report(REPORT)
 
 
 @cocotb.test()
@@ -367,14 +385,7 @@ async def fuzz_with_watchdog(dut):
     for done in range(0, total, batch):
         await tb.send(fuzz_words(tb.np_rng, fmt, min(batch, total - done)))
         await tb.settle(timeout=20_000)
-        for attempt in range(fmt.max_command_words):        # a status read may be data
-            answers = len(tb.responses())
-            await tb.send(fmt.simple(Opcode.READ_STATUS))
-            await tb.settle(timeout=20_000)
-            if any(op is Opcode.READ_STATUS for op, *_ in tb.responses()[answers:]):
-                break
-        else:
-            raise AssertionError("watchdog: the device stopped answering READ_STATUS")
+        await answer_status(tb)
         REPORT["fuzz_words"] += min(batch, total - done)
     await tb.send(fmt.simple(Opcode.CLEAR_ERRORS))
     await tb.check_gemv()

@@ -39,22 +39,27 @@ UNITS = {unit.name: unit for unit in [
 
 
 def simulate(unit_name, config, *, seed=0, tiles=8, waves=False, progress=None, pe=None,
-             options=None, extra_params=None):
+             options=None, extra_params=None, x_seed=None, testcase=None):
     """Build (or reuse) ``unit_name`` for ``config`` and run its testbench.
 
     ``pe`` replaces the configured PE class (to try a new PE, or to prove the tests catch a
     broken one); ``options`` go to the unit's constructor (``out_bits=`` of the epilogue).
-    Returns a :class:`sw_driver.flow.SimResult`.
+    ``x_seed`` runs an X build (:func:`sw_driver.flow.verilator_build`'s ``x_random``) with
+    that seed; ``testcase`` names the one test to run (default: all). Returns a
+    :class:`sw_driver.flow.SimResult`.
     """
     unit = UNITS[unit_name]
     overrides = {**(options or {}), **({"pe": pe} if pe else {})}
+    x_random = x_seed is not None
     sim_build = flow.verilator_build(unit.component(config, **overrides), unit=unit.name,
-                                     waves=waves, metadata={"config": config.to_dict()},
-                                     progress=progress)
+                                     waves=waves, x_random=x_random,
+                                     metadata={"config": config.to_dict()}, progress=progress)
     run_params = {"config": config.to_dict(), "seed": seed, "tiles": tiles,
                   "options": {**unit.options, **(options or {})},
                   "pe_module": pe.__module__ if pe else None, **(extra_params or {})}
     if progress:
-        progress(f"simulating {unit.name} (seed {seed}) ...")
+        progress(f"simulating {unit.name} (seed {seed}"
+                 + (f", x-seed {x_seed}" if x_random else "") + ") ...")
     return flow.verilator_run(sim_build, test_module=unit.test_module,
-                              name=f"seed{seed}-tiles{tiles}", params=run_params)
+                              name=f"seed{seed}-tiles{tiles}", params=run_params,
+                              testcase=testcase, x_seed=x_seed)

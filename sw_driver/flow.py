@@ -36,7 +36,8 @@ from pathlib import Path
 __all__ = ["BUILD_ROOT", "ToolError", "ToolMissing", "find_tool", "tool_env", "digest",
            "build_dir", "locked", "heartbeat", "run_yosys", "BuildStage", "run_build_script",
            "BuildError", "SimBuild", "SimLibrary", "SimResult", "waves_requested",
-           "verilator_env", "verilator_build", "verilator_library", "verilator_run", "SbyResult",
+           "verilator_env", "without_power_on_values", "verilator_build", "verilator_library",
+           "verilator_run", "SbyResult",
            "run_sby"]
 
 BUILD_ROOT = Path(os.environ.get("BITTERN_BUILD", Path(__file__).resolve().parent.parent
@@ -398,6 +399,25 @@ _VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CA
 _PUBLIC_PORTS = '`verilator_config\npublic_flat_rw -module "{toplevel}" -var "*"\n'
 
 
+# X handling. Amaranth gives every flip-flop its reset value as a power-on value (``reg r = 0;``)
+# and every memory an ``initial`` block, and Verilator honours both, so ``--x-initial unique``
+# alone would find nothing to randomise. An X build removes them first (what an FPGA's
+# configuration gives, silicon does not): every flip-flop and memory word starts from a value
+# drawn from the run's seed (``+verilator+rand+reset+2 +verilator+seed+N``), and only the reset
+# may make the device's behaviour independent of it. ``--x-assign unique`` draws the values the
+# design leaves undefined (a Verilog X) from the same seed.
+_X_ARGS = ["--x-assign", "unique", "--x-initial", "unique"]
+_REGISTER_INIT = re.compile(r"^(\s*reg\b[^=;]*?)\s*=\s*[^;]+;$", re.M)
+_MEMORY_INIT = re.compile(r"^\s*initial begin\n(?:\s*\S+\[\d+\] = [^;]+;\n)+\s*end\n", re.M)
+
+
+def without_power_on_values(text):
+    """Amaranth's Verilog ``text`` with its register initialisers and memory ``initial`` blocks
+    removed, for an X build."""
+    # The space before the semicolon ends an escaped identifier (``\enable$67 ;``).
+    return _MEMORY_INIT.sub("", _REGISTER_INIT.sub(r"\1 ;", text))
+
+
 class BuildError(ToolError):
     """Verilator could not build the design; the message names the log to read."""
 
@@ -408,6 +428,7 @@ class SimBuild:
     build_dir: Path
     toplevel: str
     waves: bool
+    x_random: bool = False
 
 
 @dataclass(frozen=True)
@@ -442,13 +463,15 @@ def verilator_env():
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
-def verilator_build(component, *, unit, toplevel="top", waves=False, metadata=None,
-                    progress=None):
+def verilator_build(component, *, unit, toplevel="top", waves=False, x_random=False,
+                    metadata=None, progress=None):
     """Convert ``component`` to Verilog and build it with Verilator, unless already built.
 
-    ``waves`` (or ``WAVES=1``) builds with tracing, in a directory of its own. ``metadata`` (a
-    JSON-able dict, e.g. the config) is written beside the Verilog so that a build directory
-    says what it holds.
+    ``waves`` (or ``WAVES=1``) builds with tracing, in a directory of its own. ``x_random``
+    builds without power-on values and with Verilator's X randomisation (see
+    :func:`without_power_on_values`), also in a directory of its own; its runs take an
+    ``x_seed``. ``metadata`` (a JSON-able dict, e.g. the config) is written beside the Verilog
+    so that a build directory says what it holds.
     """
     from amaranth.back import verilog
     from cocotb_tools.runner import VerilatorControlFile, get_runner
@@ -457,8 +480,13 @@ def verilator_build(component, *, unit, toplevel="top", waves=False, metadata=No
     waves = waves_requested(waves)
     with heartbeat(progress, f"converting {unit} to Verilog"):
         text = verilog.convert(component, name=toplevel, emit_src=False)
+    arguments = _VERILATOR_ARGS
+    if x_random:
+        text, arguments = without_power_on_values(text), _VERILATOR_ARGS + _X_ARGS
     control = _PUBLIC_PORTS.format(toplevel=toplevel)
-    directory = build_dir("sim", unit, text, control, repr(_VERILATOR_ARGS))
+    directory = build_dir("sim", unit, text, control, repr(arguments))
+    if x_random:
+        directory = directory.with_name(directory.name + "-x")
     if waves:
         directory = directory.with_name(directory.name + "-waves")
     source = directory / f"{toplevel}.v"
@@ -475,13 +503,13 @@ def verilator_build(component, *, unit, toplevel="top", waves=False, metadata=No
                 with heartbeat(progress, f"building {unit} with Verilator in {directory}"):
                     runner.build(sources=[source, VerilatorControlFile(control_file)],
                                  hdl_toplevel=toplevel, build_dir=directory,
-                                 build_args=_VERILATOR_ARGS, waves=waves, always=True,
+                                 build_args=arguments, waves=waves, always=True,
                                  log_file=directory / "build.log")
             except RuntimeError:
                 raise BuildError(f"Verilator build of {unit} failed; see "
                                  f"{directory / 'build.log'}") from None
             done.touch()
-    return SimBuild(build_dir=directory, toplevel=toplevel, waves=waves)
+    return SimBuild(build_dir=directory, toplevel=toplevel, waves=waves, x_random=x_random)
 
 
 # A library's objects are position-independent and linked as a shared object; its time unit is
@@ -547,19 +575,40 @@ def _failures(results_xml):
     return tests, failures
 
 
-def verilator_run(sim_build, *, test_module, name, params=None, testcase=None, seed=None):
+def _exact(testcase):
+    """cocotb's test filter for the test (or tests) named ``testcase``, and no other (cocotb's
+    own ``testcase`` matches any test whose name ends with it)."""
+    if testcase is None:
+        return None
+    names = [testcase] if isinstance(testcase, str) else list(testcase)
+    return r"\.(" + "|".join(re.escape(name) for name in names) + ")$"
+
+
+def verilator_run(sim_build, *, test_module, name, params=None, testcase=None, seed=None,
+                  x_seed=None):
     """Run the cocotb ``test_module`` (a module name) on ``sim_build``.
 
     ``params`` reach the testbench as the JSON environment variable ``BITTERN_PARAMS``; the
-    testbench writes its measurements to the file named by ``BITTERN_REPORT``. Each distinct
-    run (``name``, ``params``, ``testcase``, ``seed``) gets a directory of its own, so parallel
-    runs on one build never share a report. Returns a :class:`SimResult`; never raises for a
-    failing test (the caller decides).
+    testbench writes its measurements to the file named by ``BITTERN_REPORT``. ``testcase``
+    names the test (or tests) to run, exactly; all of them by default. ``x_seed`` (a
+    positive integer; an ``x_random`` build needs one) seeds the power-on values and Verilog
+    Xs: the same seed gives the same values. Each distinct run (``name``, ``params``,
+    ``testcase``, ``seed``, ``x_seed``) gets a directory of its own, so parallel runs on one
+    build never share a report. Returns a :class:`SimResult`; never raises for a failing test
+    (the caller decides).
     """
     from cocotb_tools.runner import get_runner
 
+    if sim_build.x_random and x_seed is None:
+        raise ValueError("a build made with x_random=True runs with an x_seed")
+    if x_seed is not None and not sim_build.x_random:
+        raise ValueError(f"x_seed {x_seed!r} needs a build made with x_random=True")
+    if x_seed is not None and (isinstance(x_seed, bool) or not isinstance(x_seed, int)
+                               or not 1 <= x_seed < 1 << 31):
+        # Verilator reads +verilator+seed+0 as "pick a seed at random": not reproducible.
+        raise ValueError(f"x_seed must be an integer in [1, {(1 << 31) - 1}], not {x_seed!r}")
     verilator_env()
-    key = json.dumps([params, testcase, seed], sort_keys=True)
+    key = json.dumps([params, testcase, seed, x_seed], sort_keys=True)
     test_dir = sim_build.build_dir / "runs" / f"{name}-{digest(key)[:8]}"
     test_dir.mkdir(parents=True, exist_ok=True)
     report_path = test_dir / "report.json"
@@ -574,8 +623,11 @@ def verilator_run(sim_build, *, test_module, name, params=None, testcase=None, s
         runner.test(test_module=test_module, hdl_toplevel=sim_build.toplevel,
                     hdl_toplevel_lang="verilog",
                     build_dir=sim_build.build_dir, test_dir=test_dir, extra_env=env,
-                    testcase=testcase, seed=seed, results_xml=str(results_xml), log_file=log,
+                    test_filter=_exact(testcase), seed=seed, results_xml=str(results_xml),
+                    log_file=log,
                     test_args=["--trace-file", str(waves_path)] if sim_build.waves else [],
+                    plusargs=["+verilator+rand+reset+2", f"+verilator+seed+{x_seed}"]
+                    if x_seed is not None else [],
                     waves=sim_build.waves)
     except (SystemExit, RuntimeError):
         pass                          # the verdict is read from results.xml below

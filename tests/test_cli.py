@@ -1,6 +1,7 @@
 """The ``bittern`` command line: what a user sees, including their mistakes."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,31 @@ def test_sim_json_last_line_reports_the_run():
     assert report["passed"] is True
     assert report["tiles"] == 6 and report["macs"] > 0 and report["cycles"] > 0
     assert 0 < report["utilisation"] <= 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--x-seed", "0"], "--x-seed must be in [1, 2147483647]"),
+    (["--fuzz-words", "-1"], "--fuzz-words must be >= 0"),
+    (["--test", "no_such_test"], "the top testbench has no test named 'no_such_test'"),
+])
+def test_sim_mistakes_give_one_line_and_status_2(capsys, args, message):
+    assert main(["sim", "--unit", "top", "--preset", "tiny", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("bittern: error: ") and message in lines[-1]
+
+
+def test_sim_coverage_prints_every_bin_and_the_total():
+    result = run("sim", "--unit", "top", "--preset", "tiny", "--test", "regression",
+                 "--tiles", "12", "--fuzz-words", "300", "--seed", "4", "--coverage", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    coverage = report["coverage"]
+    assert f"coverage: {coverage['hit']} of {coverage['bins']} bins hit" in result.stdout
+    for point, found in coverage["points"].items():
+        assert f"  {point}: " in result.stdout
+        for label, hits in found["bins"].items():
+            assert re.search(rf"^    {re.escape(label)} +{hits}$", result.stdout, re.M)
+    assert report["operations"] == 12 and report["fuzz_words"] == 300
 
 
 def test_sim_waves_writes_a_vcd(tmp_path):

@@ -4,8 +4,10 @@ import dataclasses
 
 import pytest
 
+from hw.commands import CommandFormat
 from hw.config import ArrayConfig, PimConfig, apply_overrides, preset
 from hw.device import Device
+from sim.stimulus import bad_commands
 from sim.units import simulate
 from sw_driver import flow
 
@@ -15,19 +17,23 @@ from .test_array_sim import SignFlipPE
 def test_top_matches_model_and_golden():
     result = simulate("top", preset("tiny"), seed=3, tiles=8)
     assert result.passed, result.failures
-    assert result.tests == 6
+    assert result.tests == 9
     report = result.report
     assert report["fuzz_words"] >= 10_000
-    assert report["bad_commands"] == 15
+    assert report["bad_commands"] >= len(bad_commands(CommandFormat(preset("tiny"))))
     assert report["gemvs"] > 0 and report["gemms"] > 0
     assert 0 < report["efficiency"] <= 1
+    assert report["power_on_status"] == 0                 # Amaranth's power-on values
+    assert report["longest_reduction"] == [-128 * 256, 128 * 256]   # max_k 256
+    assert set(report["reset_in_the_middle"]) == {"GEMV", "GEMM", "WRITE_WEIGHTS",
+                                                  "LOAD_ACTS", "LOAD_TILE", "READ_COUNTERS"}
 
 
 def test_top_with_one_element_beats_matches_model_and_golden():
     """One bank and one column: each result beat is one word, popped with it (hw.device)."""
     config = dataclasses.replace(preset("tiny"), array=ArrayConfig(rows=4, cols=1),
                                  pim=PimConfig(banks=1, lanes=4, depth=64))
-    result = simulate("top", config, seed=5, tiles=4)
+    result = simulate("top", config, seed=5, tiles=4, extra_params={"fuzz_words": 2_000})
     assert result.passed, result.failures
     assert result.report["gemvs"] > 0 and result.report["gemms"] > 0
 
@@ -36,7 +42,7 @@ def test_int8_device_matches_model_and_golden():
     """The int8 PE end to end: tile rows of 8-bit weights from the command format, through the
     device, against the behavioural device and golden's integer product."""
     config = apply_overrides(preset("tiny"), ["pe=int8"])
-    result = simulate("top", config, seed=6, tiles=6)
+    result = simulate("top", config, seed=6, tiles=6, extra_params={"fuzz_words": 2_000})
     assert result.passed, result.failures
     assert result.report["gemms"] > 0
 
@@ -45,6 +51,8 @@ def test_top_with_broken_pe_fails():
     result = simulate("top", preset("tiny"), seed=3, tiles=4, pe=SignFlipPE)
     assert not result.passed
     assert any("GEMM" in failure for failure in result.failures), result.failures
+    assert any(failure.startswith("regression: seed 3, operation") for failure in
+               result.failures), result.failures
 
 
 @pytest.mark.slow

@@ -44,21 +44,35 @@ def cmd_sim(args):
     config = config_from(args)
     if args.seed < 0 or args.tiles < 1:
         raise UserError("--seed must be >= 0 and --tiles >= 1")
+    if args.fuzz_words is not None and args.fuzz_words < 0:
+        raise UserError("--fuzz-words must be >= 0")
+    if args.x_seed is not None and not 1 <= args.x_seed < 1 << 31:
+        raise UserError(f"--x-seed must be in [1, {(1 << 31) - 1}] (0 would let Verilator "
+                        f"pick a seed: not reproducible), not {args.x_seed}")
     names = list(UNITS) if args.unit == "all" else [args.unit]
+    extra = {"coverage": args.coverage}
+    if args.fuzz_words is not None:
+        extra["fuzz_words"] = args.fuzz_words
     summaries = []
     for name in names:
         result = simulate(name, config, seed=args.seed, tiles=args.tiles, waves=args.waves,
-                          progress=progress)
+                          progress=progress, extra_params=extra, x_seed=args.x_seed,
+                          testcase=args.test)
+        if args.test and result.tests == 0:
+            raise UserError(f"the {name} testbench has no test named {args.test!r}")
         summary = {"unit": name, "passed": result.passed, **result.report}
         summaries.append(summary)
         print(f"{name}: {'PASS' if result.passed else 'FAIL'}  "
-              + "  ".join(f"{k}={_fmt(v)}" for k, v in result.report.items()))
+              + "  ".join(f"{k}={_fmt(v)}" for k, v in result.report.items()
+                          if k != "coverage"))
         for failure in result.failures:
             print(f"  {failure}")
         if not result.passed:
             print(f"  log: {result.log}")
         if result.waves:
             print(f"  waves: {result.waves}")
+        if args.coverage and "coverage" in result.report:
+            print(coverage_text(result.report["coverage"]))
     passed = all(s["passed"] for s in summaries)
     if args.json:
         print(json.dumps(summaries[0] if len(summaries) == 1 else
@@ -68,6 +82,20 @@ def cmd_sim(args):
 
 def _fmt(value):
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def coverage_text(coverage):
+    """A testbench's coverage report (:meth:`sim.coverage.DeviceCoverage.report`) as text:
+    every bin's hits, point by point, the bins left out with their reasons, and the total."""
+    lines = [f"coverage: {coverage['hit']} of {coverage['bins']} bins hit "
+             f"({coverage['percent']:.1f} %)"]
+    for point, found in coverage["points"].items():
+        hit = sum(1 for hits in found["bins"].values() if hits)
+        lines.append(f"  {point}: {hit} of {len(found['bins'])}")
+        lines += [f"    {label:<32} {hits}" for label, hits in found["bins"].items()]
+        lines += [f"    {label:<32} excluded: {reason}"
+                  for label, reason in found["excluded"].items()]
+    return "\n".join(lines)
 
 
 def add_commands(commands):
@@ -93,6 +121,17 @@ def add_commands(commands):
     sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sim.add_argument("--tiles", type=int, default=16,
                      help="random tiles / operations to check (default 16)")
+    sim.add_argument("--fuzz-words", type=int, metavar="N",
+                     help="random command words the top's fuzz test and regression each send "
+                          "(default 10,000)")
+    sim.add_argument("--test", metavar="NAME",
+                     help="run only this test of the unit's testbench (e.g. regression)")
+    sim.add_argument("--coverage", action="store_true",
+                     help="sample the top's functional coverage; print every bin's hits (also "
+                          "in --json)")
+    sim.add_argument("--x-seed", type=int, metavar="N",
+                     help="build with Verilator's X randomisation, no power-on values, and "
+                          "draw them from seed N (>= 1)")
     sim.add_argument("--waves", action="store_true",
                      help="dump a VCD waveform (also: WAVES=1) and print its path")
     sim.add_argument("--json", action="store_true",
