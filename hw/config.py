@@ -83,15 +83,13 @@ class Config:
     ACC_LIMIT_BITS = 32          # results leave the device as int32 (docs/design.md)
 
     # Activations are int8 end to end: golden's integer core (golden/bitlinear.py) takes int8
-    # x_q, and the driver and the behavioural device pack and unpack int8. Another width would
-    # build a device that nothing can check, so it is refused rather than simulated.
+    # x_q, and the driver and the behavioural device pack and unpack int8. The generator takes
+    # narrower widths (the formal proofs shrink their designs so), but a user's configuration
+    # (apply_overrides) must be int8: another width builds a device nothing can check.
     ACT_BITS = 8
 
     def __post_init__(self):
-        if type(self.act_bits) is not int or self.act_bits != self.ACT_BITS:
-            raise ConfigError(f"act_bits must be {self.ACT_BITS}, not {self.act_bits!r}: "
-                              f"golden's BitLinear quantises activations to int8, and the "
-                              f"driver packs them as int8")
+        _check_int("act_bits", self.act_bits, 2, 16)
         _check_int("max_k", self.max_k, 1, 1 << 24)
         if isinstance(self.clock_mhz, bool) or not isinstance(self.clock_mhz, (int, float)) \
                 or not 1.0 <= self.clock_mhz <= 1000.0:
@@ -263,4 +261,8 @@ def apply_overrides(config, assignments):
             value = _parse_value(key, text.strip(), getattr(sub, path[1]))
             config = dataclasses.replace(config, **{path[0]:
                                                     dataclasses.replace(sub, **{path[1]: value})})
+    if config.act_bits != Config.ACT_BITS:
+        raise ConfigError(f"act_bits must be {Config.ACT_BITS}, not {config.act_bits}: golden's "
+                          f"BitLinear quantises activations to int8, and the driver packs them "
+                          f"as int8")
     return config
