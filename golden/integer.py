@@ -42,7 +42,8 @@ from golden.widths import signed_bits_for
 __all__ = [
     "IntegerFormats", "integer_formats", "NormGain", "LinearScale", "SoftmaxScale",
     "IntegerWeights", "IntegerLogits", "IntegerModel", "output_bound", "softmax_scale",
-    "norm_quantize", "rescale", "rope_factors", "apply_rope", "attention", "ffn_inner",
+    "NormStatistics", "norm_statistics", "quantize_factor", "quantize", "norm_quantize",
+    "rescale", "rope_factors", "apply_rope", "attention", "ffn_inner",
     "head_values", "RESCALE_SLACK",
 ]
 
@@ -382,6 +383,42 @@ def _integers(value, what):
     return array.astype(np.int64)
 
 
+class NormStatistics(NamedTuple):
+    """What a norm learns from its input in two passes, per token: ``shift`` takes ``x`` to
+    ``|x| <= 2**14``; ``gained_shift`` takes ``u = g x`` to ``|u| <= 2**16``; ``peak`` is the
+    shifted ``max|u|``; ``sum_squares`` is the sum of the shifted ``x`` squared."""
+
+    shift: np.ndarray
+    gained_shift: np.ndarray
+    peak: np.ndarray
+    sum_squares: np.ndarray
+
+
+def norm_statistics(x, gain, check):
+    """Steps 1 and 2 of :func:`norm_quantize` and its sum of squares: a
+    :class:`NormStatistics` and the shifted ``u``."""
+    x = _integers(x, "norm input")
+    shift = np.maximum(bit_length(np.abs(x).max(axis=-1)) - NORM_INPUT_BITS, 0)
+    x = check("norm_input", shift_round(x, shift[:, None]))
+    u = check("gained", gain * x)
+    u_shift = np.maximum(bit_length(np.abs(u).max(axis=-1)) - SHIFTED_BITS, 0)
+    u = check("gained_shifted", shift_round(u, u_shift[:, None]))
+    sum_squares = check("sum_squares", (x * x).sum(axis=-1))
+    return NormStatistics(shift, u_shift, np.abs(u).max(axis=-1), sum_squares), u
+
+
+def quantize_factor(peak, tables):
+    """``127 / peak`` as a dyadic (``rcp`` from the table); a zero peak counts as 1."""
+    return dyadic_mul(dyadic(ACT_MAX), dyadic_reciprocal(dyadic(np.maximum(peak, 1)), tables))
+
+
+def quantize(u, factor, check):
+    """Step 3 of :func:`norm_quantize`: ``clip(round(u * factor), -127, 127)`` per token."""
+    product = check("quantize_product", u * factor.mantissa[:, None])
+    return check("activation", np.clip(shift_round(product, -factor.exponent[:, None]),
+                                       -ACT_MAX, ACT_MAX))
+
+
 def norm_quantize(x, x_exponent, norm, tables, check):
     """RMSNorm with gain, then int8 absmax quantisation, in integers.
 
@@ -397,22 +434,14 @@ def norm_quantize(x, x_exponent, norm, tables, check):
     4. ``rho = max|u| * 2**(s_u + s + x_exponent - gain fraction)
        * rsqrt(sum x**2 * 2**(2 (s + x_exponent)) + eps K)``, rsqrt from the table.
     """
-    x = _integers(x, "norm input")
-    shift = np.maximum(bit_length(np.abs(x).max(axis=-1)) - NORM_INPUT_BITS, 0)
-    x = check("norm_input", shift_round(x, shift[:, None]))
-    u = check("gained", norm.gain * x)
-    u_shift = np.maximum(bit_length(np.abs(u).max(axis=-1)) - SHIFTED_BITS, 0)
-    u = check("gained_shifted", shift_round(u, u_shift[:, None]))
-    peak = np.abs(u).max(axis=-1)
+    stats, u = norm_statistics(_integers(x, "norm input"), norm.gain, check)
+    peak = stats.peak
     nonzero = peak > 0
-    factor = dyadic_mul(dyadic(ACT_MAX), dyadic_reciprocal(dyadic(np.maximum(peak, 1)), tables))
-    product = check("quantize_product", u * factor.mantissa[:, None])
-    x_q = check("activation", np.clip(shift_round(product, -factor.exponent[:, None]),
-                                      -ACT_MAX, ACT_MAX))
-    sum_squares = check("sum_squares", (x * x).sum(axis=-1))
-    exponent = shift + x_exponent
-    total = dyadic_add(dyadic(sum_squares, 2 * exponent), norm.eps_k)
-    rho = dyadic_mul(dyadic(peak, u_shift + exponent - norm.fraction), dyadic_rsqrt(total, tables))
+    x_q = quantize(u, quantize_factor(peak, tables), check)
+    exponent = stats.shift + x_exponent
+    total = dyadic_add(dyadic(stats.sum_squares, 2 * exponent), norm.eps_k)
+    rho = dyadic_mul(dyadic(peak, stats.gained_shift + exponent - norm.fraction),
+                     dyadic_rsqrt(total, tables))
     rho = Dyadic(np.where(nonzero, rho.mantissa, 0), np.where(nonzero, rho.exponent, 0))
     return x_q.astype(np.int8), rho
 

@@ -18,7 +18,7 @@ from golden.integer import PROJECTION_BITS
 
 from .dyadic import DYADIC
 
-__all__ = ["Epilogue"]
+__all__ = ["Epilogue", "shift_round"]
 
 
 class Epilogue(wiring.Component):
@@ -91,13 +91,13 @@ class Epilogue(wiring.Component):
                             Mux(operand.factor.exponent > 0, operand.factor.exponent, 0))),
                 residual.eq(operand.residual),
                 self.o_stream.valid.eq(valid[1]),
-                self.o_stream.payload.eq(_shift_round(product, right, left) + residual),
+                self.o_stream.payload.eq(shift_round(product, right, left) + residual),
             ]
         return m
 
 
-def _shift_round(value, right, left):
-    """``golden.fixedpoint.shift_round``: ``value`` right by ``right`` rounding half up, or left
-    by ``left`` (one of the two is 0)."""
+def shift_round(value, right, left=0):
+    """An Amaranth expression, ``golden.fixedpoint.shift_round`` of signed ``value``: right by
+    ``right`` rounding half up, or left by ``left`` (one of the two is 0)."""
     half = Mux(right == 0, 0, Const(1) << (right - 1).as_unsigned())
     return ((value + half) >> right) << left

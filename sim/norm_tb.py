@@ -1,0 +1,113 @@
+"""cocotb testbench of :class:`hw.norm.NormQuantizer`, checked against golden.integer's
+``norm_statistics``, ``quantize_factor`` and ``quantize``.
+
+Each round loads a vector of random length (its last word zero-padded) and gains, asks for
+the statistics and compares every field with golden's, then sends QUANTISE with golden's
+factor for that peak (as the sequencer will, from the scalar unit) and compares every x_q.
+Vectors span every magnitude from all zeros to the input's extremes; x_q words are taken under
+random back-pressure.
+
+Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (rounds), ``options``
+(``size``, optional ``lanes``, ``in_bits``).
+"""
+
+import cocotb
+import numpy as np
+
+from golden.fixedpoint import build_tables
+from golden.integer import GAIN_BITS, norm_statistics, quantize, quantize_factor
+from hw.config import Config
+from hw.norm import NormOp, NormQuantizer
+from hw.words import pack_ints, unpack_ints
+from sim.tb import TB, StreamSink, StreamSource, params, write_report
+
+
+def _no_check(name, value):
+    return value
+
+
+def _pack(layout, values):
+    """An integer holding ``values`` (a dict, nested for nested layouts) in ``layout``."""
+    word = 0
+    for name, field in layout:
+        value = values[name]
+        if isinstance(value, dict):
+            value = _pack(field.shape, value)
+        word |= (int(value) & ((1 << field.width) - 1)) << field.offset
+    return word
+
+
+def _unpack(layout, word):
+    return {name: (word >> field.offset) & ((1 << field.width) - 1) for name, field in layout}
+
+
+def _vector(rng, length, in_bits):
+    """Random elements of a random magnitude (zero, tiny, or up to the input's extremes)."""
+    kind = rng.integers(0, 6)
+    if kind == 0:
+        return np.zeros(length, np.int64)
+    bits = int(rng.integers(1, in_bits)) if kind < 5 else in_bits - 1
+    x = rng.integers(-(1 << bits), 1 << bits, length)
+    if kind == 5:
+        x[rng.integers(0, length)] = -(1 << (in_bits - 1))
+    return x
+
+
+@cocotb.test()
+async def norm_matches_golden(dut):
+    p = params()
+    config = Config.from_dict(p["config"])
+    unit = NormQuantizer(config, **p["options"])
+    members = unit.signature.members
+    cmd_layout = members["cmd"].signature.members["payload"].shape
+    stats_layout = members["stats"].signature.members["payload"].shape
+    lanes, words = len(dut.o_stream__payload) // 8, unit.words
+    index_bits = (words - 1).bit_length()
+    in_bits = (len(dut.x_stream__payload) - index_bits) // lanes
+    tb = TB(dut, seed=p["seed"])
+    rng = np.random.default_rng(p["seed"])
+    x_source = StreamSource(dut, "x_stream", rng=tb.rng)
+    gain_source = StreamSource(dut, "gain_stream", rng=tb.rng)
+    commands = StreamSource(dut, "cmd", rng=tb.rng)
+    stats_sink = StreamSink(dut, "stats", rng=tb.rng)
+    out = StreamSink(dut, "o_stream", rng=tb.rng)
+    tables = build_tables()
+    await tb.reset()
+    report = {"vectors": 0, "zero_vectors": 0, "x_q_words": 0}
+    for round_ in range(p["tiles"]):
+        length = int(rng.integers(1, words * lanes + 1)) if round_ else words * lanes
+        used = -(-length // lanes)
+        x = np.zeros(used * lanes, np.int64)
+        x[:length] = _vector(rng, length, in_bits)
+        gain = np.zeros(used * lanes, np.int64)
+        gain[:length] = rng.integers(-(1 << (GAIN_BITS - 1)), 1 << (GAIN_BITS - 1), length)
+        await x_source.send([n | (w << index_bits) for n, w in
+                             enumerate(pack_ints(x.reshape(used, lanes), in_bits))], tb.cycle)
+        await gain_source.send([n | (w << index_bits) for n, w in
+                                enumerate(pack_ints(gain.reshape(used, lanes), GAIN_BITS))],
+                               tb.cycle)
+        expected, u = norm_statistics(x[None, :length], gain[:length], _no_check)
+        await commands.send([_pack(cmd_layout, {
+            "op": NormOp.STATISTICS.value, "words": used,
+            "factor": {"mantissa": 0, "exponent": 0}})], tb.cycle)
+        (beat,) = await stats_sink.receive(1, tb.cycle, timeout=used * 3 + 100)
+        got = _unpack(stats_layout, beat)
+        want = {name: int(getattr(expected, name)[0]) for name in got}
+        assert got == want, f"round {round_} (length {length}): statistics {got}, golden {want}"
+
+        factor = quantize_factor(expected.peak, tables)
+        out.backpressure = (0.0, 0.5)[round_ % 2]
+        await commands.send([_pack(cmd_layout, {
+            "op": NormOp.QUANTISE.value, "words": used,
+            "factor": {"mantissa": factor.mantissa[0], "exponent": factor.exponent[0]}})],
+            tb.cycle)
+        beats = await out.receive(used, tb.cycle, timeout=used * 3 + 100)
+        x_q = unpack_ints(beats, 8, lanes).reshape(-1)[:length]
+        want_q = quantize(u, factor, _no_check)[0]
+        bad = np.flatnonzero(x_q != want_q)
+        assert not bad.size, (f"round {round_} (length {length}): x_q[{bad[0]}] = "
+                              f"{x_q[bad[0]]}, golden {want_q[bad[0]]}; {bad.size} differ")
+        report["vectors"] += 1
+        report["zero_vectors"] += int(expected.peak[0] == 0)
+        report["x_q_words"] += used
+    write_report(report)
