@@ -19,26 +19,12 @@ from golden.integer import GAIN_BITS, norm_statistics, quantize, quantize_factor
 from hw.config import Config
 from hw.norm import NormOp, NormQuantizer
 from hw.words import pack_ints, unpack_ints
-from sim.tb import TB, StreamSink, StreamSource, params, write_report
+from sim.tb import (TB, StreamSink, StreamSource, pack_fields, params, unpack_fields,
+                    write_report)
 
 
 def _no_check(name, value):
     return value
-
-
-def _pack(layout, values):
-    """An integer holding ``values`` (a dict, nested for nested layouts) in ``layout``."""
-    word = 0
-    for name, field in layout:
-        value = values[name]
-        if isinstance(value, dict):
-            value = _pack(field.shape, value)
-        word |= (int(value) & ((1 << field.width) - 1)) << field.offset
-    return word
-
-
-def _unpack(layout, word):
-    return {name: (word >> field.offset) & ((1 << field.width) - 1) for name, field in layout}
 
 
 def _vector(rng, length, in_bits):
@@ -87,17 +73,17 @@ async def norm_matches_golden(dut):
                                 enumerate(pack_ints(gain.reshape(used, lanes), GAIN_BITS))],
                                tb.cycle)
         expected, u = norm_statistics(x[None, :length], gain[:length], _no_check)
-        await commands.send([_pack(cmd_layout, {
+        await commands.send([pack_fields(cmd_layout, {
             "op": NormOp.STATISTICS.value, "words": used,
             "factor": {"mantissa": 0, "exponent": 0}})], tb.cycle)
         (beat,) = await stats_sink.receive(1, tb.cycle, timeout=used * 3 + 100)
-        got = _unpack(stats_layout, beat)
+        got = unpack_fields(stats_layout, beat)
         want = {name: int(getattr(expected, name)[0]) for name in got}
         assert got == want, f"round {round_} (length {length}): statistics {got}, golden {want}"
 
         factor = quantize_factor(expected.peak, tables)
         out.backpressure = (0.0, 0.5)[round_ % 2]
-        await commands.send([_pack(cmd_layout, {
+        await commands.send([pack_fields(cmd_layout, {
             "op": NormOp.QUANTISE.value, "words": used,
             "factor": {"mantissa": factor.mantissa[0], "exponent": factor.exponent[0]}})],
             tb.cycle)

@@ -28,6 +28,9 @@ class Unit:
 UNITS = {unit.name: unit for unit in [
     Unit("array", "hw.array:SystolicArray", "sim.array_tb", "systolic tensor unit (GEMM tiles)"),
     Unit("pim", "hw.pim:PimBankGroup", "sim.pim_tb", "processing-in-memory bank group (GEMV)"),
+    Unit("scalar", "sim.units:scalar_unit", "sim.scalar_tb",
+         "dyadic scalar unit of the resident decoder (factors, rsqrt, reciprocal)",
+         options={"value_bits": 48}),
     Unit("epilogue", "hw.epilogue:Epilogue", "sim.epilogue_tb",
          "BitLinear epilogue of the resident decoder (rescale, residual add)"),
     Unit("norm", "hw.norm:NormQuantizer", "sim.norm_tb",
@@ -39,6 +42,14 @@ UNITS = {unit.name: unit for unit in [
     Unit("top", "hw.device:Device", "sim.device_tb",
          "the whole device through its command stream"),
 ]}
+
+
+def scalar_unit(config, *, value_bits):
+    """:class:`hw.dyadic.ScalarUnit`, which has no device parameters (``config`` only names
+    the build)."""
+    from hw.dyadic import ScalarUnit
+
+    return ScalarUnit(value_bits=value_bits)
 
 
 def simulate(unit_name, config, *, seed=0, tiles=8, waves=False, progress=None, pe=None,

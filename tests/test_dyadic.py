@@ -11,7 +11,9 @@ from amaranth.sim import Simulator
 
 from golden.fixedpoint import (Dyadic, build_tables, dyadic, dyadic_add, dyadic_mul,
                                dyadic_reciprocal, dyadic_rsqrt)
+from hw.config import preset
 from hw.dyadic import ScalarOp, ScalarUnit
+from sim.units import simulate
 
 VALUE_BITS = 48
 TABLES = build_tables()
@@ -102,3 +104,11 @@ def test_every_operation_is_golden_bit_for_bit(op):
 def test_value_bits_is_checked():
     with pytest.raises(ValueError, match=r"^value_bits must be an integer in \[17, 62\], not 8$"):
         ScalarUnit(value_bits=8)
+
+
+def test_scalar_unit_on_verilator_under_idle_and_back_pressure():
+    """The cocotb testbench (sim/scalar_tb.py): 40 commands of every operation, shuffled, back
+    to back under random idle and back-pressure, each against golden.fixedpoint."""
+    result = simulate("scalar", preset("tiny"), seed=2, tiles=40)
+    assert result.passed, "; ".join(result.failures) + f" (log: {result.log})"
+    assert result.report["commands"] == 40 * len(ScalarOp)
