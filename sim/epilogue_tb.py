@@ -18,7 +18,9 @@ import numpy as np
 from golden.fixedpoint import Dyadic, bit_length, dyadic, dyadic_mul
 from golden.integer import LinearScale, rescale
 from hw.config import Config
-from sim.tb import TB, StreamSink, StreamSource, params, write_report
+from hw.epilogue import Epilogue
+from hw.words import unpack_ints
+from sim.tb import TB, StreamSink, StreamSource, params, payload_layout, write_report
 
 FLOW_KNOBS = list(itertools.product((0.0, 0.3), (0.0, 0.5)))
 
@@ -30,20 +32,24 @@ def _no_check(name, value):
 class EpilogueTB(TB):
     """Drives elements into the unit and collects its results."""
 
-    def __init__(self, dut, seed):
-        super().__init__(dut, seed=seed)
-        self.np_rng = np.random.default_rng(seed)
+    def __init__(self, dut, p):
+        super().__init__(dut, seed=p["seed"])
+        self.config = Config.from_dict(p["config"])
+        unit = Epilogue(self.config, **p["options"])
+        self.layout = payload_layout(unit, "i_stream")
+        self.out_bits = len(dut.o_stream__payload)
+        self.np_rng = np.random.default_rng(p["seed"])
         self.source = StreamSource(dut, "i_stream", rng=self.rng)
         self.sink = StreamSink(dut, "o_stream", rng=self.rng)
 
+    def payload(self, acc, factor, residual):
+        return self.layout.const({
+            "acc": int(acc), "residual": int(residual),
+            "factor": {"mantissa": int(factor.mantissa), "exponent": int(factor.exponent)},
+        }).as_bits()
 
-def _pack(fields):
-    """The payload integer of ``[(value, bits), ...]``, first field least significant."""
-    word, offset = 0, 0
-    for value, bits in fields:
-        word |= (int(value) & ((1 << bits) - 1)) << offset
-        offset += bits
-    return word
+    def results(self, beats):
+        return [int(v) for v in unpack_ints(beats, self.out_bits, 1)[:, 0]]
 
 
 def draw_token(rng, acc_bits, out_bits, length):
@@ -72,12 +78,8 @@ def draw_token(rng, acc_bits, out_bits, length):
 @cocotb.test()
 async def epilogue_matches_golden(dut):
     p = params()
-    config = Config.from_dict(p["config"])
-    tb = EpilogueTB(dut, seed=p["seed"])
-    acc_bits = config.acc_bits
-    out_bits = len(dut.o_stream__payload)
-    payload_bits = len(dut.i_stream__payload)
-    assert payload_bits == acc_bits + 17 + 12 + out_bits, payload_bits
+    tb = EpilogueTB(dut, p)
+    acc_bits, out_bits = tb.config.acc_bits, tb.out_bits
     await tb.reset()
     elements = cycles = 0
     for idle, backpressure in FLOW_KNOBS:
@@ -91,14 +93,13 @@ async def epilogue_matches_golden(dut):
                                                   np.array([rho.exponent])),
                              LinearScale(constant, 0), _no_check, "out")[0]
             expected += list(scaled + residual)
-            payloads += [_pack([(a, acc_bits), (factor.mantissa, 17), (factor.exponent, 12),
-                                (r, out_bits)]) for a, r in zip(acc, residual)]
+            payloads += [tb.payload(a, factor, r) for a, r in zip(acc, residual)]
         start = tb.cycle()
         sender = cocotb.start_soon(tb.source.send(payloads, tb.cycle))
         beats = await tb.sink.receive(len(payloads), tb.cycle, timeout=200)
         await sender
         cycles += tb.cycle() - start
-        got = [b - (1 << out_bits) if b >> (out_bits - 1) else b for b in beats]
+        got = tb.results(beats)
         bad = [n for n, (g, e) in enumerate(zip(got, expected)) if g != e]
         assert not bad, (f"element {bad[0]} (idle {idle}, back-pressure {backpressure}): got "
                          f"{got[bad[0]]}, golden {expected[bad[0]]}; {len(bad)} differ")
@@ -111,17 +112,14 @@ async def epilogue_matches_golden(dut):
 async def one_element_a_cycle(dut):
     """With no idle and no back-pressure, results leave one a cycle, LATENCY after entry."""
     p = params()
-    config = Config.from_dict(p["config"])
-    tb = EpilogueTB(dut, seed=p["seed"])
-    out_bits = len(dut.o_stream__payload)
+    tb = EpilogueTB(dut, p)
     await tb.reset()
     count = 64
-    payloads = [_pack([(n, config.acc_bits), (1 << 16, 17), (-16, 12), (0, out_bits)])
-                for n in range(count)]
+    payloads = [tb.payload(n, Dyadic(1 << 16, -16), 0) for n in range(count)]
     sender = cocotb.start_soon(tb.source.send(payloads, tb.cycle))
     beats = await tb.sink.receive(count, tb.cycle, timeout=20)
     await sender
-    assert beats == [(n * (1 << 16) + (1 << 15)) >> 16 for n in range(count)]
+    assert tb.results(beats) == [(n * (1 << 16) + (1 << 15)) >> 16 for n in range(count)]
     entered, left = tb.source.accepted_cycles, tb.sink.beat_cycles
-    assert [b - a for a, b in zip(entered, left)] == [3] * count
+    assert [b - a for a, b in zip(entered, left)] == [Epilogue.LATENCY] * count
     assert left == list(range(left[0], left[0] + count))

@@ -15,15 +15,10 @@ import numpy as np
 
 from golden.integer import ACT_MAX, IntegerLogits, head_values
 from hw.config import Config
-from hw.words import pack_ints
-from sim.tb import TB, StreamSink, StreamSource, params, write_report
+from hw.head import LmHead
+from sim.tb import TB, StreamSink, StreamSource, params, payload_layout, write_report
 
 SCALE_BITS = 17
-
-
-def _bits_of_range(count):
-    """Bits of an Amaranth ``range(count)`` field (none for a single value)."""
-    return (count - 1).bit_length()
 
 
 class HeadTB(TB):
@@ -31,9 +26,12 @@ class HeadTB(TB):
 
     def __init__(self, dut, config, options, seed):
         super().__init__(dut, seed=seed)
+        unit = LmHead(config, **options)
+        self.layouts = {port: payload_layout(unit, port)
+                        for port in ("x_stream", "emb_stream", "scale_stream", "o_stream")}
         self.hidden, self.vocab = options["hidden"], options["vocab"]
-        self.lanes = options.get("lanes") or config.pim.lanes
-        self.words = -(-self.hidden // self.lanes)
+        self.lanes = self.layouts["x_stream"]["data"].shape.length
+        self.words = unit.words
         self.np_rng = np.random.default_rng(seed)
         self.x = StreamSource(dut, "x_stream", rng=self.rng)
         self.emb = StreamSource(dut, "emb_stream", rng=self.rng)
@@ -42,34 +40,31 @@ class HeadTB(TB):
         self.result = StreamSink(dut, "o_stream", rng=self.rng)
 
     def _words(self, vector):
+        """``vector`` zero-padded to whole words: one list of ``lanes`` ints a word."""
         padded = np.zeros(self.words * self.lanes, np.int64)
         padded[:len(vector)] = vector
-        return pack_ints(padded.reshape(self.words, self.lanes), 8)
+        return padded.reshape(self.words, self.lanes).tolist()
+
+    def _payload(self, port, **fields):
+        return self.layouts[port].const(fields).as_bits()
 
     async def load_rows(self, embedding, scales, rows):
-        payloads, addr_bits = [], _bits_of_range(self.vocab * self.words)
-        for v in rows:
-            for w, word in enumerate(self._words(embedding[v])):
-                payloads.append((v * self.words + w) | (word << addr_bits))
-        await self.emb.send(payloads, self.cycle)
-        row_bits = _bits_of_range(self.vocab)
-        await self.scale.send([int(v) | (int(scales[v]) << row_bits) for v in rows], self.cycle)
+        await self.emb.send([self._payload("emb_stream", addr=v * self.words + w, data=word)
+                             for v in rows for w, word in enumerate(self._words(embedding[v]))],
+                            self.cycle)
+        await self.scale.send([self._payload("scale_stream", addr=int(v), data=int(scales[v]))
+                               for v in rows], self.cycle)
 
     async def scan(self, x_q):
         """Load ``x_q``, run a scan; returns (token, logit, cycles from start to result)."""
-        index_bits = _bits_of_range(self.words)
-        await self.x.send([n | (word << index_bits) for n, word in enumerate(self._words(x_q))],
-                          self.cycle)
+        await self.x.send([self._payload("x_stream", index=n, data=word)
+                           for n, word in enumerate(self._words(x_q))], self.cycle)
         await self.start.send([0], self.cycle)
         started = self.start.accepted_cycles[-1]
         (beat,) = await self.result.receive(1, self.cycle,
                                             timeout=self.vocab * self.words + 200)
-        token_bits = _bits_of_range(self.vocab)
-        logit_bits = len(self.dut.o_stream__payload) - token_bits
-        token, logit = beat & ((1 << token_bits) - 1), beat >> token_bits
-        if logit >> (logit_bits - 1):
-            logit -= 1 << logit_bits
-        return token, logit, self.result.beat_cycles[-1] - started
+        result = self.layouts["o_stream"].from_bits(beat)
+        return result.token, result.logit, self.result.beat_cycles[-1] - started
 
 
 def _expected(x_q, embedding, scales):

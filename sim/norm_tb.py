@@ -18,9 +18,8 @@ from golden.fixedpoint import build_tables
 from golden.integer import GAIN_BITS, norm_statistics, quantize, quantize_factor
 from hw.config import Config
 from hw.norm import NormOp, NormQuantizer
-from hw.words import pack_ints, unpack_ints
-from sim.tb import (TB, StreamSink, StreamSource, pack_fields, params, unpack_fields,
-                    write_report)
+from hw.words import unpack_ints
+from sim.tb import TB, StreamSink, StreamSource, params, payload_layout, write_report
 
 
 def _no_check(name, value):
@@ -44,12 +43,10 @@ async def norm_matches_golden(dut):
     p = params()
     config = Config.from_dict(p["config"])
     unit = NormQuantizer(config, **p["options"])
-    members = unit.signature.members
-    cmd_layout = members["cmd"].signature.members["payload"].shape
-    stats_layout = members["stats"].signature.members["payload"].shape
+    cmd_layout, stats_layout = payload_layout(unit, "cmd"), payload_layout(unit, "stats")
+    x_layout, gain_layout = payload_layout(unit, "x_stream"), payload_layout(unit, "gain_stream")
     lanes, words = len(dut.o_stream__payload) // 8, unit.words
-    index_bits = (words - 1).bit_length()
-    in_bits = (len(dut.x_stream__payload) - index_bits) // lanes
+    in_bits = x_layout["data"].shape.elem_shape.width
     tb = TB(dut, seed=p["seed"])
     rng = np.random.default_rng(p["seed"])
     x_source = StreamSource(dut, "x_stream", rng=tb.rng)
@@ -67,26 +64,25 @@ async def norm_matches_golden(dut):
         x[:length] = _vector(rng, length, in_bits)
         gain = np.zeros(used * lanes, np.int64)
         gain[:length] = rng.integers(-(1 << (GAIN_BITS - 1)), 1 << (GAIN_BITS - 1), length)
-        await x_source.send([n | (w << index_bits) for n, w in
-                             enumerate(pack_ints(x.reshape(used, lanes), in_bits))], tb.cycle)
-        await gain_source.send([n | (w << index_bits) for n, w in
-                                enumerate(pack_ints(gain.reshape(used, lanes), GAIN_BITS))],
-                               tb.cycle)
+        for source, layout, values in ((x_source, x_layout, x), (gain_source, gain_layout, gain)):
+            await source.send([layout.const({"index": n, "data": word.tolist()}).as_bits()
+                               for n, word in enumerate(values.reshape(used, lanes))], tb.cycle)
         expected, u = norm_statistics(x[None, :length], gain[:length], _no_check)
-        await commands.send([pack_fields(cmd_layout, {
-            "op": NormOp.STATISTICS.value, "words": used,
-            "factor": {"mantissa": 0, "exponent": 0}})], tb.cycle)
+        await commands.send([cmd_layout.const({
+            "op": NormOp.STATISTICS, "words": used,
+            "factor": {"mantissa": 0, "exponent": 0}}).as_bits()], tb.cycle)
         (beat,) = await stats_sink.receive(1, tb.cycle, timeout=used * 3 + 100)
-        got = unpack_fields(stats_layout, beat)
-        want = {name: int(getattr(expected, name)[0]) for name in got}
+        stats = stats_layout.from_bits(beat)
+        got = {name: stats[name] for name in expected._fields}
+        want = {name: int(getattr(expected, name)[0]) for name in expected._fields}
         assert got == want, f"round {round_} (length {length}): statistics {got}, golden {want}"
 
         factor = quantize_factor(expected.peak, tables)
         out.backpressure = (0.0, 0.5)[round_ % 2]
-        await commands.send([pack_fields(cmd_layout, {
-            "op": NormOp.QUANTISE.value, "words": used,
-            "factor": {"mantissa": factor.mantissa[0], "exponent": factor.exponent[0]}})],
-            tb.cycle)
+        await commands.send([cmd_layout.const({
+            "op": NormOp.QUANTISE, "words": used,
+            "factor": {"mantissa": int(factor.mantissa[0]), "exponent": int(factor.exponent[0])}
+        }).as_bits()], tb.cycle)
         beats = await out.receive(used, tb.cycle, timeout=used * 3 + 100)
         x_q = unpack_ints(beats, 8, lanes).reshape(-1)[:length]
         want_q = quantize(u, factor, _no_check)[0]

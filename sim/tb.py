@@ -14,8 +14,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 from cocotb.utils import get_sim_time
 
-__all__ = ["params", "write_report", "pack_fields", "unpack_fields", "TB", "StreamSource",
-           "StreamSink"]
+__all__ = ["params", "write_report", "payload_layout", "TB", "StreamSource", "StreamSink"]
 
 CLOCK_NS = 10
 
@@ -39,21 +38,10 @@ def write_report(report):
             json.dump(report, file)
 
 
-def pack_fields(layout, values):
-    """The integer holding ``values`` (a dict by field name, nested for a nested layout) in
-    the Amaranth ``layout``."""
-    word = 0
-    for name, field in layout:
-        value = values[name]
-        if isinstance(value, dict):
-            value = pack_fields(field.shape, value)
-        word |= (int(value) & ((1 << field.width) - 1)) << field.offset
-    return word
-
-
-def unpack_fields(layout, word):
-    """The raw (unsigned) value of each of ``layout``'s fields in ``word``."""
-    return {name: (word >> field.offset) & ((1 << field.width) - 1) for name, field in layout}
+def payload_layout(component, port):
+    """The payload layout of ``component``'s stream ``port``: testbenches pack a payload with
+    ``layout.const(values).as_bits()`` and read one with ``layout.from_bits(word)``."""
+    return component.signature.members[port].signature.members["payload"].shape
 
 
 class StreamSource:
