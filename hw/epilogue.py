@@ -4,8 +4,11 @@ residual add of ``IntegerModel``, bit for bit).
 
 Per element: ``round(acc * mantissa / 2**-exponent)`` (round half up; a left shift for an
 exponent above zero), plus ``residual``. The factor is one dyadic per token (the token's
-``rho`` times the matrix's constant, from :class:`hw.dyadic.ScalarUnit`); each element carries
-its own, so a new factor needs no draining. Golden's widths guarantee the result fits
+``rho`` times the matrix's constant, from :class:`hw.dyadic.ScalarUnit`); each beat of
+``lanes`` elements carries its own, so a new factor needs no draining. ``lanes`` sets the
+throughput: a GEMV delivers ``banks`` results every ``ceil(K / lanes)`` cycles, so an epilogue
+that keeps up with the banks has ``banks / words_per_row`` lanes (4 for the shipped model's
+K = 128 on ulx3s-85f). Golden's widths guarantee the result fits
 ``out_bits`` for a model the decoder accepts; the unit does not saturate.
 """
 
@@ -22,11 +25,11 @@ __all__ = ["Epilogue", "shift_round"]
 
 
 class Epilogue(wiring.Component):
-    """``o = shift_round(acc * factor.mantissa, -factor.exponent) + residual``, one element a
-    cycle, three cycles from an element taken to its result offered.
+    """``o[i] = shift_round(acc[i] * factor.mantissa, -factor.exponent) + residual[i]``,
+    ``lanes`` elements a cycle, three cycles from a beat taken to its results offered.
 
-    The multiply is ``acc_bits x 18`` (the unsigned mantissa on a signed port): two MULT18X18D
-    for an accumulator wider than 18 bits, the stated composition of
+    Each lane's multiply is ``acc_bits x 18`` (the unsigned mantissa on a signed port): two
+    MULT18X18D for an accumulator wider than 18 bits, the stated composition of
     ``golden.integer.integer_formats``. Its product is registered before the rounding shift.
     The pipeline holds whole while the result is refused: ``i_stream.ready`` follows
     ``o_stream.ready``.
@@ -38,28 +41,33 @@ class Epilogue(wiring.Component):
     out_bits : int
         The result's width: 16 for q, k, v, gate and up (golden's ``projection``), 32 for the
         residual stream after o_proj and down.
+    lanes : int
+        Elements a beat.
 
     Members
     -------
-    i_stream : In(stream.Signature(StructLayout({"acc": signed(acc_bits), "factor": DYADIC,
-                                                "residual": signed(out_bits)})))
-        An accumulator, its token's factor and the residual element to add (0 for none).
-    o_stream : Out(stream.Signature(signed(out_bits)))
+    i_stream : In(stream.Signature(StructLayout({"acc": ArrayLayout(signed(acc_bits), lanes),
+                                                "factor": DYADIC,
+                                                "residual": ArrayLayout(signed(out_bits), lanes)})))
+        Accumulators of one token, its factor and the residual elements to add (0 for none).
+    o_stream : Out(stream.Signature(ArrayLayout(signed(out_bits), lanes)))
     """
 
     LATENCY = 3
 
-    def __init__(self, config, *, out_bits=PROJECTION_BITS):
-        if isinstance(out_bits, bool) or not isinstance(out_bits, int) \
-                or not 2 <= out_bits <= 32:
-            raise ValueError(f"out_bits must be an integer in [2, 32], not {out_bits!r}")
+    def __init__(self, config, *, out_bits=PROJECTION_BITS, lanes=1):
+        for name, value, low, high in (("out_bits", out_bits, 2, 32), ("lanes", lanes, 1, 64)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer in [{low}, {high}], not {value!r}")
         self._acc_bits = config.acc_bits
         self._out_bits = out_bits
+        self.lanes = lanes
+        results = data.ArrayLayout(signed(out_bits), lanes)
         super().__init__({
             "i_stream": In(stream.Signature(data.StructLayout({
-                "acc": signed(config.acc_bits), "factor": DYADIC,
-                "residual": signed(out_bits)}))),
-            "o_stream": Out(stream.Signature(signed(out_bits))),
+                "acc": data.ArrayLayout(signed(config.acc_bits), lanes), "factor": DYADIC,
+                "residual": results}))),
+            "o_stream": Out(stream.Signature(results)),
         })
 
     def elaborate(self, platform):
@@ -68,21 +76,22 @@ class Epilogue(wiring.Component):
         advance = ~self.o_stream.valid | self.o_stream.ready
         m.d.comb += self.i_stream.ready.eq(advance)
 
-        # Stage 1: the operands. Stage 2: the product and the rounding shift's amount. Stage 3:
-        # the rounded product plus the residual.
+        # Stage 1: the operands. Stage 2: the products and the rounding shift's amount, one for
+        # the beat. Stage 3: the rounded products plus the residuals.
         taken = self.i_stream.payload
         product_bits = self._acc_bits + MANTISSA_BITS
         operand = Signal.like(taken, reset_less=True)
-        product = Signal(signed(product_bits), reset_less=True)
+        products = Signal(data.ArrayLayout(signed(product_bits), self.lanes), reset_less=True)
         right = Signal(range(product_bits + 2), reset_less=True)
         left = Signal(range(self._out_bits + 1), reset_less=True)
-        residual = Signal(signed(self._out_bits), reset_less=True)
+        residual = Signal.like(operand.residual, reset_less=True)
         valid = Signal(2)
         with m.If(advance):
             m.d.sync += [
                 operand.eq(taken),
                 valid.eq(Cat(self.i_stream.valid, valid[0])),
-                product.eq(operand.acc * operand.factor.mantissa),
+                *(products[i].eq(operand.acc[i] * operand.factor.mantissa)
+                  for i in range(self.lanes)),
                 # A right shift beyond the product's width rounds every value to 0, as one of
                 # product_bits + 1 does; a left shift beyond out_bits leaves nothing in range.
                 right.eq(Mux(operand.factor.exponent < -(product_bits + 1), product_bits + 1,
@@ -91,7 +100,8 @@ class Epilogue(wiring.Component):
                             Mux(operand.factor.exponent > 0, operand.factor.exponent, 0))),
                 residual.eq(operand.residual),
                 self.o_stream.valid.eq(valid[1]),
-                self.o_stream.payload.eq(shift_round(product, right, left) + residual),
+                *(self.o_stream.payload[i].eq(shift_round(products[i], right, left)
+                                              + residual[i]) for i in range(self.lanes)),
             ]
         return m
 

@@ -3,8 +3,9 @@ and the residual add.
 
 Tokens of random length, each with its own ``rho`` and matrix constant (their product, by
 ``golden.fixedpoint.dyadic_mul``, is the factor the unit takes), accumulators over the whole
-range the configuration allows with its extremes, and a residual element each; streamed under
-random idle and back-pressure. The factor's exponent is drawn so that results use all of
+range the configuration allows with its extremes, and a residual element each, in beats of the
+unit's lanes (a token's last beat padded with zeros, as a GEMV's last results are); streamed
+under random idle and back-pressure. The factor's exponent is drawn so that results use all of
 ``out_bits`` (the decoder's widths guarantee they fit, and so does this draw).
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (tokens per flow setting).
@@ -37,19 +38,28 @@ class EpilogueTB(TB):
         self.config = Config.from_dict(p["config"])
         unit = Epilogue(self.config, **p["options"])
         self.layout = payload_layout(unit, "i_stream")
-        self.out_bits = len(dut.o_stream__payload)
+        self.lanes = unit.lanes
+        self.out_bits = len(dut.o_stream__payload) // unit.lanes
         self.np_rng = np.random.default_rng(p["seed"])
         self.source = StreamSource(dut, "i_stream", rng=self.rng)
         self.sink = StreamSink(dut, "o_stream", rng=self.rng)
 
     def payload(self, acc, factor, residual):
+        """One beat: ``lanes`` accumulators and residual elements, and their token's factor."""
         return self.layout.const({
-            "acc": int(acc), "residual": int(residual),
+            "acc": [int(a) for a in acc], "residual": [int(r) for r in residual],
             "factor": {"mantissa": int(factor.mantissa), "exponent": int(factor.exponent)},
         }).as_bits()
 
+    def beats(self, acc, factor, residual):
+        """A token's elements in beats; the last one padded with zeros."""
+        padded = -len(acc) % self.lanes
+        acc, residual = (np.concatenate([v, np.zeros(padded, np.int64)]) for v in (acc, residual))
+        return [self.payload(acc[n:n + self.lanes], factor, residual[n:n + self.lanes])
+                for n in range(0, len(acc), self.lanes)], acc, residual
+
     def results(self, beats):
-        return [int(v) for v in unpack_ints(beats, self.out_bits, 1)[:, 0]]
+        return [int(v) for v in unpack_ints(beats, self.out_bits, self.lanes).reshape(-1)]
 
 
 def draw_token(rng, acc_bits, out_bits, length):
@@ -89,11 +99,12 @@ async def epilogue_matches_golden(dut):
             length = int(tb.np_rng.integers(1, 40))
             acc, rho, constant, factor, residual = draw_token(tb.np_rng, acc_bits, out_bits,
                                                               length)
+            token_beats, acc, residual = tb.beats(acc, factor, residual)
             scaled = rescale(acc[None, :], Dyadic(np.array([rho.mantissa]),
                                                   np.array([rho.exponent])),
                              LinearScale(constant, 0), _no_check, "out")[0]
             expected += list(scaled + residual)
-            payloads += [tb.payload(a, factor, r) for a, r in zip(acc, residual)]
+            payloads += token_beats
         start = tb.cycle()
         sender = cocotb.start_soon(tb.source.send(payloads, tb.cycle))
         beats = await tb.sink.receive(len(payloads), tb.cycle, timeout=200)
@@ -104,22 +115,23 @@ async def epilogue_matches_golden(dut):
         assert not bad, (f"element {bad[0]} (idle {idle}, back-pressure {backpressure}): got "
                          f"{got[bad[0]]}, golden {expected[bad[0]]}; {len(bad)} differ")
         assert max(abs(e) for e in expected) >= 1 << (out_bits - 3), "results too small"
-        elements += len(payloads)
+        elements += len(expected)
     write_report({"elements": elements, "cycles": cycles})
 
 
 @cocotb.test()
-async def one_element_a_cycle(dut):
-    """With no idle and no back-pressure, results leave one a cycle, LATENCY after entry."""
+async def one_beat_a_cycle(dut):
+    """With no idle and no back-pressure, beats leave one a cycle, LATENCY after entry."""
     p = params()
     tb = EpilogueTB(dut, p)
     await tb.reset()
     count = 64
-    payloads = [tb.payload(n, Dyadic(1 << 16, -16), 0) for n in range(count)]
+    elements = np.arange(count * tb.lanes)
+    payloads, _, _ = tb.beats(elements, Dyadic(1 << 16, -16), np.zeros_like(elements))
     sender = cocotb.start_soon(tb.source.send(payloads, tb.cycle))
     beats = await tb.sink.receive(count, tb.cycle, timeout=20)
     await sender
-    assert tb.results(beats) == [(n * (1 << 16) + (1 << 15)) >> 16 for n in range(count)]
+    assert tb.results(beats) == [(n * (1 << 16) + (1 << 15)) >> 16 for n in elements]
     entered, left = tb.source.accepted_cycles, tb.sink.beat_cycles
     assert [b - a for a, b in zip(entered, left)] == [Epilogue.LATENCY] * count
     assert left == list(range(left[0], left[0] + count))

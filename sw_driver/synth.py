@@ -142,8 +142,11 @@ register_area_unit(AreaUnit("pim-bank", "one PIM bank: block RAM, near-bank engi
 register_area_unit(AreaUnit("pim", "PIM bank group: banks, sequencer, activation buffer",
                             lambda config, device: PimBankGroup(config),
                             lanes=lambda config: config.pim.banks * config.pim.lanes))
-register_area_unit(AreaUnit("epilogue", "resident decoder's BitLinear epilogue (int32 results)",
-                            lambda config, device: Epilogue(config, out_bits=RESIDUAL_BITS)))
+register_area_unit(AreaUnit("epilogue", "resident decoder's BitLinear epilogue (int32 results, "
+                                        "4 lanes)",
+                            lambda config, device: Epilogue(config, out_bits=RESIDUAL_BITS,
+                                                            lanes=4),
+                            lanes=lambda config: 4))
 register_area_unit(AreaUnit("head", "resident decoder's LM head and arg max (shipped model's "
                                     "shape, a bank's lanes)",
                             lambda config, device: LmHead(config, hidden=128, vocab=256),

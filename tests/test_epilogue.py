@@ -14,16 +14,18 @@ from hw.epilogue import Epilogue
 from sim.units import simulate
 
 
-@pytest.mark.parametrize("name, out_bits", [("tiny", PROJECTION_BITS),
-                                            ("ulx3s-85f", PROJECTION_BITS),
-                                            ("ulx3s-85f", RESIDUAL_BITS)])
-def test_epilogue_matches_golden(name, out_bits):
+@pytest.mark.parametrize("name, out_bits, lanes", [("tiny", PROJECTION_BITS, 1),
+                                                   ("ulx3s-85f", PROJECTION_BITS, 1),
+                                                   ("ulx3s-85f", RESIDUAL_BITS, 4)])
+def test_epilogue_matches_golden(name, out_bits, lanes):
     result = simulate("epilogue", preset(name), seed=3, tiles=12,
-                      options={"out_bits": out_bits})
+                      options={"out_bits": out_bits, "lanes": lanes})
     assert result.passed, "; ".join(result.failures) + f" (log: {result.log})"
     assert result.report["elements"] > 100
 
 
-def test_result_width_is_checked():
+def test_parameters_are_checked():
     with pytest.raises(ValueError, match=r"out_bits must be an integer in \[2, 32\], not 40"):
         Epilogue(preset("tiny"), out_bits=40)
+    with pytest.raises(ValueError, match=r"lanes must be an integer in \[1, 64\], not 0"):
+        Epilogue(preset("tiny"), lanes=0)
