@@ -3,10 +3,11 @@ and ``apply_rope`` (with golden's width checks of a model of the unit's shape).
 
 Each round loads phase steps (``golden.integer.rope_steps`` for a few ``rope_theta``, or random
 32-bit steps), then streams tokens back to back: a position (0, 1, ``max_seq - 1`` and random
-ones), then one to six heads of int16 pairs. Elements are drawn with the extremes -32768 and
-32767 on purpose; a pair whose rotation golden's ``projection`` check rejects (an extreme
-rotated off an axis leaves int16: no model the decoder accepts produces it) is drawn again.
-Everything runs under random idle and back-pressure.
+ones), then one to six heads of int16 pairs (the last one sometimes cut short: the next start
+restarts the pair index). Elements are drawn with the extremes -32768 and 32767 on purpose; a
+pair whose rotation golden's ``projection`` check rejects (an extreme rotated off an axis
+leaves int16: no model the decoder accepts produces it) is drawn again. Everything runs under
+random idle and back-pressure.
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (tokens a round),
 ``options`` (``head_dim``, ``max_seq``).
@@ -135,7 +136,7 @@ async def rope_matches_golden(dut):
     tb = RopeTB(dut, p)
     await tb.reset()
     report = {"pairs": 0, "tokens": 0, "extremes": 0, "positions": set(), "step_sets": 0,
-              "token_pairs": [], "token_cycles": []}
+              "cut_heads": 0, "token_pairs": [], "token_cycles": []}
     for (idle, backpressure), (kind, steps) in itertools.product(FLOW_KNOBS, _step_sets(tb)):
         for source in (tb.steps, tb.start, tb.source):
             source.pause = idle
@@ -148,8 +149,15 @@ async def rope_matches_golden(dut):
         for position in tb.draw_positions(p["tiles"]):
             cos, sin = tb.factors(position, steps)
             x = tb.draw_heads(int(tb.np_rng.integers(1, MAX_HEADS + 1)), cos, sin)
-            expected += expected_pairs(x, apply_rope(x, cos, sin, tb.check), tb.pairs)
-            tokens.append((position, tb.pair_payloads(x)))
+            rotated = expected_pairs(x, apply_rope(x, cos, sin, tb.check), tb.pairs)
+            payloads = tb.pair_payloads(x)
+            if tb.pairs > 1 and tb.np_rng.random() < 0.2:
+                # The token ends within its last head: the next start restarts the pair index.
+                count = len(payloads) - int(tb.np_rng.integers(1, tb.pairs))
+                payloads, rotated = payloads[:count], rotated[:count]
+                report["cut_heads"] += 1
+            expected += rotated
+            tokens.append((position, payloads))
             report["extremes"] += int(np.sum((x == _LOW) | (x == _HIGH)))
             report["positions"].add(position)
         driver = cocotb.start_soon(_drive(tb, tokens))
@@ -165,7 +173,9 @@ async def rope_matches_golden(dut):
         report["pairs"] += len(expected)
         report["tokens"] += len(tokens)
         report["step_sets"] += 1
-    report["positions"] = sorted(report["positions"])
+    edges = {0, 1, tb.max_seq - 1}
+    report["edge_positions"] = sorted(edges & report["positions"])
+    report["positions"] = len(report["positions"])
     report["rejected"] = tb.rejected
     write_report(report)
 
