@@ -72,7 +72,9 @@ class Rope(wiring.Component):
     """
 
     LATENCY = 3                 # a pair taken to its rotation offered
-    FACTOR_LATENCY = 5          # a start taken to its first factor's step read, plus 4 stages
+    # Beyond head_dim / 2 issue cycles: the start's own cycle, then the last factor's four
+    # stages after its issue (product, phase, ROM read, write).
+    FACTOR_LATENCY = 5
 
     def __init__(self, config, *, head_dim, max_seq):
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 \
