@@ -28,7 +28,7 @@ __all__ = [
     "dyadic", "dyadic_mul", "dyadic_add", "dyadic_rsqrt", "dyadic_reciprocal",
     "dyadic_from_float", "dyadic_value", "Tables", "build_tables", "table_error_bounds",
     "RSQRT_INDEX_BITS", "RECIPROCAL_INDEX_BITS", "EXP2_FRACTION_BITS", "EXP2_TABLE_BITS",
-    "ANGLE_BITS", "SINE_BITS", "exp2_lookup", "sine_lookup",
+    "PHASE_BITS", "ANGLE_BITS", "SINE_BITS", "exp2_lookup", "sine_lookup",
 ]
 
 # NumPy's int64 shifts by 63 or more are undefined; every value here is narrower than 2**61, so
@@ -185,6 +185,7 @@ def dyadic_reciprocal(a, tables):
 
 EXP2_FRACTION_BITS = 10        # the softmax exponent t counts 2**-10 octaves
 EXP2_TABLE_BITS = 16           # 2**-f in [0.5, 1] as a 17-bit unsigned with 16 fraction bits
+PHASE_BITS = 32                # RoPE phases: turns with 32 fraction bits (mod one turn)
 ANGLE_BITS = 12                # RoPE angles in 4096 steps per turn
 SINE_BITS = 16                 # sin and cos with 16 fraction bits, |value| <= 2**16
 

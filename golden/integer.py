@@ -30,10 +30,10 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 from golden.fixedpoint import (
-    ANGLE_BITS, EXP2_FRACTION_BITS, EXP2_TABLE_BITS, MANTISSA_BITS, SINE_BITS, Dyadic, Tables,
-    Width, bit_length, build_tables, dyadic, dyadic_add, dyadic_from_float, dyadic_mul,
-    dyadic_reciprocal, dyadic_rsqrt, dyadic_value, exp2_lookup, shift_round, sine_lookup,
-    table_error_bounds,
+    ANGLE_BITS, EXP2_FRACTION_BITS, EXP2_TABLE_BITS, MANTISSA_BITS, PHASE_BITS, SINE_BITS,
+    Dyadic, Tables, Width, bit_length, build_tables, dyadic, dyadic_add, dyadic_from_float,
+    dyadic_mul, dyadic_reciprocal, dyadic_rsqrt, dyadic_value, exp2_lookup, shift_round,
+    sine_lookup, table_error_bounds,
 )
 from golden.model import (ATTENTION_INPUTS, MLP_INPUTS, Decoder, WeightsCore, linear_shapes,
                           norm_sizes, rope_inverse_frequencies)
@@ -43,7 +43,7 @@ __all__ = [
     "IntegerFormats", "integer_formats", "NormGain", "LinearScale", "SoftmaxScale",
     "IntegerWeights", "IntegerLogits", "IntegerModel", "output_bound", "softmax_scale",
     "NormStatistics", "norm_statistics", "quantize_factor", "quantize", "norm_quantize",
-    "rescale", "rope_factors", "apply_rope", "attention", "ffn_inner",
+    "rescale", "rope_steps", "rope_factors", "apply_rope", "attention", "ffn_inner",
     "head_values", "RESCALE_SLACK",
 ]
 
@@ -128,7 +128,7 @@ def integer_formats(cfg):
         "rescale_product": Width(accumulator.bits + MANTISSA_BITS),
         "projection": Width(PROJECTION_BITS),
         "residual": Width(RESIDUAL_BITS),
-        "rope_phase": Width(32, signed=False),
+        "rope_phase": Width(PHASE_BITS, signed=False),
         "rope_factor": _signed_for(1 << SINE_BITS),
         "rope_sum": _signed_for(2 * projection * (1 << SINE_BITS)),
         "score": score,
@@ -159,7 +159,7 @@ def integer_formats(cfg):
         "sum_squares": _mult18(widths["norm_input"].bits, widths["norm_input"].bits),
         "quantize": _mult18(widths["gained_shifted"].bits, mantissa),
         "rescale": _mult18(accumulator.bits, mantissa),
-        "rope_phase": _mult18(widths["position"].bits + 1, 33),   # low 32 bits kept
+        "rope_phase": _mult18(widths["position"].bits + 1, PHASE_BITS + 1),  # low PHASE_BITS kept
         "rope": 2 * _mult18(PROJECTION_BITS, widths["rope_factor"].bits),
         "score": _mult18(PROJECTION_BITS, PROJECTION_BITS),
         "exponent": _mult18(widths["gap_shifted"].bits + 1, mantissa),
@@ -266,8 +266,6 @@ class IntegerWeights:
                    for name in bounds}
         head_scale = dyadic_from_float(math.sqrt(cfg.hidden) / ACT_MAX
                                        * 2.0 ** -row_scale_fraction)
-        steps = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta).astype(np.float64)
-        rope_steps = np.floor(steps / (2 * np.pi) * 2.0 ** 32 + 0.5).astype(np.int64)
         for name, norm in norms.items():
             formats.check("gain", norm.gain, f"{name} ")
         formats.check("embedding", embedding)
@@ -280,7 +278,8 @@ class IntegerWeights:
             norms=norms, linears=linears,
             softmax=tuple(softmax_scale(cfg.head_dim, _score_fraction(linears, i))
                           for i in range(cfg.layers)),
-            rope_steps=rope_steps % (1 << 32), head_scale=_scalar(head_scale))
+            rope_steps=rope_steps(cfg.head_dim, cfg.rope_theta),
+            head_scale=_scalar(head_scale))
 
 
 def _norm_gain(gain, eps_k):
@@ -456,12 +455,22 @@ def rescale(acc, rho, scale, check, out):
     return check(out, shift_round(product, -factor.exponent[:, None]))
 
 
+def rope_steps(head_dim, theta):
+    """RoPE's inverse frequencies as phase steps (host preparation, with floats): int64
+    ``(head_dim / 2,)``, each ``round(2**32 / (2 pi) * frequency) mod 2**32``, the phase
+    advance of one position in turns with 32 fraction bits."""
+    steps = rope_inverse_frequencies(head_dim, theta).astype(np.float64)
+    steps = np.floor(steps / (2 * np.pi) * 2.0 ** PHASE_BITS + 0.5).astype(np.int64)
+    return steps % (1 << PHASE_BITS)
+
+
 def rope_factors(positions, rope_steps, tables, check):
     """``(cos, sin)``, int ``(T, head_dim / 2)`` with 16 fraction bits: the phase
     ``position * step mod 2**32`` (turns, 32 fraction bits), rounded to 12 bits, looked up."""
     positions = check("position", _integers(positions, "positions"))
-    phase = check("rope_phase", (positions[:, None] * rope_steps[None, :]) & ((1 << 32) - 1))
-    angle = shift_round(phase, 32 - ANGLE_BITS)
+    phase = check("rope_phase",
+                  (positions[:, None] * rope_steps[None, :]) & ((1 << PHASE_BITS) - 1))
+    angle = shift_round(phase, PHASE_BITS - ANGLE_BITS)
     quarter_turn = 1 << (ANGLE_BITS - 2)
     return (check("rope_factor", sine_lookup(angle + quarter_turn, tables)),
             check("rope_factor", sine_lookup(angle, tables)))

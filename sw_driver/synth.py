@@ -22,6 +22,7 @@ from hw.epilogue import Epilogue
 from hw.head import LmHead
 from hw.pe import PE_KINDS
 from hw.pim import PimBank, PimBankGroup
+from hw.rope import Rope
 from hw.uart import DEFAULT_BAUD
 
 from . import flow
@@ -151,6 +152,8 @@ register_area_unit(AreaUnit("head", "resident decoder's LM head and arg max (shi
                                     "shape, a bank's lanes)",
                             lambda config, device: LmHead(config, hidden=128, vocab=256),
                             lanes=lambda config: config.pim.lanes))
+register_area_unit(AreaUnit("rope", "resident decoder's RoPE (shipped model's shape)",
+                            lambda config, device: Rope(config, head_dim=32, max_seq=256)))
 register_area_unit(AreaUnit("device", "the device the boards host (--device)",
                             lambda config, device: device(config)))
 

@@ -25,7 +25,7 @@ from golden.fixedpoint import (
 )
 from golden.integer import (
     IntegerLogits, IntegerModel, NormGain, apply_rope, attention, ffn_inner, norm_quantize,
-    output_bound, rescale, rope_factors, softmax_scale,
+    output_bound, rescale, rope_factors, rope_steps, softmax_scale,
 )
 from golden.model import Decoder, linear_shapes, rope_inverse_frequencies
 
@@ -241,7 +241,7 @@ def test_rope_against_float(seed, theta):
     positions = np.concatenate([[0, max_seq - 1], rng.integers(0, max_seq, 6)])
     x = rng.integers(-23000, 23001, (len(positions), 2, head_dim))   # within RoPE's headroom
     inverse = rope_inverse_frequencies(head_dim, theta).astype(np.float64)
-    steps = np.floor(inverse / (2 * np.pi) * 2.0 ** 32 + 0.5).astype(np.int64)
+    steps = rope_steps(head_dim, theta)
     formats = integer_formats(dataclasses.replace(CFG, max_seq=max_seq))
     cos, sin = rope_factors(positions, steps, TABLES, formats.check)
     got = apply_rope(x, cos, sin, formats.check)
