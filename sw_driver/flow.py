@@ -391,12 +391,23 @@ def run_build_script(directory, env, *, stages, timeout, progress=None):
 # Amaranth's Verilog trips Verilator lint warnings that are harmless here. cocotb's runner makes
 # every signal public (``--public-flat-rw``), which for the ulx3s-85f device meant 15 MB of C++
 # and a build of over 30 minutes; testbenches drive and watch only the top-level ports, so only
-# those are made public (by :data:`_PUBLIC_PORTS`) and Verilator may optimise everything
-# inside. Waveforms (``--trace``) still show every signal.
+# those are made public (:func:`_public_ports`, by name: a ``-var "*"`` on the top module also
+# takes the signals Amaranth leaves in it, thousands for a wide unit, whose registration alone
+# took gcc minutes) and Verilator may optimise everything inside. Waveforms (``--trace``)
+# still show every signal.
 _VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE",
                    "-Wno-UNOPTFLAT", "-Wno-ASCRANGE", "-O3", "-CFLAGS", "-O1",
                    "--no-public-flat-rw"]
-_PUBLIC_PORTS = '`verilator_config\npublic_flat_rw -module "{toplevel}" -var "*"\n'
+
+
+def _public_ports(text, toplevel):
+    """A Verilator control file making the ports of ``toplevel`` in Verilog ``text`` public."""
+    header = re.search(rf"^module {re.escape(toplevel)}\(([^)]*)\);", text, re.MULTILINE)
+    if header is None:
+        raise BuildError(f"no module {toplevel} in the generated Verilog")
+    ports = [port.strip() for port in header.group(1).split(",") if port.strip()]
+    return "`verilator_config\n" + "".join(
+        f'public_flat_rw -module "{toplevel}" -var "{port}"\n' for port in ports)
 
 
 # X handling. Amaranth gives every flip-flop its reset value as a power-on value (``reg r = 0;``)
@@ -483,7 +494,7 @@ def verilator_build(component, *, unit, toplevel="top", waves=False, x_random=Fa
     arguments = _VERILATOR_ARGS
     if x_random:
         text, arguments = without_power_on_values(text), _VERILATOR_ARGS + _X_ARGS
-    control = _PUBLIC_PORTS.format(toplevel=toplevel)
+    control = _public_ports(text, toplevel)
     directory = build_dir("sim", unit, text, control, repr(arguments))
     if x_random:
         directory = directory.with_name(directory.name + "-x")
