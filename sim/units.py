@@ -39,6 +39,9 @@ UNITS = {unit.name: unit for unit in [
     Unit("head", "hw.head:LmHead", "sim.head_tb",
          "LM head and greedy choice of the resident decoder (the shipped model's shape)",
          options={"hidden": 128, "vocab": 256}),
+    Unit("attention", "hw.attention:Attention", "sim.attention_tb",
+         "attention with the KV cache of the resident decoder (the shipped model's shape)",
+         options={"heads": 4, "kv_heads": 2, "head_dim": 32, "max_seq": 256, "layers": 2}),
     Unit("top", "hw.device:Device", "sim.device_tb",
          "the whole device through its command stream"),
 ]}

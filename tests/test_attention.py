@@ -1,0 +1,41 @@
+# amaranth: UnusedElaboratable=no
+"""Attention with the KV cache (hw/attention.py) on Verilator against golden.integer.attention
+(sim/attention_tb.py): a small shape with two layers and grouped heads, every output element
+of queries at the first, the last and random positions, with cut-off and fine weights, peaks
+and uniform weights, under idle and back-pressure; cycles per query against the formula.
+
+(The linter line above: a constructor that rejects its parameters leaves an unused object.)
+"""
+
+import pytest
+
+from hw.attention import Attention
+from hw.config import preset
+from sim.units import simulate
+
+SHAPE = {"heads": 4, "kv_heads": 2, "head_dim": 4, "max_seq": 8, "layers": 2}
+
+
+def test_attention_matches_golden():
+    result = simulate("attention", preset("tiny"), seed=1, tiles=24, options=SHAPE)
+    assert result.passed, "; ".join(result.failures) + f" (log: {result.log})"
+    report = result.report
+    assert report["queries"] == 96
+    for name in ("clipped", "cut_off", "fine", "uniform", "peaks", "saturated_limits"):
+        assert report[name] >= 1, name
+    unit = Attention(preset("tiny"), **SHAPE)
+    assert len(report["cycles"]) == 48
+    assert report["cycles"] == [unit.cycles(pos) for pos in report["positions"]]
+    assert unit.cycles(SHAPE["max_seq"] - 1) == 3 * SHAPE["max_seq"] + unit.latency
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"heads": 0}, r"heads must be a positive integer, not 0"),
+    ({"kv_heads": 3}, r"kv_heads must be a divisor of heads \(4\) in \[1, 4\], not 3"),
+    ({"head_dim": 5}, r"head_dim must be an even integer of at least 2, not 5"),
+    ({"max_seq": 0}, r"max_seq must be a positive integer, not 0"),
+    ({"layers": True}, r"layers must be a positive integer, not True"),
+])
+def test_shape_is_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        Attention(preset("tiny"), **{**SHAPE, **options})
