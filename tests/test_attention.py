@@ -1,8 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """Attention with the KV cache (hw/attention.py) on Verilator against golden.integer.attention
-(sim/attention_tb.py): a small shape with two layers and grouped heads, every output element
-of queries at the first, the last and random positions, with cut-off and fine weights, peaks
-and uniform weights, under idle and back-pressure; cycles per query against the formula.
+(sim/attention_tb.py): a small shape with two layers and grouped heads, and the shipped model's
+shape; every output element of queries at the first, the last and random positions, with
+clipped, cut-off and fine weights, peaks and uniform weights, under idle and back-pressure;
+cycles per query against the formula.
 
 (The linter line above: a constructor that rejects its parameters leaves an unused object.)
 """
@@ -14,19 +15,27 @@ from hw.config import preset
 from sim.units import simulate
 
 SHAPE = {"heads": 4, "kv_heads": 2, "head_dim": 4, "max_seq": 8, "layers": 2}
+SHIPPED = {"heads": 4, "kv_heads": 2, "head_dim": 32, "max_seq": 256, "layers": 2}
 
 
-def test_attention_matches_golden():
-    result = simulate("attention", preset("tiny"), seed=1, tiles=24, options=SHAPE)
+DRAWN = ("clipped", "cut_off", "fine", "uniform", "peaks")
+
+
+@pytest.mark.parametrize("shape, queries, drawn", [
+    (SHAPE, 24, DRAWN + ("saturated_limits",)),
+    (SHIPPED, 6, DRAWN),    # the shipped model's shape: an adder tree with pipeline registers
+])
+def test_attention_matches_golden(shape, queries, drawn):
+    result = simulate("attention", preset("tiny"), seed=1, tiles=queries, options=shape)
     assert result.passed, "; ".join(result.failures) + f" (log: {result.log})"
     report = result.report
-    assert report["queries"] == 96
-    for name in ("clipped", "cut_off", "fine", "uniform", "peaks", "saturated_limits"):
+    assert report["queries"] == 4 * queries
+    for name in drawn:
         assert report[name] >= 1, name
-    unit = Attention(preset("tiny"), **SHAPE)
-    assert len(report["cycles"]) == 48
+    unit = Attention(preset("tiny"), **shape)
+    assert len(report["cycles"]) == 2 * queries
     assert report["cycles"] == [unit.cycles(pos) for pos in report["positions"]]
-    assert unit.cycles(SHAPE["max_seq"] - 1) == 3 * SHAPE["max_seq"] + unit.latency
+    assert unit.cycles(shape["max_seq"] - 1) == 3 * shape["max_seq"] + unit.latency
 
 
 @pytest.mark.parametrize("options, message", [
