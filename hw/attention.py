@@ -19,7 +19,11 @@ query, so the unit keeps no table of them). The unit runs four passes:
 
 Passes 1 and 4 never overlap, so they share the ``head_dim`` multipliers (``q[d] x K[s][d]``,
 then ``weight x V[s][d]``): ``head_dim + 2`` multipliers in all, where golden's multiplier
-count (``score`` and ``weighted_sum`` per element) would be ``2 head_dim + 2``.
+count (``score`` and ``weighted_sum`` per element) would be ``2 head_dim + 2``. The query heads
+of a KV group read the same keys; a unit taking them together would read each key once for all
+of them, at ``group`` times the multipliers, where one head at a time shares them between the
+passes instead. A query carries its vector with its position, head and constants, so that one
+transfer starts it and no order between two streams has to be kept.
 """
 
 from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
@@ -99,7 +103,12 @@ class Attention(wiring.Component):
         most ``2**score_bits - 1`` (a larger limit never binds, as no gap reaches it: the
         sequencer saturates it).
     o_stream : Out(stream.Signature(ArrayLayout(signed(attention_out bits), head_dim)))
-        ``sum_s weight_s V[s]``, golden's ``out`` for this head.
+        ``sum_s weight_s V[s]``, golden's ``out`` for this head (real value
+        ``out * 2**-(15 + v fraction)``).
+    formats : golden.integer.IntegerFormats
+        Golden's widths for this shape.
+    score_bits : int
+        Width of a score (and of a gap, unsigned).
     """
 
     def __init__(self, config, *, heads, kv_heads, head_dim, max_seq, layers):
