@@ -11,7 +11,8 @@ saturated to the unit's field). A query is random, or equal to a visible key (a 
 zero (every score equal: uniform weights). Golden runs with its width checks
 (``integer_formats(...).check`` for this shape): queries are drawn in [-32767, 32767] and
 cache words in the whole int16 range, which golden's ``score`` width holds. Queries and cache
-writes run under random idle, outputs under random back-pressure.
+writes run under random idle, outputs under random back-pressure; without back-pressure, the
+cycles from a query taken to its output offered must be ``Attention.cycles(pos)``.
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (queries per flow setting),
 ``options`` (``heads``, ``kv_heads``, ``head_dim``, ``max_seq``, ``layers``).
@@ -121,7 +122,7 @@ async def attention_matches_golden(dut):
     await tb.write(itertools.product(range(tb.layers), range(tb.max_seq), range(tb.kv_heads),
                                      CacheKind))
     report = {"queries": 0, "clipped": 0, "cut_off": 0, "fine": 0, "uniform": 0, "peaks": 0,
-              "saturated_limits": 0, "positions": [], "cycles": []}
+              "saturated_limits": 0, "timed": 0, "cycles_at_last_position": None}
     kinds = ["random", "peak", "zero"]
     for knob, (idle, backpressure) in enumerate(FLOW_KNOBS):
         tb.writes.pause = tb.queries.pause = idle
@@ -155,8 +156,12 @@ async def attention_matches_golden(dut):
             report["peaks"] += kind == "peak"
             report["saturated_limits"] += softmax.gap_limit > tb.gap_limit_max
             if backpressure == 0:
-                report["positions"].append(position)
-                report["cycles"].append(cycles)
+                assert cycles == tb.unit.cycles(position), (
+                    f"query {report['queries']} at position {position}: {cycles} cycles from "
+                    f"taken to offered, not {tb.unit.cycles(position)}")
+                report["timed"] += 1
+                if position == tb.max_seq - 1:
+                    report["cycles_at_last_position"] = cycles
             if n % 4 == 3:          # the sequencer writes new rows between queries
                 rows = [(int(rng.integers(0, tb.layers)), int(rng.integers(0, tb.max_seq)),
                          int(rng.integers(0, tb.kv_heads)), kind)
