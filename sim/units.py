@@ -42,6 +42,9 @@ UNITS = {unit.name: unit for unit in [
     Unit("rope", "hw.rope:Rope", "sim.rope_tb",
          "RoPE of the resident decoder (factors, rotation; the shipped model's shape)",
          options={"head_dim": 32, "max_seq": 256}),
+    Unit("attention", "hw.attention:Attention", "sim.attention_tb",
+         "attention with the KV cache of the resident decoder (the shipped model's shape)",
+         options={"heads": 4, "kv_heads": 2, "head_dim": 32, "max_seq": 256, "layers": 2}),
     Unit("top", "hw.device:Device", "sim.device_tb",
          "the whole device through its command stream"),
 ]}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from hw.array import SystolicArray
+from hw.attention import Attention
 from hw.boards import BoardTop, board_clock
 from golden.integer import RESIDUAL_BITS
 from golden.widths import signed_bits_for
@@ -154,6 +155,11 @@ register_area_unit(AreaUnit("head", "resident decoder's LM head and arg max (shi
                             lanes=lambda config: config.pim.lanes))
 register_area_unit(AreaUnit("rope", "resident decoder's RoPE (shipped model's shape)",
                             lambda config, device: Rope(config, head_dim=32, max_seq=256)))
+register_area_unit(AreaUnit("attention", "resident decoder's attention with its KV cache (shipped "
+                                         "model's shape, head_dim lanes)",
+                            lambda config, device: Attention(config, heads=4, kv_heads=2,
+                                                             head_dim=32, max_seq=256, layers=2),
+                            lanes=lambda config: 32))
 register_area_unit(AreaUnit("device", "the device the boards host (--device)",
                             lambda config, device: device(config)))
 
