@@ -419,14 +419,21 @@ def _public_ports(text, toplevel):
 # design leaves undefined (a Verilog X) from the same seed.
 _X_ARGS = ["--x-assign", "unique", "--x-initial", "unique"]
 _REGISTER_INIT = re.compile(r"^(\s*reg\b[^=;]*?)\s*=\s*[^;]+;$", re.M)
-_MEMORY_INIT = re.compile(r"^\s*initial begin\n(?:\s*\S+\[\d+\] = [^;]+;\n)+\s*end\n", re.M)
+_MEMORY_INIT = re.compile(r"^\s*initial begin\n\s*(\S+)\[\d+\] = [^;]+;\n(?:\s*\S+\[\d+\] = [^;]+;\n)*"
+                          r"\s*end\n", re.M)
 
 
 def without_power_on_values(text):
-    """Amaranth's Verilog ``text`` with its register initialisers and memory ``initial`` blocks
-    removed, for an X build."""
+    """Amaranth's Verilog ``text`` with its register initialisers and the ``initial`` blocks of
+    its writable memories removed, for an X build. A ROM (a memory nothing writes: a table of
+    the integer decoder) keeps its contents, as an FPGA's or an ASIC's ROM does."""
+    def unless_rom(match):
+        name = re.escape(match.group(1))
+        written = re.search(rf"^\s*{name}\[.*\] <=", text, re.M)
+        return "" if written else match.group(0)
+
     # The space before the semicolon ends an escaped identifier (``\enable$67 ;``).
-    return _MEMORY_INIT.sub("", _REGISTER_INIT.sub(r"\1 ;", text))
+    return _MEMORY_INIT.sub(unless_rom, _REGISTER_INIT.sub(r"\1 ;", text))
 
 
 class BuildError(ToolError):

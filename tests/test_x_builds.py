@@ -28,6 +28,17 @@ def test_an_x_build_has_no_power_on_values():
                for line in changed), sorted(changed)[:5]
 
 
+def test_an_x_build_keeps_its_roms():
+    """A memory nothing writes (the scalar unit's rsqrt and reciprocal tables) keeps its
+    contents (the device's written memories lose theirs: the test above)."""
+    from hw.dyadic import ScalarUnit
+
+    text = verilog.convert(ScalarUnit(value_bits=48), name="top", emit_src=False)
+    roms = re.findall(r"initial begin\n\s*(\S+)\[", text)
+    assert roms and re.findall(r"initial begin\n\s*(\S+)\[",
+                               flow.without_power_on_values(text)) == roms
+
+
 def test_power_on_state_is_drawn_from_the_x_seed_and_reset_clears_it():
     """The status port before the first reset is what the X seed drew (the same for the same
     seed, not always idle), and reset clears it (``power_on_then_reset`` passes)."""
