@@ -19,6 +19,7 @@ from golden.widths import signed_bits_for
 from hw.config import Config
 from hw.device import Device
 from hw.epilogue import Epilogue
+from hw.ffn import FfnInner
 from hw.head import LmHead
 from hw.pe import PE_KINDS
 from hw.pim import PimBank, PimBankGroup
@@ -144,6 +145,9 @@ register_area_unit(AreaUnit("pim", "PIM bank group: banks, sequencer, activation
                             lanes=lambda config: config.pim.banks * config.pim.lanes))
 register_area_unit(AreaUnit("epilogue", "resident decoder's BitLinear epilogue (int32 results)",
                             lambda config, device: Epilogue(config, out_bits=RESIDUAL_BITS)))
+register_area_unit(AreaUnit("ffn", "resident decoder's FFN inner product relu(gate)**2 x up "
+                                   "(shipped model's ffn width)",
+                            lambda config, device: FfnInner(config, ffn=384)))
 register_area_unit(AreaUnit("head", "resident decoder's LM head and arg max (shipped model's "
                                     "shape, a bank's lanes)",
                             lambda config, device: LmHead(config, hidden=128, vocab=256),
