@@ -148,8 +148,8 @@ register_area_unit(AreaUnit("epilogue", "resident decoder's BitLinear epilogue (
 register_area_unit(AreaUnit("ffn", "resident decoder's FFN inner product relu(gate)**2 x up "
                                    "(shipped model's ffn width)",
                             lambda config, device: FfnInner(config, ffn=384)))
-register_area_unit(AreaUnit("head", "resident decoder's LM head and arg max (shipped model's "
-                                    "shape, a bank's lanes)",
+register_area_unit(AreaUnit("head", "resident decoder's LM head, arg max and embedding lookup "
+                                    "(shipped model's shape, a bank's lanes)",
                             lambda config, device: LmHead(config, hidden=128, vocab=256),
                             lanes=lambda config: config.pim.lanes))
 register_area_unit(AreaUnit("device", "the device the boards host (--device)",
