@@ -44,7 +44,7 @@ __all__ = [
     "IntegerWeights", "IntegerLogits", "IntegerModel", "output_bound", "softmax_scale",
     "NormStatistics", "norm_statistics", "quantize_factor", "quantize", "norm_quantize",
     "rescale", "rope_steps", "rope_factors", "apply_rope", "attention", "ffn_inner",
-    "head_values", "RESCALE_SLACK",
+    "embed_values", "head_values", "RESCALE_SLACK",
 ]
 
 ACT_MAX = 127                  # x_q in [-127, 127]: the symmetric int8 range
@@ -532,6 +532,18 @@ def ffn_inner(gate, up, gate_fraction, up_fraction, check):
     return check("ffn_inner", square * up), shift - 2 * gate_fraction - up_fraction
 
 
+def embed_values(tokens, embedding, row_scales, shift, check=None):
+    """The residual stream's first value, int64 ``(T, hidden)``: each token's int8 embedding
+    row times its 17-bit scale, ``shift_round`` by ``shift`` (``row_scale_fraction -
+    residual_fraction``; a left shift if negative). ``check(name, value)`` checks the widths
+    (``token``, ``embedding_product``, ``residual``)."""
+    check = check or (lambda name, value: value)
+    tokens = check("token", _integers(tokens, "tokens"))
+    product = check("embedding_product", _integers(embedding, "embedding")[tokens]
+                    * _integers(row_scales, "row scales")[tokens][:, None])
+    return check("residual", shift_round(product, shift))
+
+
 def head_values(x_q, embedding, row_scales, check=None):
     """The LM head's integer logits ``(x_q . embedding[v]) * row_scales[v]``, int64 ``(T,
     vocab)``: int8 ``x_q (T, hidden)`` against the tied int8 embedding, then one multiply by
@@ -631,12 +643,8 @@ class IntegerModel(Decoder):
 
     def _embed(self, tokens):
         p = self.prepared
-        check = self._checker("embed.")
-        tokens = check("token", tokens)
-        product = check("embedding_product", p.embedding[tokens].astype(np.int64)
-                        * p.row_scales[tokens][:, None])
-        return check("residual", shift_round(product, p.row_scale_fraction
-                                             - p.residual_fraction))
+        return embed_values(tokens, p.embedding, p.row_scales,
+                            p.row_scale_fraction - p.residual_fraction, self._checker("embed."))
 
     def _attention_block(self, i, h, start_pos, rope, keys, values):
         cfg, p, prefix = self.cfg, self.prepared, f"layers.{i}.self_attn."

@@ -1,11 +1,22 @@
 """The LM head and the greedy choice: logits over the tied int8 embedding, and their arg max
-(the ``values`` and ``argmax`` of ``golden.integer.IntegerModel``'s head, bit for bit).
+(the ``values`` and ``argmax`` of ``golden.integer.IntegerModel``'s head, bit for bit); and the
+embedding lookup that starts a token's residual stream, from the same memory
+(``golden.integer.embed_values``).
 
 For each vocabulary row ``v``: ``logit[v] = (x_q . embedding[v]) * row_scale[v]``, ``lanes``
 int8 x int8 products a cycle (one multiplier each), then one multiply by the row's 17-bit
 scale; the largest logit wins, the lowest index among equals. The token's own scale (``rho``
 times the head's constant) is positive and common to every row, so it cannot change the arg max
 and the unit does not apply it.
+
+A lookup reads the token's row one word at a time and offers its elements one a cycle:
+``shift_round(embedding[token][j] * row_scale[token], shift)``, int32. Elements, not words,
+although the norm takes ``lanes`` elements a cycle: the residual stream is kept where the
+epilogue writes it one element a cycle anyway (its results after o_proj and down, its residual
+input), and the norm reads it from there; one element a cycle needs one rounding shifter, where
+a word a cycle would need one a lane (about 290 LUT4-eq each) for a step that runs once a
+token. The product is lane 0's multiplier (8 x 8 in a scan, 8 x 18 in a lookup: one MULT18X18D
+either way), fed the word's element by a ``lanes``-to-1 select.
 """
 
 from amaranth import Module, Mux, Signal, signed
@@ -14,22 +25,34 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.fixedpoint import MANTISSA_BITS
-from golden.integer import ACT_MAX, EMBEDDING_BITS
+from golden.integer import ACT_MAX, EMBEDDING_BITS, RESIDUAL_BITS
 from golden.widths import signed_bits_for
 
 from .pim import AdderTree, delayed
 
-__all__ = ["LmHead"]
+__all__ = ["EMBED_LEFT_MAX", "EMBED_SHIFT", "LmHead"]
 
 _PRODUCT_MAGNITUDE = 1 << (2 * EMBEDDING_BITS - 2)      # -128 x -128: any int8 code
+_SCALE_OPERAND = signed(MANTISSA_BITS + 1)              # a row scale on a signed port
+_EMBED_PRODUCT_BITS = EMBEDDING_BITS + MANTISSA_BITS    # int8 x uint17
+# A lookup's shift, row_scale_fraction - residual_fraction, is at least -EMBED_LEFT_MAX (8):
+# IntegerWeights bounds the residual by the embedding's largest product too, 127 times a row
+# scale of at least 2**16, and the residual is int32. Every shift from 25 on rounds every product
+# to 0, so the sequencer sends min(shift, 31): the shift is signed(6), from -8 to 31.
+EMBED_LEFT_MAX = RESIDUAL_BITS - 1 - (ACT_MAX << (MANTISSA_BITS - 1)).bit_length()
+EMBED_SHIFT = signed(6)
 
 
 class LmHead(wiring.Component):
-    """``start`` scans every row once and offers the winning token and its logit.
+    """``start`` scans every row once and offers the winning token and its logit; ``embed``
+    looks one row up.
 
     Rows are read one ``lanes``-wide word a cycle, so a scan takes ``vocab x words`` cycles plus
-    :attr:`latency`. Writes to the activation, the embedding and the scales are taken only
-    while no scan runs or waits to be read (their ``ready`` is low then).
+    :attr:`latency`. A lookup offers ``hidden`` elements one a cycle, the first
+    :attr:`EMBED_LATENCY` cycles after it is taken; its pipeline holds whole while an element
+    is refused. One operation runs at a time: ``start`` and ``embed`` are taken only while
+    neither runs nor waits to be read (a ``start`` offered with an ``embed`` goes first), and
+    so are writes to the activation, the embedding and the scales.
 
     Parameters
     ----------
@@ -52,7 +75,14 @@ class LmHead(wiring.Component):
     start : In(stream.Signature(0))
     o_stream : Out(stream.Signature(StructLayout({"token": range(vocab),
                                                   "logit": signed(logit_bits)})))
+    embed : In(stream.Signature(StructLayout({"token": range(vocab), "shift": EMBED_SHIFT})))
+        A token to look up, and the model's ``row_scale_fraction - residual_fraction``, from
+        -8 to 31 (:data:`EMBED_SHIFT`).
+    residual : Out(stream.Signature(signed(32)))
+        The token's residual stream, element ``0`` to ``hidden - 1``.
     """
+
+    EMBED_LATENCY = 5
 
     def __init__(self, config, *, hidden, vocab, lanes=None):
         lanes = config.pim.lanes if lanes is None else lanes
@@ -75,6 +105,9 @@ class LmHead(wiring.Component):
             "start": In(stream.Signature(0)),
             "o_stream": Out(stream.Signature(data.StructLayout({
                 "token": range(vocab), "logit": signed(self.logit_bits)}))),
+            "embed": In(stream.Signature(data.StructLayout({
+                "token": range(vocab), "shift": EMBED_SHIFT}))),
+            "residual": Out(stream.Signature(signed(RESIDUAL_BITS))),
         })
 
     @property
@@ -95,8 +128,8 @@ class LmHead(wiring.Component):
         m.submodules.activation = activation = Memory(shape=word, depth=words, init=[])
         m.submodules.scales = scales = Memory(shape=MANTISSA_BITS, depth=vocab, init=[])
 
-        busy = Signal()             # from a scan's start until its result is taken
-        idle = ~busy
+        busy = Signal()             # from a scan's start until its result is taken, or from a
+        idle = ~busy                # lookup's until its last element is
         for port, stream_ in ((embedding.write_port(), self.emb_stream),
                               (scales.write_port(), self.scale_stream)):
             m.d.comb += [stream_.ready.eq(idle), port.en.eq(stream_.valid & idle),
@@ -106,41 +139,89 @@ class LmHead(wiring.Component):
                      x_write.addr.eq(self.x_stream.payload.index),
                      x_write.data.eq(self.x_stream.payload.data)]
 
+        # A lookup's pipeline moves when its last stage can: an element leaves, or there is
+        # none (always, in a scan).
+        advance = ~self.residual.valid | self.residual.ready
+
         # The scan: one embedding word a cycle, its activation word and its row's scale read
-        # with it.
-        running = Signal()
+        # with it. A lookup: its row's words, each read once and held for its lanes' elements,
+        # one a cycle, and its row's scale.
+        running = Signal()          # a scan is reading
+        lookup = Signal()           # from a lookup's start until its last element is taken
+        issuing = Signal()          # a lookup is reading
         addr = Signal(range(vocab * words))
         column = Signal(range(words))
         row = Signal(range(vocab))
+        lane = Signal(range(lanes))
         last_column = column == words - 1
         final = last_column & (row == vocab - 1)
-        m.d.comb += self.start.ready.eq(idle)
+        lookup_end = last_column & (lane == (self._hidden - 1) % lanes)
+        word_end = (lane == lanes - 1) | lookup_end
+        # A lookup's shift, from -8 to 31, as one right shift of the product moved left by 9,
+        # then rounding half up: (floor(p 2**(1 - shift)) + 1) >> 1. An increment, and no
+        # decoder for the half.
+        right = Signal(range(2 ** (EMBED_SHIFT.width - 1) + EMBED_LEFT_MAX))
+        m.d.comb += [self.start.ready.eq(idle), self.embed.ready.eq(idle & ~self.start.valid)]
         with m.If(self.start.valid & idle):
             m.d.sync += [busy.eq(1), running.eq(1), addr.eq(0), column.eq(0), row.eq(0)]
+        with m.Elif(self.embed.valid & self.embed.ready):
+            token, shift = self.embed.payload.token, self.embed.payload.shift
+            m.d.sync += [busy.eq(1), lookup.eq(1), issuing.eq(1),
+                         addr.eq(_times(token, words)), column.eq(0), row.eq(token),
+                         right.eq(shift + EMBED_LEFT_MAX)]
         with m.Elif(running):
             m.d.sync += [addr.eq(addr + 1), column.eq(Mux(last_column, 0, column + 1))]
             with m.If(last_column):
                 m.d.sync += row.eq(row + 1)
             with m.If(final):
                 m.d.sync += running.eq(0)
+        with m.Elif(issuing & advance):
+            m.d.sync += lane.eq(Mux(word_end, 0, lane + 1))
+            with m.If(word_end):
+                m.d.sync += [addr.eq(addr + 1), column.eq(column + 1)]
+            with m.If(lookup_end):
+                m.d.sync += [issuing.eq(0), column.eq(0)]
         emb_read, x_read, scale_read = (embedding.read_port(), activation.read_port(),
                                         scales.read_port())
-        m.d.comb += [emb_read.addr.eq(addr), x_read.addr.eq(column), scale_read.addr.eq(row)]
+        m.d.comb += [emb_read.addr.eq(addr), x_read.addr.eq(column), scale_read.addr.eq(row),
+                     emb_read.en.eq(advance & (lane == 0))]
 
         control = Signal(data.StructLayout({"valid": 1, "first": 1, "last": 1, "final": 1,
                                             "row": range(vocab)}))
         m.d.comb += [control.valid.eq(running), control.first.eq(column == 0),
                      control.last.eq(last_column), control.final.eq(final), control.row.eq(row)]
-        # Cycle 1: the reads' data. Cycle 2: operands registered. Cycle 3: the products.
+        issued = Signal(data.StructLayout({"valid": 1, "lane": range(lanes), "last": 1}))
+        m.d.comb += [issued.valid.eq(issuing), issued.lane.eq(lane), issued.last.eq(lookup_end)]
+        # Cycle 1: the reads' data. Cycle 2: operands registered. Cycle 3: the products. Lane 0
+        # takes a lookup's element (the word's lane the lookup is at; 0 in a scan) and the row's
+        # scale in place of the activation. Cycle 4: a lookup's element rounded and offered.
         with_data = delayed(m, control, 1, "read")
+        looked_up = [Signal.like(issued, name=f"lookup{n}") for n in range(1, 4)]
         operand_e = Signal(word, reset_less=True)
-        operand_x = Signal(word, reset_less=True)
-        m.d.sync += [operand_e.eq(emb_read.data), operand_x.eq(x_read.data)]
+        operand_x = [Signal(_SCALE_OPERAND if n == 0 else signed(EMBEDDING_BITS),
+                            name=f"operand_x{n}", reset_less=True) for n in range(lanes)]
+        products = [Signal(signed(_EMBED_PRODUCT_BITS if n == 0 else 2 * EMBEDDING_BITS),
+                           name=f"product{n}", reset_less=True) for n in range(lanes)]
         tree = m.submodules.tree = AdderTree(count=lanes, magnitude=_PRODUCT_MAGNITUDE)
-        for lane in range(lanes):
-            product = Signal(signed(2 * EMBEDDING_BITS), name=f"product{lane}", reset_less=True)
-            m.d.sync += product.eq(operand_e[lane] * operand_x[lane])
-            m.d.comb += tree.i[lane].eq(product)
+        last_taken = Signal()
+        with m.If(advance):
+            m.d.sync += [
+                looked_up[0].eq(issued), looked_up[1].eq(looked_up[0]),
+                looked_up[2].eq(looked_up[1]),
+                operand_e.eq(emb_read.data),
+                operand_e[0].eq(emb_read.data[looked_up[0].lane]),
+                operand_x[0].eq(Mux(lookup, scale_read.data, x_read.data[0])),
+                *(operand_x[n].eq(x_read.data[n]) for n in range(1, lanes)),
+                *(products[n].eq(operand_e[n] * operand_x[n]) for n in range(lanes)),
+                self.residual.valid.eq(looked_up[2].valid),
+                self.residual.payload.eq(
+                    (((products[0] << (EMBED_LEFT_MAX + 1)) >> right) + 1) >> 1),
+                last_taken.eq(looked_up[2].last),
+            ]
+        with m.If(self.residual.valid & self.residual.ready & last_taken):
+            m.d.sync += [busy.eq(0), lookup.eq(0)]
+        for n in range(lanes):
+            m.d.comb += tree.i[n].eq(products[n])   # a scan's products fit the tree's inputs
         at_acc = delayed(m, with_data, 2 + tree.latency, "acc")
         scale = delayed(m, scale_read.data, 2 + tree.latency, "scale")
 
@@ -171,3 +252,12 @@ class LmHead(wiring.Component):
         with m.If(self.o_stream.valid & self.o_stream.ready):
             m.d.sync += [self.o_stream.valid.eq(0), busy.eq(0)]
         return m
+
+
+def _times(value, constant):
+    """``value * constant`` as shifts and adds: a constant multiple needs no multiplier."""
+    total = 0
+    for bit in range(constant.bit_length()):
+        if constant >> bit & 1:
+            total = total + (value << bit)
+    return total

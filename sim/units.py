@@ -36,6 +36,9 @@ UNITS = {unit.name: unit for unit in [
     Unit("norm", "hw.norm:NormQuantizer", "sim.norm_tb",
          "RMSNorm and int8 quantisation of the resident decoder (the shipped model's width)",
          options={"size": 128, "lanes": 8}),
+    Unit("ffn", "hw.ffn:FfnInner", "sim.ffn_tb",
+         "FFN inner product relu(gate)**2 x up of the resident decoder (the shipped model's "
+         "width)", options={"ffn": 384}),
     Unit("head", "hw.head:LmHead", "sim.head_tb",
          "LM head and greedy choice of the resident decoder (the shipped model's shape)",
          options={"hidden": 128, "vocab": 256}),

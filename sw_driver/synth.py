@@ -20,6 +20,7 @@ from golden.widths import signed_bits_for
 from hw.config import Config
 from hw.device import Device
 from hw.epilogue import Epilogue
+from hw.ffn import FfnInner
 from hw.head import LmHead
 from hw.pe import PE_KINDS
 from hw.pim import PimBank, PimBankGroup
@@ -149,8 +150,11 @@ register_area_unit(AreaUnit("epilogue", "resident decoder's BitLinear epilogue (
                             lambda config, device: Epilogue(config, out_bits=RESIDUAL_BITS,
                                                             lanes=4),
                             lanes=lambda config: 4))
-register_area_unit(AreaUnit("head", "resident decoder's LM head and arg max (shipped model's "
-                                    "shape, a bank's lanes)",
+register_area_unit(AreaUnit("ffn", "resident decoder's FFN inner product relu(gate)**2 x up "
+                                   "(shipped model's ffn width)",
+                            lambda config, device: FfnInner(config, ffn=384)))
+register_area_unit(AreaUnit("head", "resident decoder's LM head, arg max and embedding lookup "
+                                    "(shipped model's shape, a bank's lanes)",
                             lambda config, device: LmHead(config, hidden=128, vocab=256),
                             lanes=lambda config: config.pim.lanes))
 register_area_unit(AreaUnit("rope", "resident decoder's RoPE (shipped model's shape)",

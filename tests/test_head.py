@@ -1,7 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """The LM head and greedy choice (hw/head.py) on Verilator against golden.integer.head_values
 and IntegerLogits.argmax (sim/head_tb.py): random embeddings with extreme rows, ties that the
-lowest index must win, idle and back-pressure; a scan reads one word a cycle.
+lowest index must win, idle and back-pressure; a scan reads one word a cycle. Its embedding
+lookup against golden.integer.embed_values: the first and last tokens, extreme rows and scales,
+left and right shifts, a scan offered meanwhile; one element a cycle.
 
 (The linter line above: a constructor that rejects its parameters leaves an unused object.)
 """
@@ -23,6 +25,9 @@ def test_head_matches_golden(name, options):
     head = LmHead(preset(name), **options)
     assert result.report["scans"] == 8 and result.report["ties"] == 4
     assert result.report["cycles_per_scan"] == options["vocab"] * head.words + head.latency
+    assert result.report["embeds"] == 4 * 9 and result.report["scans_offered_with_embeds"] == 2
+    assert result.report["left_shifts"] > 0 and result.report["right_shifts"] > 0
+    assert result.report["cycles_per_embed"] == LmHead.EMBED_LATENCY + options["hidden"] - 1
 
 
 def test_shape_is_checked():
