@@ -36,6 +36,10 @@ UNITS = {unit.name: unit for unit in [
     Unit("norm", "hw.norm:NormQuantizer", "sim.norm_tb",
          "RMSNorm and int8 quantisation of the resident decoder (the shipped model's width)",
          options={"size": 128, "lanes": 8}),
+    Unit("norm-stage", "hw.norm_stage:NormStage", "sim.norm_stage_tb",
+         "norm stage of the resident decoder: RMSNorm, x_q, rho and the BitLinears' factors "
+         "(the shipped model's shape, 8 lanes)",
+         options={"hidden": 128, "ffn": 384, "layers": 2, "lanes": 8}),
     Unit("head", "hw.head:LmHead", "sim.head_tb",
          "LM head and greedy choice of the resident decoder (the shipped model's shape)",
          options={"hidden": 128, "vocab": 256}),
