@@ -97,7 +97,7 @@ class NormStage(wiring.Component):
     o_stream : Out(stream.Signature(ArrayLayout(signed(8), lanes)))
         ``x_q`` words, in order.
     factors : Out(stream.Signature(DYADIC))
-        ``count`` factors a operation, ``rho * constants[m]`` for ``m`` in order. Their
+        ``count`` factors an operation, ``rho * constants[m]`` for ``m`` in order. Their
         exponents stay within :data:`hw.dyadic.EXPONENT_BITS` for the decoder's constants
         (exponents within +-200).
     """
@@ -241,8 +241,9 @@ class NormStage(wiring.Component):
                         m.next = "ISSUE_MATRIX"
                     with m.Else():
                         m.next = "FINISH"
-            # QUANTISE was taken long before (rho's operations outlast the cycle it takes), so the
-            # norm is ready again once its last x_q word has gone.
+            # QUANTISE was taken while rho's operations ran; the norm takes commands again once
+            # its pass has issued the last x_q word (which may still wait on o_stream: the next
+            # STATISTICS then holds until it leaves).
             with m.State("FINISH"):
                 with m.If(~quantise_pending & norm.cmd.ready):
                     m.next = "IDLE"
