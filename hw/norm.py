@@ -49,38 +49,60 @@ class NormQuantizer(wiring.Component):
         Elements a cycle.
     in_bits : int
         The input's width (32: the residual stream, attention's output, ReLU^2 x up).
+    gain_words : int
+        Words of the gain memory, at least ``ceil(size / lanes)``: room for the gains of several
+        norms, each at its own base word (a command's ``gain_base``).
 
     Members
     -------
     x_stream, gain_stream : In(stream.Signature(StructLayout({"index": range(words),
                                                              "data": lanes elements})))
         The vector and its gains, word ``index`` holding elements ``index * lanes + i``; lanes
-        past the vector's length must hold 0 in ``x``. Taken only while no command runs.
+        past the vector's length must hold 0 in ``x``. Gain words are addressed in
+        ``range(gain_words)``. Taken only while no command runs.
     cmd : In(stream.Signature(StructLayout({"op": NormOp, "words": range(words + 1),
+                                           "gain_base": range(gain_words),
                                            "factor": DYADIC})))
-        ``words`` is the vector's length in words (at least 1); ``factor`` is QUANTISE's
-        ``127 / peak``, whose exponent is negative.
+        ``words`` is the vector's length in words (at least 1); element ``i``'s gain is in gain
+        word ``gain_base + i // lanes`` (``gain_base + words <= gain_words``); ``factor`` is
+        QUANTISE's ``127 / peak``, whose exponent is negative. A QUANTISE reads the gains of
+        the STATISTICS before it, so it names the same ``gain_base``.
     stats : Out(stream.Signature(StructLayout({"shift", "gained_shift", "peak",
                                               "sum_squares"})))
+        Offered :meth:`statistics_latency` cycles after a STATISTICS is taken.
     o_stream : Out(stream.Signature(ArrayLayout(signed(8), lanes)))
+        The first ``x_q`` word is offered :data:`QUANTISE_LATENCY` cycles after QUANTISE is
+        taken, then one a cycle without back-pressure; the unit takes its next command in the
+        cycle after the last.
     """
 
-    def __init__(self, config, *, size, lanes=None, in_bits=RESIDUAL_BITS):
+    # Cycles from QUANTISE taken to its first x_q word: the first word issued, read, shifted,
+    # gained, shifted again, multiplied by the factor, rounded and clipped.
+    QUANTISE_LATENCY = 7
+
+    def __init__(self, config, *, size, lanes=None, in_bits=RESIDUAL_BITS, gain_words=None):
         lanes = config.pim.lanes if lanes is None else lanes
         for name, value in (("size", size), ("lanes", lanes), ("in_bits", in_bits)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
         self._lanes, self._in_bits = lanes, in_bits
         self._words = -(-size // lanes)
+        gain_words = self._words if gain_words is None else gain_words
+        if isinstance(gain_words, bool) or not isinstance(gain_words, int) \
+                or gain_words < self._words:
+            raise ValueError(f"gain_words must be an integer of at least {self._words} "
+                             f"(ceil(size / lanes)), not {gain_words!r}")
+        self._gain_words = gain_words
         self._sum_bits = (self._words * lanes * (1 << (2 * NORM_INPUT_BITS))).bit_length()
         super().__init__({
             "x_stream": In(stream.Signature(data.StructLayout({
                 "index": range(self._words), "data": data.ArrayLayout(signed(in_bits), lanes)}))),
             "gain_stream": In(stream.Signature(data.StructLayout({
-                "index": range(self._words),
+                "index": range(gain_words),
                 "data": data.ArrayLayout(signed(GAIN_BITS), lanes)}))),
             "cmd": In(stream.Signature(data.StructLayout({
-                "op": NormOp, "words": range(self._words + 1), "factor": DYADIC}))),
+                "op": NormOp, "words": range(self._words + 1), "gain_base": range(gain_words),
+                "factor": DYADIC}))),
             "stats": Out(stream.Signature(data.StructLayout({
                 "shift": range(in_bits + 1), "gained_shift": range(_GAINED_BITS + 1),
                 "peak": unsigned(SHIFTED_BITS + 1), "sum_squares": unsigned(self._sum_bits)}))),
@@ -91,13 +113,21 @@ class NormQuantizer(wiring.Component):
     def words(self):
         return self._words
 
+    @staticmethod
+    def statistics_latency(words, lanes):
+        """Cycles from a STATISTICS of ``words`` taken to its statistics offered: each pass
+        issues a word a cycle; pass 1's last word reaches its accumulator four cycles later,
+        pass 2's three cycles and the sum's adder tree later; each pass's end takes a cycle to
+        register and one to act on; then a cycle for the shifted extremes and one to offer."""
+        return 2 * words + 11 + AdderTree.latency_for(lanes)
+
     def elaborate(self, platform):
         m = Module()
         lanes, words = self._lanes, self._words
         x_layout = data.ArrayLayout(signed(self._in_bits), lanes)
         gain_layout = data.ArrayLayout(signed(GAIN_BITS), lanes)
         m.submodules.x_buffer = x_buffer = Memory(shape=x_layout, depth=words, init=[])
-        m.submodules.gains = gains = Memory(shape=gain_layout, depth=words, init=[])
+        m.submodules.gains = gains = Memory(shape=gain_layout, depth=self._gain_words, init=[])
 
         running = Signal()          # a command has been taken and not finished
         for memory, port in ((x_buffer, self.x_stream), (gains, self.gain_stream)):
@@ -117,7 +147,7 @@ class NormQuantizer(wiring.Component):
 
         x_read = x_buffer.read_port()
         gain_read = gains.read_port()
-        m.d.comb += [x_read.addr.eq(addr), gain_read.addr.eq(addr),
+        m.d.comb += [x_read.addr.eq(addr), gain_read.addr.eq(command.gain_base + addr),
                      x_read.en.eq(advance), gain_read.en.eq(advance)]
         control = data.StructLayout({"valid": 1, "pass": 2, "first": 1, "last": 1})
         issued = Signal(control)

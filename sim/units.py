@@ -39,6 +39,10 @@ UNITS = {unit.name: unit for unit in [
     Unit("ffn", "hw.ffn:FfnInner", "sim.ffn_tb",
          "FFN inner product relu(gate)**2 x up of the resident decoder (the shipped model's "
          "width)", options={"ffn": 384}),
+    Unit("norm-stage", "hw.norm_stage:NormStage", "sim.norm_stage_tb",
+         "norm stage of the resident decoder: RMSNorm, x_q, rho and the BitLinears' factors "
+         "(the shipped model's shape, 8 lanes)",
+         options={"hidden": 128, "ffn": 384, "layers": 2, "lanes": 8}),
     Unit("head", "hw.head:LmHead", "sim.head_tb",
          "LM head and greedy choice of the resident decoder (the shipped model's shape)",
          options={"hidden": 128, "vocab": 256}),

@@ -22,6 +22,7 @@ from hw.device import Device
 from hw.epilogue import Epilogue
 from hw.ffn import FfnInner
 from hw.head import LmHead
+from hw.norm_stage import NormStage
 from hw.pe import PE_KINDS
 from hw.pim import PimBank, PimBankGroup
 from hw.rope import Rope
@@ -157,6 +158,11 @@ register_area_unit(AreaUnit("head", "resident decoder's LM head, arg max and emb
                                     "(shipped model's shape, a bank's lanes)",
                             lambda config, device: LmHead(config, hidden=128, vocab=256),
                             lanes=lambda config: config.pim.lanes))
+register_area_unit(AreaUnit("norm-stage", "resident decoder's norm stage: RMSNorm, x_q, rho and "
+                                          "the factors (shipped model's shape, 32 lanes)",
+                            lambda config, device: NormStage(config, hidden=128, ffn=384,
+                                                             layers=2, lanes=32),
+                            lanes=lambda config: 32))
 register_area_unit(AreaUnit("rope", "resident decoder's RoPE (shipped model's shape)",
                             lambda config, device: Rope(config, head_dim=32, max_seq=256)))
 register_area_unit(AreaUnit("attention", "resident decoder's attention with its KV cache (shipped "

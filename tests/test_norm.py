@@ -29,3 +29,9 @@ def test_norm_matches_golden(name, options, rounds):
 def test_size_is_checked():
     with pytest.raises(ValueError, match="size must be a positive integer, not 0"):
         NormQuantizer(preset("tiny"), size=0)
+
+
+def test_gain_words_is_checked():
+    with pytest.raises(ValueError, match=r"gain_words must be an integer of at least 3 "
+                                         r"\(ceil\(size / lanes\)\), not 2"):
+        NormQuantizer(preset("tiny"), size=24, lanes=8, gain_words=2)

@@ -1,0 +1,250 @@
+"""The norm stage of the resident decoder: one RMSNorm and activation quantisation, and the
+rescale factors of the BitLinears that read its output (``golden.integer.norm_quantize`` and
+the ``dyadic_mul(rho, constant)`` of ``golden.integer.rescale``, bit for bit).
+
+A stage is built from units and has its own small control FSM, so that a sequencer starts it
+with one operation. This one holds a :class:`hw.norm.NormQuantizer` (whose gain memory keeps
+every norm of the model, each at its own base word: :func:`gain_bases`) and a
+:class:`hw.dyadic.ScalarUnit`. An operation runs STATISTICS; the scalar unit turns the peak into
+``127 * rcp(max(peak, 1))`` (NORMALISE, RECIPROCAL, MULTIPLY by ``dyadic(127)``, golden's
+``quantize_factor``); QUANTISE streams ``x_q`` while the scalar unit goes on to ``rho`` (step 4
+of ``norm_quantize``) and the factors ``rho * constant_m`` of up to three matrices (q, k, v;
+gate, up; o; down; the head). ``x_q`` comes first because the next GEMV waits for it; its
+factors are needed only when the GEMV's results leave the banks.
+"""
+
+from types import SimpleNamespace
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.fixedpoint import MANTISSA_BITS, dyadic
+from golden.integer import ACT_MAX
+from golden.model import ATTENTION_INPUTS, MLP_INPUTS, norm_sizes
+
+from .dyadic import DYADIC, EXPONENT_BITS, ScalarOp, ScalarUnit
+from .norm import NormOp, NormQuantizer
+
+__all__ = ["MATRICES", "X_EXPONENT_BITS", "NormStage", "gain_bases"]
+
+MATRICES = max(len(ATTENTION_INPUTS), len(MLP_INPUTS))     # BitLinears sharing one x_q
+# x_exponent and the gain's fraction in [-512, 511]: every exponent the scalar unit meets then
+# stays within EXPONENT_BITS (2 (shift + x_exponent) within +-1,100 for shifts up to 32, the
+# peak's within +-1,100 with a gained shift up to 14), whatever the vector.
+X_EXPONENT_BITS = EXPONENT_BITS - 2
+
+_FACTOR_STEPS = (ScalarOp.NORMALISE, ScalarOp.RECIPROCAL, ScalarOp.MULTIPLY)
+_RHO_STEPS = (ScalarOp.NORMALISE, ScalarOp.NORMALISE, ScalarOp.ADD, ScalarOp.RSQRT,
+              ScalarOp.MULTIPLY)
+
+
+def gain_bases(*, hidden, ffn, layers, lanes):
+    """``{norm name: base word}`` of every norm's gains in the stage's gain memory, in
+    ``golden.model.norm_sizes`` order, each taking ``ceil(size / lanes)`` words (lanes past
+    its size unused); and the words they take in all."""
+    # norm_sizes reads only these three fields of a model configuration.
+    sizes = norm_sizes(SimpleNamespace(hidden=hidden, ffn=ffn, layers=layers))
+    bases, words = {}, 0
+    for name, size in sizes.items():
+        bases[name] = words
+        words += -(-size // lanes)
+    return bases, words
+
+
+def _steps_cycles(ops):
+    """Cycles of scalar operations run one after another: each result is taken in the cycle it
+    is offered, and the unit takes the next command in the cycle after."""
+    return sum(ScalarUnit.latency_of(op) + 1 for op in ops)
+
+
+class NormStage(wiring.Component):
+    """One operation: ``x_q`` and the factors ``rho * constant_m`` of the vector in the buffer.
+
+    Without back-pressure an operation's outputs end :meth:`cycles` after its command is taken;
+    the stage takes its next command two cycles after that. ``rho`` is 0 (so is every factor)
+    for a vector whose ``g x`` is all zero: the peak's dyadic is then 0 and so is its product
+    with the reciprocal square root, as golden's ``norm_quantize`` sets it.
+
+    Parameters
+    ----------
+    config : hw.config.Config
+        The device; the stage has a bank's lanes unless ``lanes`` says.
+    hidden, ffn, layers : int
+        The model's shape: ``4 layers + 1`` norms, the ``ffn_sub_norm`` of ``ffn`` elements and
+        the others of ``hidden``.
+    lanes : int
+        Elements a cycle.
+
+    Members
+    -------
+    x_stream : In(stream.Signature(StructLayout({"index": range(words),
+                                                "data": ArrayLayout(signed(32), lanes)})))
+        The vector (int32: the residual stream, attention's output, ReLU^2 x up), word
+        ``index`` holding elements ``index * lanes + i``, lanes past its length 0; ``words`` is
+        that of the longer of ``hidden`` and ``ffn``. Taken only between operations.
+    gain_stream : In(stream.Signature(StructLayout({"index": range(gain_words),
+                                                   "data": ArrayLayout(signed(16), lanes)})))
+        Gain words of every norm (:func:`gain_bases`), loaded once. Taken between operations.
+    cmd : In(stream.Signature(StructLayout({
+            "words": range(words + 1), "gain_base": range(gain_words),
+            "x_exponent": signed(X_EXPONENT_BITS), "fraction": signed(X_EXPONENT_BITS),
+            "eps_k": DYADIC, "count": range(1, MATRICES + 1),
+            "constants": ArrayLayout(DYADIC, MATRICES)})))
+        The vector's length in words; its norm's gain base, gain ``fraction`` and ``eps_k``
+        (``golden.integer.NormGain``); the vector stands for ``x * 2**x_exponent``; ``count``
+        matrices' constants (``LinearScale.constant``), the first ``count`` of ``constants``.
+    o_stream : Out(stream.Signature(ArrayLayout(signed(8), lanes)))
+        ``x_q`` words, in order.
+    factors : Out(stream.Signature(DYADIC))
+        ``count`` factors an operation, ``rho * constants[m]`` for ``m`` in order. Their
+        exponents stay within :data:`hw.dyadic.EXPONENT_BITS` for the decoder's constants
+        (exponents within +-200).
+    """
+
+    def __init__(self, config, *, hidden, ffn, layers, lanes=None):
+        lanes = config.pim.lanes if lanes is None else lanes
+        for name, value in (("hidden", hidden), ("ffn", ffn), ("layers", layers),
+                            ("lanes", lanes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        self._bases, gain_words = gain_bases(hidden=hidden, ffn=ffn, layers=layers, lanes=lanes)
+        self._norm = norm = NormQuantizer(config, size=max(hidden, ffn), lanes=lanes,
+                                          gain_words=gain_words)
+        words = norm.words
+        super().__init__({
+            "x_stream": In(stream.Signature(norm.x_stream.payload.shape())),
+            "gain_stream": In(stream.Signature(norm.gain_stream.payload.shape())),
+            "cmd": In(stream.Signature(data.StructLayout({
+                "words": range(words + 1), "gain_base": range(gain_words),
+                "x_exponent": signed(X_EXPONENT_BITS), "fraction": signed(X_EXPONENT_BITS),
+                "eps_k": DYADIC, "count": range(1, MATRICES + 1),
+                "constants": data.ArrayLayout(DYADIC, MATRICES)}))),
+            "o_stream": Out(stream.Signature(norm.o_stream.payload.shape())),
+            "factors": Out(stream.Signature(DYADIC)),
+        })
+
+    @property
+    def bases(self):
+        """``{norm name: base word}`` of the gain memory (:func:`gain_bases`)."""
+        return dict(self._bases)
+
+    @staticmethod
+    def cycles(words, count, lanes):
+        """Cycles from an operation's command taken to its last output (an ``x_q`` word or a
+        factor) without back-pressure, for a vector of ``words``, ``count`` matrices and a
+        stage of ``lanes``:
+        STATISTICS, its statistics taken, the factor's three scalar operations, then the
+        longer of QUANTISE (taken the cycle after the factor) and rho's five operations and
+        the ``count`` multiplies."""
+        quantise = NormQuantizer.QUANTISE_LATENCY + words
+        rho = _steps_cycles(_RHO_STEPS) + count * _steps_cycles((ScalarOp.MULTIPLY,))
+        return (NormQuantizer.statistics_latency(words, lanes)
+                + _steps_cycles(_FACTOR_STEPS) + max(quantise, rho))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.norm = norm = self._norm
+        stats_layout = norm.stats.payload.shape()
+        value_bits = max(len(norm.stats.payload.sum_squares), MANTISSA_BITS)
+        m.submodules.scalar = scalar = ScalarUnit(value_bits=value_bits)
+
+        command = Signal.like(self.cmd.payload)
+        stats = Signal(stats_layout)
+        idle = Signal()                     # between operations: the stage takes cmd and data
+        for port in ("x_stream", "gain_stream"):
+            outer, inner = getattr(self, port), getattr(norm, port)
+            m.d.comb += [inner.payload.eq(outer.payload), inner.valid.eq(outer.valid & idle),
+                         outer.ready.eq(inner.ready & idle)]
+        wiring.connect(m, wiring.flipped(self.o_stream), norm.o_stream)
+
+        # The exponents of step 4 of norm_quantize: sum_squares * 2**(2 e) and
+        # peak * 2**(gained_shift + e - fraction), e = shift + x_exponent.
+        exponent = Signal(signed(EXPONENT_BITS))
+        m.d.comb += exponent.eq(stats.shift + command.x_exponent)
+        peak_exponent = stats.gained_shift + exponent - command.fraction
+
+        # QUANTISE is sent once the factor is known, and runs beside rho's scalar operations.
+        factor = Signal(DYADIC)
+        quantise_pending = Signal()         # QUANTISE offered to the norm
+        m.d.comb += [norm.cmd.valid.eq(quantise_pending),
+                     norm.cmd.payload.op.eq(NormOp.QUANTISE),
+                     norm.cmd.payload.words.eq(command.words),
+                     norm.cmd.payload.gain_base.eq(command.gain_base),
+                     norm.cmd.payload.factor.eq(factor)]
+        with m.If(quantise_pending & norm.cmd.ready):
+            m.d.sync += quantise_pending.eq(0)
+
+        # The scalar program: (operation, a, b, value, exponent, where its result goes).
+        held = Signal(DYADIC)               # the chain's last result; rho from step 7 on
+        peak = Signal(DYADIC)               # the peak's dyadic
+        zero = 0
+        act_max = dyadic(ACT_MAX)
+        program = [
+            (ScalarOp.NORMALISE, zero, zero, Mux(stats.peak == 0, 1, stats.peak), 0, held),
+            (ScalarOp.RECIPROCAL, held, zero, 0, 0, held),
+            (ScalarOp.MULTIPLY, held, DYADIC.const({"mantissa": int(act_max.mantissa),
+                                                   "exponent": int(act_max.exponent)}),
+             0, 0, factor),
+            (ScalarOp.NORMALISE, zero, zero, stats.peak, peak_exponent, peak),
+            (ScalarOp.NORMALISE, zero, zero, stats.sum_squares, 2 * exponent, held),
+            (ScalarOp.ADD, held, command.eps_k, 0, 0, held),
+            (ScalarOp.RSQRT, held, zero, 0, 0, held),
+            (ScalarOp.MULTIPLY, peak, held, 0, 0, held),
+        ]
+        assert tuple(step[0] for step in program) == _FACTOR_STEPS + _RHO_STEPS
+        matrix = Signal(range(MATRICES))
+        request = scalar.i_stream.payload
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [idle.eq(1), self.cmd.ready.eq(norm.cmd.ready),
+                             norm.cmd.valid.eq(self.cmd.valid),
+                             norm.cmd.payload.op.eq(NormOp.STATISTICS),
+                             norm.cmd.payload.words.eq(self.cmd.payload.words),
+                             norm.cmd.payload.gain_base.eq(self.cmd.payload.gain_base)]
+                with m.If(self.cmd.valid & norm.cmd.ready):
+                    m.d.sync += [command.eq(self.cmd.payload), matrix.eq(0)]
+                    m.next = "STATISTICS"
+            with m.State("STATISTICS"):
+                m.d.comb += norm.stats.ready.eq(1)
+                with m.If(norm.stats.valid):
+                    m.d.sync += stats.eq(norm.stats.payload)
+                    m.next = "ISSUE_0"
+            for n, (op, a, b, value, step_exponent, into) in enumerate(program):
+                with m.State(f"ISSUE_{n}"):
+                    m.d.comb += [scalar.i_stream.valid.eq(1), request.op.eq(op),
+                                 request.a.eq(a), request.b.eq(b), request.value.eq(value),
+                                 request.exponent.eq(step_exponent)]
+                    with m.If(scalar.i_stream.ready):
+                        m.next = f"WAIT_{n}"
+                with m.State(f"WAIT_{n}"):
+                    m.d.comb += scalar.o_stream.ready.eq(1)
+                    with m.If(scalar.o_stream.valid):
+                        m.d.sync += into.eq(scalar.o_stream.payload)
+                        if into is factor:
+                            m.d.sync += quantise_pending.eq(1)
+                        m.next = f"ISSUE_{n + 1}" if n + 1 < len(program) else "ISSUE_MATRIX"
+            # Each matrix's factor goes straight from the scalar unit to ``factors``.
+            with m.State("ISSUE_MATRIX"):
+                m.d.comb += [scalar.i_stream.valid.eq(1), request.op.eq(ScalarOp.MULTIPLY),
+                             request.a.eq(held), request.b.eq(command.constants[matrix])]
+                with m.If(scalar.i_stream.ready):
+                    m.next = "WAIT_MATRIX"
+            with m.State("WAIT_MATRIX"):
+                m.d.comb += [self.factors.valid.eq(scalar.o_stream.valid),
+                             self.factors.payload.eq(scalar.o_stream.payload),
+                             scalar.o_stream.ready.eq(self.factors.ready)]
+                with m.If(self.factors.valid & self.factors.ready):
+                    m.d.sync += matrix.eq(matrix + 1)
+                    with m.If(matrix + 1 < command.count):
+                        m.next = "ISSUE_MATRIX"
+                    with m.Else():
+                        m.next = "FINISH"
+            # QUANTISE was taken while rho's operations ran; the norm takes commands again once
+            # its pass has issued the last x_q word (which may still wait on o_stream: the next
+            # STATISTICS then holds until it leaves).
+            with m.State("FINISH"):
+                with m.If(~quantise_pending & norm.cmd.ready):
+                    m.next = "IDLE"
+        return m
