@@ -42,6 +42,9 @@ UNITS = {unit.name: unit for unit in [
     Unit("rope", "hw.rope:Rope", "sim.rope_tb",
          "RoPE of the resident decoder (factors, rotation; the shipped model's shape)",
          options={"head_dim": 32, "max_seq": 256}),
+    Unit("linear-stage", "sim.linear_stage_tb:LinearStageTop", "sim.linear_stage_tb",
+         "linear stage of the resident decoder (GEMV on the bank group, rescale, residual)",
+         options={"out_bits": 16, "lanes": 4}),
     Unit("top", "hw.device:Device", "sim.device_tb",
          "the whole device through its command stream"),
 ]}

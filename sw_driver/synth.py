@@ -20,6 +20,7 @@ from hw.config import Config
 from hw.device import Device
 from hw.epilogue import Epilogue
 from hw.head import LmHead
+from hw.linear_stage import LinearStage
 from hw.pe import PE_KINDS
 from hw.pim import PimBank, PimBankGroup
 from hw.rope import Rope
@@ -154,6 +155,11 @@ register_area_unit(AreaUnit("head", "resident decoder's LM head and arg max (shi
                             lanes=lambda config: config.pim.lanes))
 register_area_unit(AreaUnit("rope", "resident decoder's RoPE (shipped model's shape)",
                             lambda config, device: Rope(config, head_dim=32, max_seq=256)))
+register_area_unit(AreaUnit("linear-stage", "resident decoder's linear stage without the bank "
+                                            "group (int32 results, 4 lanes)",
+                            lambda config, device: LinearStage(config, out_bits=RESIDUAL_BITS,
+                                                               lanes=4),
+                            lanes=lambda config: 4))
 register_area_unit(AreaUnit("device", "the device the boards host (--device)",
                             lambda config, device: device(config)))
 
