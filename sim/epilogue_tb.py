@@ -71,6 +71,16 @@ def draw_token(rng, acc_bits, out_bits, length):
     acc[rng.random(length) < 0.05] = 0
     if rng.random() < 0.2:                  # a short vector of small values
         acc = rng.integers(-8, 8, length)
+    rho, constant, factor = draw_factor(rng, acc, out_bits)
+    room = 1 << (out_bits - 2)
+    residual = rng.integers(-room, room, length)
+    residual[rng.random(length) < 0.3] = 0
+    return acc, rho, constant, factor, residual
+
+
+def draw_factor(rng, acc, out_bits):
+    """A factor for accumulators ``acc``, as ``rho``, a constant and their product, such that
+    the largest ``|acc * factor|`` just fits half of ``out_bits``."""
     rho = dyadic(np.int64(rng.integers(1, 1 << 40)), np.int64(rng.integers(-60, 0)))
     constant = dyadic(np.int64(rng.integers(1, 1 << 40)), np.int64(rng.integers(-60, 0)))
     factor = dyadic_mul(rho, constant)
@@ -78,11 +88,7 @@ def draw_token(rng, acc_bits, out_bits, length):
     peak = int(bit_length(np.abs(acc).max() * int(factor.mantissa)))
     exponent = out_bits - 2 - peak - int(rng.integers(0, 4))
     constant = Dyadic(constant.mantissa, constant.exponent + exponent - factor.exponent)
-    factor = dyadic_mul(rho, constant)
-    room = 1 << (out_bits - 2)
-    residual = rng.integers(-room, room, length)
-    residual[rng.random(length) < 0.3] = 0
-    return acc, rho, constant, factor, residual
+    return rho, constant, dyadic_mul(rho, constant)
 
 
 @cocotb.test()

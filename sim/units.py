@@ -52,6 +52,9 @@ UNITS = {unit.name: unit for unit in [
     Unit("attention", "hw.attention:Attention", "sim.attention_tb",
          "attention with the KV cache of the resident decoder (the shipped model's shape)",
          options={"heads": 4, "kv_heads": 2, "head_dim": 32, "max_seq": 256, "layers": 2}),
+    Unit("linear-stage", "sim.linear_stage_tb:LinearStageTop", "sim.linear_stage_tb",
+         "linear stage of the resident decoder (GEMV on the bank group, rescale, residual)",
+         options={"out_bits": 16, "lanes": 4}),
     Unit("top", "hw.device:Device", "sim.device_tb",
          "the whole device through its command stream"),
 ]}

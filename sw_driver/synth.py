@@ -22,6 +22,7 @@ from hw.device import Device
 from hw.epilogue import Epilogue
 from hw.ffn import FfnInner
 from hw.head import LmHead
+from hw.linear_stage import LinearStage
 from hw.norm_stage import NormStage
 from hw.pe import PE_KINDS
 from hw.pim import PimBank, PimBankGroup
@@ -170,6 +171,11 @@ register_area_unit(AreaUnit("attention", "resident decoder's attention with its 
                             lambda config, device: Attention(config, heads=4, kv_heads=2,
                                                              head_dim=32, max_seq=256, layers=2),
                             lanes=lambda config: 32))
+register_area_unit(AreaUnit("linear-stage", "resident decoder's linear stage without the bank "
+                                            "group (int32 results, 4 lanes)",
+                            lambda config, device: LinearStage(config, out_bits=RESIDUAL_BITS,
+                                                               lanes=4),
+                            lanes=lambda config: 4))
 register_area_unit(AreaUnit("device", "the device the boards host (--device)",
                             lambda config, device: device(config)))
 
