@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["BUILD_ROOT", "ToolError", "ToolMissing", "find_tool", "tool_env", "digest",
-           "build_dir", "locked", "heartbeat", "run_yosys", "BuildStage", "run_build_script",
+           "build_dir", "locked", "heartbeat", "run_yosys", "run_nextpnr_fmax", "BuildStage",
+           "run_build_script",
            "BuildError", "SimBuild", "SimLibrary", "SimResult", "waves_requested",
            "verilator_env", "without_power_on_values", "verilator_build", "verilator_library",
            "verilator_run", "SbyResult",
@@ -170,6 +171,34 @@ def run_yosys(text, script, run_dir, *, what, timeout, progress=None):
                 raise ToolError(f"yosys failed on {what} (exit {code}); see {log}")
             (run_dir / "seconds").write_text(f"{time.monotonic() - start:.2f}")
     return json.loads(stat.read_text()), float((run_dir / "seconds").read_text()), log
+
+
+def run_nextpnr_fmax(tool, options, run_dir, *, clock_mhz, what, timeout, progress=None):
+    """Place and route the netlist ``top.json`` that Yosys wrote in ``run_dir`` with ``tool``
+    (``nextpnr-ecp5``) and ``options``, for a clock of ``clock_mhz``, or reuse the result;
+    returns ``(Fmax in MHz, the log's path)``: the slowest clock's, as nextpnr reports it."""
+    report = run_dir / f"fmax-{clock_mhz:g}.json"
+    log = run_dir / f"nextpnr-{clock_mhz:g}.log"
+    with locked(run_dir):
+        if not report.exists():
+            command = [find_tool(tool), *options.split(), "--json", "top.json",
+                       "--freq", f"{clock_mhz:g}", "--timing-allow-fail", "--seed", "1",
+                       "--report", report.name + ".part", "--log", log.name]
+            with open(run_dir / "nextpnr.out", "w") as out, \
+                    heartbeat(progress, f"{tool} on {what} in {run_dir}", every=60):
+                try:
+                    code = subprocess.run(command, cwd=run_dir, stdout=out,
+                                          stderr=subprocess.STDOUT, timeout=timeout).returncode
+                except subprocess.TimeoutExpired:
+                    raise ToolError(f"{tool} on {what} ran past {timeout} s; see {log}") from None
+            partial = run_dir / (report.name + ".part")
+            if code != 0 or not partial.exists():
+                raise ToolError(f"{tool} failed on {what} (exit {code}); see {log}")
+            partial.rename(report)
+    clocks = json.loads(report.read_text()).get("fmax", {})
+    if not clocks:
+        raise ToolError(f"{tool} found no clock in {what}; see {log}")
+    return min(clock["achieved"] for clock in clocks.values()), log
 
 
 # Formal proofs (SymbiYosys).

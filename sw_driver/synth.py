@@ -40,6 +40,8 @@ YOSYS_TIMEOUT = 1800            # seconds; the biggest preset's array takes minu
 PNR_TIMEOUT = 3600
 _FAMILY_TOOLS = {"ecp5": ("yosys", "nextpnr-ecp5", "ecppack"),
                  "ice40": ("yosys", "nextpnr-ice40", "icepack")}
+_NEXTPNR_OPTS = {"ecp5": "--router router2 --tmg-ripup --placer-heap-timingweight 40",
+                 "ice40": ""}
 
 
 # Area.
@@ -69,6 +71,10 @@ class Target:
     metrics: Callable           # cells by type -> {metric: count}, the headline metric first
     keep: str = ""              # module patterns synthesised as modules of their own
     fallback: str = ""          # options for a unit the command fails on ("": none)
+    # The place-and-route tool and its options for a unit's Fmax out of context: the unit's
+    # ports left unplaced, so only its own register-to-register paths count ("": none).
+    fmax_tool: str = ""
+    fmax_options: str = ""
 
     @property
     def has_dsp(self):
@@ -82,7 +88,8 @@ class Target:
     def script(self, *, dsp, extra=""):
         options = f"{self.with_dsp if dsp else self.without_dsp} {extra}".strip()
         return (f"read_verilog top.v\n{self.after_read}\n{self.command} {options} -top top\n"
-                f"tee -q -o stat.json stat -json -top top\n")
+                f"tee -q -o stat.json stat -json -top top\n"
+                + ("write_json top.json\n" if self.fmax_tool else ""))
 
     def headline(self, metrics):
         """The metric that ratios and per-lane figures use (first in :attr:`metrics`)."""
@@ -98,8 +105,12 @@ TARGETS = {target.name: target for target in [
     # waits on another's. It costs logic, which the iCE40UP5K, with two banks close together,
     # cannot spare. Area runs keep them too, so that they report what a board builds.
     # Fallback: abc9 maps flip-flops too (``-dff``) where Yosys 0.70's abc9 asserts.
+    # Fmax on the ECP5 the ulx3s-85f carries, with nextpnr's default placer and router: the
+    # board build's --tmg-ripup kept router2 ripping up a small unit for minutes out of
+    # context, where its default finishes in seconds.
     Target("ecp5", "synth_ecp5", "", "-nodsp", _ecp5_metrics, keep="*.bank* *.relay*",
-           fallback="-dff"),
+           fallback="-dff", fmax_tool="nextpnr-ecp5",
+           fmax_options="--85k --package CABGA381 --out-of-context"),
     Target("ice40", "synth_ice40", "-dsp", "", _ice40_metrics),
 ]}
 
@@ -192,6 +203,7 @@ class AreaResult:
     seconds: float
     log: Path
     fallback: str = ""          # the target's fallback options, if the unit needed them
+    fmax_mhz: float | None = None   # placed and routed out of context (``area(fmax=True)``)
 
     @property
     def headline(self):
@@ -205,7 +217,7 @@ class AreaResult:
         return {"unit": self.unit, "target": self.target, "dsp": self.dsp,
                 "metrics": self.metrics, "lanes": self.lanes, "per_lane": self.per_lane,
                 "cells": self.cells, "seconds": round(self.seconds, 2), "log": str(self.log),
-                "fallback": self.fallback}
+                "fallback": self.fallback, "fmax_mhz": self.fmax_mhz}
 
 
 @dataclass(frozen=True)
@@ -298,8 +310,12 @@ def _yosys_area(component, *, unit, target, dsp, timeout, progress):
 
 
 def area(config, *, units=None, target="ecp5", dsp=True, device=None, timeout=YOSYS_TIMEOUT,
-         progress=None):
+         fmax=False, progress=None):
     """Synthesise ``units`` (names in :data:`AREA_UNITS`; all by default) for ``config``.
+
+    ``fmax`` also places and routes each unit out of context (the target's ``fmax_tool``) for
+    ``config.clock_mhz`` and reports its Fmax: the unit's own paths, without the ports' (a
+    board build's figure is the one that decides; this finds a unit's slow paths early).
 
     ``device`` is the device factory for the ``device`` unit (default: the board default).
     Returns a list of :class:`AreaResult` in unit order; when the device is the accelerator and
@@ -309,7 +325,13 @@ def area(config, *, units=None, target="ecp5", dsp=True, device=None, timeout=YO
     from hw.boards import DEFAULT_DEVICE, DEVICES
 
     target = TARGETS[target]
+    if fmax and not target.fmax_tool:
+        raise ValueError(f"Fmax needs a target with a place-and-route tool "
+                         f"({', '.join(t.name for t in TARGETS.values() if t.fmax_tool)}), "
+                         f"not {target.name}")
     flow.find_tool("yosys")     # a missing toolchain is named before any work is done
+    if fmax:
+        flow.find_tool(target.fmax_tool)
     device = device or DEVICES[DEFAULT_DEVICE]
     results = []
     for name in units or list(AREA_UNITS):
@@ -317,9 +339,15 @@ def area(config, *, units=None, target="ecp5", dsp=True, device=None, timeout=YO
         cells, seconds, log, fallback = _yosys_area(unit.build(config, device), unit=name,
                                                     target=target, dsp=dsp, timeout=timeout,
                                                     progress=progress)
+        fmax_mhz = None
+        if fmax:
+            fmax_mhz, _ = flow.run_nextpnr_fmax(target.fmax_tool, target.fmax_options,
+                                                log.parent, clock_mhz=config.clock_mhz,
+                                                what=name, timeout=timeout, progress=progress)
         results.append(AreaResult(unit=name, target=target.name, dsp=dsp, cells=cells,
                                   metrics=target.metrics(cells), lanes=unit.lanes(config),
-                                  seconds=seconds, log=log, fallback=fallback))
+                                  seconds=seconds, log=log, fallback=fallback,
+                                  fmax_mhz=fmax_mhz))
     controller = controller_area(results) if device is Device else None
     return results + ([controller] if controller else [])
 
@@ -369,9 +397,6 @@ _FROM_VERILOG = "write_verilog -norename top_read.v\ndesign -reset\nread_verilog
 # timing-driven rip-up and the placer's timing weight at 40 (default 10): the device's failing
 # paths are a few LUTs deep with most of their delay in detours around congestion.
 # docs/timing.md has what each gained.
-_NEXTPNR_OPTS = {"ecp5": "--router router2 --tmg-ripup --placer-heap-timingweight 40",
-                 "ice40": ""}
-
 
 def _main_clock(report, constraint_mhz):
     """The ``fmax`` entry of nextpnr's report whose constraint is the main clock's."""

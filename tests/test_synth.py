@@ -94,6 +94,7 @@ def _cli(capsys, *args):
      "icebreaker: the iCE40 PLL cannot make 900 MHz"),
     (["synth", "--board", "ulx3s-85f", "--preset", "nope"], "unknown preset 'nope'"),
     (["area", "--set", "pe=bogus"], "array.pe must be one of 'ternary', 'int8'"),
+    (["area", "--target", "ice40", "--fmax"], "--fmax needs --target ecp5, not ice40"),
 ])
 def test_mistakes_give_one_line_and_status_2(capsys, args, message):
     code, out, err = _cli(capsys, *args)
@@ -148,6 +149,23 @@ def test_area_of_pe_and_array_on_ecp5(capsys, build_root):
     header, row = out.splitlines()[1:]
     assert header.split()[:3] == ["unit", "SB_LUT4", "SB_DFF*"] and row.split()[0] == "pe"
     assert int(row.split()[1]) > 0
+
+
+def test_fmax_of_a_unit_out_of_context(capsys, build_root):
+    """nextpnr places and routes the tiny array alone; its Fmax is reported, and a second run
+    reuses it."""
+    _tool("yosys")
+    _tool("nextpnr-ecp5")
+    args = ("area", "--preset", "tiny", "--unit", "array", "--fmax")
+    code, out, _ = _cli(capsys, *args, "--json")
+    assert code == 0
+    array, = json.loads(out)["units"]
+    assert 20 < array["fmax_mhz"] < 1000
+    reports = list((build_root / "area").glob("array-ecp5-*/fmax-100.json"))
+    assert len(reports) == 1
+    code, out, _ = _cli(capsys, *args)
+    assert code == 0 and "Fmax MHz" in out.splitlines()[1]
+    assert out.splitlines()[2].split()[-1] == f"{array['fmax_mhz']:.1f}"
 
 
 def test_a_unit_yosys_fails_on_is_mapped_again_with_the_fallback(capsys, monkeypatch):

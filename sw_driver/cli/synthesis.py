@@ -61,8 +61,13 @@ def cmd_area(args):
         return 0
 
     units = None if args.unit == "all" else [args.unit]
+    if args.fmax and not target.fmax_tool:
+        raise UserError(f"--fmax needs --target "
+                        f"{' or '.join(t.name for t in TARGETS.values() if t.fmax_tool)}, "
+                        f"not {target.name}")
     results = area(config, units=units, target=args.target, dsp=not args.no_dsp,
-                   device=DEVICES[args.device], timeout=args.timeout, progress=progress)
+                   device=DEVICES[args.device], timeout=args.timeout, fmax=args.fmax,
+                   progress=progress)
     if args.json:
         print(json.dumps({"config": config.to_dict(), "target": target.name,
                           "dsp": not args.no_dsp, "units": [r.to_dict() for r in results]}))
@@ -73,10 +78,15 @@ def cmd_area(args):
           f"{args.preset or 'default'}" + (f" with {', '.join(args.set)}" if args.set else ""))
     derived = [r for r in results if isinstance(r, DerivedArea)]
     fallen_back = [r for r in results if getattr(r, "fallback", "")]
-    print(_table(["unit", *names, "lanes", f"{names[0]}/lane"],
+    fmax = ["Fmax MHz"] if args.fmax else []
+    print(_table(["unit", *names, "lanes", f"{names[0]}/lane", *fmax],
                  [[r.unit + ("*" if r in derived else "") + ("+" if r in fallen_back else ""),
                    *r.metrics.values(), _number(r.lanes), _number(r.per_lane)]
+                  + ([_number(getattr(r, "fmax_mhz", None))] if fmax else [])
                   for r in results]))
+    if args.fmax:
+        print(f"Fmax: each unit placed and routed alone (its ports unplaced) against "
+              f"{config.clock_mhz:g} MHz; a board build's figure decides")
     for r in derived:
         print(f"* {r.unit}: derived by subtraction, {r.formula} (not synthesised on its own)")
     for r in fallen_back:
@@ -143,8 +153,12 @@ def add_commands(subparsers):
                       help="keep multipliers in logic (ecp5: -nodsp; ice40 omits -dsp)")
     area.add_argument("--compare-int8", action="store_true",
                       help="the array with ternary and with int8 PEs, logic only and with DSPs")
+    area.add_argument("--fmax", action="store_true",
+                      help="also place and route each unit out of context (ecp5: "
+                           "nextpnr-ecp5, the ulx3s-85f's part) and report its Fmax at the "
+                           "preset's clock")
     area.add_argument("--timeout", type=int, default=YOSYS_TIMEOUT, metavar="SECONDS",
-                      help=f"limit on each yosys run (default {YOSYS_TIMEOUT})")
+                      help=f"limit on each yosys (and nextpnr) run (default {YOSYS_TIMEOUT})")
     area.set_defaults(handler=cmd_area)
 
     synth = subparsers.add_parser(
