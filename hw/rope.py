@@ -19,6 +19,8 @@ from golden.fixedpoint import ANGLE_BITS, PHASE_BITS, SINE_BITS, build_tables
 from golden.integer import PROJECTION_BITS
 from golden.widths import signed_bits_for
 
+from .pim import delayed
+
 __all__ = ["Rope"]
 
 FACTOR_BITS = signed_bits_for(1 << SINE_BITS)           # golden's rope_factor: |value| <= 2**16
@@ -72,9 +74,9 @@ class Rope(wiring.Component):
     """
 
     LATENCY = 3                 # a pair taken to its rotation offered
-    # Beyond head_dim / 2 issue cycles: the start's own cycle, then the last factor's four
-    # stages after its issue (product, phase, ROM read, write).
-    FACTOR_LATENCY = 5
+    # Beyond head_dim / 2 issue cycles: the start's own cycle, then the last factor's seven
+    # stages after its issue (products, phase, addresses, ROM read, word, sign, write).
+    FACTOR_LATENCY = 8
 
     def __init__(self, config, *, head_dim, max_seq):
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 \
@@ -134,9 +136,13 @@ class Rope(wiring.Component):
                 m.d.sync += issuing.eq(0)
 
         # Stage 1: the step read. Stage 2: the two partial products. Stage 3: the phase.
-        # Stage 4: the angles, and the ROM read. Stage 5: the factors written.
+        # Stage 4: the ROM addresses and the quadrants' flags. Stage 5: the ROM read. Stage 6:
+        # its words in registers. Stage 7: the factors, signed. Then they are written. The
+        # ROM's output goes straight into registers: a DP16KD without its output register takes
+        # over half of a 10 ns cycle to deliver its word, too long to negate it after.
         control = data.StructLayout({"valid": 1, "addr": range(pairs)})
-        c1, c2, c3, c4 = (Signal(control, name=f"factor_control{n}") for n in range(1, 5))
+        c1, c2, c3, c4, c5, c6, c7 = (Signal(control, name=f"factor_control{n}")
+                                      for n in range(1, 8))
         step_read = steps.read_port(domain="comb")
         m.d.comb += step_read.addr.eq(issue)
         step = Signal(PHASE_BITS, reset_less=True)
@@ -145,6 +151,7 @@ class Rope(wiring.Component):
         phase = Signal(PHASE_BITS, reset_less=True)
         m.d.sync += [
             c1.valid.eq(issuing), c1.addr.eq(issue), c2.eq(c1), c3.eq(c2), c4.eq(c3),
+            c5.eq(c4), c6.eq(c5), c7.eq(c6),
             step.eq(step_read.data),
             low.eq(position * step[:_LOW_BITS]),
             high.eq(position * step[_LOW_BITS:]),
@@ -158,18 +165,25 @@ class Rope(wiring.Component):
         for name, at in (("cos", angle + quarter), ("sin", angle)):
             at = at[:ANGLE_BITS]
             quadrant, offset = at[ANGLE_BITS - 2:], at[:ANGLE_BITS - 2]
-            read = sine.read_port()
-            m.d.comb += read.addr.eq(Mux(quadrant[0], quarter - offset, offset))
-            flags = Signal(sign, name=f"{name}_sign")
-            m.d.sync += [flags.top.eq(quadrant[0] & (offset == 0)),
+            address = Signal(ANGLE_BITS - 2, name=f"{name}_address", reset_less=True)
+            flags = Signal(sign, name=f"{name}_sign", reset_less=True)
+            m.d.sync += [address.eq(Mux(quadrant[0], quarter - offset, offset)),
+                         flags.top.eq(quadrant[0] & (offset == 0)),
                          flags.negate.eq(quadrant[1])]
-            magnitude = Mux(flags.top, top, read.data)
-            looked_up.append(Mux(flags.negate, -magnitude, magnitude))
+            read = sine.read_port()
+            m.d.comb += read.addr.eq(address)
+            word = Signal(SINE_BITS + 1, name=f"{name}_word", reset_less=True)
+            word_flags = delayed(m, flags, 2, f"{name}_word_sign")
+            factor = Signal(signed(FACTOR_BITS), name=name, reset_less=True)
+            magnitude = Mux(word_flags.top, top, word)
+            m.d.sync += [word.eq(read.data),
+                         factor.eq(Mux(word_flags.negate, -magnitude, magnitude))]
+            looked_up.append(factor)
         factor_write = factors.write_port()
-        m.d.comb += [factor_write.en.eq(c4.valid), factor_write.addr.eq(c4.addr),
+        m.d.comb += [factor_write.en.eq(c7.valid), factor_write.addr.eq(c7.addr),
                      factor_write.data.cos.eq(looked_up[0]),
                      factor_write.data.sin.eq(looked_up[1])]
-        with m.If(c4.valid & (c4.addr == pairs - 1)):
+        with m.If(c7.valid & (c7.addr == pairs - 1)):
             m.d.sync += [busy.eq(0), ready.eq(1)]
 
         # The rotation: every stage moves together, and waits while a result is refused.

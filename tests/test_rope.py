@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """RoPE (hw/rope.py) on Verilator against golden.integer.rope_factors and apply_rope
 (sim/rope_tb.py): phase steps of several rope_theta and random ones, the first, second and last
-positions, int16 extremes, idle and back-pressure; a token's factors take head_dim / 2 + 5
+positions, int16 extremes, idle and back-pressure; a token's factors take head_dim / 2 + 8
 cycles, then its pairs go one a cycle.
 
 (The linter line above: a constructor that rejects its parameters leaves an unused object.)
