@@ -26,12 +26,12 @@ __all__ = ["Epilogue", "shift_round"]
 
 class Epilogue(wiring.Component):
     """``o[i] = shift_round(acc[i] * factor.mantissa, -factor.exponent) + residual[i]``,
-    ``lanes`` elements a cycle, three cycles from a beat taken to its results offered.
+    ``lanes`` elements a cycle, six cycles from a beat taken to its results offered.
 
     Each lane's multiply is ``acc_bits x 18`` (the unsigned mantissa on a signed port): two
     MULT18X18D for an accumulator wider than 18 bits, the stated composition of
-    ``golden.integer.integer_formats``. Its product is registered before the rounding shift.
-    The pipeline holds whole while the result is refused: ``i_stream.ready`` follows
+    ``golden.integer.integer_formats``. The rounding shift takes three stages of its own (the
+    half added, the right shift, the left shift). The pipeline holds whole while the result is refused: ``i_stream.ready`` follows
     ``o_stream.ready``.
 
     Parameters
@@ -53,7 +53,7 @@ class Epilogue(wiring.Component):
     o_stream : Out(stream.Signature(ArrayLayout(signed(out_bits), lanes)))
     """
 
-    LATENCY = 3
+    LATENCY = 6
 
     def __init__(self, config, *, out_bits=PROJECTION_BITS, lanes=1):
         for name, value, low, high in (("out_bits", out_bits, 2, 32), ("lanes", lanes, 1, 64)):
@@ -76,33 +76,55 @@ class Epilogue(wiring.Component):
         advance = ~self.o_stream.valid | self.o_stream.ready
         m.d.comb += self.i_stream.ready.eq(advance)
 
-        # Stage 1: the operands. Stage 2: the products and the rounding shift's amount, one for
-        # the beat. Stage 3: the rounded products plus the residuals.
+        # Stage 1: the operands. Stage 2: the products, and the shift amounts and rounding half
+        # from the factor's exponent, one for the beat. Stage 3: the half added. Stage 4: the
+        # right shift. Stage 5: the left shift. Stage 6: the residual added. The rounding
+        # shift is spread over three stages: in one, a barrel shifter between two carry chains
+        # ran at 46 MHz on the ECP5. Every stage's copy of the shift amounts and the residual
+        # moves with it.
         taken = self.i_stream.payload
         product_bits = self._acc_bits + MANTISSA_BITS
+        wide = data.ArrayLayout(signed(product_bits + 2), self.lanes)   # room for the half
         operand = Signal.like(taken, reset_less=True)
-        products = Signal(data.ArrayLayout(signed(product_bits), self.lanes), reset_less=True)
-        right = Signal(range(product_bits + 2), reset_less=True)
-        left = Signal(range(self._out_bits + 1), reset_less=True)
-        residual = Signal.like(operand.residual, reset_less=True)
-        valid = Signal(2)
+        exponent = operand.factor.exponent
+        # A right shift beyond the product's width rounds every value to 0, as one of
+        # product_bits + 1 does; a left shift beyond out_bits leaves nothing in range.
+        right_by = Mux(exponent < -(product_bits + 1), product_bits + 1,
+                       Mux(exponent < 0, -exponent, 0))
+        left_by = Mux(exponent > self._out_bits, self._out_bits, Mux(exponent > 0, exponent, 0))
+
+        def stages(value, shape, first, last, name):
+            """``value`` registered in stages ``first`` to ``last``: the one of each stage."""
+            copies = {}
+            for n in range(first, last + 1):
+                copies[n] = Signal(shape, name=f"{name}{n}", reset_less=True)
+                m.d.sync += copies[n].eq(value) if n == first else copies[n].eq(copies[n - 1])
+            return copies
+
+        products = Signal(wide, reset_less=True)
+        biased = Signal(wide, reset_less=True)
+        shifted = Signal(wide, reset_less=True)
+        scaled = Signal.like(self.o_stream.payload, reset_less=True)
+        half = Signal(product_bits + 1, reset_less=True)
+        valid = Signal(self.LATENCY - 1)
         with m.If(advance):
+            right = stages(right_by, range(product_bits + 2), 2, 3, "right")
+            left = stages(left_by, range(self._out_bits + 1), 2, 4, "left")
+            residual = stages(operand.residual, operand.residual.shape(), 2, 5, "residual")
             m.d.sync += [
                 operand.eq(taken),
-                valid.eq(Cat(self.i_stream.valid, valid[0])),
-                *(products[i].eq(operand.acc[i] * operand.factor.mantissa)
-                  for i in range(self.lanes)),
-                # A right shift beyond the product's width rounds every value to 0, as one of
-                # product_bits + 1 does; a left shift beyond out_bits leaves nothing in range.
-                right.eq(Mux(operand.factor.exponent < -(product_bits + 1), product_bits + 1,
-                             Mux(operand.factor.exponent < 0, -operand.factor.exponent, 0))),
-                left.eq(Mux(operand.factor.exponent > self._out_bits, self._out_bits,
-                            Mux(operand.factor.exponent > 0, operand.factor.exponent, 0))),
-                residual.eq(operand.residual),
-                self.o_stream.valid.eq(valid[1]),
-                *(self.o_stream.payload[i].eq(shift_round(products[i], right, left)
-                                              + residual[i]) for i in range(self.lanes)),
+                valid.eq(Cat(self.i_stream.valid, valid[:-1])),
+                half.eq(Mux(right_by == 0, 0, Const(1) << (right_by - 1).as_unsigned())),
+                self.o_stream.valid.eq(valid[-1]),
             ]
+            for i in range(self.lanes):
+                m.d.sync += [
+                    products[i].eq(operand.acc[i] * operand.factor.mantissa),
+                    biased[i].eq(products[i] + half),
+                    shifted[i].eq(biased[i] >> right[3]),
+                    scaled[i].eq(shifted[i] << left[4]),
+                    self.o_stream.payload[i].eq(scaled[i] + residual[5][i]),
+                ]
         return m
 
 
