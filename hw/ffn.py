@@ -9,7 +9,7 @@ last gate element), then reads it back as ``up`` streams in. The token's exponen
 gate_fraction - up_fraction``; the unit reports ``s``, the constant part is the sequencer's.
 """
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -18,7 +18,6 @@ from golden.integer import PROJECTION_BITS, SHIFTED_BITS
 from golden.widths import signed_bits_for
 
 from .dyadic import bit_length
-from .epilogue import shift_round
 
 __all__ = ["FfnInner"]
 
@@ -60,7 +59,7 @@ class FfnInner(wiring.Component):
         ``shift`` (golden's ``ffn_inner`` and the ``s`` of its exponent).
     """
 
-    LATENCY = 5
+    LATENCY = 7
 
     def __init__(self, config, *, ffn):
         if isinstance(ffn, bool) or not isinstance(ffn, int) or ffn < 1:
@@ -108,35 +107,44 @@ class FfnInner(wiring.Component):
                      taken.up.eq(phase.up), taken.first.eq(index == 0), taken.end.eq(end)]
         # Stage 1: the element (a gate's a, or an up and its a read). Stage 2: the operand of
         # the square: the running maximum of a for a gate element, a for an up. Stage 3: the
-        # square; on the last gate element, (max a)**2 gives the shift. Stage 4: the square
-        # shifted. Stage 5: the product by up.
-        c1, c2, c3, c4 = (Signal(control, name=f"control{n}") for n in range(1, 5))
+        # square; on the last gate element, (max a)**2 gives the token's shift. Stages 4 to 6:
+        # the rounding shift, one step a stage (the token's shift and its half; the half
+        # added; the right shift): in one stage, a decoder, a carry chain and a barrel shifter
+        # ran at 96 MHz on the ECP5. Stage 7: the product by up. Every stage's copy of up and
+        # the shift moves with it.
+        c = [None] + [Signal(control, name=f"control{n}") for n in range(1, 7)]
         element1 = Signal(signed(PROJECTION_BITS), reset_less=True)
         running = Signal(_A_BITS, reset_less=True)          # max a of the token's gate so far
         a2 = Signal(_A_BITS, reset_less=True)
-        up2 = Signal(signed(PROJECTION_BITS), reset_less=True)
         square3 = Signal(_SQUARE_BITS, reset_less=True)
-        up3 = Signal(signed(PROJECTION_BITS), reset_less=True)
         shift = Signal(range(_SHIFT_MAX + 1), reset_less=True)
-        shifted4 = Signal(_SHIFTED_SQUARE_BITS, reset_less=True)
-        up4 = Signal(signed(PROJECTION_BITS), reset_less=True)
-        shift4 = Signal.like(shift)
+        square4 = Signal(_SQUARE_BITS, reset_less=True)
+        half4 = Signal(_SQUARE_BITS, reset_less=True)
+        biased5 = Signal(_SQUARE_BITS + 1, reset_less=True)
+        shifted6 = Signal(_SHIFTED_SQUARE_BITS, reset_less=True)
+        ups = {n: Signal(signed(PROJECTION_BITS), name=f"up{n}", reset_less=True)
+               for n in range(2, 7)}
+        shifts = {n: Signal.like(shift, name=f"shift{n}") for n in range(4, 7)}
         a1 = Mux(element1 < 0, 0, element1)[:_A_BITS]
-        larger = Mux(c1.first | (a1 > running), a1, running)
+        larger = Mux(c[1].first | (a1 > running), a1, running)
         length3 = bit_length(square3)
         with m.If(advance):
             m.d.sync += [
-                c1.eq(taken), c2.eq(c1), c3.eq(c2), c4.eq(c3),
+                *(c[n].eq(c[n - 1]) for n in range(2, 7)), c[1].eq(taken),
                 element1.eq(self.i_stream.payload),
-                a2.eq(Mux(c1.up, read.data, larger)), up2.eq(element1),
-                square3.eq(a2 * a2), up3.eq(up2),
-                shifted4.eq(shift_round(square3, shift)), up4.eq(up3), shift4.eq(shift),
-                self.o_stream.valid.eq(c4.valid & c4.up),
-                self.o_stream.payload.value.eq(shifted4 * up4),
-                self.o_stream.payload.shift.eq(shift4),
+                a2.eq(Mux(c[1].up, read.data, larger)), ups[2].eq(element1),
+                square3.eq(a2 * a2),
+                *(ups[n].eq(ups[n - 1]) for n in range(3, 7)),
+                square4.eq(square3), shifts[4].eq(shift),
+                half4.eq(Mux(shift == 0, 0, Const(1) << (shift - 1).as_unsigned())),
+                biased5.eq(square4 + half4), shifts[5].eq(shifts[4]),
+                shifted6.eq(biased5 >> shifts[5]), shifts[6].eq(shifts[5]),
+                self.o_stream.valid.eq(c[6].valid & c[6].up),
+                self.o_stream.payload.value.eq(shifted6 * ups[6]),
+                self.o_stream.payload.shift.eq(shifts[6]),
             ]
-            with m.If(c1.valid & ~c1.up):
+            with m.If(c[1].valid & ~c[1].up):
                 m.d.sync += running.eq(larger)
-            with m.If(c3.valid & ~c3.up & c3.end):
+            with m.If(c[3].valid & ~c[3].up & c[3].end):
                 m.d.sync += shift.eq(Mux(length3 > SHIFTED_BITS, length3 - SHIFTED_BITS, 0))
         return m

@@ -82,7 +82,7 @@ class LmHead(wiring.Component):
         The token's residual stream, element ``0`` to ``hidden - 1``.
     """
 
-    EMBED_LATENCY = 5
+    EMBED_LATENCY = 7
 
     def __init__(self, config, *, hidden, vocab, lanes=None):
         lanes = config.pim.lanes if lanes is None else lanes
@@ -118,7 +118,7 @@ class LmHead(wiring.Component):
     @property
     def latency(self):
         """Cycles from a scan's last read to its result offered."""
-        return 6 + AdderTree.latency_for(self._lanes)
+        return 8 + AdderTree.latency_for(self._lanes)
 
     def elaborate(self, platform):
         m = Module()
@@ -192,38 +192,49 @@ class LmHead(wiring.Component):
                      control.last.eq(last_column), control.final.eq(final), control.row.eq(row)]
         issued = Signal(data.StructLayout({"valid": 1, "lane": range(lanes), "last": 1}))
         m.d.comb += [issued.valid.eq(issuing), issued.lane.eq(lane), issued.last.eq(lookup_end)]
-        # Cycle 1: the reads' data. Cycle 2: operands registered. Cycle 3: the products. Lane 0
-        # takes a lookup's element (the word's lane the lookup is at; 0 in a scan) and the row's
-        # scale in place of the activation. Cycle 4: a lookup's element rounded and offered.
-        with_data = delayed(m, control, 1, "read")
-        looked_up = [Signal.like(issued, name=f"lookup{n}") for n in range(1, 4)]
+        # Cycle 1: the reads' data. Cycle 2: the words in registers (a DP16KD without its
+        # output register delivers its word late in the cycle; the lane select and the
+        # multiplexers after it would follow it). Cycle 3: operands registered. Cycle 4: the
+        # products. Lane 0 takes a lookup's element (the word's lane the lookup is at; 0 in a
+        # scan) and the row's scale in place of the activation. Cycle 5: a lookup's product
+        # shifted right. Cycle 6: rounded and offered. The shift and the increment each take
+        # a cycle: together, a barrel shifter and a carry chain.
+        with_data = delayed(m, control, 2, "read")
+        looked_up = [Signal.like(issued, name=f"lookup{n}") for n in range(1, 6)]
+        word_e = Signal(word, reset_less=True)
+        word_x = Signal(word, reset_less=True)
+        word_scale = Signal(MANTISSA_BITS, reset_less=True)
         operand_e = Signal(word, reset_less=True)
         operand_x = [Signal(_SCALE_OPERAND if n == 0 else signed(EMBEDDING_BITS),
                             name=f"operand_x{n}", reset_less=True) for n in range(lanes)]
         products = [Signal(signed(_EMBED_PRODUCT_BITS if n == 0 else 2 * EMBEDDING_BITS),
                            name=f"product{n}", reset_less=True) for n in range(lanes)]
+        # The product moved left by EMBED_LEFT_MAX + 1, shifted right by up to 39.
+        moved = Signal(signed(_EMBED_PRODUCT_BITS + EMBED_LEFT_MAX + 1), reset_less=True)
         tree = m.submodules.tree = AdderTree(count=lanes, magnitude=_PRODUCT_MAGNITUDE)
         last_taken = Signal()
         with m.If(advance):
             m.d.sync += [
-                looked_up[0].eq(issued), looked_up[1].eq(looked_up[0]),
-                looked_up[2].eq(looked_up[1]),
-                operand_e.eq(emb_read.data),
-                operand_e[0].eq(emb_read.data[looked_up[0].lane]),
-                operand_x[0].eq(Mux(lookup, scale_read.data, x_read.data[0])),
-                *(operand_x[n].eq(x_read.data[n]) for n in range(1, lanes)),
+                looked_up[0].eq(issued),
+                *(looked_up[n].eq(looked_up[n - 1]) for n in range(1, len(looked_up))),
+                word_e.eq(emb_read.data), word_x.eq(x_read.data),
+                word_scale.eq(scale_read.data),
+                operand_e.eq(word_e),
+                operand_e[0].eq(word_e[looked_up[1].lane]),
+                operand_x[0].eq(Mux(lookup, word_scale, word_x[0])),
+                *(operand_x[n].eq(word_x[n]) for n in range(1, lanes)),
                 *(products[n].eq(operand_e[n] * operand_x[n]) for n in range(lanes)),
-                self.residual.valid.eq(looked_up[2].valid),
-                self.residual.payload.eq(
-                    (((products[0] << (EMBED_LEFT_MAX + 1)) >> right) + 1) >> 1),
-                last_taken.eq(looked_up[2].last),
+                moved.eq((products[0] << (EMBED_LEFT_MAX + 1)) >> right),
+                self.residual.valid.eq(looked_up[4].valid),
+                self.residual.payload.eq((moved + 1) >> 1),
+                last_taken.eq(looked_up[4].last),
             ]
         with m.If(self.residual.valid & self.residual.ready & last_taken):
             m.d.sync += [busy.eq(0), lookup.eq(0)]
         for n in range(lanes):
             m.d.comb += tree.i[n].eq(products[n])   # a scan's products fit the tree's inputs
         at_acc = delayed(m, with_data, 2 + tree.latency, "acc")
-        scale = delayed(m, scale_read.data, 2 + tree.latency, "scale")
+        scale = delayed(m, word_scale, 2 + tree.latency, "scale")
 
         # The row's dot product over its words; then its logit; then the running best.
         dot_bits = self._dot_bits
@@ -237,9 +248,20 @@ class LmHead(wiring.Component):
         dot_control = Signal.like(control)
         m.d.sync += [dot.eq(total), dot_scale.eq(scale),
                      dot_control.eq(Mux(at_acc.valid & at_acc.last, at_acc.as_value(), 0))]
+        # The logit's product in two, each on a multiplier of its own and registered before
+        # they are added: the dot's low bits, unsigned as wide as the scale, and its high bits
+        # (at least its sign). As one product, the two multipliers' outputs went through the
+        # adder that joins them in the same cycle.
+        low_bits = min(MANTISSA_BITS, dot_bits - 1)
+        low = Signal(low_bits + MANTISSA_BITS, reset_less=True)
+        high = Signal(signed(self.logit_bits - low_bits), reset_less=True)
+        product_control = Signal.like(control)
+        m.d.sync += [low.eq(dot[:low_bits] * dot_scale),
+                     high.eq(dot[low_bits:].as_signed() * dot_scale),
+                     product_control.eq(dot_control)]
         logit = Signal(signed(self.logit_bits), reset_less=True)
         logit_control = Signal.like(control)
-        m.d.sync += [logit.eq(dot * dot_scale), logit_control.eq(dot_control)]
+        m.d.sync += [logit.eq((high << low_bits) + low), logit_control.eq(product_control)]
 
         best = self.o_stream.payload
         have = Signal()             # a row has been compared in this scan
