@@ -37,7 +37,6 @@ from golden.model import ModelConfig
 from golden.widths import signed_bits_for
 
 from .dyadic import DYADIC, bit_length
-from .epilogue import shift_round
 from .pim import AdderTree, delayed
 
 __all__ = ["CacheKind", "Attention"]
@@ -287,8 +286,7 @@ class Attention(wiring.Component):
         t_biased = Signal(len(scaled) + 1, reset_less=True)
         t_right_shifted = Signal(widths["exponent"].bits, reset_less=True)
         t = Signal(widths["exponent"].bits, reset_less=True)
-        octave_bits = widths["exponent"].bits - EXP2_FRACTION_BITS
-        entries, entry_bits = self.formats.tables["exp2"]
+        entry_bits = self.formats.tables["exp2"][1]
         entry = Signal(entry_bits, reset_less=True)
         entry_biased = Signal(entry_bits + 1, reset_less=True)
         p = Signal(widths["probability"].bits, reset_less=True)
