@@ -26,7 +26,7 @@ passes instead. A query carries its vector with its position, head and constants
 transfer starts it and no order between two streams has to be kept.
 """
 
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -37,7 +37,6 @@ from golden.model import ModelConfig
 from golden.widths import signed_bits_for
 
 from .dyadic import DYADIC, bit_length
-from .epilogue import shift_round
 from .pim import AdderTree, delayed
 
 __all__ = ["CacheKind", "Attention"]
@@ -47,6 +46,11 @@ _PRODUCT_MAGNITUDE = 1 << (2 * PROJECTION_BITS - 2)       # -32768 x -32768: any
 # holding 2**17 / x for x = m / 2**16 in [1, 2).
 _RECIPROCAL_EXPONENT = 2 * MANTISSA_BITS - 1
 _EXP2_CUT = EXP2_TABLE_BITS + 2         # exp2_lookup is 0 from this octave on
+# Pipeline stages after a position's issue (stage 0): the shared products (passes 1 and 4),
+# and pass 2's p; the normalisation's cycles between passes 2 and 4.
+_PRODUCTS = 7
+_PROBABILITY = 14
+_NORMALISE = 5
 
 
 class CacheKind(enum.Enum, shape=1):
@@ -65,9 +69,11 @@ class Attention(wiring.Component):
 
     A query taken in cycle ``c`` has its output offered in cycle ``c + cycles(pos)``, with
     ``cycles(pos) = 3 (pos + 1) + latency`` (:meth:`cycles`): passes 1, 2 and 4 read one
-    position a cycle, and ``latency = 22 + AdderTree.latency_for(head_dim)`` is the score
-    pipeline (5 and the tree's registers), the probability pipeline and the normalisation (11)
-    and the output pipeline (6). The next query is taken once the output has left. Cache writes
+    position a cycle, and ``latency = 35 + AdderTree.latency_for(head_dim)`` is the score
+    pipeline (8 and the tree's registers), the probability pipeline (14), the normalisation
+    (5), the output pipeline (7) and a cycle. Every rounding shift takes stages of its own and
+    every block RAM word is registered before use, for 100 MHz on the ECP5. The next query is
+    taken once the output has left. Cache writes
     are taken only while no query runs (their ``ready`` is low then).
 
     The unit's score path is exact for any int16 ``q`` and key (golden's ``score`` width bounds
@@ -147,7 +153,11 @@ class Attention(wiring.Component):
     @property
     def latency(self):
         """Cycles of a query beyond its three passes' reads (see the class)."""
-        return 22 + AdderTree.latency_for(self._head_dim)
+        # Pass 1's last score (registered after the tree), pass 2's last p, the normalisation
+        # and pass 4's last products, and one cycle: four hops (taken to issue, pass 1 to 2,
+        # 2 to the normalisation, pass 4 to the output) beyond the three of 3 (pos + 1).
+        return (_PRODUCTS + AdderTree.latency_for(self._head_dim) + 1 + _PROBABILITY
+                + _NORMALISE + _PRODUCTS + 1)
 
     def cycles(self, position):
         """Cycles from a query at ``position`` taken to its output offered."""
@@ -208,23 +218,35 @@ class Attention(wiring.Component):
             with m.If(last):
                 m.d.sync += [issuing.eq(0), index.eq(0)]
         stages = [token]
-        for n in range(1, 9):
+        for n in range(1, _PROBABILITY + 1):
             stages.append(delayed(m, stages[-1], 1, f"stage{n}"))
 
         def at(n, pass_):
             return stages[n].valid & (stages[n].step == pass_)
 
+        # Every rounding shift (golden's shift_round) is spread over stages: the half, from the
+        # shift amount, in a register of its own; the half added; the right shift; the left
+        # shift. A block RAM's word is registered before anything is done with it (a DP16KD
+        # without its output register delivers it late in the cycle).
+        def half(shift, width, name):
+            """A register: shift_round's half for ``shift``, ``width`` bits."""
+            register = Signal(width, name=name, reset_less=True)
+            m.d.sync += register.eq(Mux(shift == 0, 0, Const(1) << (shift - 1).as_unsigned()))
+            return register
+
         buffer_read, buffer_write = buffer.read_port(), buffer.write_port()
         cache_read = cache.read_port()
         exp2_read, reciprocal_read = exp2.read_port(), reciprocal.read_port()
         m.d.comb += buffer_read.addr.eq(index)
-        # The cache is read in stage 2 of passes 1 (keys) and 4 (values): its word arrives in
-        # stage 3 with pass 4's weight.
-        m.d.comb += cache_read.addr.eq(Cat(stages[2].step == _Pass.OUTPUT, kv_head,
-                                           command.layer, stages[2].index))
+        fetched = Signal.like(buffer_read.data, reset_less=True)    # stage 2: passes 2 and 4
+        m.d.sync += fetched.eq(buffer_read.data)
+        # The cache is read in stage 4 of passes 1 (keys) and 4 (values): its word arrives in
+        # stage 5 with pass 4's weight.
+        m.d.comb += cache_read.addr.eq(Cat(stages[4].step == _Pass.OUTPUT, kv_head,
+                                           command.layer, stages[4].index))
 
         # The shared products, passes 1 and 4: q[d] or the weight times the cache word's
-        # element, operands in stage 4, products in stage 5.
+        # element, operands in stage 6, products in stage 7 (_PRODUCTS).
         weight = Signal(widths["weight"].bits, reset_less=True)
         coefficient_bits = max(PROJECTION_BITS, widths["weight"].bits + 1)
         coefficient = Signal(data.ArrayLayout(signed(coefficient_bits), head_dim),
@@ -232,84 +254,113 @@ class Attention(wiring.Component):
         element = Signal(word, reset_less=True)
         products = Signal(data.ArrayLayout(signed(coefficient_bits + PROJECTION_BITS),
                                            head_dim), reset_less=True)
-        output = stages[3].step == _Pass.OUTPUT
+        output = stages[5].step == _Pass.OUTPUT
         for d in range(head_dim):
             m.d.sync += [coefficient[d].eq(Mux(output, weight, command.q[d])),
                          element[d].eq(cache_read.data[d]),
                          products[d].eq(coefficient[d] * element[d])]
 
-        # Pass 1: the score leaves the tree in stage 5 + tree latency (the tree's terms are as
-        # wide as q[d] x K[s][d] needs; pass 4's wider products go to the accumulators).
+        # Pass 1: the tree's sum is registered as the score, in stage _PRODUCTS + tree latency
+        # + 1 (the tree's terms are as wide as q[d] x K[s][d] needs; pass 4's wider products go
+        # to the accumulators).
         tree = m.submodules.tree = AdderTree(count=head_dim, magnitude=_PRODUCT_MAGNITUDE)
         for d in range(head_dim):
             m.d.comb += tree.i[d].eq(products[d])
-        scored = delayed(m, stages[5], tree.latency, "scored")
+        score = Signal.like(tree.o, reset_less=True)
+        m.d.sync += score.eq(tree.o)
+        scored = delayed(m, stages[_PRODUCTS], tree.latency + 1, "scored")
         top = Signal(signed(self.score_bits), reset_less=True)
         scoring = scored.valid & (scored.step == _Pass.SCORES)
 
-        # Pass 2: stage 1 the score, 2 the gap, 3 the clipped gap, 4 shifted, 5 times the
-        # scale, 6 t (the exp2 ROM's address), 7 the table's entry and t's octave, 8 p.
+        # Pass 2: stage 2 the score, 3 the gap, 4 the clipped gap, 5 plus the half, 6 shifted,
+        # 7 times the scale, 8 plus t's half, 9 and 10 t's right and left shifts (t, the exp2
+        # ROM's address), 11 t's octave and its half, 12 the table's entry, 13 plus the half,
+        # 14 (_PROBABILITY) p. The shifts' amounts and halves come from the query's constants,
+        # registered long before the pass starts.
         softmax = command.softmax
         gap = Signal(self.score_bits, reset_less=True)
         clipped = Signal(self.score_bits, reset_less=True)
+        gap_biased = Signal(self.score_bits + 1, reset_less=True)
         shifted = Signal(widths["gap_shifted"].bits, reset_less=True)
         scaled = Signal(widths["gap_shifted"].bits + MANTISSA_BITS, reset_less=True)
+        t_biased = Signal(len(scaled) + 1, reset_less=True)
+        t_right_shifted = Signal(widths["exponent"].bits, reset_less=True)
         t = Signal(widths["exponent"].bits, reset_less=True)
-        octave = Signal(widths["exponent"].bits - EXP2_FRACTION_BITS, reset_less=True)
+        entry_bits = self.formats.tables["exp2"][1]
+        entry = Signal(entry_bits, reset_less=True)
+        entry_biased = Signal(entry_bits + 1, reset_less=True)
         p = Signal(widths["probability"].bits, reset_less=True)
         total = Signal(widths["probability_sum"].bits, reset_less=True)
         exponent = softmax.scale.exponent
         # A right shift beyond the product's width rounds every value to 0, as one of its
         # width + 1 does; a left shift beyond t's width leaves nothing of t.
         limit = len(scaled) + 1
-        t_right = Signal(range(limit + 1))
-        t_left = Signal(range(len(t) + 1))
-        m.d.comb += [t_right.eq(Mux(exponent < -limit, limit, Mux(exponent < 0, -exponent, 0))),
+        t_right = Signal(range(limit + 1), reset_less=True)
+        t_left = Signal(range(len(t) + 1), reset_less=True)
+        m.d.sync += [t_right.eq(Mux(exponent < -limit, limit, Mux(exponent < 0, -exponent, 0))),
                      t_left.eq(Mux(exponent > len(t), len(t), Mux(exponent > 0, exponent, 0)))]
+        gap_half = half(softmax.gap_shift, len(clipped), "gap_half")
+        t_half = half(t_right, len(scaled), "t_half")
+        octave = t[EXP2_FRACTION_BITS:]
+        entry_half = half(octave, entry_bits, "entry_half")     # stage 11, with the octave
+        octaves = delayed(m, octave, 3, "octave")               # stages 11 to 13
         m.d.sync += [
-            gap.eq(top - buffer_read.data),
+            gap.eq(top - fetched),
             clipped.eq(Mux(gap > softmax.gap_limit, softmax.gap_limit, gap)),
-            shifted.eq(shift_round(clipped, softmax.gap_shift)),
+            gap_biased.eq(clipped + gap_half),
+            shifted.eq(gap_biased >> softmax.gap_shift),
             scaled.eq(shifted * softmax.scale.mantissa),
-            t.eq(shift_round(scaled, t_right, t_left)),
-            octave.eq(t[EXP2_FRACTION_BITS:]),
-            p.eq(Mux(octave >= _EXP2_CUT, 0, shift_round(exp2_read.data, octave))),
+            t_biased.eq(scaled + t_half),
+            t_right_shifted.eq(t_biased >> t_right),
+            t.eq(t_right_shifted << t_left),
+            entry.eq(exp2_read.data),
+            entry_biased.eq(entry + delayed(m, entry_half, 1, "entry_half")),
+            p.eq(Mux(octaves >= _EXP2_CUT, 0, entry_biased >> octaves)),
         ]
         m.d.comb += exp2_read.addr.eq(t[:EXP2_FRACTION_BITS])
-        with m.If(at(8, _Pass.PROBABILITIES)):
-            m.d.sync += total.eq(Mux(stages[8].first, 0, total) + p)
+        with m.If(at(_PROBABILITY, _Pass.PROBABILITIES)):
+            m.d.sync += total.eq(Mux(stages[_PROBABILITY].first, 0, total) + p)
 
         # Both passes write the buffer: scores in pass 1, then p over them in pass 2 (the
         # entries written lag the entries read, so no score is lost).
         m.d.comb += [
-            buffer_write.en.eq(scoring | at(8, _Pass.PROBABILITIES)),
-            buffer_write.addr.eq(Mux(scoring, scored.index, stages[8].index)),
-            buffer_write.data.eq(Mux(scoring, tree.o, p)),
+            buffer_write.en.eq(scoring | at(_PROBABILITY, _Pass.PROBABILITIES)),
+            buffer_write.addr.eq(Mux(scoring, scored.index, stages[_PROBABILITY].index)),
+            buffer_write.data.eq(Mux(scoring, score, p)),
         ]
         with m.If(scoring):
-            m.d.sync += top.eq(Mux(scored.first | (tree.o > top), tree.o, top))
+            m.d.sync += top.eq(Mux(scored.first | (score > top), score, top))
 
-        # Pass 3: the sum's bit length, then the dyadic (the largest score's p is 2**16, so the
-        # sum has at least 17 bits and is rounded right, never shifted left), then the table.
+        # Pass 3 (_NORMALISE states): the sum's bit length, the shift and its half, the half
+        # added, the shift, then the dyadic (the largest score's p is 2**16, so the sum has at
+        # least 17 bits and is rounded right, never shifted left). The reciprocal ROM's word
+        # is registered, two cycles after the mantissa, in time for pass 4's stage 2.
         total_bits = Signal(range(len(total) + 1), reset_less=True)
+        normalise_shift = Signal(range(len(total) + 1), reset_less=True)
+        normalise_half = Signal(len(total), reset_less=True)
+        total_biased = Signal(len(total) + 1, reset_less=True)
+        rounded = Signal(MANTISSA_BITS + 1, reset_less=True)
         mantissa = Signal(MANTISSA_BITS, reset_less=True)
         weight_right = Signal(range(_RECIPROCAL_EXPONENT + len(total)), reset_less=True)
-        normalise_shift = (total_bits - MANTISSA_BITS).as_unsigned()
-        rounded = Signal(MANTISSA_BITS + 1)
-        m.d.comb += [rounded.eq(shift_round(total, normalise_shift)),
-                     reciprocal_read.addr.eq(mantissa[MANTISSA_BITS - 1 - len(
-                         reciprocal_read.addr):MANTISSA_BITS - 1])]
+        rcp = Signal.like(reciprocal_read.data, reset_less=True)
+        m.d.comb += reciprocal_read.addr.eq(mantissa[MANTISSA_BITS - 1 - len(
+            reciprocal_read.addr):MANTISSA_BITS - 1])
+        m.d.sync += rcp.eq(reciprocal_read.data)
         carry = rounded[MANTISSA_BITS]
 
-        # Pass 4: stage 1 p, 2 p x rcp, 3 the weight (with the value word); stage 5 products.
+        # Pass 4: stage 2 p, 3 p x rcp, 4 plus the half, 5 the weight (with the value word);
+        # stage 7 (_PRODUCTS) the products, accumulated.
         weighted = Signal(widths["probability_product"].bits, reset_less=True)
-        m.d.sync += [weighted.eq(buffer_read.data[:len(p)] * reciprocal_read.data),
-                     weight.eq(shift_round(weighted, weight_right))]
+        weighted_biased = Signal(len(weighted) + 1, reset_less=True)
+        weight_half = half(weight_right, len(weighted), "weight_half")
+        m.d.sync += [weighted.eq(fetched[:len(p)] * rcp),
+                     weighted_biased.eq(weighted + weight_half),
+                     weight.eq(weighted_biased >> weight_right)]
         out = self.o_stream.payload
-        with m.If(at(5, _Pass.OUTPUT)):
+        with m.If(at(_PRODUCTS, _Pass.OUTPUT)):
             for d in range(head_dim):
-                m.d.sync += out[d].eq(Mux(stages[5].first, 0, out[d]) + products[d])
-            with m.If(stages[5].last):
+                m.d.sync += out[d].eq(Mux(stages[_PRODUCTS].first, 0, out[d]) + products[d])
+            with m.If(stages[_PRODUCTS].last):
                 m.d.sync += [self.o_stream.valid.eq(1), running.eq(0)]
         with m.If(self.o_stream.valid & self.o_stream.ready):
             m.d.sync += self.o_stream.valid.eq(0)
@@ -324,26 +375,34 @@ class Attention(wiring.Component):
                     m.d.sync += [issuing.eq(1), step.eq(_Pass.PROBABILITIES)]
                     m.next = "PROBABILITIES"
             with m.State("PROBABILITIES"):
-                with m.If(at(8, _Pass.PROBABILITIES) & stages[8].last):
+                with m.If(at(_PROBABILITY, _Pass.PROBABILITIES) & stages[_PROBABILITY].last):
                     m.next = "LENGTH"
             with m.State("LENGTH"):
                 m.d.sync += total_bits.eq(bit_length(total))
+                m.next = "SHIFT"
+            with m.State("SHIFT"):
+                shift = (total_bits - MANTISSA_BITS).as_unsigned()
+                m.d.sync += [normalise_shift.eq(shift),
+                             normalise_half.eq(Mux(shift == 0, 0,
+                                                   Const(1) << (shift - 1).as_unsigned()))]
+                m.next = "BIAS"
+            with m.State("BIAS"):
+                m.d.sync += total_biased.eq(total + normalise_half)
                 m.next = "ROUND"
             with m.State("ROUND"):
+                m.d.sync += rounded.eq(total_biased >> normalise_shift)
+                m.next = "DYADIC"
+            with m.State("DYADIC"):
                 # golden.fixedpoint.dyadic: a rounding up to 2**17 adds a bit. The weight's
                 # shift is -(reciprocal exponent + 15), the reciprocal exponent -33 - e.
                 m.d.sync += [
                     mantissa.eq(Mux(carry, rounded >> 1, rounded)),
                     weight_right.eq(_RECIPROCAL_EXPONENT - WEIGHT_FRACTION_BITS
                                     + normalise_shift + carry),
+                    issuing.eq(1), step.eq(_Pass.OUTPUT),
                 ]
-                m.next = "TABLE"
-            with m.State("TABLE"):
-                # The table's address is the mantissa's; its word arrives next cycle, with the
-                # first p.
-                m.d.sync += [issuing.eq(1), step.eq(_Pass.OUTPUT)]
                 m.next = "OUTPUT"
             with m.State("OUTPUT"):
-                with m.If(at(5, _Pass.OUTPUT) & stages[5].last):
+                with m.If(at(_PRODUCTS, _Pass.OUTPUT) & stages[_PRODUCTS].last):
                     m.next = "IDLE"
         return m
