@@ -19,8 +19,6 @@ from amaranth.lib.wiring import In, Out
 
 from golden.fixedpoint import MANTISSA_BITS, RECIPROCAL_INDEX_BITS, build_tables
 
-from .pim import delayed
-
 __all__ = ["EXPONENT_BITS", "DYADIC", "ScalarOp", "ScalarUnit", "bit_length"]
 
 EXPONENT_BITS = 12              # exponents in [-2048, 2047]: the decoder's stay within +-200
@@ -124,9 +122,9 @@ class ScalarUnit(wiring.Component):
         })
 
     # The operand of NORMALISE and MULTIPLY is registered in the command's first cycle; ADD's
-    # aligns its two mantissas first: their shifts, the shift amounts, the shifted mantissas,
-    # the rounded ones, then their sum.
-    _ALIGN_STAGES = 4
+    # aligns its two mantissas first: the larger exponent, their shifts, the shift amounts, the
+    # shifted mantissas, the rounded ones, then their sum.
+    _ALIGN_STAGES = 5
     # The normalisation after the operand: its leading one, the shift amounts, the shifted
     # operand, then the rounded result.
     _NORMALISE_STAGES = 4
@@ -185,10 +183,11 @@ class ScalarUnit(wiring.Component):
         exponent_shape = signed(EXPONENT_BITS + 2)
         top = Mux(a.mantissa == 0, b.exponent,
                   Mux((b.mantissa == 0) | (a.exponent > b.exponent), a.exponent, b.exponent))
+        top_held = Signal(signed(EXPONENT_BITS))
         base = Signal(exponent_shape)
-        m.d.sync += base.eq(top - MANTISSA_BITS)
+        m.d.sync += [top_held.eq(top), base.eq(top_held - MANTISSA_BITS)]
         align_shifts = [Signal(exponent_shape, name=f"align_shift_{n}") for n in "ab"]
-        m.d.sync += [shift.eq(top - MANTISSA_BITS - x.exponent)
+        m.d.sync += [shift.eq(top_held - MANTISSA_BITS - x.exponent)
                      for shift, x in zip(align_shifts, (a, b))]
         aligners = [_ShiftRound(m, f"align_{n}", limit=MANTISSA_BITS + 1) for n in "ab"]
         aligned = []
@@ -198,7 +197,6 @@ class ScalarUnit(wiring.Component):
             rounded = Signal(2 * MANTISSA_BITS, name=f"aligned_{n}")
             m.d.sync += rounded.eq(aligner.shifted(x.mantissa, pre).rounded(len(rounded)))
             aligned.append(rounded)
-        base_aligned = delayed(m, base, self._ALIGN_STAGES - 1, "base")
 
         # The operand to normalise: the value, the product, or the aligned sum.
         wide = max(self._value_bits, 2 * MANTISSA_BITS + 1)
@@ -212,7 +210,7 @@ class ScalarUnit(wiring.Component):
                              operand_exponent.eq(a.exponent + b.exponent)]
             with m.Case(ScalarOp.ADD):
                 m.d.sync += [operand.eq(aligned[0] + aligned[1]),
-                             operand_exponent.eq(base_aligned)]
+                             operand_exponent.eq(base)]
 
         # Normalisation: the operand's leading one; the shift to 17 bits; the shifted operand;
         # rounded half up, where a rounding that reaches 2**17 gives one more bit
