@@ -6,8 +6,10 @@ result bit for bit). :class:`ScalarUnit` computes one operation at a time: norma
 integer, a product, a sum, a reciprocal square root and a reciprocal, the last two from the
 tables of :func:`golden.fixedpoint.build_tables` in ROM. The resident decoder needs a handful of
 these a token (a norm's reciprocal and rsqrt, each BitLinear's factor), so the unit is small and
-sequential: one 17 x 17 multiply (a MULT18X18D), and a normalisation in two stages (find the
-leading one in a tree, then shift and round) so that no stage holds a long chain.
+sequential: one 17 x 17 multiply (a MULT18X18D). Every rounding shift is spread over stages
+(the shift amounts, the barrel shift, the rounding's increment) and the normalisation finds the
+leading one in a tree in a stage of its own, so that no stage holds more than one carry chain
+or one shifter: 100 MHz on the ECP5.
 """
 
 from amaranth import Module, Mux, Shape, Signal, signed
@@ -42,15 +44,46 @@ def bit_length(value):
     return Mux(high != 0, (width - high_width) + bit_length(high), bit_length(low))
 
 
-def _shift_round(value, shift, *, limit):
-    """``golden.fixedpoint.shift_round(value, shift)`` for unsigned ``value``: right by
-    ``shift > 0`` rounding half up (by at most ``limit``; further gives 0, which a value below
-    ``2**limit`` does anyway), left by ``-shift`` otherwise (at most :data:`MANTISSA_BITS`:
-    only a value of fewer than 17 bits is shifted left, up to 17)."""
-    right = Mux(shift > limit, limit, Mux(shift > 0, shift, 1))
-    rounded = ((value >> (right - 1).as_unsigned()) + 1) >> 1   # (value + 2**(right-1)) >> right
-    left = Mux(shift < 0, -shift, 0).as_unsigned()[:MANTISSA_BITS.bit_length()]
-    return Mux(shift > 0, rounded, value << left)
+class _ShiftRound:
+    """``golden.fixedpoint.shift_round(value, shift)`` for unsigned ``value`` in three stages:
+    right by ``shift > 0`` rounding half up (by at most ``limit``; further gives 0, which a
+    value below ``2**limit`` does anyway), left by ``-shift`` otherwise (at most
+    :data:`MANTISSA_BITS`: only a value of fewer than 17 bits is shifted left, up to 17).
+
+    :meth:`amounts` registers the amounts (``right - 1`` and ``left``) and the direction;
+    :meth:`shifted` the value shifted right by ``right - 1`` or left by ``left``; :meth:`rounded`
+    is the result, the last bit added and dropped for a right shift, as an expression
+    (``(value + 2**(right-1)) >> right == ((value >> (right-1)) + 1) >> 1``)."""
+
+    def __init__(self, m, name, *, limit):
+        self._m = m
+        self._right = Signal(range(limit), name=f"{name}_right")     # right - 1
+        self._left = Signal(range(MANTISSA_BITS + 1), name=f"{name}_left")
+        self._positive = Signal(name=f"{name}_positive")
+        self._limit = limit
+
+    def amounts(self, shift):
+        limit = self._limit
+        right = Mux(shift > limit, limit, Mux(shift > 0, shift, 1))
+        self._m.d.sync += [self._right.eq((right - 1).as_unsigned()),
+                           self._left.eq(Mux(shift < 0, -shift, 0).as_unsigned()),
+                           self._positive.eq(shift > 0)]
+
+    def shifted(self, value, into):
+        positive = Signal.like(self._positive, name=f"{into.name}_positive")
+        self._m.d.sync += [positive.eq(self._positive),
+                           into.eq(Mux(self._positive, value >> self._right,
+                                       value << self._left))]
+        return _Shifted(into, positive)
+
+
+class _Shifted:
+    def __init__(self, value, positive):
+        self.value, self.positive = value, positive
+
+    def rounded(self, width):
+        """The result's low ``width`` bits."""
+        return Mux(self.positive, (self.value[:width + 1] + 1) >> 1, self.value)[:width]
 
 
 class ScalarUnit(wiring.Component):
@@ -88,12 +121,23 @@ class ScalarUnit(wiring.Component):
             "o_stream": Out(stream.Signature(DYADIC)),
         })
 
+    # The operand of NORMALISE and MULTIPLY is registered in the command's first cycle; ADD's
+    # aligns its two mantissas first: the larger exponent, their shifts, the shift amounts, the
+    # shifted mantissas, the rounded ones, then their sum.
+    _ALIGN_STAGES = 5
+    # The normalisation after the operand: its leading one, the shift amounts, the shifted
+    # operand, then the rounded result.
+    _NORMALISE_STAGES = 4
+
     @staticmethod
     def latency_of(op):
-        """Cycles from a command taken to its result offered: three for a table read (the
-        command, the address, the data), four for the others (the command, the operand, two
-        stages of normalisation)."""
-        return 3 if op in (ScalarOp.RSQRT, ScalarOp.RECIPROCAL) else 4
+        """Cycles from a command taken to its result offered: four for a table read (the
+        command, the address, the data, the data in fabric), and for the others the command,
+        the operand (ADD's after its alignment) and the normalisation."""
+        if op in (ScalarOp.RSQRT, ScalarOp.RECIPROCAL):
+            return 4
+        align = ScalarUnit._ALIGN_STAGES if op == ScalarOp.ADD else 0
+        return 1 + 1 + align + ScalarUnit._NORMALISE_STAGES
 
     def elaborate(self, platform):
         m = Module()
@@ -106,7 +150,13 @@ class ScalarUnit(wiring.Component):
         rsqrt_read, reciprocal_read = rsqrt.read_port(), reciprocal.read_port()
 
         command = Signal.like(self.i_stream.payload)
-        stage = Signal(range(4))            # cycles since the command was taken, less one
+        a, b, op = command.a, command.b, command.op
+        table_op = (op == ScalarOp.RSQRT) | (op == ScalarOp.RECIPROCAL)
+        # Cycles since the command was taken, less one, at which the result is registered.
+        done_at = Mux(table_op, self.latency_of(ScalarOp.RSQRT),
+                      Mux(op == ScalarOp.ADD, self.latency_of(ScalarOp.ADD),
+                          self.latency_of(ScalarOp.MULTIPLY))) - 2
+        stage = Signal(range(self.latency_of(ScalarOp.ADD) - 1))
         busy = Signal()
         m.d.comb += self.i_stream.ready.eq(~busy)
         with m.If(self.i_stream.valid & self.i_stream.ready):
@@ -115,26 +165,43 @@ class ScalarUnit(wiring.Component):
             m.d.sync += stage.eq(stage + 1)
         with m.If(self.o_stream.valid & self.o_stream.ready):
             m.d.sync += [busy.eq(0), self.o_stream.valid.eq(0)]
-        a, b, op = command.a, command.b, command.op
-        table_op = (op == ScalarOp.RSQRT) | (op == ScalarOp.RECIPROCAL)
 
-        # Stage 0: the operand to normalise (the value, a product, an aligned sum) and the
-        # tables' addresses.
-        wide = max(self._value_bits, 2 * MANTISSA_BITS + 1)
-        exponent_shape = signed(EXPONENT_BITS + 2)
-        operand = Signal(wide)
-        operand_exponent = Signal(exponent_shape)
-        top = Mux(a.mantissa == 0, b.exponent,
-                  Mux((b.mantissa == 0) | (a.exponent > b.exponent), a.exponent, b.exponent))
-        base = Signal(exponent_shape)
-        m.d.comb += base.eq(top - MANTISSA_BITS)
-        aligned = [_shift_round(x.mantissa, (base - x.exponent).as_signed(),
-                                limit=MANTISSA_BITS + 1) for x in (a, b)]
+        # Every register below follows the command, which holds still while the unit is busy;
+        # the stage counter says when the result has arrived. The tables' addresses come from
+        # the command; their words are registered in fabric (a DP16KD delivers its word late).
         odd = a.exponent[0]
         m.d.comb += [
             rsqrt_read.addr.eq(((a.mantissa << odd) >> 7) - (1 << 9)),
             reciprocal_read.addr.eq((a.mantissa >> 6) - (1 << RECIPROCAL_INDEX_BITS)),
         ]
+        table_word = Signal(MANTISSA_BITS)
+        m.d.sync += table_word.eq(Mux(op == ScalarOp.RSQRT, rsqrt_read.data,
+                                      reciprocal_read.data))
+
+        # ADD's alignment: both mantissas to the larger exponent less 17 (the other's if one is
+        # zero), rounded; the sum is NORMALISE'd from there.
+        exponent_shape = signed(EXPONENT_BITS + 2)
+        top = Mux(a.mantissa == 0, b.exponent,
+                  Mux((b.mantissa == 0) | (a.exponent > b.exponent), a.exponent, b.exponent))
+        top_held = Signal(signed(EXPONENT_BITS))
+        base = Signal(exponent_shape)
+        m.d.sync += [top_held.eq(top), base.eq(top_held - MANTISSA_BITS)]
+        align_shifts = [Signal(exponent_shape, name=f"align_shift_{n}") for n in "ab"]
+        m.d.sync += [shift.eq(top_held - MANTISSA_BITS - x.exponent)
+                     for shift, x in zip(align_shifts, (a, b))]
+        aligners = [_ShiftRound(m, f"align_{n}", limit=MANTISSA_BITS + 1) for n in "ab"]
+        aligned = []
+        for n, aligner, shift, x in zip("ab", aligners, align_shifts, (a, b)):
+            aligner.amounts(shift)
+            pre = Signal(2 * MANTISSA_BITS, name=f"align_{n}_shifted")
+            rounded = Signal(2 * MANTISSA_BITS, name=f"aligned_{n}")
+            m.d.sync += rounded.eq(aligner.shifted(x.mantissa, pre).rounded(len(rounded)))
+            aligned.append(rounded)
+
+        # The operand to normalise: the value, the product, or the aligned sum.
+        wide = max(self._value_bits, 2 * MANTISSA_BITS + 1)
+        operand = Signal(wide)
+        operand_exponent = Signal(exponent_shape)
         with m.Switch(op):
             with m.Case(ScalarOp.NORMALISE):
                 m.d.sync += [operand.eq(command.value), operand_exponent.eq(command.exponent)]
@@ -142,10 +209,12 @@ class ScalarUnit(wiring.Component):
                 m.d.sync += [operand.eq(a.mantissa * b.mantissa),
                              operand_exponent.eq(a.exponent + b.exponent)]
             with m.Case(ScalarOp.ADD):
-                m.d.sync += [operand.eq(aligned[0] + aligned[1]), operand_exponent.eq(base)]
+                m.d.sync += [operand.eq(aligned[0] + aligned[1]),
+                             operand_exponent.eq(base)]
 
-        # Stage 1: the operand's leading one. Stage 2: to 17 bits, rounded half up; a rounding
-        # that reaches 2**17 gives one more bit (golden.fixedpoint.dyadic).
+        # Normalisation: the operand's leading one; the shift to 17 bits; the shifted operand;
+        # rounded half up, where a rounding that reaches 2**17 gives one more bit
+        # (golden.fixedpoint.dyadic).
         held = Signal(wide)
         held_exponent = Signal(exponent_shape)
         bits = Signal(range(wide + 1))
@@ -153,24 +222,36 @@ class ScalarUnit(wiring.Component):
                      bits.eq(bit_length(operand))]
         shift = Signal(signed(Shape.cast(range(-MANTISSA_BITS, wide + 1)).width))
         m.d.comb += shift.eq(bits - MANTISSA_BITS)
+        normaliser = _ShiftRound(m, "normalise", limit=wide)
+        normaliser.amounts(shift)
+        shifted_exponent = Signal(exponent_shape)
+        zero = Signal()
+        amounts_held = Signal(wide)
+        m.d.sync += [shifted_exponent.eq(held_exponent + shift), zero.eq(held == 0),
+                     amounts_held.eq(held)]
+        pre = Signal(wide + MANTISSA_BITS)
+        shifted = normaliser.shifted(amounts_held, pre)
+        result_exponent = Signal(exponent_shape)
+        result_zero = Signal()
+        m.d.sync += [result_exponent.eq(shifted_exponent), result_zero.eq(zero)]
         rounded = Signal(MANTISSA_BITS + 1)
-        m.d.comb += rounded.eq(_shift_round(held, shift, limit=wide))
+        m.d.comb += rounded.eq(shifted.rounded(len(rounded)))
         carry = rounded[MANTISSA_BITS]
         result = Signal(DYADIC)
         m.d.comb += [
             result.mantissa.eq(Mux(carry, rounded >> 1, rounded)),
-            result.exponent.eq(Mux(held == 0, 0, held_exponent + shift + carry)),
+            result.exponent.eq(Mux(result_zero, 0, result_exponent + carry)),
         ]
 
-        with m.If(busy & ~self.o_stream.valid & (stage == Mux(table_op, 1, 2))):
+        with m.If(busy & ~self.o_stream.valid & (stage == done_at)):
             m.d.sync += self.o_stream.valid.eq(1)
             with m.Switch(op):
                 with m.Case(ScalarOp.RSQRT):
                     # -25 - (e - odd) / 2, which is -25 - floor(e / 2).
-                    m.d.sync += [self.o_stream.payload.mantissa.eq(rsqrt_read.data),
+                    m.d.sync += [self.o_stream.payload.mantissa.eq(table_word),
                                  self.o_stream.payload.exponent.eq(-25 - (a.exponent >> 1))]
                 with m.Case(ScalarOp.RECIPROCAL):
-                    m.d.sync += [self.o_stream.payload.mantissa.eq(reciprocal_read.data),
+                    m.d.sync += [self.o_stream.payload.mantissa.eq(table_word),
                                  self.o_stream.payload.exponent.eq(-33 - a.exponent)]
                 with m.Default():
                     m.d.sync += self.o_stream.payload.eq(result)

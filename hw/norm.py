@@ -21,7 +21,6 @@ from golden.fixedpoint import MANTISSA_BITS
 from golden.integer import ACT_MAX, GAIN_BITS, NORM_INPUT_BITS, RESIDUAL_BITS, SHIFTED_BITS
 
 from .dyadic import DYADIC, bit_length
-from .epilogue import shift_round
 from .pim import AdderTree, delayed
 
 __all__ = ["NormOp", "NormQuantizer"]
@@ -29,6 +28,14 @@ __all__ = ["NormOp", "NormQuantizer"]
 _SHIFTED_X_BITS = NORM_INPUT_BITS + 2           # |x| <= 2**14 after the shift, signed
 _GAINED_BITS = GAIN_BITS + NORM_INPUT_BITS + 1  # g x
 _U_BITS = SHIFTED_BITS + 2                      # |u| <= 2**16 after its shift, signed
+
+# The pipeline's stages, each a register under the pipeline's advance (see elaborate): a word is
+# read (1), registered in fabric (2), x's rounding half added and |x| taken (3), x shifted and
+# the OR of |x| (4); u = g x and x squared (5), u's half added and |u| taken (6), u shifted and
+# the OR of |u| (7); u's extremes come from a comparison tree on stage 5, one level a stage. The
+# quantise product (8), its half added (9), shifted (10) and clipped: x_q (11). A rounding shift
+# in one stage (a carry chain then a barrel shifter) is too slow for 100 MHz on the ECP5.
+_X_WORD, _OR_X, _U, _OR_U, _X_Q = 2, 4, 5, 7, 11
 
 
 class NormOp(enum.Enum, shape=1):
@@ -76,9 +83,9 @@ class NormQuantizer(wiring.Component):
         cycle after the last.
     """
 
-    # Cycles from QUANTISE taken to its first x_q word: the first word issued, read, shifted,
-    # gained, shifted again, multiplied by the factor, rounded and clipped.
-    QUANTISE_LATENCY = 7
+    # Cycles from QUANTISE taken to its first x_q word: the first word issued, then through
+    # every stage to the x_q register (see elaborate).
+    QUANTISE_LATENCY = _X_Q + 1
 
     def __init__(self, config, *, size, lanes=None, in_bits=RESIDUAL_BITS, gain_words=None):
         lanes = config.pim.lanes if lanes is None else lanes
@@ -116,10 +123,18 @@ class NormQuantizer(wiring.Component):
     @staticmethod
     def statistics_latency(words, lanes):
         """Cycles from a STATISTICS of ``words`` taken to its statistics offered: each pass
-        issues a word a cycle; pass 1's last word reaches its accumulator four cycles later,
-        pass 2's three cycles and the sum's adder tree later; each pass's end takes a cycle to
-        register and one to act on; then a cycle for the shifted extremes and one to offer."""
-        return 2 * words + 11 + AdderTree.latency_for(lanes)
+        issues a word a cycle; its last word reaches the pass's last accumulator
+        (:meth:`_pass_ends`) that many stages later; each pass's end takes a cycle to register
+        and one to act on; then three cycles for the rounded extremes and the peak, and one to
+        offer."""
+        return 2 * words + sum(NormQuantizer._pass_ends(lanes)) + 6
+
+    @staticmethod
+    def _pass_ends(lanes):
+        """The stages of pass 1's and pass 2's last accumulators: the OR of ``|x|``; the latest
+        of u's extremes (a comparison tree registered every level), the OR of ``|u|`` and the
+        sum of squares (an :class:`hw.pim.AdderTree`)."""
+        return _OR_X, max(_U + (lanes - 1).bit_length(), _OR_U, _U + AdderTree.latency_for(lanes))
 
     def elaborate(self, platform):
         m = Module()
@@ -153,70 +168,98 @@ class NormQuantizer(wiring.Component):
         issued = Signal(control)
         m.d.comb += [issued.valid.eq(issuing), issued["pass"].eq(passes),
                      issued.first.eq(addr == 0), issued.last.eq(addr == command.words - 1)]
-
-        # Stage 1: the words read. Stage 2: x shifted, and the OR of |x|. Stage 3: u = g x and
-        # x squared. Stage 4: u's reductions and its shift. Stage 5: u x factor. Stage 6: x_q.
-        # The sum of squares leaves its adder tree ``sums.latency`` cycles after stage 3; only
-        # STATISTICS uses it, and nothing stalls then (no x_q word is waiting).
-        c1, c2, c3, c4, c5 = (Signal(control, name=f"control{n}") for n in range(1, 6))
-        x_shifted = Signal(data.ArrayLayout(signed(_SHIFTED_X_BITS), lanes), reset_less=True)
-        gain = Signal(gain_layout, reset_less=True)
-        or_word = [Signal(self._in_bits, name=f"or_x{n}", reset_less=True) for n in (2, 3, 4)]
-        u = Signal(data.ArrayLayout(signed(_GAINED_BITS), lanes), reset_less=True)
-        square = Signal(data.ArrayLayout(unsigned(2 * NORM_INPUT_BITS + 1), lanes),
-                        reset_less=True)
-        sums = m.submodules.sums = AdderTree(count=lanes, magnitude=1 << (2 * NORM_INPUT_BITS))
-        u_max = Signal(signed(_GAINED_BITS), reset_less=True)
-        u_min = Signal(signed(_GAINED_BITS), reset_less=True)
-        or_u = Signal(_GAINED_BITS, reset_less=True)
-        u_shifted = Signal(data.ArrayLayout(signed(_U_BITS), lanes), reset_less=True)
+        # The stages (_X_WORD ... _X_Q above). The rounding halves come from the shift amounts,
+        # which hold still during a pass. The sum of squares leaves its adder tree
+        # ``sums.latency`` cycles after stage _U; only STATISTICS uses it, and nothing stalls
+        # then (no x_q word is waiting).
+        stages = max(_X_Q, *self._pass_ends(lanes))
+        c = {n: Signal(control, name=f"control{n}") for n in range(1, stages + 1)}
+        half_x = Signal(self._in_bits, reset_less=True)
+        half_u = Signal(_GAINED_BITS, reset_less=True)
         product_bits = _U_BITS + MANTISSA_BITS + 1
-        product = Signal(data.ArrayLayout(signed(product_bits), lanes), reset_less=True)
         right = Signal(range(product_bits + 2))     # QUANTISE's rounding shift
+        half_product = Signal(product_bits + 1, reset_less=True)
+        m.d.sync += [half_x.eq(_half(shift)), half_u.eq(_half(gained_shift)),
+                     half_product.eq(_half(right))]
+
+        def lanes_of(shape, name):
+            return Signal(data.ArrayLayout(shape, lanes), name=name, reset_less=True)
+
+        x_word = lanes_of(signed(self._in_bits), "x_word")
+        x_biased = lanes_of(signed(self._in_bits + 2), "x_biased")
+        abs_x = lanes_of(unsigned(self._in_bits), "abs_x")
+        x_shifted = lanes_of(signed(_SHIFTED_X_BITS), "x_shifted")
+        or_x_word = Signal(self._in_bits, reset_less=True)
+        gain = {n: Signal(gain_layout, name=f"gain{n}", reset_less=True)
+                for n in range(_X_WORD, _U)}
+        u = lanes_of(signed(_GAINED_BITS), "u")
+        square = lanes_of(unsigned(2 * NORM_INPUT_BITS + 1), "square")
+        sums = m.submodules.sums = AdderTree(count=lanes, magnitude=1 << (2 * NORM_INPUT_BITS))
+        u_biased = lanes_of(signed(_GAINED_BITS + 2), "u_biased")
+        abs_u = lanes_of(unsigned(_GAINED_BITS), "abs_u")
+        u_shifted = lanes_of(signed(_U_BITS), "u_shifted")
+        or_u = Signal(_GAINED_BITS, reset_less=True)
+        product = lanes_of(signed(product_bits), "product")
+        product_biased = lanes_of(signed(product_bits + 2), "product_biased")
+        product_shifted = lanes_of(signed(product_bits + 2), "product_shifted")
         with m.If(advance):
-            m.d.sync += [c1.eq(issued), c2.eq(c1), c3.eq(c2), c4.eq(c3), c5.eq(c4),
-                         gain.eq(gain_read.data),
-                         or_word[0].eq(_or_all(abs(x_read.data[n]) for n in range(lanes))),
-                         or_word[1].eq(or_word[0]), or_word[2].eq(or_word[1]),
-                         u_max.eq(_tree([u[n] for n in range(lanes)], _larger)),
-                         u_min.eq(_tree([u[n] for n in range(lanes)], _smaller)),
-                         or_u.eq(_or_all(abs(u[n]) for n in range(lanes))),
-                         self.o_stream.valid.eq(c5.valid & (c5["pass"] == 3))]
+            m.d.sync += [c[1].eq(issued), gain[_X_WORD].eq(gain_read.data),
+                         x_word.eq(x_read.data),
+                         or_x_word.eq(_or_all(abs_x[n] for n in range(lanes))),
+                         or_u.eq(_or_all(abs_u[n] for n in range(lanes))),
+                         self.o_stream.valid.eq(c[_X_Q - 1].valid & (c[_X_Q - 1]["pass"] == 3))]
+            m.d.sync += [c[n].eq(c[n - 1]) for n in range(2, stages + 1)]
+            m.d.sync += [gain[n].eq(gain[n - 1]) for n in range(_X_WORD + 1, _U)]
             for n in range(lanes):
                 m.d.sync += [
-                    x_shifted[n].eq(shift_round(x_read.data[n], shift)),
-                    u[n].eq(gain[n] * x_shifted[n]),
+                    x_biased[n].eq(x_word[n] + half_x),
+                    abs_x[n].eq(abs(x_word[n])),
+                    x_shifted[n].eq(x_biased[n] >> shift),
+                    u[n].eq(gain[_U - 1][n] * x_shifted[n]),
                     square[n].eq(x_shifted[n] * x_shifted[n]),
-                    u_shifted[n].eq(shift_round(u[n], gained_shift)),
+                    u_biased[n].eq(u[n] + half_u),
+                    abs_u[n].eq(abs(u[n])),
+                    u_shifted[n].eq(u_biased[n] >> gained_shift),
                     product[n].eq(u_shifted[n] * command.factor.mantissa),
-                    self.o_stream.payload[n].eq(_clip(shift_round(product[n], right), ACT_MAX)),
+                    product_biased[n].eq(product[n] + half_product),
+                    product_shifted[n].eq(product_biased[n] >> right),
+                    self.o_stream.payload[n].eq(_clip(product_shifted[n], ACT_MAX)),
                 ]
+            u_max, extremes_stage = _pipelined_tree(m, [u[n] for n in range(lanes)], _larger,
+                                                    _U, "u_max")
+            u_min, _ = _pipelined_tree(m, [u[n] for n in range(lanes)], _smaller, _U, "u_min")
         for n in range(lanes):
             m.d.comb += sums.i[n].eq(square[n])
-        at_sum = delayed(m, c3, sums.latency, "sum")
+        at_sum = delayed(m, c[_U], sums.latency, "sum")
 
-        # Accumulators over a pass's words: the OR of |x| (pass 1); the OR of |u|, u's extremes
-        # and the sum of squares (pass 2).
+        # Accumulators over a pass's words, each at its operand's stage: the OR of |x| (pass 1);
+        # the OR of |u|, u's extremes and the sum of squares (pass 2).
         or_x = Signal(self._in_bits)
         or_u_all = Signal(_GAINED_BITS)
         u_largest = Signal(signed(_GAINED_BITS))
         u_smallest = Signal(signed(_GAINED_BITS))
         sum_squares = Signal(self._sum_bits)
-        at_4 = advance & c4.valid
-        with m.If(at_4 & (c4["pass"] == 1)):
-            m.d.sync += or_x.eq(Mux(c4.first, 0, or_x) | or_word[2])
-        with m.If(at_4 & (c4["pass"] == 2)):
+
+        def at(stage, pass_):
+            return advance & c[stage].valid & (c[stage]["pass"] == pass_)
+
+        with m.If(at(_OR_X, 1)):
+            m.d.sync += or_x.eq(Mux(c[_OR_X].first, 0, or_x) | or_x_word)
+        with m.If(at(_OR_U, 2)):
+            m.d.sync += or_u_all.eq(Mux(c[_OR_U].first, 0, or_u_all) | or_u)
+        with m.If(at(extremes_stage, 2)):
+            first = c[extremes_stage].first
             m.d.sync += [
-                or_u_all.eq(Mux(c4.first, 0, or_u_all) | or_u),
-                u_largest.eq(Mux(c4.first | (u_max > u_largest), u_max, u_largest)),
-                u_smallest.eq(Mux(c4.first | (u_min < u_smallest), u_min, u_smallest)),
+                u_largest.eq(Mux(first | (u_max > u_largest), u_max, u_largest)),
+                u_smallest.eq(Mux(first | (u_min < u_smallest), u_min, u_smallest)),
             ]
         with m.If(at_sum.valid & (at_sum["pass"] == 2)):
             m.d.sync += sum_squares.eq(Mux(at_sum.first, 0, sum_squares) + sums.o)
+        end_1, end_2 = self._pass_ends(lanes)
         m.d.sync += pass_done.eq(
-            at_4 & c4.last & (c4["pass"] == 1)
-            | at_sum.valid & at_sum.last & (at_sum["pass"] == 2)
-            | advance & c5.valid & c5.last & (c5["pass"] == 3))
+            at(end_1, 1) & c[end_1].last
+            | at(end_2, 2) & c[end_2].last
+            | at(_X_Q - 1, 3) & c[_X_Q - 1].last)
 
         m.d.comb += self.cmd.ready.eq(~running)
         stats = self.stats.payload
@@ -245,13 +288,24 @@ class NormQuantizer(wiring.Component):
                             m.next = "ISSUE"
                         with m.Case(2):
                             m.d.sync += gained_shift.eq(_excess(or_u_all, SHIFTED_BITS))
-                            m.next = "STATISTICS"
+                            m.next = "ROUND"
                         with m.Default():
                             m.d.sync += running.eq(0)
                             m.next = "IDLE"
-            with m.State("STATISTICS"):
-                largest = shift_round(u_largest, gained_shift)
-                smallest = shift_round(u_smallest, gained_shift)
+            # The extremes rounded by the gained shift (half added, then shifted), then the peak.
+            extremes_biased = [Signal(signed(_GAINED_BITS + 2), name=f"{name}_biased")
+                               for name in ("largest", "smallest")]
+            largest, smallest = (Signal(signed(_GAINED_BITS + 2), name=name)
+                                 for name in ("largest", "smallest"))
+            with m.State("ROUND"):
+                m.d.sync += [extremes_biased[0].eq(u_largest + _half(gained_shift)),
+                             extremes_biased[1].eq(u_smallest + _half(gained_shift))]
+                m.next = "SHIFT"
+            with m.State("SHIFT"):
+                m.d.sync += [largest.eq(extremes_biased[0] >> gained_shift),
+                             smallest.eq(extremes_biased[1] >> gained_shift)]
+                m.next = "PEAK"
+            with m.State("PEAK"):
                 m.d.sync += [stats.shift.eq(shift), stats.gained_shift.eq(gained_shift),
                              stats.peak.eq(Mux(largest > -smallest, largest, -smallest)),
                              stats.sum_squares.eq(sum_squares), self.stats.valid.eq(1)]
@@ -269,6 +323,11 @@ def _excess(value, bits):
     return Mux(length > bits, length - bits, 0)
 
 
+def _half(right):
+    """The half that ``golden.fixedpoint.shift_round`` adds before a right shift by ``right``."""
+    return Mux(right == 0, 0, Const(1) << (right - 1).as_unsigned())
+
+
 def _or_all(values):
     result = Const(0)
     for value in values:
@@ -284,12 +343,18 @@ def _smaller(a, b):
     return Mux(a < b, a, b)
 
 
-def _tree(nodes, pick):
-    """``pick`` over ``nodes`` as a balanced tree."""
+def _pipelined_tree(m, nodes, pick, stage, name):
+    """``pick`` over ``nodes`` (registered at ``stage``) as a balanced tree with a register
+    under the current condition after every level; returns the result and its stage."""
+    level = 0
     while len(nodes) > 1:
-        nodes = [pick(nodes[n], nodes[n + 1]) if n + 1 < len(nodes) else nodes[n]
-                 for n in range(0, len(nodes), 2)]
-    return nodes[0]
+        level += 1
+        picked = [pick(nodes[n], nodes[n + 1]) if n + 1 < len(nodes) else nodes[n]
+                  for n in range(0, len(nodes), 2)]
+        nodes = [Signal.like(nodes[0], name=f"{name}_l{level}_{n}", reset_less=True)
+                 for n in range(len(picked))]
+        m.d.sync += [node.eq(value) for node, value in zip(nodes, picked)]
+    return nodes[0], stage + level
 
 
 def _clip(value, limit):

@@ -13,9 +13,10 @@ from hw.config import preset
 from hw.norm_stage import NormStage
 from sim.units import simulate
 
-# hidden and ffn not multiples of the lanes; one layer: five norms. An ffn vector of 25 words
-# ends with x_q for one matrix (down_proj), with the factors for more.
-OPTIONS = {"hidden": 44, "ffn": 196, "layers": 1, "lanes": 8}
+# hidden and ffn not multiples of the lanes; one layer: five norms. An ffn vector of 38 words
+# ends with x_q for one matrix (down_proj), with the factors for more, so that both branches of
+# NormStage.cycles are timed.
+OPTIONS = {"hidden": 44, "ffn": 300, "layers": 1, "lanes": 8}
 ROUNDS = 12
 
 
@@ -25,7 +26,7 @@ def test_norm_stage_matches_golden():
     report = result.report
     assert report["operations"] == 4 * ROUNDS and report["zero_vectors"] >= 4
     timed = {(words, count): cycles for words, count, cycles in report["timed"]}
-    assert {words for words, _ in timed} == {6, 25} and (25, 1) in timed and (25, 3) in timed
+    assert {words for words, _ in timed} == {6, 38} and (38, 1) in timed and (38, 3) in timed
     assert timed == {key: NormStage.cycles(*key, OPTIONS["lanes"]) for key in timed}
 
 
