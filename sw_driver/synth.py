@@ -190,10 +190,11 @@ register_area_unit(AreaUnit("linear-stage", "resident decoder's linear stage wit
                             lanes=lambda config: 4))
 register_area_unit(AreaUnit("bitlinear-block", "resident decoder's norm and the BitLinears that "
                                                "read it, without the bank group (shipped "
-                                               "model's shape, a bank's lanes, int32, 4 lanes "
-                                               "of results)",
-                            lambda config, device: BitLinearBlock(config, hidden=128, ffn=384,
-                                                                  layers=2),
+                                               "model's shape, its vectors within max_k; a "
+                                               "bank's lanes, int32, 4 lanes of results)",
+                            lambda config, device: BitLinearBlock(
+                                config, hidden=min(128, config.max_k),
+                                ffn=min(384, config.max_k), layers=2),
                             lanes=lambda config: config.pim.lanes))
 register_area_unit(AreaUnit("device", "the device the boards host (--device)",
                             lambda config, device: device(config)))
