@@ -20,7 +20,8 @@ Flow: random idle on the vector, gain, command and residual streams, back-pressu
 results, and a ``hold`` that keeps x_q chunks from the bank group (as the device's offload
 commands would), so that x_q is complete after the first factor as well as before it. With
 none of them, the cycles from an operation's command to its last beat must equal
-:meth:`BitLinearBlock.cycles` (when no matrix but the last reads a row slot past its ``n``).
+:meth:`BitLinearBlock.cycles` (when no matrix but the last reads a row slot past its ``n``),
+and the block must be idle two cycles after its last beat (when none does).
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (operations per flow setting),
 ``options`` (``hidden``, ``ffn``, ``layers``, ``out_bits``, ``lanes``; ``hidden`` even, as
@@ -189,7 +190,7 @@ async def bitlinear_block_matches_golden(dut):
     sizes, bases = norm_sizes(model), tb.block.bases
     await tb.reset()
     report = {"operations": 0, "matrices": [0] * MATRICES, "residual_matrices": 0,
-              "zero_vectors": 0, "beats": 0, "padded_slots": 0, "timed": []}
+              "zero_vectors": 0, "beats": 0, "padded_slots": 0, "timed": [], "idle_timed": 0}
     for setting, (idle, backpressure, hold) in enumerate(FLOW_KNOBS):
         for source in (tb.x, tb.gains, tb.commands, tb.residuals):
             source.pause = idle
@@ -262,12 +263,16 @@ async def bitlinear_block_matches_golden(dut):
             # The last GEMV may still read a row slot past n; then nothing more may come out,
             # and the block is idle.
             drain = 2 * words + PimBankGroup.latency_for(tb.config) + 8
+            idle_from = None                # the cycle from which the block is idle
             for _ in range(drain):
                 await ReadOnly()
                 assert not dut.o_stream__valid.value, "a beat past the operation's matrices"
-                idle_now = not dut.busy.value
+                if dut.busy.value:
+                    idle_from = None
+                elif idle_from is None:
+                    idle_from = tb.cycle()
                 await RisingEdge(dut.clk)
-            assert idle_now, "busy after every beat was taken and the last GEMV's reads"
+            assert idle_from is not None, "busy after the last beat and the last GEMV's reads"
 
             where = (f"setting {setting}, operation {round_} ({name}, x_exponent {x_exponent}, "
                      f"matrices {matrices})")
@@ -286,6 +291,12 @@ async def bitlinear_block_matches_golden(dut):
                 formula = tb.block.cycles(words, ns)
                 assert cycles == formula, f"{where}: {cycles} cycles, documented {formula}"
                 report["timed"].append([words, ns, cycles])
+                n, _, slots = matrices[-1]
+                if slots == -(-n // tb.banks):
+                    assert idle_from == tb.sink.beat_cycles[-1] + 2, (
+                        f"{where}: idle from cycle {idle_from}, the last beat in "
+                        f"{tb.sink.beat_cycles[-1]}")
+                    report["idle_timed"] += 1
             report["operations"] += 1
             report["zero_vectors"] += int(rho.mantissa[0] == 0)
             report["beats"] += len(expected)

@@ -43,6 +43,7 @@ def test_bitlinear_block_matches_golden():
     timed = report["timed"]
     assert len(timed) >= ROUNDS // 2 and {words for words, _, _ in timed} == {7, 23}
     assert all(cycles == block.cycles(words, ns) for words, ns, cycles in timed)
+    assert report["idle_timed"] >= 2
 
 
 def test_cycles():
