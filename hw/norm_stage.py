@@ -133,14 +133,26 @@ class NormStage(wiring.Component):
     def cycles(words, count, lanes):
         """Cycles from an operation's command taken to its last output (an ``x_q`` word or a
         factor) without back-pressure, for a vector of ``words``, ``count`` matrices and a
-        stage of ``lanes``:
-        STATISTICS, its statistics taken, the factor's three scalar operations, then the
-        longer of QUANTISE (taken the cycle after the factor) and rho's five operations and
-        the ``count`` multiplies."""
-        quantise = NormQuantizer.QUANTISE_LATENCY + words
-        rho = _steps_cycles(_RHO_STEPS) + count * _steps_cycles((ScalarOp.MULTIPLY,))
-        return (NormQuantizer.statistics_latency(words, lanes)
-                + _steps_cycles(_FACTOR_STEPS) + max(quantise, rho))
+        stage of ``lanes``: the later of :meth:`x_q_cycles` and the last factor's
+        :meth:`factor_cycles`."""
+        return max(NormStage.x_q_cycles(words, lanes),
+                   NormStage.factor_cycles(words, count - 1, lanes))
+
+    @staticmethod
+    def x_q_cycles(words, lanes):
+        """Cycles from a command taken to its last ``x_q`` word offered, without back-pressure:
+        STATISTICS, its statistics taken, the factor's three scalar operations, then QUANTISE
+        (taken the cycle after the factor) and its ``words``."""
+        return (NormQuantizer.statistics_latency(words, lanes) + _steps_cycles(_FACTOR_STEPS)
+                + NormQuantizer.QUANTISE_LATENCY + words)
+
+    @staticmethod
+    def factor_cycles(words, matrix, lanes):
+        """Cycles from a command taken to factor ``matrix`` (from 0) offered, each factor before
+        it taken when offered: the statistics and the factor's operations as for ``x_q``, then
+        rho's five operations and ``matrix + 1`` multiplies."""
+        return (NormQuantizer.statistics_latency(words, lanes) + _steps_cycles(_FACTOR_STEPS)
+                + _steps_cycles(_RHO_STEPS) + (matrix + 1) * _steps_cycles((ScalarOp.MULTIPLY,)))
 
     def elaborate(self, platform):
         m = Module()

@@ -39,27 +39,27 @@ from sim.tb import TB, StreamSink, StreamSource, params, payload_layout, write_r
 FLOW_KNOBS = list(itertools.product((0.0, 0.3), (0.0, 0.5)))
 
 
-def _model(hidden, ffn, layers):
+def shape_model(hidden, ffn, layers):
     """A model of the stage's shape; heads, vocabulary and max_seq do not reach the norms."""
     return ModelConfig(hidden=hidden, layers=layers, heads=2 if hidden % 4 == 0 else 1,
                        kv_heads=1, ffn=ffn, vocab=32, max_seq=16)
 
 
-def _random_dyadic(rng, low, high):
+def random_dyadic(rng, low, high):
     return dyadic(np.int64(rng.integers(1, 1 << 40)), np.int64(rng.integers(low, high)))
 
 
-def _random_gains(rng, sizes):
+def random_gains(rng, sizes):
     gains = {}
     for name, size in sizes.items():
         limit = 1 << (GAIN_BITS - 1)
         gain = rng.integers(-limit, limit, size)
         gain[rng.random(size) < 0.05] = -limit
-        gains[name] = NormGain(gain, int(rng.integers(-8, 40)), _random_dyadic(rng, -60, 10))
+        gains[name] = NormGain(gain, int(rng.integers(-8, 40)), random_dyadic(rng, -60, 10))
     return gains
 
 
-def _vector(rng, length):
+def draw_vector(rng, length):
     """All zeros, tiny, any width up to int32, or int32 with its extremes."""
     kind = rng.integers(0, 8)
     if kind == 0:
@@ -94,7 +94,25 @@ class NormStageTB(TB):
                 for n, word in enumerate(padded.reshape(-1, self.lanes))]
 
 
-def _dyadic_fields(value):
+def draw_x_exponent(rng, name, prepared):
+    """The ``x_exponent`` of norm ``name`` as the decoder makes it (``prepared``: its
+    ``IntegerWeights``) half the time, else one over the field (its extremes now and then)."""
+    if rng.random() < 0.5:
+        if name.endswith("attn_sub_norm"):
+            v_proj = name.replace("attn_sub_norm", "v_proj")
+            return -(WEIGHT_FRACTION_BITS + prepared.linears[v_proj].out_fraction)
+        if name.endswith("ffn_sub_norm"):
+            mlp = name.replace("ffn_sub_norm", "")
+            return (int(rng.integers(0, 17)) - 2 * prepared.linears[mlp + "gate_proj"].out_fraction
+                    - prepared.linears[mlp + "up_proj"].out_fraction)
+        return -prepared.residual_fraction
+    if rng.random() < 0.1:
+        limit = 1 << (X_EXPONENT_BITS - 1)
+        return int(rng.choice([-limit, limit - 1]))
+    return int(rng.integers(-120, 17))
+
+
+def dyadic_fields(value):
     return {"mantissa": int(value.mantissa), "exponent": int(value.exponent)}
 
 
@@ -103,7 +121,7 @@ async def norm_stage_matches_golden(dut):
     p = params()
     tb = NormStageTB(dut, p)
     options, rng = p["options"], tb.np_rng
-    model = _model(options["hidden"], options["ffn"], options["layers"])
+    model = shape_model(options["hidden"], options["ffn"], options["layers"])
     formats = integer_formats(model)
     prepared = IntegerWeights.from_weights(model, ModelWeights.random(model, seed=p["seed"]))
     sizes, bases = norm_sizes(model), tb.unit.bases
@@ -112,7 +130,6 @@ async def norm_stage_matches_golden(dut):
     constants = {name: [prepared.linears[m].constant for m in group]
                  for name, group in zip(list(sizes)[:-1], input_groups(model))}
     constants["norm"] = [prepared.head_scale]
-    exponent_limit = 1 << (X_EXPONENT_BITS - 1)
     await tb.reset()
     report = {"operations": 0, "zero_vectors": 0, "x_q_words": 0, "factors": 0, "timed": []}
     for setting, (idle, backpressure) in enumerate(FLOW_KNOBS):
@@ -121,31 +138,17 @@ async def norm_stage_matches_golden(dut):
         tb.x_q.backpressure = tb.factors.backpressure = backpressure
         real = setting < len(FLOW_KNOBS) // 2
         if setting in (0, len(FLOW_KNOBS) // 2):
-            gains = dict(prepared.norms) if real else _random_gains(rng, sizes)
+            gains = dict(prepared.norms) if real else random_gains(rng, sizes)
             await tb.gains.send([beat for name in sizes for beat in
                                  tb.beats("gain_stream", gains[name].gain, bases[name])],
                                 tb.cycle)
         for round_ in range(p["tiles"]):
             name = list(sizes)[int(rng.integers(0, len(sizes)))]
             norm, size = gains[name], sizes[name]
-            x = np.zeros(size, np.int64) if round_ == 1 else _vector(rng, size)
-            if rng.random() < 0.5:          # the decoder's exponent for this norm
-                if name.endswith("attn_sub_norm"):
-                    v_proj = name.replace("attn_sub_norm", "v_proj")
-                    x_exponent = -(WEIGHT_FRACTION_BITS + prepared.linears[v_proj].out_fraction)
-                elif name.endswith("ffn_sub_norm"):
-                    mlp = name.replace("ffn_sub_norm", "")
-                    x_exponent = (int(rng.integers(0, 17))
-                                  - 2 * prepared.linears[mlp + "gate_proj"].out_fraction
-                                  - prepared.linears[mlp + "up_proj"].out_fraction)
-                else:
-                    x_exponent = -prepared.residual_fraction
-            elif rng.random() < 0.1:
-                x_exponent = int(rng.choice([-exponent_limit, exponent_limit - 1]))
-            else:
-                x_exponent = int(rng.integers(-120, 17))
+            x = np.zeros(size, np.int64) if round_ == 1 else draw_vector(rng, size)
+            x_exponent = draw_x_exponent(rng, name, prepared)
             matrices = (constants[name] if real and rng.random() < 0.5 else
-                        [_random_dyadic(rng, -60, 20)
+                        [random_dyadic(rng, -60, 20)
                          for _ in range(int(rng.integers(1, MATRICES + 1)))])
             count = len(matrices)
             words = -(-size // tb.lanes)
@@ -163,8 +166,8 @@ async def norm_stage_matches_golden(dut):
             padded = matrices + [Dyadic(0, 0)] * (MATRICES - count)
             await tb.commands.send([tb.layouts["cmd"].const({
                 "words": words, "gain_base": bases[name], "x_exponent": x_exponent,
-                "fraction": norm.fraction, "eps_k": _dyadic_fields(norm.eps_k), "count": count,
-                "constants": [_dyadic_fields(c) for c in padded]}).as_bits()], tb.cycle)
+                "fraction": norm.fraction, "eps_k": dyadic_fields(norm.eps_k), "count": count,
+                "constants": [dyadic_fields(c) for c in padded]}).as_bits()], tb.cycle)
             beats, factor_beats = await x_q_task, await factor_task
             where = f"setting {setting}, operation {round_} ({name}, x_exponent {x_exponent})"
 

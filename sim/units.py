@@ -55,6 +55,10 @@ UNITS = {unit.name: unit for unit in [
     Unit("linear-stage", "sim.linear_stage_tb:LinearStageTop", "sim.linear_stage_tb",
          "linear stage of the resident decoder (GEMV on the bank group, rescale, residual)",
          options={"out_bits": 16, "lanes": 4}),
+    Unit("bitlinear-block", "sim.bitlinear_block_tb:BitLinearBlockTop", "sim.bitlinear_block_tb",
+         "a norm and the BitLinears that read it on the bank group, the resident decoder's layer "
+         "program step (a small model: K not a multiple of the banks' lanes)",
+         options={"hidden": 26, "ffn": 90, "layers": 1, "out_bits": 32, "lanes": 4}),
     Unit("top", "hw.device:Device", "sim.device_tb",
          "the whole device through its command stream"),
 ]}

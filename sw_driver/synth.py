@@ -14,6 +14,7 @@ from typing import Callable
 
 from hw.array import SystolicArray
 from hw.attention import Attention
+from hw.bitlinear_block import BitLinearBlock
 from hw.boards import BoardTop, board_clock
 from golden.integer import RESIDUAL_BITS
 from golden.widths import signed_bits_for
@@ -187,6 +188,14 @@ register_area_unit(AreaUnit("linear-stage", "resident decoder's linear stage wit
                             lambda config, device: LinearStage(config, out_bits=RESIDUAL_BITS,
                                                                lanes=4),
                             lanes=lambda config: 4))
+register_area_unit(AreaUnit("bitlinear-block", "resident decoder's norm and the BitLinears that "
+                                               "read it, without the bank group (shipped "
+                                               "model's shape, its vectors within max_k; a "
+                                               "bank's lanes, int32, 4 lanes of results)",
+                            lambda config, device: BitLinearBlock(
+                                config, hidden=min(128, config.max_k),
+                                ffn=min(384, config.max_k), layers=2),
+                            lanes=lambda config: config.pim.lanes))
 register_area_unit(AreaUnit("device", "the device the boards host (--device)",
                             lambda config, device: device(config)))
 

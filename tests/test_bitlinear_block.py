@@ -1,0 +1,73 @@
+# amaranth: UnusedElaboratable=no
+"""The BitLinear block (hw/bitlinear_block.py: a norm stage and a linear stage on a bank group)
+on Verilator against golden's norm_quantize, bitlinear_int and rescale with the residual
+(sim/bitlinear_block_tb.py): a small model's norms with real and random gains, vectors from all
+zeros to int32 extremes, 1 to 3 random matrices an operation with and without residuals, idle,
+back-pressure and chunks held from the bank group; the documented cycles of every operation
+without them. K is 26 (7 words of the tiny preset's 4 lanes: the first GEMV waits on its
+factor) or 90 (23 words: x_q is the later).
+
+(The linter line above: a constructor that rejects its parameters leaves an unused object.)
+"""
+
+import pytest
+from amaranth.hdl import Fragment
+
+from golden.integer import RESIDUAL_BITS
+from hw.bitlinear_block import BitLinearBlock
+from hw.config import preset
+from hw.linear_stage import LinearStage
+from hw.norm_stage import NormStage
+from sim.units import UNITS, simulate
+
+OPTIONS = UNITS["bitlinear-block"].options
+ROUNDS = 8
+
+
+def elaborated(config, **options):
+    """A block built (so that its parts are used) for its cycle formulas."""
+    block = BitLinearBlock(config, **options)
+    Fragment.get(block, None)
+    return block
+
+
+def test_bitlinear_block_matches_golden():
+    result = simulate("bitlinear-block", preset("tiny"), seed=0, tiles=ROUNDS)
+    assert result.passed, "; ".join(result.failures) + f" (log: {result.log})"
+    report = result.report
+    assert report["operations"] == 4 * ROUNDS and report["zero_vectors"] >= 4
+    assert all(report["matrices"]) and report["padded_slots"] > 0
+    assert 0 < report["residual_matrices"] < sum(
+        count * (n + 1) for n, count in enumerate(report["matrices"]))
+    block = elaborated(preset("tiny"), **OPTIONS)
+    timed = report["timed"]
+    assert len(timed) >= ROUNDS // 2 and {words for words, _, _ in timed} == {7, 23}
+    assert all(cycles == block.cycles(words, ns) for words, ns, cycles in timed)
+    assert report["idle_timed"] >= 2
+
+
+def test_cycles():
+    tiny = preset("tiny")
+    block = elaborated(tiny, **OPTIONS)
+    linear = LinearStage(tiny, out_bits=RESIDUAL_BITS, lanes=4)
+    # 7 words: rho's scalar chain ends after x_q; 23 words: QUANTISE's pass is the longer.
+    assert block.factor_wait(7) == NormStage.factor_cycles(7, 0, 4) \
+        - NormStage.x_q_cycles(7, 4) - 1 > 0
+    assert block.factor_wait(23) == 0
+    assert block.cycles(23, [5, 3]) == NormStage.x_q_cycles(23, 4) + 1 \
+        + linear.cycles(words_per_row=23, n=5) + linear.cycles(words_per_row=23, n=3)
+    shipped = elaborated(preset("ulx3s-85f"), hidden=128, ffn=384, layers=2)
+    assert (shipped.factor_wait(4), shipped.factor_wait(12)) == (17, 9)
+
+
+def test_parameters_are_checked():
+    tiny = preset("tiny")
+    with pytest.raises(ValueError, match=r"hidden and ffn must be at most config.max_k \(256\), "
+                                         r"not 300"):
+        BitLinearBlock(tiny, hidden=26, ffn=300, layers=1)
+    with pytest.raises(ValueError, match=r"config.act_bits must be at least 8 \(x_q is int8\), "
+                                         r"not 4"):
+        BitLinearBlock(tiny.__class__(**{**tiny.__dict__, "act_bits": 4}), hidden=26, ffn=90,
+                       layers=1)
+    with pytest.raises(ValueError, match=r"hidden must be a positive integer, not 0"):
+        BitLinearBlock(tiny, hidden=0, ffn=90, layers=1)
