@@ -35,7 +35,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from golden import IntegerWeights, ModelWeights, integer_formats, trits
+from golden import IntegerWeights, ModelWeights, integer_formats
 from golden.bitlinear import bitlinear_int
 from golden.fixedpoint import Dyadic, bit_length, dyadic, dyadic_mul
 from golden.integer import PROJECTION_BITS, LinearScale, norm_quantize, rescale
@@ -45,6 +45,7 @@ from hw.config import Config
 from hw.dyadic import EXPONENT_BITS
 from hw.norm_stage import MATRICES
 from hw.pim import PimBankGroup
+from sim.linear_stage_tb import weight_beats
 from sim.norm_stage_tb import (draw_vector, draw_x_exponent, dyadic_fields, random_gains,
                                shape_model)
 from sim.tb import TB, StreamSink, StreamSource, params, payload_layout, write_report
@@ -143,16 +144,8 @@ class BitLinearBlockTB(TB):
                 for n, word in enumerate(padded.reshape(-1, self.pim_lanes))]
 
     async def load_matrix(self, w_t, base):
-        """Trits ``w_t`` (slots x banks rows, K) at ``base``: row ``r`` in bank ``r % banks``,
-        slot ``r // banks``, ``ceil(K / lanes)`` words a row, by ``golden.trits.pack_words``."""
-        beats = []
-        for bank in range(self.banks):
-            for slot, row in enumerate(trits.pack_words(w_t[bank::self.banks], self.pim_lanes)):
-                beats += [(bank, base + slot * len(row) + i, int(word))
-                          for i, word in enumerate(row)]
-        self.rng.shuffle(beats)
-        await self.weights.send([self.layouts["w_stream"].const(
-            {"bank": b, "addr": a, "data": d}).as_bits() for b, a, d in beats], self.cycle)
+        await self.weights.send(weight_beats(self.layouts["w_stream"], w_t, base, self.banks,
+                                             self.pim_lanes, self.rng), self.cycle)
 
     def draw_matrices(self, words):
         """(n, base, slots) of 1 to 3 matrices of ``words`` a row that fit the banks."""

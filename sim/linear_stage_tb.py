@@ -40,6 +40,19 @@ from sim.tb import TB, StreamSink, StreamSource, params, payload_layout, write_r
 FLOW_KNOBS = list(itertools.product((0.0, 0.3), (0.0, 0.5, 0.9)))
 
 
+
+def weight_beats(layout, w_t, base, banks, lanes, rng):
+    """Write beats (``layout``: the bank group's ``w_stream``) of trits ``w_t`` (slots x banks
+    rows, K) at ``base``, shuffled: row ``r`` in bank ``r % banks``, slot ``r // banks``,
+    ``ceil(K / lanes)`` words a row, by ``golden.trits.pack_words``."""
+    beats = []
+    for bank in range(banks):
+        for slot, row in enumerate(trits.pack_words(w_t[bank::banks], lanes)):
+            beats += [(bank, base + slot * len(row) + i, int(word)) for i, word in enumerate(row)]
+    rng.shuffle(beats)
+    return [layout.const({"bank": b, "addr": a, "data": d}).as_bits() for b, a, d in beats]
+
+
 class LinearStageTop(wiring.Component):
     """A :class:`LinearStage` driving a :class:`PimBankGroup`, as a parent will connect them,
     with the group's weight and chunk ports exposed for loading."""
@@ -109,16 +122,8 @@ class LinearStageTB(TB):
             for a, chunk in enumerate(chunks)], self.cycle)
 
     async def load_matrix(self, w_t, base):
-        """Trits ``w_t`` (slots x banks rows, K) at ``base``: row ``r`` in bank ``r % banks``,
-        slot ``r // banks``, ``ceil(K / lanes)`` words a row, by ``golden.trits.pack_words``."""
-        beats = []
-        for bank in range(self.banks):
-            for slot, row in enumerate(trits.pack_words(w_t[bank::self.banks], self.pim_lanes)):
-                beats += [(bank, base + slot * len(row) + i, int(word))
-                          for i, word in enumerate(row)]
-        self.rng.shuffle(beats)
-        await self.weights.send([self.layouts["w_stream"].const(
-            {"bank": b, "addr": a, "data": d}).as_bits() for b, a, d in beats], self.cycle)
+        await self.weights.send(weight_beats(self.layouts["w_stream"], w_t, base, self.banks,
+                                             self.pim_lanes, self.rng), self.cycle)
 
     def random_x(self, k):
         x = self.np_rng.integers(-128, 128, k).astype(np.int8)
