@@ -21,7 +21,7 @@ from golden.integer import PROJECTION_BITS
 
 from .dyadic import DYADIC
 
-__all__ = ["Epilogue", "shift_round"]
+__all__ = ["Epilogue"]
 
 
 class Epilogue(wiring.Component):
@@ -127,9 +127,3 @@ class Epilogue(wiring.Component):
                 ]
         return m
 
-
-def shift_round(value, right, left=0):
-    """An Amaranth expression, ``golden.fixedpoint.shift_round`` of signed ``value``: right by
-    ``right`` rounding half up, or left by ``left`` (one of the two is 0)."""
-    half = Mux(right == 0, 0, Const(1) << (right - 1).as_unsigned())
-    return ((value + half) >> right) << left
