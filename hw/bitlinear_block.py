@@ -75,9 +75,13 @@ class BitLinearBlock(wiring.Component):
             "norm": NormStage's cmd layout,
             "matrices": ArrayLayout(StructLayout({"base": range(depth), "rows": range(depth + 1),
                                                   "n": range(depth * banks + 1),
-                                                  "add_residual": 1}), MATRICES)})))
+                                                  "add_residual": 1}), MATRICES),
+            "norm_only": 1})))
         The norm (``norm.words``: the vector's length in words, K's words a row of each matrix;
         ``norm.count`` matrices and their constants) and the first ``count`` matrices' placement.
+        With ``norm_only`` the operation ends once ``x_q`` has left on ``chunk_stream`` and its
+        ``count`` factors are computed: no GEMV, no result (the LM head's norm, whose ``x_q`` a
+        parent sends to the head instead of the banks).
     chunk_stream : Out(stream.Signature(PimBankGroup.layouts(config)["x_stream"]))
         To the group's ``x_stream``: ``x_q`` word ``i`` as chunk ``i``.
     cmd_stream : Out(stream.Signature(PimBankGroup.layouts(config)["cmd_stream"]))
@@ -119,7 +123,8 @@ class BitLinearBlock(wiring.Component):
             "gain_stream": norm["gain_stream"],
             "cmd": In(stream.Signature(data.StructLayout({
                 "norm": norm["cmd"].signature.members["payload"].shape,
-                "matrices": data.ArrayLayout(placement, MATRICES)}))),
+                "matrices": data.ArrayLayout(placement, MATRICES),
+                "norm_only": 1}))),
             "chunk_stream": Out(stream.Signature(layouts["x_stream"])),
             "cmd_stream": linear["cmd_stream"],
             "acc_stream": linear["acc_stream"],
@@ -196,13 +201,14 @@ class BitLinearBlock(wiring.Component):
             m.d.sync += written.eq(written + 1)
 
         # Factor m starts matrix m, once every chunk is in the buffer: the group takes no chunk
-        # while a GEMV runs, so a GEMV started earlier would read the previous vector's.
+        # while a GEMV runs, so a GEMV started earlier would read the previous vector's. A
+        # norm_only operation takes its factors and starts nothing.
         placement = op.matrices[matrix]
         launch = self.busy & ~started & (written == op.norm.words)
         start = linear.start.payload
         m.d.comb += [
-            linear.start.valid.eq(launch & norm.factors.valid),
-            norm.factors.ready.eq(launch & linear.start.ready),
+            linear.start.valid.eq(launch & norm.factors.valid & ~op.norm_only),
+            norm.factors.ready.eq(launch & (linear.start.ready | op.norm_only)),
             start.base.eq(placement.base),
             start.rows.eq(placement.rows),
             start.words_per_row.eq(op.norm.words),
@@ -210,7 +216,7 @@ class BitLinearBlock(wiring.Component):
             start.add_residual.eq(placement.add_residual),
             start.factor.eq(norm.factors.payload),
         ]
-        with m.If(linear.start.valid & linear.start.ready):
+        with m.If(norm.factors.valid & norm.factors.ready):
             m.d.sync += current.eq(matrix)
             with m.If(matrix + 1 == op.norm.count):
                 m.d.sync += started.eq(1)

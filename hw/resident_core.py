@@ -1,0 +1,536 @@
+"""The resident decoder's core: one token through the whole integer decoder
+(``golden.integer.IntegerModel``, bit for bit), its weights and constants resident on chip.
+
+The core runs the layer program of docs/design.md ("Resident core") with the stages built
+for it: the embedding lookup and LM head (:class:`hw.head.LmHead`), the
+:class:`hw.bitlinear_block.BitLinearBlock` (a norm and the BitLinears that read its ``x_q``,
+on a bank group the core shares with the device's offload commands), :class:`hw.rope.Rope`,
+:class:`hw.attention.Attention` with the KV cache and :class:`hw.ffn.FfnInner`. One FSM starts
+them one after another and moves vectors between them through registers: ``H`` (the residual
+stream, int32), the raw and rotated query and key heads and the value heads (int16).
+
+Everything that depends on the weights rather than the shape sits in the constants memory,
+one record a layer and one for the model (:meth:`ResidentCore.constant_records` packs them
+from ``golden.integer.IntegerWeights``); the matrices' places in the banks
+(:func:`place_model`) and the loop counts are fixed by the shape at elaboration.
+"""
+
+from amaranth import Array, Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from golden.integer import PROJECTION_BITS, RESIDUAL_BITS, WEIGHT_FRACTION_BITS
+from golden.model import ATTENTION_INPUTS, MLP_INPUTS, linear_shapes
+
+from .attention import Attention, CacheKind
+from .bitlinear_block import BitLinearBlock
+from .dyadic import DYADIC
+from .ffn import FfnInner
+from .head import EMBED_SHIFT, LmHead
+from .norm_stage import MATRICES, X_EXPONENT_BITS, gain_bases
+from .rope import Rope
+
+__all__ = ["NORMS", "LINEARS", "ResidentCore", "place_model"]
+
+# A layer's norms and BitLinears in the order of its constants record.
+NORMS = ("input_layernorm", "self_attn.attn_sub_norm", "post_attention_layernorm",
+         "mlp.ffn_sub_norm")
+LINEARS = tuple(f"self_attn.{name}" for name in ATTENTION_INPUTS + ("o_proj",)) \
+    + tuple(f"mlp.{name}" for name in MLP_INPUTS + ("down_proj",))
+
+_EMBED_SHIFT_MAX = (1 << (EMBED_SHIFT.width - 1)) - 1
+
+
+def place_model(config, model):
+    """``{name: (base, rows, n, words)}`` of every BitLinear of ``model`` in the banks of
+    ``config``, one after another in ``golden.model.linear_shapes`` order (as
+    ``sw_driver.mapper`` places them): row ``r`` of a matrix in bank ``r % banks`` at row slot
+    ``r // banks``, ``words = ceil(K / lanes)`` words a row. ValueError if they do not fit."""
+    banks, lanes, depth = config.pim.banks, config.pim.lanes, config.pim.depth
+    placements, base = {}, 0
+    for name, (n, k) in linear_shapes(model).items():
+        words, rows = -(-k // lanes), -(-n // banks)
+        placements[name] = (base, rows, n, words)
+        base += rows * words
+    if base > depth:
+        raise ValueError(f"the model's matrices need {base} words a bank, the banks hold {depth}")
+    return placements
+
+
+class _Op:
+    """The block operations of the layer program (a norm and the BitLinears reading it)."""
+    QKV, O, GATE_UP, DOWN, FINAL = range(5)
+
+
+class ResidentCore(wiring.Component):
+    """``start`` runs one token at a position through every layer, filling the KV cache;
+    with ``last`` it also runs the final norm and the LM head and offers the greedy token.
+
+    A prompt is its tokens at positions ``0, 1, ...`` one after another, the last with
+    ``last``; each decoded token then goes in at the next position with ``last`` (the cache of
+    the positions before it must have been filled by this core). The loads (gains, embedding,
+    row scales, RoPE steps, constants, and the weights through the bank group's own port) are
+    taken between tokens.
+
+    Parameters
+    ----------
+    config : hw.config.Config
+        The device: its bank group holds every matrix (:func:`place_model`); ``hidden``,
+        ``ffn`` and ``head_dim`` are multiples of ``pim.lanes``.
+    model : golden.model.ModelConfig
+        The shape the core is built for (``rope_theta`` and ``eps`` reach it only through the
+        loaded steps and constants).
+    lanes : int
+        The BitLinear block's results a beat (a power of two dividing ``hidden``, ``ffn`` and
+        ``kv_heads * head_dim``).
+
+    Members
+    -------
+    gain_stream : In
+        The norms' gains (:class:`hw.bitlinear_block.BitLinearBlock`, at :attr:`bases`).
+    emb_stream, scale_stream : In
+        The tied embedding and its row scales (:class:`hw.head.LmHead`).
+    step_stream : In
+        RoPE's phase steps (:class:`hw.rope.Rope`).
+    const_stream : In(stream.Signature(StructLayout({"addr": range(layers + 1),
+                                                    "data": constants_layout})))
+        Constant records: layer ``l`` at ``l``, the model's at ``layers``
+        (:meth:`constant_records`).
+    chunk_stream, cmd_stream : Out;  acc_stream : In
+        To and from the bank group (:class:`hw.bitlinear_block.BitLinearBlock`).
+    start : In(stream.Signature(StructLayout({"token": range(vocab),
+                                             "position": range(max_seq), "last": 1})))
+    o_stream : Out(stream.Signature(StructLayout({"token": range(vocab), "logit": ...})))
+        The greedy token after a ``last`` token, and its integer logit.
+    busy : Out(1)
+        A token is running.
+    """
+
+    def __init__(self, config, model, *, lanes=4):
+        head_dim = model.hidden // model.heads
+        pim_lanes = config.pim.lanes
+        for name, value in (("hidden", model.hidden), ("ffn", model.ffn),
+                            ("head_dim", head_dim)):
+            if value % pim_lanes:
+                raise ValueError(f"the model's {name} ({value}) must be a multiple of pim.lanes "
+                                 f"({pim_lanes})")
+        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1 \
+                or lanes & (lanes - 1) or any(v % lanes for v in (
+                    model.hidden, model.ffn, model.kv_heads * head_dim)):
+            raise ValueError(f"lanes must be a power of two dividing hidden, ffn and kv_heads x "
+                             f"head_dim, not {lanes!r}")
+        self._config, self._model, self._head_dim, self.lanes = config, model, head_dim, lanes
+        self.placements = place_model(config, model)
+        self._block = BitLinearBlock(config, hidden=model.hidden, ffn=model.ffn,
+                                     layers=model.layers, out_bits=RESIDUAL_BITS, lanes=lanes)
+        self._rope = Rope(config, head_dim=head_dim, max_seq=model.max_seq)
+        self._attention = Attention(config, heads=model.heads, kv_heads=model.kv_heads,
+                                    head_dim=head_dim, max_seq=model.max_seq,
+                                    layers=model.layers)
+        self._ffn = FfnInner(config, ffn=model.ffn)
+        self._head = LmHead(config, hidden=model.hidden, vocab=model.vocab)
+        self.bases = self._block.bases
+
+        softmax = self._attention.signature.members["query"].signature.members["payload"] \
+            .shape["softmax"].shape
+        norm = data.StructLayout({"gain_base": range(self._block_gain_words()),
+                                  "fraction": signed(X_EXPONENT_BITS),
+                                  "eps_k": DYADIC})
+        self.layer_layout = data.StructLayout({
+            "norms": data.ArrayLayout(norm, len(NORMS)),
+            "linears": data.ArrayLayout(DYADIC, len(LINEARS)),
+            "o_exponent": signed(X_EXPONENT_BITS),     # -(15 + v's fraction)
+            "down_offset": signed(X_EXPONENT_BITS),    # -(2 gate's + up's fraction)
+            "softmax": softmax})
+        self.model_layout = data.StructLayout({
+            "residual_exponent": signed(X_EXPONENT_BITS),  # -residual_fraction
+            "embed_shift": EMBED_SHIFT,
+            "norm": norm,
+            "head": DYADIC})
+        self.constants_layout = data.UnionLayout({"layer": self.layer_layout,
+                                                  "model": self.model_layout})
+        members = {**self._block.signature.members, **self._head.signature.members,
+                   **self._rope.signature.members}
+        super().__init__({
+            "gain_stream": members["gain_stream"],
+            "emb_stream": members["emb_stream"],
+            "scale_stream": members["scale_stream"],
+            "step_stream": members["step_stream"],
+            "const_stream": In(stream.Signature(data.StructLayout({
+                "addr": range(model.layers + 1), "data": self.constants_layout}))),
+            "chunk_stream": members["chunk_stream"],
+            "cmd_stream": members["cmd_stream"],
+            "acc_stream": members["acc_stream"],
+            "start": In(stream.Signature(data.StructLayout({
+                "token": range(model.vocab), "position": range(model.max_seq), "last": 1}))),
+            "o_stream": Out(self._head.signature.members["o_stream"].signature),
+            "busy": Out(1),
+        })
+
+    def _block_gain_words(self):
+        return gain_bases(hidden=self._model.hidden, ffn=self._model.ffn,
+                          layers=self._model.layers, lanes=self._config.pim.lanes)[1]
+
+    def constant_records(self, prepared):
+        """The constants memory's records for ``prepared`` (``golden.integer.IntegerWeights``
+        of this shape): ``layers + 1`` constants of :attr:`constants_layout`, layer ``l``'s
+        then the model's."""
+        model, bases = self._model, self.bases
+        score_limit = (1 << self._attention.score_bits) - 1
+
+        def norm(name):
+            gain = prepared.norms[name]
+            return {"gain_base": bases[name], "fraction": gain.fraction,
+                    "eps_k": _dyadic(gain.eps_k)}
+
+        records = []
+        for i in range(model.layers):
+            linears = {name: prepared.linears[f"layers.{i}.{name}"] for name in LINEARS}
+            softmax = prepared.softmax[i]
+            records.append(self.constants_layout.const({"layer": {
+                "norms": [norm(f"layers.{i}.{name}") for name in NORMS],
+                "linears": [_dyadic(scale.constant) for scale in linears.values()],
+                "o_exponent": -(WEIGHT_FRACTION_BITS
+                                + linears["self_attn.v_proj"].out_fraction),
+                "down_offset": -(2 * linears["mlp.gate_proj"].out_fraction
+                                 + linears["mlp.up_proj"].out_fraction),
+                "softmax": {"gap_limit": min(softmax.gap_limit, score_limit),
+                            "gap_shift": softmax.gap_shift,
+                            "scale": _dyadic(softmax.scale)}}}))
+        shift = prepared.row_scale_fraction - prepared.residual_fraction
+        records.append(self.constants_layout.const({"model": {
+            "residual_exponent": -prepared.residual_fraction,
+            "embed_shift": min(shift, _EMBED_SHIFT_MAX),
+            "norm": norm("norm"),
+            "head": _dyadic(prepared.head_scale)}}))
+        return records
+
+    def elaborate(self, platform):
+        m = Module()
+        config, model, head_dim, lanes = self._config, self._model, self._head_dim, self.lanes
+        pim_lanes = config.pim.lanes
+        hidden, ffn, heads, kv_heads = model.hidden, model.ffn, model.heads, model.kv_heads
+        m.submodules.block = block = self._block
+        m.submodules.rope = rope = self._rope
+        m.submodules.attention = attention = self._attention
+        m.submodules.ffn = ffn_unit = self._ffn
+        m.submodules.head = head = self._head
+
+        # Loads pass through to the units; the constants memory is the core's own.
+        for port, unit in (("gain_stream", block), ("emb_stream", head),
+                           ("scale_stream", head), ("step_stream", rope)):
+            wiring.connect(m, wiring.flipped(getattr(self, port)), getattr(unit, port))
+        wiring.connect(m, block.cmd_stream, wiring.flipped(self.cmd_stream))
+        wiring.connect(m, wiring.flipped(self.acc_stream), block.acc_stream)
+        m.submodules.constants = constants = Memory(
+            shape=self.constants_layout, depth=model.layers + 1, init=[])
+        const_write = constants.write_port()
+        m.d.comb += [self.const_stream.ready.eq(~self.busy),
+                     const_write.en.eq(self.const_stream.valid & ~self.busy),
+                     const_write.addr.eq(self.const_stream.payload.addr),
+                     const_write.data.eq(self.const_stream.payload.data)]
+
+        layer = Signal(range(model.layers))
+        layer_read = constants.read_port()
+        model_read = constants.read_port()
+        m.d.comb += [layer_read.addr.eq(layer), model_read.addr.eq(model.layers)]
+        lc, mc = layer_read.data.layer, model_read.data.model
+
+        token = Signal(self.start.payload.shape())
+        op = Signal(range(5))
+
+        # The vectors between stages, as registers of whole elements.
+        h = Signal(hidden * RESIDUAL_BITS)                  # residual stream
+        q = Signal(hidden * PROJECTION_BITS)                # query heads, raw then rotated
+        k = Signal(kv_heads * head_dim * PROJECTION_BITS)   # key heads, raw then rotated
+        v = Signal(kv_heads * head_dim * PROJECTION_BITS)   # value heads
+        attended = Signal(head_dim * RESIDUAL_BITS)         # one head's attention output
+        ffn_word = Signal(pim_lanes * RESIDUAL_BITS)        # ReLU^2 x up, gathered to a word
+
+        count = Signal(range(max(hidden, ffn, heads * head_dim) + 1))   # a phase's own index
+        out_count = Signal.like(count)                      # RoPE's results written back
+        head_index = Signal(range(max(heads, 2 * kv_heads) + 1))
+        shift = Signal.like(ffn_unit.o_stream.payload.shift)
+
+        # The block's command for the current operation.
+        placements = [[self.placements[f"layers.{i}.{name}"] for name in LINEARS]
+                      for i in range(model.layers)]
+        words = {_Op.QKV: hidden // pim_lanes, _Op.O: hidden // pim_lanes,
+                 _Op.GATE_UP: hidden // pim_lanes, _Op.DOWN: ffn // pim_lanes,
+                 _Op.FINAL: hidden // pim_lanes}
+        matrices = {_Op.QKV: (0, 1, 2), _Op.O: (3,), _Op.GATE_UP: (4, 5), _Op.DOWN: (6,),
+                    _Op.FINAL: ()}
+        norm_of = {_Op.QKV: 0, _Op.O: 1, _Op.GATE_UP: 2, _Op.DOWN: 3}
+        cmd = block.cmd.payload
+        with m.Switch(op):
+            for kind, indices in matrices.items():
+                with m.Case(kind):
+                    norm = mc.norm if kind == _Op.FINAL else lc.norms[norm_of[kind]]
+                    exponent = {_Op.O: lc.o_exponent, _Op.DOWN: shift + lc.down_offset} \
+                        .get(kind, mc.residual_exponent)
+                    m.d.comb += [cmd.norm.words.eq(words[kind]),
+                                 cmd.norm.gain_base.eq(norm.gain_base),
+                                 cmd.norm.x_exponent.eq(exponent),
+                                 cmd.norm.fraction.eq(norm.fraction),
+                                 cmd.norm.eps_k.eq(norm.eps_k),
+                                 cmd.norm.count.eq(max(len(indices), 1)),
+                                 cmd.norm_only.eq(kind == _Op.FINAL)]
+                    if kind == _Op.FINAL:
+                        m.d.comb += cmd.norm.constants[0].eq(mc.head)
+                    for slot, index in enumerate(indices):
+                        base, rows, n, _ = zip(*(p[index] for p in placements))
+                        m.d.comb += [cmd.norm.constants[slot].eq(lc.linears[index]),
+                                     cmd.matrices[slot].base.eq(Array(base)[layer]),
+                                     cmd.matrices[slot].rows.eq(rows[0]),
+                                     cmd.matrices[slot].n.eq(n[0]),
+                                     cmd.matrices[slot].add_residual.eq(
+                                         kind in (_Op.O, _Op.DOWN))]
+
+        # x_q goes to the banks, or to the head for the final norm.
+        chunk = block.chunk_stream
+        to_head = op == _Op.FINAL
+        m.d.comb += [
+            self.chunk_stream.payload.eq(chunk.payload),
+            self.chunk_stream.valid.eq(chunk.valid & ~to_head),
+            head.x_stream.payload.index.eq(chunk.payload.addr),
+            head.x_stream.payload.data.eq(chunk.payload.data),
+            head.x_stream.valid.eq(chunk.valid & to_head),
+            chunk.ready.eq(Mux(to_head, head.x_stream.ready, self.chunk_stream.ready)),
+        ]
+
+        results = block.o_stream
+        beat = results.payload.index >> (lanes.bit_length() - 1)
+        x = block.x_stream
+        pairs = head_dim // 2
+
+        def lows(values):
+            """A beat's results as int16 (q, k, v, gate and up: golden's projection width)."""
+            return Cat(*(values[i][:PROJECTION_BITS] for i in range(lanes)))
+
+        # RoPE walks a vector of heads pair by pair: ``index`` is the pair's first element
+        # (``head * head_dim + i``), ``within`` its ``i``.
+        def rotate(vector, elements, index, within, written, written_within):
+            first = vector.word_select(index, PROJECTION_BITS)
+            second = vector.word_select(index + pairs, PROJECTION_BITS)
+            rotated = rope.o_stream.payload
+            m.d.comb += [rope.i_stream.valid.eq(index != elements),
+                         rope.i_stream.payload.first.eq(first),
+                         rope.i_stream.payload.second.eq(second),
+                         rope.o_stream.ready.eq(1)]
+            with m.If(rope.i_stream.valid & rope.i_stream.ready):
+                _advance(m, index, within, pairs)
+            done = Signal()
+            with m.If(rope.o_stream.valid):
+                m.d.sync += [vector.word_select(written, PROJECTION_BITS).eq(rotated.first),
+                             vector.word_select(written + pairs, PROJECTION_BITS)
+                             .eq(rotated.second)]
+                _advance(m, written, written_within, pairs)
+                m.d.comb += done.eq(written + pairs + 1 == elements)
+            return done
+
+        within, written_within = Signal(range(pairs)), Signal(range(pairs))
+        filled = Signal(range(pim_lanes))                   # elements in ffn_word
+        word_full = Signal()
+        serial = Signal(lanes * PROJECTION_BITS)            # a gate or up beat, element by element
+        serial_left = Signal(range(lanes + 1))
+        serial_at = Signal(range(lanes))
+        ffn_started = Signal()
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                m.d.comb += self.start.ready.eq(1)
+                with m.If(self.start.valid):
+                    m.d.sync += [token.eq(self.start.payload), layer.eq(0), count.eq(0)]
+                    m.next = "ROPE_START"
+            with m.State("ROPE_START"):
+                # The position's factors are computed while the token is embedded.
+                m.d.comb += [rope.start.valid.eq(1), rope.start.payload.eq(token.position)]
+                with m.If(rope.start.ready):
+                    m.next = "EMBED"
+            with m.State("EMBED"):
+                m.d.comb += [head.embed.valid.eq(1),
+                             head.embed.payload.token.eq(token.token),
+                             head.embed.payload.shift.eq(mc.embed_shift)]
+                with m.If(head.embed.ready):
+                    m.next = "EMBED_RESIDUAL"
+            with m.State("EMBED_RESIDUAL"):
+                m.d.comb += head.residual.ready.eq(1)
+                with m.If(head.residual.valid):
+                    m.d.sync += [h.word_select(count, RESIDUAL_BITS).eq(head.residual.payload),
+                                 count.eq(count + 1)]
+                    with m.If(count == hidden - 1):
+                        m.d.sync += [count.eq(0), op.eq(_Op.QKV)]
+                        m.next = "LOAD"
+            with m.State("LOAD"):
+                # H into the norm's buffer, a word a cycle.
+                m.d.comb += [x.valid.eq(1), x.payload.index.eq(count),
+                             x.payload.data.eq(h.word_select(count, pim_lanes * RESIDUAL_BITS))]
+                with m.If(x.ready):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == hidden // pim_lanes - 1):
+                        m.d.sync += count.eq(0)
+                        m.next = "COMMAND"
+            with m.State("COMMAND"):
+                m.d.comb += block.cmd.valid.eq(1)
+                with m.If(block.cmd.ready):
+                    m.d.sync += [count.eq(0), out_count.eq(0)]
+                    with m.Switch(op):
+                        with m.Case(_Op.QKV):
+                            m.next = "PROJECT"
+                        with m.Case(_Op.O, _Op.DOWN):
+                            m.next = "RESIDUAL"
+                        with m.Case(_Op.GATE_UP):
+                            m.next = "FFN"
+                        with m.Case(_Op.FINAL):
+                            m.next = "FINAL_NORM"
+            with m.State("PROJECT"):
+                # q, k and v, each a beat at a time into its registers.
+                m.d.comb += results.ready.eq(1)
+                with m.If(results.valid):
+                    with m.Switch(results.payload.matrix):
+                        for number, vector in enumerate((q, k, v)):
+                            with m.Case(number):
+                                m.d.sync += vector.word_select(beat, lanes * PROJECTION_BITS) \
+                                    .eq(lows(results.payload.data))
+                with m.If(~block.busy):
+                    m.d.sync += [count.eq(0), out_count.eq(0), within.eq(0),
+                                 written_within.eq(0)]
+                    m.next = "ROPE_K"
+            with m.State("ROPE_K"):
+                with m.If(rotate(k, kv_heads * head_dim, count, within, out_count,
+                                 written_within)):
+                    m.d.sync += head_index.eq(0)
+                    m.next = "CACHE"
+            with m.State("CACHE"):
+                # Each KV head's rotated key, then its value.
+                kv_head = head_index >> 1
+                kv = attention.kv_stream.payload
+                m.d.comb += [attention.kv_stream.valid.eq(1),
+                             kv.layer.eq(layer), kv.position.eq(token.position),
+                             kv.head.eq(kv_head),
+                             kv.kind.eq(Mux(head_index[0], CacheKind.VALUE, CacheKind.KEY)),
+                             kv.data.eq(Mux(head_index[0],
+                                            v.word_select(kv_head, head_dim * PROJECTION_BITS),
+                                            k.word_select(kv_head, head_dim * PROJECTION_BITS)))]
+                with m.If(attention.kv_stream.ready):
+                    m.d.sync += head_index.eq(head_index + 1)
+                    with m.If(head_index == 2 * kv_heads - 1):
+                        m.d.sync += [count.eq(0), out_count.eq(0), within.eq(0),
+                                     written_within.eq(0)]
+                        m.next = "ROPE_Q"
+            with m.State("ROPE_Q"):
+                with m.If(rotate(q, hidden, count, within, out_count, written_within)):
+                    m.d.sync += [head_index.eq(0), out_count.eq(0)]
+                    m.next = "ATTEND"
+            with m.State("ATTEND"):
+                query = attention.query.payload
+                m.d.comb += [attention.query.valid.eq(1),
+                             query.layer.eq(layer), query.position.eq(token.position),
+                             query.head.eq(head_index),
+                             query.q.eq(q.word_select(head_index, head_dim * PROJECTION_BITS)),
+                             query.softmax.eq(lc.softmax)]
+                with m.If(attention.query.ready):
+                    m.next = "ATTENDED"
+            with m.State("ATTENDED"):
+                m.d.comb += attention.o_stream.ready.eq(1)
+                with m.If(attention.o_stream.valid):
+                    m.d.sync += [attended.word_select(i, RESIDUAL_BITS)
+                                 .eq(attention.o_stream.payload[i]) for i in range(head_dim)]
+                    m.d.sync += count.eq(0)
+                    m.next = "ATTENDED_WORDS"
+            with m.State("ATTENDED_WORDS"):
+                # The head's output into the norm's buffer, after the heads before it.
+                m.d.comb += [x.valid.eq(1), x.payload.index.eq(out_count),
+                             x.payload.data.eq(attended.word_select(
+                                 count, pim_lanes * RESIDUAL_BITS))]
+                with m.If(x.ready):
+                    m.d.sync += [count.eq(count + 1), out_count.eq(out_count + 1)]
+                    with m.If(count == head_dim // pim_lanes - 1):
+                        m.d.sync += [count.eq(0), head_index.eq(head_index + 1)]
+                        with m.If(head_index == heads - 1):
+                            m.d.sync += op.eq(_Op.O)
+                            m.next = "COMMAND"
+                        with m.Else():
+                            m.next = "ATTEND"
+            with m.State("RESIDUAL"):
+                # o or down, plus H, into H; H's old beats go to the block as they are needed.
+                m.d.comb += [block.r_stream.valid.eq(count != hidden // lanes),
+                             block.r_stream.payload.eq(
+                                 h.word_select(count, lanes * RESIDUAL_BITS)),
+                             results.ready.eq(1)]
+                with m.If(block.r_stream.valid & block.r_stream.ready):
+                    m.d.sync += count.eq(count + 1)
+                with m.If(results.valid):
+                    m.d.sync += h.word_select(beat, lanes * RESIDUAL_BITS) \
+                        .eq(results.payload.data)
+                with m.If(~block.busy):
+                    m.d.sync += count.eq(0)
+                    with m.If(op == _Op.O):
+                        m.d.sync += op.eq(_Op.GATE_UP)
+                        m.next = "LOAD"
+                    with m.Elif(layer != model.layers - 1):
+                        m.d.sync += [op.eq(_Op.QKV), layer.eq(layer + 1)]
+                        m.next = "LOAD"
+                    with m.Elif(token.last):
+                        m.d.sync += op.eq(_Op.FINAL)
+                        m.next = "LOAD"
+                    with m.Else():
+                        m.next = "IDLE"
+            with m.State("FFN"):
+                # gate then up, element by element into the FFN; its results, gathered into
+                # words, into the norm's buffer.
+                m.d.comb += [ffn_unit.cmd.valid.eq(~ffn_started),
+                             ffn_unit.cmd.payload.length.eq(ffn)]
+                with m.If(ffn_unit.cmd.valid & ffn_unit.cmd.ready):
+                    m.d.sync += ffn_started.eq(1)
+                element = ffn_unit.i_stream
+                refill = (serial_left == 0) | ((serial_left == 1) & element.ready)
+                m.d.comb += [results.ready.eq(refill),
+                             element.valid.eq(serial_left != 0),
+                             element.payload.eq(serial.word_select(serial_at, PROJECTION_BITS))]
+                with m.If(element.valid & element.ready):
+                    m.d.sync += [serial_left.eq(serial_left - 1), serial_at.eq(serial_at + 1)]
+                with m.If(results.valid & refill):
+                    m.d.sync += [serial.eq(lows(results.payload.data)), serial_left.eq(lanes),
+                                 serial_at.eq(0)]
+                inner = ffn_unit.o_stream
+                m.d.comb += [inner.ready.eq(~word_full),
+                             x.valid.eq(word_full), x.payload.index.eq(out_count),
+                             x.payload.data.eq(ffn_word)]
+                with m.If(inner.valid & inner.ready):
+                    m.d.sync += [ffn_word.word_select(filled, RESIDUAL_BITS)
+                                 .eq(inner.payload.value),
+                                 filled.eq(filled + 1), shift.eq(inner.payload.shift)]
+                    with m.If(filled == pim_lanes - 1):
+                        m.d.sync += [filled.eq(0), word_full.eq(1)]
+                with m.If(x.valid & x.ready):
+                    m.d.sync += [word_full.eq(0), out_count.eq(out_count + 1)]
+                    with m.If(out_count == ffn // pim_lanes - 1):
+                        m.d.sync += [ffn_started.eq(0), op.eq(_Op.DOWN)]
+                        m.next = "COMMAND"
+            with m.State("FINAL_NORM"):
+                with m.If(~block.busy):
+                    m.next = "HEAD"
+            with m.State("HEAD"):
+                m.d.comb += head.start.valid.eq(1)
+                with m.If(head.start.ready):
+                    m.next = "TOKEN"
+            with m.State("TOKEN"):
+                wiring.connect(m, head.o_stream, wiring.flipped(self.o_stream))
+                with m.If(self.o_stream.valid & self.o_stream.ready):
+                    m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        return m
+
+
+def _advance(m, index, within, pairs):
+    """The next pair of a walk over whole heads (``index`` its first element)."""
+    with m.If(within == pairs - 1):
+        m.d.sync += [index.eq(index + pairs + 1), within.eq(0)]
+    with m.Else():
+        m.d.sync += [index.eq(index + 1), within.eq(within + 1)]
+
+
+def _dyadic(value):
+    return {"mantissa": int(value.mantissa), "exponent": int(value.exponent)}
