@@ -26,18 +26,19 @@ passes instead. A query carries its vector with its position, head and constants
 transfer starts it and no order between two streams has to be kept.
 """
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from golden.fixedpoint import EXP2_FRACTION_BITS, EXP2_TABLE_BITS, MANTISSA_BITS, build_tables
+from golden.fixedpoint import EXP2_FRACTION_BITS, MANTISSA_BITS, build_tables
 from golden.integer import PROJECTION_BITS, WEIGHT_FRACTION_BITS, integer_formats
 from golden.model import ModelConfig
 from golden.widths import signed_bits_for
 
 from .dyadic import DYADIC, bit_length
 from .pim import AdderTree, delayed
+from .rounding import register_half, rounding_shift
 
 __all__ = ["CacheKind", "Attention"]
 
@@ -45,7 +46,6 @@ _PRODUCT_MAGNITUDE = 1 << (2 * PROJECTION_BITS - 2)       # -32768 x -32768: any
 # golden.fixedpoint.dyadic_reciprocal: 1 / (m 2**e) is table[i] * 2**(-33 - e), the table
 # holding 2**17 / x for x = m / 2**16 in [1, 2).
 _RECIPROCAL_EXPONENT = 2 * MANTISSA_BITS - 1
-_EXP2_CUT = EXP2_TABLE_BITS + 2         # exp2_lookup is 0 from this octave on
 # Pipeline stages after a position's issue (stage 0): the shared products (passes 1 and 4),
 # and pass 2's p; the normalisation's cycles between passes 2 and 4.
 _PRODUCTS = 7
@@ -224,16 +224,10 @@ class Attention(wiring.Component):
         def at(n, pass_):
             return stages[n].valid & (stages[n].step == pass_)
 
-        # Every rounding shift (golden's shift_round) is spread over stages: the half, from the
-        # shift amount, in a register of its own; the half added; the right shift; the left
-        # shift. A block RAM's word is registered before anything is done with it (a DP16KD
-        # without its output register delivers it late in the cycle).
-        def half(shift, width, name):
-            """A register: shift_round's half for ``shift``, ``width`` bits."""
-            register = Signal(width, name=name, reset_less=True)
-            m.d.sync += register.eq(Mux(shift == 0, 0, Const(1) << (shift - 1).as_unsigned()))
-            return register
-
+        # Every rounding shift (golden's shift_round) is spread over stages (hw.rounding): the
+        # half, from the shift amount, in a register of its own; the half added; the right
+        # shift; the left shift. A block RAM's word is registered before anything is done with
+        # it (a DP16KD without its output register delivers it late in the cycle).
         buffer_read, buffer_write = buffer.read_port(), buffer.write_port()
         cache_read = cache.read_port()
         exp2_read, reciprocal_read = exp2.read_port(), reciprocal.read_port()
@@ -274,9 +268,11 @@ class Attention(wiring.Component):
 
         # Pass 2: stage 2 the score, 3 the gap, 4 the clipped gap, 5 plus the half, 6 shifted,
         # 7 times the scale, 8 plus t's half, 9 and 10 t's right and left shifts (t, the exp2
-        # ROM's address), 11 t's octave and its half, 12 the table's entry, 13 plus the half,
-        # 14 (_PROBABILITY) p. The shifts' amounts and halves come from the query's constants,
-        # registered long before the pass starts.
+        # ROM's address), 11 t's octave, 12 the table's entry and the octave's half, 13 plus the
+        # half, 14 (_PROBABILITY) p. The shifts' amounts and halves come from the query's
+        # constants, registered long before the pass starts. From octave EXP2_TABLE_BITS + 2 on,
+        # exp2_lookup is 0, and so is the biased entry (of entry_bits + 1 = EXP2_TABLE_BITS + 2
+        # bits) shifted that far: p needs no cut of its own.
         softmax = command.softmax
         gap = Signal(self.score_bits, reset_less=True)
         clipped = Signal(self.score_bits, reset_less=True)
@@ -299,24 +295,23 @@ class Attention(wiring.Component):
         t_left = Signal(range(len(t) + 1), reset_less=True)
         m.d.sync += [t_right.eq(Mux(exponent < -limit, limit, Mux(exponent < 0, -exponent, 0))),
                      t_left.eq(Mux(exponent > len(t), len(t), Mux(exponent > 0, exponent, 0)))]
-        gap_half = half(softmax.gap_shift, len(clipped), "gap_half")
-        t_half = half(t_right, len(scaled), "t_half")
-        octave = t[EXP2_FRACTION_BITS:]
-        entry_half = half(octave, entry_bits, "entry_half")     # stage 11, with the octave
-        octaves = delayed(m, octave, 3, "octave")               # stages 11 to 13
+        gap_half = register_half(m, softmax.gap_shift, len(clipped), "gap_half")
+        t_half = register_half(m, t_right, len(scaled), "t_half")
+        octave = delayed(m, t[EXP2_FRACTION_BITS:], 1, "octave")           # stage 11
+        entry_half = register_half(m, octave, entry_bits, "entry_half")   # stage 12
+        octaves = delayed(m, octave, 2, "octave_held")                    # stages 12 and 13
         m.d.sync += [
             gap.eq(top - fetched),
             clipped.eq(Mux(gap > softmax.gap_limit, softmax.gap_limit, gap)),
-            gap_biased.eq(clipped + gap_half),
-            shifted.eq(gap_biased >> softmax.gap_shift),
             scaled.eq(shifted * softmax.scale.mantissa),
-            t_biased.eq(scaled + t_half),
-            t_right_shifted.eq(t_biased >> t_right),
-            t.eq(t_right_shifted << t_left),
             entry.eq(exp2_read.data),
-            entry_biased.eq(entry + delayed(m, entry_half, 1, "entry_half")),
-            p.eq(Mux(octaves >= _EXP2_CUT, 0, entry_biased >> octaves)),
         ]
+        rounding_shift(m, clipped, half=gap_half, right=softmax.gap_shift, biased=gap_biased,
+                       right_shifted=shifted)
+        rounding_shift(m, scaled, half=t_half, right=t_right, biased=t_biased,
+                       right_shifted=t_right_shifted, left=t_left, left_shifted=t)
+        rounding_shift(m, entry, half=entry_half, right=octaves, biased=entry_biased,
+                       right_shifted=p)
         m.d.comb += exp2_read.addr.eq(t[:EXP2_FRACTION_BITS])
         with m.If(at(_PROBABILITY, _Pass.PROBABILITIES)):
             m.d.sync += total.eq(Mux(stages[_PROBABILITY].first, 0, total) + p)
@@ -337,7 +332,6 @@ class Attention(wiring.Component):
         # is registered, two cycles after the mantissa, in time for pass 4's stage 2.
         total_bits = Signal(range(len(total) + 1), reset_less=True)
         normalise_shift = Signal(range(len(total) + 1), reset_less=True)
-        normalise_half = Signal(len(total), reset_less=True)
         total_biased = Signal(len(total) + 1, reset_less=True)
         rounded = Signal(MANTISSA_BITS + 1, reset_less=True)
         mantissa = Signal(MANTISSA_BITS, reset_less=True)
@@ -352,10 +346,10 @@ class Attention(wiring.Component):
         # stage 7 (_PRODUCTS) the products, accumulated.
         weighted = Signal(widths["probability_product"].bits, reset_less=True)
         weighted_biased = Signal(len(weighted) + 1, reset_less=True)
-        weight_half = half(weight_right, len(weighted), "weight_half")
-        m.d.sync += [weighted.eq(fetched[:len(p)] * rcp),
-                     weighted_biased.eq(weighted + weight_half),
-                     weight.eq(weighted_biased >> weight_right)]
+        weight_half = register_half(m, weight_right, len(weighted), "weight_half")
+        m.d.sync += weighted.eq(fetched[:len(p)] * rcp)
+        rounding_shift(m, weighted, half=weight_half, right=weight_right,
+                       biased=weighted_biased, right_shifted=weight)
         out = self.o_stream.payload
         with m.If(at(_PRODUCTS, _Pass.OUTPUT)):
             for d in range(head_dim):
@@ -382,15 +376,12 @@ class Attention(wiring.Component):
                 m.next = "SHIFT"
             with m.State("SHIFT"):
                 shift = (total_bits - MANTISSA_BITS).as_unsigned()
-                m.d.sync += [normalise_shift.eq(shift),
-                             normalise_half.eq(Mux(shift == 0, 0,
-                                                   Const(1) << (shift - 1).as_unsigned()))]
+                m.d.sync += normalise_shift.eq(shift)
+                normalise_half = register_half(m, shift, len(total), "normalise_half")
                 m.next = "BIAS"
             with m.State("BIAS"):
-                m.d.sync += total_biased.eq(total + normalise_half)
                 m.next = "ROUND"
             with m.State("ROUND"):
-                m.d.sync += rounded.eq(total_biased >> normalise_shift)
                 m.next = "DYADIC"
             with m.State("DYADIC"):
                 # golden.fixedpoint.dyadic: a rounding up to 2**17 adds a bit. The weight's
@@ -405,4 +396,8 @@ class Attention(wiring.Component):
             with m.State("OUTPUT"):
                 with m.If(at(_PRODUCTS, _Pass.OUTPUT) & stages[_PRODUCTS].last):
                     m.next = "IDLE"
+        # The sum's half added (BIAS) and its shift (ROUND) run every cycle: the sum, its shift
+        # and half hold still from SHIFT on, and only DYADIC reads the result.
+        rounding_shift(m, total, half=normalise_half, right=normalise_shift,
+                       biased=total_biased, right_shifted=rounded)
         return m

@@ -12,7 +12,7 @@ K = 128 on ulx3s-85f). Golden's widths guarantee the result fits
 ``out_bits`` for a model the decoder accepts; the unit does not saturate.
 """
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -20,6 +20,7 @@ from golden.fixedpoint import MANTISSA_BITS
 from golden.integer import PROJECTION_BITS
 
 from .dyadic import DYADIC
+from .rounding import register_half, rounding_shift
 
 __all__ = ["Epilogue"]
 
@@ -31,8 +32,8 @@ class Epilogue(wiring.Component):
     Each lane's multiply is ``acc_bits x 18`` (the unsigned mantissa on a signed port): two
     MULT18X18D for an accumulator wider than 18 bits, the stated composition of
     ``golden.integer.integer_formats``. The rounding shift takes three stages of its own (the
-    half added, the right shift, the left shift). The pipeline holds whole while the result is refused: ``i_stream.ready`` follows
-    ``o_stream.ready``.
+    half added, the right shift, the left shift: :mod:`hw.rounding`). The pipeline holds whole
+    while the result is refused: ``i_stream.ready`` follows ``o_stream.ready``.
 
     Parameters
     ----------
@@ -105,25 +106,21 @@ class Epilogue(wiring.Component):
         biased = Signal(wide, reset_less=True)
         shifted = Signal(wide, reset_less=True)
         scaled = Signal.like(self.o_stream.payload, reset_less=True)
-        half = Signal(product_bits + 1, reset_less=True)
         valid = Signal(self.LATENCY - 1)
         with m.If(advance):
             right = stages(right_by, range(product_bits + 2), 2, 3, "right")
             left = stages(left_by, range(self._out_bits + 1), 2, 4, "left")
             residual = stages(operand.residual, operand.residual.shape(), 2, 5, "residual")
+            half = register_half(m, right_by, product_bits + 1, "half")
             m.d.sync += [
                 operand.eq(taken),
                 valid.eq(Cat(self.i_stream.valid, valid[:-1])),
-                half.eq(Mux(right_by == 0, 0, Const(1) << (right_by - 1).as_unsigned())),
                 self.o_stream.valid.eq(valid[-1]),
             ]
             for i in range(self.lanes):
-                m.d.sync += [
-                    products[i].eq(operand.acc[i] * operand.factor.mantissa),
-                    biased[i].eq(products[i] + half),
-                    shifted[i].eq(biased[i] >> right[3]),
-                    scaled[i].eq(shifted[i] << left[4]),
-                    self.o_stream.payload[i].eq(scaled[i] + residual[5][i]),
-                ]
+                m.d.sync += products[i].eq(operand.acc[i] * operand.factor.mantissa)
+                rounding_shift(m, products[i], half=half, right=right[3], biased=biased[i],
+                               right_shifted=shifted[i], left=left[4], left_shifted=scaled[i])
+                m.d.sync += self.o_stream.payload[i].eq(scaled[i] + residual[5][i])
         return m
 

@@ -9,7 +9,7 @@ last gate element), then reads it back as ``up`` streams in. The token's exponen
 gate_fraction - up_fraction``; the unit reports ``s``, the constant part is the sequencer's.
 """
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -18,6 +18,7 @@ from golden.integer import PROJECTION_BITS, SHIFTED_BITS
 from golden.widths import signed_bits_for
 
 from .dyadic import bit_length
+from .rounding import register_half, rounding_shift
 
 __all__ = ["FfnInner"]
 
@@ -119,7 +120,6 @@ class FfnInner(wiring.Component):
         square3 = Signal(_SQUARE_BITS, reset_less=True)
         shift = Signal(range(_SHIFT_MAX + 1), reset_less=True)
         square4 = Signal(_SQUARE_BITS, reset_less=True)
-        half4 = Signal(_SQUARE_BITS, reset_less=True)
         biased5 = Signal(_SQUARE_BITS + 1, reset_less=True)
         shifted6 = Signal(_SHIFTED_SQUARE_BITS, reset_less=True)
         ups = {n: Signal(signed(PROJECTION_BITS), name=f"up{n}", reset_less=True)
@@ -136,13 +136,14 @@ class FfnInner(wiring.Component):
                 square3.eq(a2 * a2),
                 *(ups[n].eq(ups[n - 1]) for n in range(3, 7)),
                 square4.eq(square3), shifts[4].eq(shift),
-                half4.eq(Mux(shift == 0, 0, Const(1) << (shift - 1).as_unsigned())),
-                biased5.eq(square4 + half4), shifts[5].eq(shifts[4]),
-                shifted6.eq(biased5 >> shifts[5]), shifts[6].eq(shifts[5]),
+                shifts[5].eq(shifts[4]), shifts[6].eq(shifts[5]),
                 self.o_stream.valid.eq(c[6].valid & c[6].up),
                 self.o_stream.payload.value.eq(shifted6 * ups[6]),
                 self.o_stream.payload.shift.eq(shifts[6]),
             ]
+            half4 = register_half(m, shift, _SQUARE_BITS, "half4")
+            rounding_shift(m, square4, half=half4, right=shifts[5], biased=biased5,
+                           right_shifted=shifted6)
             with m.If(c[1].valid & ~c[1].up):
                 m.d.sync += running.eq(larger)
             with m.If(c[3].valid & ~c[3].up & c[3].end):

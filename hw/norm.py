@@ -22,6 +22,7 @@ from golden.integer import ACT_MAX, GAIN_BITS, NORM_INPUT_BITS, RESIDUAL_BITS, S
 
 from .dyadic import DYADIC, bit_length
 from .pim import AdderTree, delayed
+from .rounding import register_half, rounding_half, rounding_shift
 
 __all__ = ["NormOp", "NormQuantizer"]
 
@@ -174,13 +175,11 @@ class NormQuantizer(wiring.Component):
         # then (no x_q word is waiting).
         stages = max(_X_Q, *self._pass_ends(lanes))
         c = {n: Signal(control, name=f"control{n}") for n in range(1, stages + 1)}
-        half_x = Signal(self._in_bits, reset_less=True)
-        half_u = Signal(_GAINED_BITS, reset_less=True)
         product_bits = _U_BITS + MANTISSA_BITS + 1
         right = Signal(range(product_bits + 2))     # QUANTISE's rounding shift
-        half_product = Signal(product_bits + 1, reset_less=True)
-        m.d.sync += [half_x.eq(_half(shift)), half_u.eq(_half(gained_shift)),
-                     half_product.eq(_half(right))]
+        half_x = register_half(m, shift, self._in_bits, "half_x")
+        half_u = register_half(m, gained_shift, _GAINED_BITS, "half_u")
+        half_product = register_half(m, right, product_bits + 1, "half_product")
 
         def lanes_of(shape, name):
             return Signal(data.ArrayLayout(shape, lanes), name=name, reset_less=True)
@@ -212,19 +211,19 @@ class NormQuantizer(wiring.Component):
             m.d.sync += [gain[n].eq(gain[n - 1]) for n in range(_X_WORD + 1, _U)]
             for n in range(lanes):
                 m.d.sync += [
-                    x_biased[n].eq(x_word[n] + half_x),
                     abs_x[n].eq(abs(x_word[n])),
-                    x_shifted[n].eq(x_biased[n] >> shift),
                     u[n].eq(gain[_U - 1][n] * x_shifted[n]),
                     square[n].eq(x_shifted[n] * x_shifted[n]),
-                    u_biased[n].eq(u[n] + half_u),
                     abs_u[n].eq(abs(u[n])),
-                    u_shifted[n].eq(u_biased[n] >> gained_shift),
                     product[n].eq(u_shifted[n] * command.factor.mantissa),
-                    product_biased[n].eq(product[n] + half_product),
-                    product_shifted[n].eq(product_biased[n] >> right),
                     self.o_stream.payload[n].eq(_clip(product_shifted[n], ACT_MAX)),
                 ]
+                rounding_shift(m, x_word[n], half=half_x, right=shift, biased=x_biased[n],
+                               right_shifted=x_shifted[n])
+                rounding_shift(m, u[n], half=half_u, right=gained_shift, biased=u_biased[n],
+                               right_shifted=u_shifted[n])
+                rounding_shift(m, product[n], half=half_product, right=right,
+                               biased=product_biased[n], right_shifted=product_shifted[n])
             u_max, extremes_stage = _pipelined_tree(m, [u[n] for n in range(lanes)], _larger,
                                                     _U, "u_max")
             u_min, _ = _pipelined_tree(m, [u[n] for n in range(lanes)], _smaller, _U, "u_min")
@@ -261,6 +260,17 @@ class NormQuantizer(wiring.Component):
             | at(end_2, 2) & c[end_2].last
             | at(_X_Q - 1, 3) & c[_X_Q - 1].last)
 
+        # The extremes rounded by the gained shift: the half added (ROUND), then shifted
+        # (SHIFT); then the peak. These registers run every cycle: the extremes and the shift
+        # hold still from ROUND on, and only PEAK reads the result. The half's decoder shares
+        # ROUND's stage with the add (half_u would be a cycle late for a new gained shift).
+        largest, smallest = (Signal(signed(_GAINED_BITS + 2), name=name)
+                             for name in ("largest", "smallest"))
+        for extreme, rounded in ((u_largest, largest), (u_smallest, smallest)):
+            biased = Signal(signed(_GAINED_BITS + 2), name=f"{rounded.name}_biased")
+            rounding_shift(m, extreme, half=rounding_half(gained_shift), right=gained_shift,
+                           biased=biased, right_shifted=rounded)
+
         m.d.comb += self.cmd.ready.eq(~running)
         stats = self.stats.payload
         with m.FSM():
@@ -292,18 +302,9 @@ class NormQuantizer(wiring.Component):
                         with m.Default():
                             m.d.sync += running.eq(0)
                             m.next = "IDLE"
-            # The extremes rounded by the gained shift (half added, then shifted), then the peak.
-            extremes_biased = [Signal(signed(_GAINED_BITS + 2), name=f"{name}_biased")
-                               for name in ("largest", "smallest")]
-            largest, smallest = (Signal(signed(_GAINED_BITS + 2), name=name)
-                                 for name in ("largest", "smallest"))
             with m.State("ROUND"):
-                m.d.sync += [extremes_biased[0].eq(u_largest + _half(gained_shift)),
-                             extremes_biased[1].eq(u_smallest + _half(gained_shift))]
                 m.next = "SHIFT"
             with m.State("SHIFT"):
-                m.d.sync += [largest.eq(extremes_biased[0] >> gained_shift),
-                             smallest.eq(extremes_biased[1] >> gained_shift)]
                 m.next = "PEAK"
             with m.State("PEAK"):
                 m.d.sync += [stats.shift.eq(shift), stats.gained_shift.eq(gained_shift),
@@ -321,11 +322,6 @@ def _excess(value, bits):
     """``max(bit_length(value) - bits, 0)``."""
     length = bit_length(value)
     return Mux(length > bits, length - bits, 0)
-
-
-def _half(right):
-    """The half that ``golden.fixedpoint.shift_round`` adds before a right shift by ``right``."""
-    return Mux(right == 0, 0, Const(1) << (right - 1).as_unsigned())
 
 
 def _or_all(values):
