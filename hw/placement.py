@@ -1,5 +1,6 @@
-"""Where a model's ternary matrices live in the PIM banks: the one placement that the driver
-(offload mode) and the resident core both use.
+"""Where a model's ternary matrices live in the PIM banks, and whether a model fits the
+resident units: the one placement that the driver (offload mode) and the resident core
+(elaborated for ``config.resident``) both use.
 
 Placement: matrix row ``n`` lives in bank ``n % banks`` at row slot ``n // banks``; a row is
 ``ceil(K / lanes)`` consecutive words (zero-padded), and a matrix takes
@@ -10,7 +11,9 @@ after another, and stay resident.
 
 from dataclasses import dataclass
 
-__all__ = ["MappingError", "Placement", "place"]
+from golden.model import linear_shapes
+
+__all__ = ["MappingError", "Placement", "place", "RESIDENT_SHAPE", "resident_fit"]
 
 
 class MappingError(ValueError):
@@ -57,3 +60,34 @@ def place(shapes, config):
                                f"{depth})")
     return placements
 
+
+# The fields of golden's ModelConfig the resident units are generated for, exactly.
+RESIDENT_SHAPE = ("hidden", "ffn", "layers", "heads", "kv_heads", "vocab")
+
+
+def resident_fit(config, model_cfg):
+    """Check that the model of ``model_cfg`` (golden's ``ModelConfig``) runs on the resident
+    units of ``config``; :class:`MappingError` says which memory or field does not, and by how
+    much.
+
+    The units are generated for exactly ``config.resident``'s :data:`RESIDENT_SHAPE`; the KV
+    cache holds ``config.resident.max_seq`` positions, which a model's ``max_seq`` may not
+    exceed; the banks must hold every BitLinear as :func:`place` puts them. ``rope_theta`` and
+    ``eps`` are no part of the shape: the host loads the tables and constants made from them.
+    """
+    resident = config.resident
+    if resident is None:
+        raise MappingError("this preset has no resident units (offload only)")
+    mismatches = [f"{name} {getattr(resident, name)}, the model has {getattr(model_cfg, name)}"
+                  for name in RESIDENT_SHAPE
+                  if getattr(resident, name) != getattr(model_cfg, name)]
+    if mismatches:
+        raise MappingError("the resident units are built for " + "; for ".join(mismatches))
+    if model_cfg.max_seq > resident.max_seq:
+        raise MappingError(f"the KV cache holds max_seq {resident.max_seq} positions, the model "
+                           f"asks {model_cfg.max_seq}")
+    placements = _layout(linear_shapes(model_cfg), config)
+    needed = max(p.base + p.words for p in placements.values())
+    if needed > config.pim.depth:
+        raise MappingError(f"the bank group holds {config.pim.depth} words a bank, the model "
+                           f"needs {needed} (short by {needed - config.pim.depth})")
