@@ -37,7 +37,11 @@ def test_presets_with_and_without_resident_units():
 @pytest.mark.parametrize("name", [name for name, config in PRESETS.items() if config.resident])
 def test_a_presets_banks_hold_its_resident_model(name):
     config = preset(name)
-    placements = place(linear_shapes(model_of(config.resident)), config)
+    # The core places the matrices of the shape it is built for (linear_shapes reads hidden,
+    # ffn, layers, kv_heads and head_dim, which ResidentConfig has as ModelConfig has).
+    shapes = linear_shapes(config.resident)
+    assert shapes == linear_shapes(model_of(config.resident))
+    placements = place(shapes, config)
     needed = max(p.base + p.words for p in placements.values())
     # tiny: 288 words a layer (q, o 32; k, v 16; gate, up, down 64); the shipped model: 384.
     assert needed == {"tiny": 576, "ulx3s-85f": 768}[name] <= config.pim.depth
