@@ -37,27 +37,28 @@ class Placement:
 
 
 def _layout(shapes, config):
-    """The placements of ``shapes``, one after another from word 0, however deep they go."""
-    banks, lanes = config.pim.banks, config.pim.lanes
-    placements, base = {}, 0
+    """Each matrix's placement, in order, one after another from word 0, however deep."""
+    banks, lanes, base = config.pim.banks, config.pim.lanes, 0
     for name, (n, k) in shapes.items():
         if k > config.max_k:
             raise MappingError(f"{name}: K = {k} exceeds the device's max_k = {config.max_k}")
-        placements[name] = placement = Placement(name, n, k, base, -(-n // banks), -(-k // lanes))
+        placement = Placement(name, n, k, base, -(-n // banks), -(-k // lanes))
+        yield placement
         base += placement.words
-    return placements
 
 
 def place(shapes, config):
-    """Place every ``name: (N, K)`` of ``shapes`` in the banks of ``config``, in order."""
+    """Place every ``name: (N, K)`` of ``shapes`` in the banks of ``config``, in order; the
+    first matrix that does not fit raises :class:`MappingError`."""
     banks, lanes, depth = config.pim.banks, config.pim.lanes, config.pim.depth
-    placements = _layout(shapes, config)
-    for placement in placements.values():
+    placements = {}
+    for placement in _layout(shapes, config):
         needed = placement.base + placement.words
         if needed > depth:
             raise MappingError(f"{placement.name}: the model needs at least {needed} words per "
                                f"bank, the device has {depth} ({banks} banks x {lanes} lanes x "
                                f"{depth})")
+        placements[placement.name] = placement
     return placements
 
 
@@ -86,8 +87,8 @@ def resident_fit(config, model_cfg):
     if model_cfg.max_seq > resident.max_seq:
         raise MappingError(f"the KV cache holds max_seq {resident.max_seq} positions, the model "
                            f"asks {model_cfg.max_seq}")
-    placements = _layout(linear_shapes(model_cfg), config)
-    needed = max(p.base + p.words for p in placements.values())
+    *_, last = _layout(linear_shapes(model_cfg), config)
+    needed = last.base + last.words
     if needed > config.pim.depth:
         raise MappingError(f"the bank group holds {config.pim.depth} words a bank, the model "
                            f"needs {needed} (short by {needed - config.pim.depth})")

@@ -32,6 +32,9 @@ def test_placement_errors_name_the_matrix():
         place({"big": (2, 4 * 300)}, dataclasses.replace(HW, max_k=2048))
     with pytest.raises(MappingError, match=r"^wide: K = 300 exceeds the device's max_k = 256"):
         place({"wide": (2, 300)}, HW)
+    # The first matrix that does not fit is the one named.
+    with pytest.raises(MappingError, match=r"^deep: the model needs at least 300 words"):
+        place({"deep": (2 * 300, 4), "wide": (2, 300)}, HW)
 
 
 def test_the_mapper_places_with_hw_placement():
