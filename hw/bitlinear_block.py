@@ -38,7 +38,7 @@ class BitLinearBlock(wiring.Component):
     ``words`` chunks a row: K is the vector's length) is started with factor ``m`` once every
     chunk has been taken by the group and matrix ``m - 1``'s last result has left. The
     sequencer keeps ``1 <= words``, ``rows >= 1`` and ``1 <= n <= rows * banks`` for each of
-    the ``count`` matrices, and the weights placed as ``sw_driver.mapper`` places them.
+    the ``count`` matrices, and the weights placed as ``hw.placement`` places them.
 
     Results leave on ``o_stream`` in matrix order, then row order, as
     :class:`hw.linear_stage.LinearStage` offers them (``lanes`` rows a beat, lanes past ``n``

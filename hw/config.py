@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from golden.trits import CODE_BITS
 from golden.widths import signed_bits_for
 
-__all__ = ["ConfigError", "ArrayConfig", "PimConfig", "Config", "PRESETS", "preset",
-           "apply_overrides"]
+__all__ = ["ConfigError", "ArrayConfig", "PimConfig", "ResidentConfig", "Config", "PRESETS",
+           "preset", "apply_overrides"]
 
 
 class ConfigError(ValueError):
@@ -72,13 +72,55 @@ class PimConfig:
 
 
 @dataclass(frozen=True)
+class ResidentConfig:
+    """The model shape the resident decoder's units are generated for (golden's ``ModelConfig``
+    without ``rope_theta`` and ``eps``: the host loads the tables and constants made from them).
+
+    The units fit exactly ``hidden``, ``ffn``, ``layers``, ``heads``, ``kv_heads`` and ``vocab``;
+    the KV cache holds ``max_seq`` positions. ``head_dim = hidden // heads``. The defaults are
+    the shipped model's shape (``sw_driver/models/tiny.json``).
+    """
+    hidden: int = 128
+    ffn: int = 384
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    vocab: int = 256
+    max_seq: int = 256
+
+    def __post_init__(self):
+        _check_int("resident.hidden", self.hidden, 2, 1 << 16)
+        _check_int("resident.ffn", self.ffn, 1, 1 << 16)
+        _check_int("resident.layers", self.layers, 1, 256)
+        _check_int("resident.heads", self.heads, 1, 256)
+        _check_int("resident.kv_heads", self.kv_heads, 1, 256)
+        _check_int("resident.vocab", self.vocab, 1, 1 << 18)
+        _check_int("resident.max_seq", self.max_seq, 1, 1 << 16)
+        if self.hidden % self.heads:
+            raise ConfigError(f"resident.hidden ({self.hidden}) must be a multiple of "
+                              f"resident.heads ({self.heads})")
+        if self.heads % self.kv_heads:
+            raise ConfigError(f"resident.heads ({self.heads}) must be a multiple of "
+                              f"resident.kv_heads ({self.kv_heads})")
+        if self.head_dim % 2:
+            raise ConfigError(f"resident head_dim = hidden / heads = {self.head_dim} must be "
+                              f"even for RoPE")
+
+    @property
+    def head_dim(self):
+        return self.hidden // self.heads
+
+
+@dataclass(frozen=True)
 class Config:
-    """A whole device: numeric widths, the tensor unit, the PIM banks and the target clock."""
+    """A whole device: numeric widths, the tensor unit, the PIM banks, the target clock and,
+    if it has them, the resident decoder's units (``resident``; None: offload only)."""
     act_bits: int = 8
     max_k: int = 8192
     clock_mhz: float = 100.0
     array: ArrayConfig = field(default_factory=ArrayConfig)
     pim: PimConfig = field(default_factory=PimConfig)
+    resident: ResidentConfig | None = None
 
     ACC_LIMIT_BITS = 32          # results leave the device as int32 (docs/design.md)
 
@@ -102,6 +144,23 @@ class Config:
             largest = ((1 << (self.ACC_LIMIT_BITS - 1)) - 1) >> (self.act_bits - 1)
             raise ConfigError(f"max_k must be in [1, {largest}] so that a {self.act_bits}-bit "
                               f"reduction fits int{self.ACC_LIMIT_BITS}, not {self.max_k}")
+        if self.resident is not None:
+            self._check_resident()
+
+    def _check_resident(self):
+        """What the resident units need of the rest of the device: vectors of whole bank words
+        (a head's slice too), and every BitLinear's K within ``max_k``."""
+        resident = self.resident
+        if not isinstance(resident, ResidentConfig):
+            raise ConfigError(f"resident must be a ResidentConfig or None, not {resident!r}")
+        for name, value in (("resident.hidden", resident.hidden), ("resident.ffn", resident.ffn),
+                            ("resident head_dim", resident.head_dim)):
+            if value % self.pim.lanes:
+                raise ConfigError(f"{name} ({value}) must be a multiple of pim.lanes "
+                                  f"({self.pim.lanes})")
+        for name, value in (("resident.hidden", resident.hidden), ("resident.ffn", resident.ffn)):
+            if value > self.max_k:
+                raise ConfigError(f"{name} ({value}) must be at most max_k ({self.max_k})")
 
     @property
     def act_max_magnitude(self):
@@ -144,8 +203,8 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown config key {unknown[0]!r}; known keys: "
                               f"{', '.join(sorted(known))}")
-        for name, sub in (("array", ArrayConfig), ("pim", PimConfig)):
-            if name in data:
+        for name, sub in _NESTED.items():
+            if name in data and not (name in _OPTIONAL and data[name] is None):
                 data[name] = _sub_from_dict(name, sub, data[name])
         return cls(**data)
 
@@ -158,6 +217,11 @@ class Config:
         if not isinstance(data, dict):
             raise ConfigError("config JSON must be an object")
         return cls.from_dict(data)
+
+
+# The nested records, by field; those in _OPTIONAL may be None (a device without them).
+_NESTED = {"array": ArrayConfig, "pim": PimConfig, "resident": ResidentConfig}
+_OPTIONAL = {"resident"}
 
 
 def _sub_from_dict(prefix, cls, data):
@@ -182,13 +246,19 @@ def _override(base, **changes):
 
 _DEFAULT = Config()
 PRESETS = {
-    # Small enough that every Verilator build in CI takes seconds.
+    # Small enough that every Verilator build in CI takes seconds. The resident units are built
+    # for a small model (head_dim 8) whose matrices take 576 words a bank (hw.placement); the
+    # banks have 1024, room for a test's other shapes.
     "tiny": _override(_DEFAULT, max_k=256, array=dict(rows=4, cols=4),
-                      pim=dict(banks=2, lanes=4, depth=64)),
+                      pim=dict(banks=2, lanes=4, depth=1024),
+                      resident=ResidentConfig(hidden=16, ffn=32, layers=2, heads=2, kv_heads=1,
+                                              vocab=32, max_seq=16)),
     "default": _DEFAULT,
     # ECP5-85F: 208 EBR of 18 Kbit. 16 banks x 1024 words x 32 lanes = 512 Ki trits = 1 Mbit.
+    # Resident units for the shipped model (ResidentConfig's defaults): its matrices take 768
+    # words a bank.
     "ulx3s-85f": _override(_DEFAULT, clock_mhz=100.0, array=dict(rows=16, cols=16),
-                           pim=dict(banks=16, lanes=32, depth=1024)),
+                           pim=dict(banks=16, lanes=32, depth=1024), resident=ResidentConfig()),
     # iCE40UP5K: 5,280 LUT4, 30 EBR of 4 Kbit; banks fit in EBR. Sized for the whole device
     # behind the UART to take under 90 % of the cells: a bank's engine and its result FIFO
     # (flip-flops: the iCE40 has no distributed RAM) cost ~600 cells, and near 98 % nextpnr's
@@ -216,7 +286,7 @@ def _field_paths(config):
             for sub in dataclasses.fields(value):
                 paths[f"{f.name}.{sub.name}"] = (f.name, sub.name)
                 paths.setdefault(sub.name, (f.name, sub.name))
-        else:
+        if not dataclasses.is_dataclass(value) or f.name in _OPTIONAL:
             paths[f.name] = (f.name,)
     return paths
 
@@ -240,8 +310,12 @@ def _parse_value(key, text, current):
     return text
 
 
+_RESIDENT_KEYS = {f.name for f in dataclasses.fields(ResidentConfig)}
+
+
 def apply_overrides(config, assignments):
-    """Apply ``key=value`` strings (``rows=3`` or ``array.rows=3``) to ``config``."""
+    """Apply ``key=value`` strings (``rows=3`` or ``array.rows=3``) to ``config``;
+    ``resident=none`` makes it offload only."""
     paths = _field_paths(config)
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
@@ -249,10 +323,17 @@ def apply_overrides(config, assignments):
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, not {assignment!r}")
         if key not in paths:
+            if config.resident is None and (key.startswith("resident.") or key in _RESIDENT_KEYS):
+                raise ConfigError(f"{key}: this preset has no resident units (offload only)")
             known = ", ".join(sorted(k for k in paths if len(paths[k]) == 1 or "." in k))
             raise ConfigError(f"unknown config key {key!r}; known keys: {known}")
         path = paths[key]
-        if len(path) == 1:
+        if path == ("resident",):
+            if text.strip().lower() != "none":
+                raise ConfigError(f"resident can only be set to none (offload only), not "
+                                  f"{text.strip()!r}; its fields one by one: resident.hidden=...")
+            config = dataclasses.replace(config, resident=None)
+        elif len(path) == 1:
             current = getattr(config, path[0])
             config = dataclasses.replace(config, **{path[0]: _parse_value(key, text.strip(),
                                                                           current)})

@@ -5,7 +5,7 @@ rescaled, and the residual added or not (``golden.integer.rescale``, then ``Inte
 The stage does not own the bank group (the device keeps it for the offload commands): a parent
 connects :attr:`LinearStage.cmd_stream` to the group's ``cmd_stream`` and the group's
 ``o_stream`` to :attr:`LinearStage.acc_stream`. Matrix row ``r`` is bank ``r % banks``'s result
-in row slot ``r // banks`` (``sw_driver.mapper``'s placement), so a result beat of ``banks``
+in row slot ``r // banks`` (``hw.placement``'s placement), so a result beat of ``banks``
 elements is ``banks`` consecutive output rows. The stage regroups them into beats of the
 epilogue's ``lanes`` elements (splitting a beat into ``banks / lanes`` parts, or gathering
 ``lanes / banks`` beats into one), drops the rows past the matrix's ``n`` (padding), joins the

@@ -11,7 +11,7 @@ tiny, any width up to int32 with its extremes; the norm stage's testbench draws 
 decoder's ``x_exponent`` for that norm or one over the field, and 1 to 3 random ternary
 matrices of K columns and random ``n`` (every remainder modulo the banks, now and then a whole
 row slot past ``n``), loaded at consecutive bases with gaps (``golden.trits.pack_words``, as
-``sw_driver.mapper`` places them; padding rows random). Each matrix's constant is a random
+``hw.placement`` places them; padding rows random). Each matrix's constant is a random
 dyadic scaled so that its results fill from a few bits to their whole width (int16 without a
 residual, as q, k, v, gate and up; int32 with one, as o and down); about half the matrices add
 a residual (random, garbage past ``n``).

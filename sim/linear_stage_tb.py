@@ -3,7 +3,7 @@ checked against golden's integer core (``golden.bitlinear.bitlinear_int``), then
 ``golden.integer.rescale`` and the residual add.
 
 Each batch loads one ``x_q`` (int8 with its extremes) and two or three random ternary matrices
-of that K at different bases (placed as ``sw_driver.mapper`` places them: row ``r`` in bank
+of that K at different bases (placed as ``hw.placement`` places them: row ``r`` in bank
 ``r % banks`` at slot ``r // banks``; the rows past ``n`` up to the last slot hold random trits
 too, so that a padding result that is not dropped shows), then runs one start a matrix back to
 back, each with its factor drawn so that the results fill ``out_bits`` (as the epilogue's

@@ -1,10 +1,8 @@
 """Mapping a model's ternary matrices onto the device, and the integer core that uses them.
 
-Placement (banks, for GEMV): matrix row ``n`` lives in bank ``n % banks`` at row slot
-``n // banks``; a row is ``ceil(K / lanes)`` consecutive words (zero-padded), and a matrix takes
-``ceil(N / banks) * words_per_row`` words at the same base address in every bank. One GEMV then
-returns row ``n`` as result word ``n`` (``slot * banks + bank``). Matrices are placed once, one
-after another, and stay resident.
+Placement (banks, for GEMV) is :mod:`hw.placement`'s, the one the resident core uses too
+(:func:`place`, :class:`Placement` and :class:`MappingError` are re-exported here): matrix row
+``n`` in bank ``n % banks`` at row slot ``n // banks``, matrices one after another, resident.
 
 Tiling (array, for GEMM): a matrix is cut into ``cols x rows`` tiles (``N`` by ``K``); each tile
 is loaded and every token streamed through it; partial sums over ``K`` tiles add up on the host
@@ -18,11 +16,10 @@ the link once per ``rows`` of K, so the banks win unless K is short). :class:`Sc
 and costs all this from the shapes alone, so ``bittern perf`` needs no weights.
 """
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from hw.commands import CommandFormat, Opcode
+from hw.placement import MappingError, Placement, place
 
 from .driver import Accelerator
 from .timing import CommandTiming
@@ -30,43 +27,6 @@ from .timing import CommandTiming
 __all__ = ["MappingError", "Placement", "place", "Schedule", "DeviceCore"]
 
 MAX_ITEMS = Accelerator.MAX_ITEMS
-
-
-class MappingError(ValueError):
-    """A model does not fit the device; the message names the matrix and the capacity."""
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where one matrix lives in the banks."""
-    name: str
-    n: int
-    k: int
-    base: int
-    rows: int               # row slots per bank
-    words_per_row: int
-
-    @property
-    def words(self):
-        return self.rows * self.words_per_row
-
-
-def place(shapes, config):
-    """Place every ``name: (N, K)`` of ``shapes`` in the banks of ``config``, in order."""
-    banks, lanes, depth = config.pim.banks, config.pim.lanes, config.pim.depth
-    placements, base = {}, 0
-    for name, (n, k) in shapes.items():
-        if k > config.max_k:
-            raise MappingError(f"{name}: K = {k} exceeds the device's max_k = {config.max_k}")
-        words_per_row = -(-k // lanes)
-        placement = Placement(name, n, k, base, -(-n // banks), words_per_row)
-        base += placement.words
-        if base > depth:
-            needed = sum(p.words for p in placements.values()) + placement.words
-            raise MappingError(f"{name}: the model needs at least {needed} words per bank, the "
-                               f"device has {depth} ({banks} banks x {lanes} lanes x {depth})")
-        placements[name] = placement
-    return placements
 
 
 class Schedule:

@@ -38,9 +38,9 @@ def evaluate(settings, config, *, model, prompt_tokens, tokens, board_name, fmax
     """One point's row (run as a Dask task: everything it needs is in its arguments)."""
     from hw.boards import DEVICES
     from hw.boards import board as find_board
+    from hw.placement import MappingError
     from hw.uart import DEFAULT_BAUD
 
-    from .mapper import MappingError
     from .perf import perf
     from .run import load_model
     from .synth import area, synth_board

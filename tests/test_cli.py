@@ -31,11 +31,31 @@ def test_config_json_applies_overrides():
     assert config.array.rows == 3 and config.pim.banks == 16
 
 
+def test_config_shows_the_resident_shape_or_offload_only(capsys):
+    assert main(["config", "--preset", "ulx3s-85f"]) == 0
+    out = capsys.readouterr().out
+    for line in ("resident.hidden    128", "resident.ffn       384", "resident.layers    2",
+                 "resident.heads     4", "resident.kv_heads  2", "resident.vocab     256",
+                 "resident.max_seq   256"):
+        assert f"\n  {line}\n" in out
+    assert "resident.head_dim=32" in out.splitlines()[-1]
+    assert main(["config", "--preset", "icebreaker"]) == 0
+    out = capsys.readouterr().out
+    assert "\n  resident           none (offload only)\n" in out
+    assert "resident." not in out
+    assert main(["config", "--preset", "ulx3s-85f", "--set", "resident=none", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["resident"] is None
+
+
 @pytest.mark.parametrize("args, message", [
     (["--preset", "ulx3s-85f", "--set", "rows=-1"], "array.rows must be in [1, 256], not -1"),
     (["--preset", "nope"], "unknown preset 'nope'"),
     (["--set", "lanes"], "--set expects key=value, not 'lanes'"),
     (["--set", "banks=two"], "banks must be an integer, not 'two'"),
+    (["--preset", "ulx3s-85f", "--set", "lanes=12"],
+     "resident.hidden (128) must be a multiple of pim.lanes (12)"),
+    (["--set", "resident.hidden=64"], "resident.hidden: this preset has no resident units "
+                                      "(offload only)"),
 ])
 def test_config_mistakes_give_one_line_and_status_2(capsys, args, message):
     assert main(["config", *args, "--json"]) == 2

@@ -101,7 +101,7 @@ def test_override_errors(assignment, message):
 
 def test_unknown_key_lists_known_keys():
     with pytest.raises(ConfigError, match=r"^unknown config key 'foo'; known keys: act_bits, "
-                                          r"array.cols, .*pim.lanes$"):
+                                          r"array.cols, .*pim.lanes, resident$"):
         apply_overrides(Config(), ["foo=1"])
 
 

@@ -8,9 +8,11 @@ import pytest
 from golden import Model, ModelConfig, ModelWeights, input_groups
 from golden.bitlinear import bitlinear_int
 from hw.config import PimConfig, preset
+from hw.placement import MappingError, Placement, place
+from sw_driver import mapper
 from sw_driver.behavioural import BehaviouralTransport
 from sw_driver.driver import Accelerator, DeviceError
-from sw_driver.mapper import DeviceCore, MappingError, place
+from sw_driver.mapper import DeviceCore
 from sw_driver.run import run
 
 HW = dataclasses.replace(preset("tiny"), pim=PimConfig(banks=2, lanes=4, depth=256))
@@ -30,6 +32,15 @@ def test_placement_errors_name_the_matrix():
         place({"big": (2, 4 * 300)}, dataclasses.replace(HW, max_k=2048))
     with pytest.raises(MappingError, match=r"^wide: K = 300 exceeds the device's max_k = 256"):
         place({"wide": (2, 300)}, HW)
+    # The first matrix that does not fit is the one named.
+    with pytest.raises(MappingError, match=r"^deep: the model needs at least 300 words"):
+        place({"deep": (2 * 300, 4), "wide": (2, 300)}, HW)
+
+
+def test_the_mapper_places_with_hw_placement():
+    """One placement for the driver and the resident core: the mapper's names are hw's."""
+    assert (mapper.place, mapper.Placement, mapper.MappingError) == \
+        (place, Placement, MappingError)
 
 
 @pytest.mark.parametrize("tokens", [1, 7])

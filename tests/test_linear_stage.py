@@ -24,7 +24,8 @@ def test_linear_stage_matches_golden(out_bits, lanes):
     report = result.report
     assert report["starts"] > 40 and report["beats"] >= report["elements"] / lanes
     assert report["residual_starts"] > 5 and report["starts"] - report["residual_starts"] > 5
-    assert report["padded_slots"] > 0 and report["max_k_starts"] == 6
+    # Each of the six flow settings' first batch is at K = max_k (as many matrices as fit).
+    assert report["padded_slots"] > 0 and report["max_k_starts"] >= 6
     assert report["timed"] >= 6 and len(report["cycles"]) == report["timed"]
     assert report["back_to_back"] >= 3
 

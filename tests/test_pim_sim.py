@@ -15,8 +15,8 @@ TINY = preset("tiny")
 CONFIGS = {
     "tiny": TINY,
     # Odd sizes everywhere: 5 lanes leave max_k = 256 one lane into its last chunk (52 chunks),
-    # and a depth of 136 is no power of two.
-    "3x5": dataclasses.replace(TINY, pim=PimConfig(banks=3, lanes=5, depth=136)),
+    # and a depth of 136 is no power of two (no resident units: their vectors take 4 lanes).
+    "3x5": dataclasses.replace(TINY, pim=PimConfig(banks=3, lanes=5, depth=136), resident=None),
     # More banks than one relay feeds: requests, chunks and weight writes cross a relay stage.
     "6x4": dataclasses.replace(TINY, pim=PimConfig(banks=6, lanes=4, depth=64)),
 }

@@ -9,7 +9,7 @@ import pytest
 from golden import ModelConfig, ModelWeights
 from sw_driver.checkpoint import save_bittern
 
-# Fits the `tiny` preset's banks (2 x 64 words of 4 lanes), so the top's CI build is reused.
+# Fits the `tiny` preset's banks (2 x 1024 words of 4 lanes), so the top's CI build is reused.
 NANO = ModelConfig(hidden=8, layers=1, heads=2, kv_heads=1, ffn=8, vocab=256, max_seq=32)
 
 

@@ -17,11 +17,14 @@ def cmd_config(args):
     for key, value in config.to_dict().items():
         if isinstance(value, dict):
             for sub, sub_value in value.items():
-                print(f"  {f'{key}.{sub}':<16} {sub_value}")
+                print(f"  {f'{key}.{sub}':<18} {sub_value}")
+        elif key == "resident" and value is None:
+            print(f"  {key:<18} none (offload only)")
         else:
-            print(f"  {key:<16} {value}")
+            print(f"  {key:<18} {value}")
     print(f"  derived: acc_bits={config.acc_bits} word_bits={config.word_bits} "
-          f"act_words={config.act_words} bank_trits={config.bank_trits}")
+          f"act_words={config.act_words} bank_trits={config.bank_trits}"
+          + (f" resident.head_dim={config.resident.head_dim}" if config.resident else ""))
     return 0
 
 

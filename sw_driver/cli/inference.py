@@ -15,7 +15,8 @@ RUN_PRESET = "ulx3s-85f"        # the preset whose banks hold the shipped model
 
 
 def cmd_run(args):
-    from ..mapper import MappingError
+    from hw.placement import MappingError
+
     from ..run import load_model
     from ..tokenizer import encode
 

@@ -12,10 +12,10 @@ def _user_mistakes():
     """The exceptions that report a user's mistake (status 2), wherever they are raised."""
     from hw.boards import BoardError
     from hw.config import ConfigError
+    from hw.placement import MappingError
 
     from ..checkpoint import CheckpointError
     from ..flow import ToolMissing
-    from ..mapper import MappingError
 
     return (UserError, ConfigError, BoardError, ToolMissing, CheckpointError, MappingError)
 

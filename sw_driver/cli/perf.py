@@ -13,8 +13,8 @@ __all__ = ["add_commands"]
 
 def cmd_perf(args):
     from golden import BITNET_B158_2B4T
+    from hw.placement import MappingError
 
-    from ..mapper import MappingError
     from ..perf import perf
     from ..run import load_model
     from .inference import RUN_PRESET, _bigger, _load
