@@ -12,7 +12,7 @@ stream, int32), the raw and rotated query and key heads and the value heads (int
 Everything that depends on the weights rather than the shape sits in the constants memory,
 one record a layer and one for the model (:meth:`ResidentCore.constant_records` packs them
 from ``golden.integer.IntegerWeights``); the matrices' places in the banks
-(:func:`place_model`) and the loop counts are fixed by the shape at elaboration.
+(:func:`hw.placement.place`) and the loop counts are fixed by the shape at elaboration.
 """
 
 from amaranth import Array, Cat, Module, Mux, Signal, signed
@@ -28,10 +28,11 @@ from .bitlinear_block import BitLinearBlock
 from .dyadic import DYADIC
 from .ffn import FfnInner
 from .head import EMBED_SHIFT, LmHead
-from .norm_stage import MATRICES, X_EXPONENT_BITS, gain_bases
+from .norm_stage import X_EXPONENT_BITS, gain_bases
+from .placement import MappingError, place
 from .rope import Rope
 
-__all__ = ["NORMS", "LINEARS", "ResidentCore", "place_model"]
+__all__ = ["NORMS", "LINEARS", "ResidentCore"]
 
 # A layer's norms and BitLinears in the order of its constants record.
 NORMS = ("input_layernorm", "self_attn.attn_sub_norm", "post_attention_layernorm",
@@ -40,22 +41,6 @@ LINEARS = tuple(f"self_attn.{name}" for name in ATTENTION_INPUTS + ("o_proj",)) 
     + tuple(f"mlp.{name}" for name in MLP_INPUTS + ("down_proj",))
 
 _EMBED_SHIFT_MAX = (1 << (EMBED_SHIFT.width - 1)) - 1
-
-
-def place_model(config, model):
-    """``{name: (base, rows, n, words)}`` of every BitLinear of ``model`` in the banks of
-    ``config``, one after another in ``golden.model.linear_shapes`` order (as
-    ``sw_driver.mapper`` places them): row ``r`` of a matrix in bank ``r % banks`` at row slot
-    ``r // banks``, ``words = ceil(K / lanes)`` words a row. ValueError if they do not fit."""
-    banks, lanes, depth = config.pim.banks, config.pim.lanes, config.pim.depth
-    placements, base = {}, 0
-    for name, (n, k) in linear_shapes(model).items():
-        words, rows = -(-k // lanes), -(-n // banks)
-        placements[name] = (base, rows, n, words)
-        base += rows * words
-    if base > depth:
-        raise ValueError(f"the model's matrices need {base} words a bank, the banks hold {depth}")
-    return placements
 
 
 class _Op:
@@ -76,11 +61,9 @@ class ResidentCore(wiring.Component):
     Parameters
     ----------
     config : hw.config.Config
-        The device: its bank group holds every matrix (:func:`place_model`); ``hidden``,
-        ``ffn`` and ``head_dim`` are multiples of ``pim.lanes``.
-    model : golden.model.ModelConfig
-        The shape the core is built for (``rope_theta`` and ``eps`` reach it only through the
-        loaded steps and constants).
+        The device, with resident units: the core is built for ``config.resident``'s shape
+        (``rope_theta`` and ``eps`` reach it only through the loaded steps and constants), and
+        its bank group holds every matrix (:func:`hw.placement.place`).
     lanes : int
         The BitLinear block's results a beat (a power of two dividing ``hidden``, ``ffn`` and
         ``kv_heads * head_dim``).
@@ -107,21 +90,23 @@ class ResidentCore(wiring.Component):
         A token is running.
     """
 
-    def __init__(self, config, model, *, lanes=4):
-        head_dim = model.hidden // model.heads
-        pim_lanes = config.pim.lanes
-        for name, value in (("hidden", model.hidden), ("ffn", model.ffn),
-                            ("head_dim", head_dim)):
-            if value % pim_lanes:
-                raise ValueError(f"the model's {name} ({value}) must be a multiple of pim.lanes "
-                                 f"({pim_lanes})")
+    def __init__(self, config, *, lanes=4):
+        model = config.resident
+        if model is None:
+            raise ValueError("config.resident is None: the device has no resident units")
+        head_dim = model.head_dim
         if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1 \
                 or lanes & (lanes - 1) or any(v % lanes for v in (
                     model.hidden, model.ffn, model.kv_heads * head_dim)):
             raise ValueError(f"lanes must be a power of two dividing hidden, ffn and kv_heads x "
                              f"head_dim, not {lanes!r}")
         self._config, self._model, self._head_dim, self.lanes = config, model, head_dim, lanes
-        self.placements = place_model(config, model)
+        # Config keeps hidden, ffn and head_dim multiples of pim.lanes; the banks must also
+        # hold every matrix.
+        try:
+            self.placements = place(linear_shapes(model), config)
+        except MappingError as error:
+            raise ValueError(f"config.resident does not fit the banks: {error}") from None
         self._block = BitLinearBlock(config, hidden=model.hidden, ffn=model.ffn,
                                      layers=model.layers, out_bits=RESIDUAL_BITS, lanes=lanes)
         self._rope = Rope(config, head_dim=head_dim, max_seq=model.max_seq)
@@ -279,11 +264,14 @@ class ResidentCore(wiring.Component):
                     if kind == _Op.FINAL:
                         m.d.comb += cmd.norm.constants[0].eq(mc.head)
                     for slot, index in enumerate(indices):
-                        base, rows, n, _ = zip(*(p[index] for p in placements))
+                        # Every layer's matrix at its own base, of the same shape.
+                        bases = Array(layer_placements[index].base
+                                      for layer_placements in placements)
+                        shape = placements[0][index]
                         m.d.comb += [cmd.norm.constants[slot].eq(lc.linears[index]),
-                                     cmd.matrices[slot].base.eq(Array(base)[layer]),
-                                     cmd.matrices[slot].rows.eq(rows[0]),
-                                     cmd.matrices[slot].n.eq(n[0]),
+                                     cmd.matrices[slot].base.eq(bases[layer]),
+                                     cmd.matrices[slot].rows.eq(shape.rows),
+                                     cmd.matrices[slot].n.eq(shape.n),
                                      cmd.matrices[slot].add_residual.eq(
                                          kind in (_Op.O, _Op.DOWN))]
 

@@ -9,10 +9,14 @@ keeps no state between sequences but the cache, and attention reads only positio
 token's own. Flow: random idle on the token and load streams and back-pressure on the results
 in the later sequences; the first runs without either and records the cycles of each token.
 
-Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (sequences), ``options``
-(the model's shape: ``hidden``, ``ffn``, ``layers``, ``heads``, ``kv_heads``, ``vocab``,
-``max_seq``).
+Parameters (``BITTERN_PARAMS``): ``config`` (with resident units: the model has
+``config.resident``'s shape), ``seed``, ``tiles`` (sequences); optionally ``prompt`` and
+``generate``, every sequence's prompt length and tokens to generate (a benchmark's fixed
+shape). The report has the cycles of each timed prompt (from its first token's start to the
+greedy token after it) and of each decoded token.
 """
+
+import dataclasses
 
 import cocotb
 import numpy as np
@@ -34,17 +38,18 @@ FLOW_KNOBS = [(0.0, 0.0), (0.3, 0.5), (0.6, 0.9)]
 TIMEOUT = 20_000       # cycles a token may take
 
 
-def shape_model(options, **extra):
-    return ModelConfig(**options, **extra)
+def shape_model(resident):
+    """A model of the resident units' shape."""
+    return ModelConfig(**dataclasses.asdict(resident), rope_theta=10000.0)
 
 
 class ResidentCoreTop(wiring.Component):
     """A :class:`ResidentCore` on its own :class:`PimBankGroup`, the group's weight port
     exposed for loading."""
 
-    def __init__(self, config, **shape):
+    def __init__(self, config):
         self._config = config
-        self._core = ResidentCore(config, shape_model(shape))
+        self._core = ResidentCore(config)
         members = self._core.signature.members
         super().__init__({
             "w_stream": In(stream.Signature(PimBankGroup.layouts(config)["w_stream"])),
@@ -77,7 +82,7 @@ class ResidentCoreTB(TB):
     def __init__(self, dut, p):
         super().__init__(dut, seed=p["seed"])
         self.config = config = Config.from_dict(p["config"])
-        top = ResidentCoreTop(config, **p["options"])
+        top = ResidentCoreTop(config)
         self.core = top.core
         self.lanes = config.pim.lanes
         self.layouts = {port: payload_layout(top, port) for port in (
@@ -128,32 +133,32 @@ class ResidentCoreTB(TB):
             await self.sources[port].send(port_beats, self.cycle)
 
     async def token(self, token, position, last):
-        """Run one token; for ``last``, the greedy token and its logit, and the cycles from the
-        start taken to the result offered."""
+        """Run one token: the cycles from its start taken to the core idle (without
+        ``last``), or to its greedy token offered, then that token and its logit."""
         await self.sources["start"].send(
             [self.beat("start", token=int(token), position=position, last=int(last))], self.cycle)
         begun = self.cycle()
-        if not last:
-            await RisingEdge(self.dut.clk)
-            while True:
-                await ReadOnly()
-                if not int(self.dut.busy.value):
-                    await RisingEdge(self.dut.clk)
-                    return None
-                assert self.cycle() - begun < TIMEOUT, f"token at {position} still busy " \
-                    f"after {TIMEOUT} cycles"
+        if last:
+            (word,) = await self.sink.receive(1, self.cycle, timeout=TIMEOUT)
+            result = self.layouts["o_stream"].from_bits(word)
+            return self.sink.beat_cycles[-1] - begun, int(result.token), int(result.logit)
+        await RisingEdge(self.dut.clk)
+        while True:
+            await ReadOnly()
+            if not int(self.dut.busy.value):
+                cycles = self.cycle() - begun
                 await RisingEdge(self.dut.clk)
-        (word,) = await self.sink.receive(1, self.cycle, timeout=TIMEOUT)
-        result = self.layouts["o_stream"].from_bits(word)
-        return int(result.token), int(result.logit), self.cycle() - begun
+                return cycles, None, None
+            assert self.cycle() - begun < TIMEOUT, f"token at {position} still busy " \
+                f"after {TIMEOUT} cycles"
+            await RisingEdge(self.dut.clk)
 
 
 @cocotb.test()
 async def resident_core_matches_golden(dut):
     p = params()
     tb = ResidentCoreTB(dut, p)
-    options = p["options"]
-    model = shape_model(options, rope_theta=10000.0)
+    model = shape_model(tb.config.resident)
     weights = ModelWeights.random(model, seed=p["seed"])
     golden = IntegerModel(model, weights)
     prepared = golden.prepared
@@ -162,29 +167,37 @@ async def resident_core_matches_golden(dut):
     await tb.load(model, weights, prepared)
     dut._log.info(f"loaded at cycle {tb.cycle()}")
     report = {"sequences": 0, "tokens": 0, "generated": 0, "decode_cycles": [],
-              "positions": []}
+              "prefill_cycles": [], "positions": []}
     for sequence in range(p["tiles"]):
         idle, backpressure = FLOW_KNOBS[min(sequence, len(FLOW_KNOBS) - 1)]
         for source in tb.sources.values():
             source.pause = idle
         tb.sink.backpressure = backpressure
-        total = options["max_seq"] if sequence == 1 else int(rng.integers(2, options["max_seq"]))
-        prompt = rng.integers(0, model.vocab, int(rng.integers(1, total)))
+        timed = not (idle or backpressure)
+        if "prompt" in p:
+            prompt_length, total = p["prompt"], p["prompt"] + p["generate"] - 1
+        else:
+            total = model.max_seq if sequence == 1 else int(rng.integers(2, model.max_seq))
+            prompt_length = int(rng.integers(1, total))
+        prompt = rng.integers(0, model.vocab, prompt_length)
         golden.reset()
         logits = golden.forward(prompt, 0)
-        tokens, position = list(prompt), 0
+        tokens, position, prefill = list(prompt), 0, 0
         for token in prompt[:-1]:
-            assert await tb.token(token, position, False) is None
+            cycles, _, _ = await tb.token(token, position, False)
+            prefill += cycles
             position += 1
         while True:
             expected = int(logits.argmax()[-1])
-            got, logit, cycles = await tb.token(tokens[-1], position, True)
+            cycles, got, logit = await tb.token(tokens[-1], position, True)
             assert (got, logit) == (expected, int(logits.values[-1, expected])), \
                 f"sequence {sequence} position {position}: token {got} logit {logit}, " \
                 f"golden token {expected} logit {int(logits.values[-1, expected])}"
             report["generated"] += 1
             dut._log.info(f"position {position}: token {got} after {cycles} cycles")
-            if not (idle or backpressure):
+            if timed and position + 1 == len(prompt):
+                report["prefill_cycles"].append([len(prompt), prefill + cycles])
+            elif timed:
                 report["decode_cycles"].append([position, cycles])
             position += 1
             tokens.append(got)

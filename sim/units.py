@@ -60,10 +60,8 @@ UNITS = {unit.name: unit for unit in [
          "program step (a small model: K not a multiple of the banks' lanes)",
          options={"hidden": 26, "ffn": 90, "layers": 1, "out_bits": 32, "lanes": 4}),
     Unit("resident-core", "sim.resident_core_tb:ResidentCoreTop", "sim.resident_core_tb",
-         "the resident decoder's core: a random model's tokens through every stage, prefill "
-         "and greedy decode (a small model)",
-         options={"hidden": 16, "ffn": 32, "layers": 2, "heads": 2, "kv_heads": 1,
-                  "vocab": 32, "max_seq": 16}),
+         "the resident decoder's core: a random model of the preset's resident shape through "
+         "every stage, prefill and greedy decode"),
     Unit("top", "hw.device:Device", "sim.device_tb",
          "the whole device through its command stream"),
 ]}
