@@ -106,12 +106,11 @@ class ResidentCoreTB(TB):
         """Every resident tensor, each port's beats in a random order."""
         banks = self.config.pim.banks
         beats = {port: [] for port in self.sources if port != "start"}
-        for name, (base, rows, n, _) in self.core.placements.items():
-            trits = np.zeros((rows * banks, model.hidden if "down" not in name else model.ffn),
-                             np.int8)
-            trits[:n] = weights.linears[name].trits
-            beats["w_stream"] += weight_beats(self.layouts["w_stream"], trits, base, banks,
-                                              self.lanes, self.rng)
+        for name, placement in self.core.placements.items():
+            trits = np.zeros((placement.rows * banks, placement.k), np.int8)
+            trits[:placement.n] = weights.linears[name].trits
+            beats["w_stream"] += weight_beats(self.layouts["w_stream"], trits, placement.base,
+                                              banks, self.lanes, self.rng)
         for name in norm_sizes(model):
             beats["gain_stream"] += [
                 self.beat("gain_stream", index=self.core.bases[name] + i, data=word)
