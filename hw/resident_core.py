@@ -41,6 +41,7 @@ LINEARS = tuple(f"self_attn.{name}" for name in ATTENTION_INPUTS + ("o_proj",)) 
     + tuple(f"mlp.{name}" for name in MLP_INPUTS + ("down_proj",))
 
 _EMBED_SHIFT_MAX = (1 << (EMBED_SHIFT.width - 1)) - 1
+_HEAD_LANES = 128
 
 
 class _Op:
@@ -88,6 +89,9 @@ class ResidentCore(wiring.Component):
         The greedy token after a ``last`` token, and its integer logit.
     busy : Out(1)
         A token is running.
+    head_lanes : int
+        The LM head's products a cycle: the largest multiple of ``pim.lanes`` up to 128 that
+        divides ``hidden`` (a row in as few words as that allows).
     """
 
     def __init__(self, config, *, lanes=4):
@@ -114,7 +118,13 @@ class ResidentCore(wiring.Component):
                                     head_dim=head_dim, max_seq=model.max_seq,
                                     layers=model.layers)
         self._ffn = FfnInner(config, ffn=model.ffn)
-        self._head = LmHead(config, hidden=model.hidden, vocab=model.vocab)
+        # The head reads a whole row in as few words as it can: up to _HEAD_LANES products a
+        # cycle, a multiple of the banks' lanes (x_q's chunks) dividing hidden.
+        self.head_lanes = max(n for n in range(config.pim.lanes, model.hidden + 1,
+                                               config.pim.lanes)
+                              if not model.hidden % n and n <= max(_HEAD_LANES, config.pim.lanes))
+        self._head = LmHead(config, hidden=model.hidden, vocab=model.vocab,
+                            lanes=self.head_lanes)
         self.bases = self._block.bases
 
         softmax = self._attention.signature.members["query"].signature.members["payload"] \
@@ -275,17 +285,18 @@ class ResidentCore(wiring.Component):
                                      cmd.matrices[slot].add_residual.eq(
                                          kind in (_Op.O, _Op.DOWN))]
 
-        # x_q goes to the banks, or to the head for the final norm.
+        # x_q goes to the banks, or, for the final norm, into a register the head's words are
+        # read from.
         chunk = block.chunk_stream
         to_head = op == _Op.FINAL
+        x_q = Signal(hidden * 8)
         m.d.comb += [
             self.chunk_stream.payload.eq(chunk.payload),
             self.chunk_stream.valid.eq(chunk.valid & ~to_head),
-            head.x_stream.payload.index.eq(chunk.payload.addr),
-            head.x_stream.payload.data.eq(chunk.payload.data),
-            head.x_stream.valid.eq(chunk.valid & to_head),
-            chunk.ready.eq(Mux(to_head, head.x_stream.ready, self.chunk_stream.ready)),
+            chunk.ready.eq(to_head | self.chunk_stream.ready),
         ]
+        with m.If(chunk.valid & to_head):
+            m.d.sync += x_q.word_select(chunk.payload.addr, pim_lanes * 8).eq(chunk.payload.data)
 
         results = block.o_stream
         beat = results.payload.index >> (lanes.bit_length() - 1)
@@ -499,7 +510,17 @@ class ResidentCore(wiring.Component):
                         m.next = "COMMAND"
             with m.State("FINAL_NORM"):
                 with m.If(~block.busy):
-                    m.next = "HEAD"
+                    m.next = "HEAD_WORDS"
+            with m.State("HEAD_WORDS"):
+                head_lanes = self.head_lanes
+                m.d.comb += [head.x_stream.valid.eq(1), head.x_stream.payload.index.eq(count),
+                             head.x_stream.payload.data.eq(x_q.word_select(count,
+                                                                           head_lanes * 8))]
+                with m.If(head.x_stream.ready):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == hidden // head_lanes - 1):
+                        m.d.sync += count.eq(0)
+                        m.next = "HEAD"
             with m.State("HEAD"):
                 m.d.comb += head.start.valid.eq(1)
                 with m.If(head.start.ready):

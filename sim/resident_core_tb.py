@@ -115,10 +115,12 @@ class ResidentCoreTB(TB):
             beats["gain_stream"] += [
                 self.beat("gain_stream", index=self.core.bases[name] + i, data=word)
                 for i, word in enumerate(self.words(prepared.norms[name].gain))]
-        words = -(-model.hidden // self.lanes)
+        head_lanes = self.core.head_lanes
+        words = model.hidden // head_lanes
         for v in range(model.vocab):
-            beats["emb_stream"] += [self.beat("emb_stream", addr=v * words + i, data=word)
-                                    for i, word in enumerate(self.words(prepared.embedding[v]))]
+            beats["emb_stream"] += [
+                self.beat("emb_stream", addr=v * words + i, data=word) for i, word in
+                enumerate(prepared.embedding[v].reshape(words, head_lanes).tolist())]
             beats["scale_stream"].append(self.beat("scale_stream", addr=v,
                                                    data=int(prepared.row_scales[v])))
         beats["step_stream"] = [self.beat("step_stream", addr=i, data=int(step))
