@@ -73,9 +73,9 @@ class FfnInner(wiring.Component):
 
     @staticmethod
     def latency_for(lanes):
-        """Cycles from an up beat taken to its result beat offered: 7 for one lane, 8 for more
-        (the beat's maximum over its lanes takes a stage of its own)."""
-        return 7 if lanes == 1 else 8
+        """Cycles from an up beat taken to its result beat offered: ``7 + log2(lanes)`` (each
+        level of the compare tree over the beat's lanes takes a stage of its own)."""
+        return 6 + lanes.bit_length()
 
     @property
     def latency(self):
@@ -140,9 +140,9 @@ class FfnInner(wiring.Component):
         taken = Signal(control)
         m.d.comb += [taken.valid.eq(self.i_stream.valid & self.i_stream.ready),
                      taken.up.eq(phase.up), taken.first.eq(index == 0), taken.end.eq(end)]
-        # Stage 1: the beat (a gate's, or an up and its a read). With more than one lane, stage
-        # 2: the beat's largest a (a compare tree) and the a read, in registers. Then (stage M
-        # + 1, M the stage of the beat's largest a) the operands of the squares: lane 0 takes
+        # Stage 1: the beat (a gate's, or an up and its a read). Stages 2 to M = 1 + log2(lanes):
+        # the beat's largest a, a level of the compare tree a stage (two levels in one ran at
+        # 101 MHz on the ECP5). Stage M + 1: the operands of the squares: lane 0 takes
         # the running maximum of a for a gate beat, each lane its a for an up beat. Stage M + 2:
         # the squares; on the last gate beat, lane 0's (max a)**2 gives the token's shift.
         # Stages M + 3 to M + 5: the rounding shift, one step a stage (the token's shift and its
@@ -154,18 +154,18 @@ class FfnInner(wiring.Component):
         element1 = Signal.like(self.i_stream.payload, reset_less=True)
         sync = [c[1].eq(taken), element1.eq(self.i_stream.payload),
                 *(c[n].eq(c[n - 1]) for n in range(2, last))]
-        a1 = [_relu(lane(element1, i)) for i in range(lanes)]
-        if lanes == 1:
-            most, ups_m, read_m = a1[0], element1, read.data
-        else:
-            def tree(values):
-                while len(values) > 1:
-                    values = [Mux(x > y, x, y) for x, y in zip(values[::2], values[1::2])]
-                return values[0]
-            most = Signal(_A_BITS, name="most2", reset_less=True)
-            ups_m = Signal.like(element1, name="up2", reset_less=True)
-            read_m = Signal.like(read.data, name="read2", reset_less=True)
-            sync += [most.eq(tree(a1)), ups_m.eq(element1), read_m.eq(read.data)]
+        # Each level of the tree carries the beat's up and the a read along.
+        most, ups_m, read_m = [_relu(lane(element1, i)) for i in range(lanes)], element1, read.data
+        for stage in range(2, last - 5):
+            pairs = [Mux(x > y, x, y) for x, y in zip(most[::2], most[1::2])]
+            most = [Signal(_A_BITS, name=f"most{stage}_{i}", reset_less=True)
+                    for i in range(len(pairs))]
+            ups_next = Signal.like(element1, name=f"up{stage}", reset_less=True)
+            read_next = Signal.like(read.data, name=f"read{stage}", reset_less=True)
+            sync += [*(x.eq(y) for x, y in zip(most, pairs)), ups_next.eq(ups_m),
+                     read_next.eq(read_m)]
+            ups_m, read_m = ups_next, read_next
+        most = most[0]
         s = last - 6                                        # stage M: the beat's largest a
 
         def lanes_signal(shape, name):

@@ -41,4 +41,4 @@ def test_lanes_are_checked(lanes):
 
 def test_latency():
     assert FfnInner(preset("tiny"), ffn=24).latency == 7
-    assert FfnInner(preset("tiny"), ffn=24, lanes=4).latency == 8
+    assert FfnInner(preset("tiny"), ffn=24, lanes=4).latency == 9
