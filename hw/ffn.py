@@ -1,11 +1,11 @@
-"""The FFN's inner product ``relu(gate)**2 * up`` of the integer decoder, one element a cycle
-(``golden.integer.ffn_inner``, bit for bit).
+"""The FFN's inner product ``relu(gate)**2 * up`` of the integer decoder, ``lanes`` elements a
+cycle (``golden.integer.ffn_inner``, bit for bit).
 
 Per token: ``a = max(gate, 0)``; ``a**2`` is shifted right by ``s`` (rounding half up) until it
 is at most ``2**16``, ``s = max(bit_length(max a**2) - 16, 0)``, then multiplied by ``up``. The
 shift depends on the whole gate vector, so the unit keeps ``a`` in a buffer while it finds the
 largest (``max a**2 = (max a)**2``: a running maximum of ``a`` suffices, squared once, on the
-last gate element), then reads it back as ``up`` streams in. The token's exponent is ``s - 2
+last gate beat), then reads it back as ``up`` streams in. The token's exponent is ``s - 2
 gate_fraction - up_fraction``; the unit reports ``s``, the constant part is the sequencer's.
 """
 
@@ -31,121 +31,178 @@ _SHIFTED_SQUARE_BITS = SHIFTED_BITS + 1             # golden's "square_shifted":
 INNER_BITS = signed_bits_for((1 << SHIFTED_BITS) * _PROJECTION_MAX)
 
 
-class FfnInner(wiring.Component):
-    """``relu(gate)**2 * up`` of one token at a time, ``2 length`` elements in, ``length`` out.
+def _relu(value):
+    return Mux(value < 0, 0, value)[:_A_BITS]
 
-    A token is a command with its length, then its ``length`` gate elements, then its
-    ``length`` up elements on one stream (the order in which the banks produce the rows of the
-    gate|up matrix, so the epilogue's results feed it directly). The command is taken only
-    between tokens, so a token takes ``2 length + 1`` cycles of input; each result leaves
-    :data:`LATENCY` cycles after its up element is taken, and a new token's gate may enter
-    while the last one's results drain. The pipeline holds whole while a result is refused.
-    The square and the product by up are one MULT18X18D each.
+
+class FfnInner(wiring.Component):
+    """``relu(gate)**2 * up`` of one token at a time, ``2 length`` elements in, ``length`` out,
+    ``lanes`` a beat.
+
+    A token is a command with its length, then its ``length / lanes`` gate beats, then its
+    ``length / lanes`` up beats on one stream (the order in which the banks produce the rows of
+    the gate|up matrix, so the epilogue's results feed it directly); element ``i`` of beat
+    ``j`` is the vector's element ``j lanes + i``. The command is taken only between tokens, so
+    a token takes ``2 length / lanes + 1`` cycles of input; each result beat leaves
+    :attr:`latency` cycles after its up beat is taken, and a new token's gate may enter while
+    the last one's results drain. The pipeline holds whole while a result is refused. Each lane
+    squares and multiplies by up in a MULT18X18D of its own (``2 lanes`` in all).
 
     Parameters
     ----------
     config : hw.config.Config
         The device (the unit has no device parameters).
     ffn : int
-        The longest token (the model's ffn width): the buffer's depth.
+        The longest token (the model's ffn width): the buffer holds ``ffn`` elements.
+    lanes : int
+        Elements a beat, a power of two dividing ``ffn`` (default 1). A command's length must
+        be a multiple of ``lanes``.
 
     Members
     -------
     cmd : In(stream.Signature(StructLayout({"length": range(ffn + 1)})))
-        A token's length, from 1 to ``ffn``.
-    i_stream : In(stream.Signature(signed(16)))
-        The token's gate elements, then its up elements (golden's ``projection``).
-    o_stream : Out(stream.Signature(StructLayout({"value": signed(32), "shift": range(15)})))
-        ``shift_round(a**2, shift) * up`` per up element, in order, each with its token's
-        ``shift`` (golden's ``ffn_inner`` and the ``s`` of its exponent).
+        A token's length, a multiple of ``lanes`` from ``lanes`` to ``ffn``.
+    i_stream : In(stream.Signature(ArrayLayout(signed(16), lanes)))
+        The token's gate beats, then its up beats (golden's ``projection``); a plain
+        ``signed(16)`` for one lane.
+    o_stream : Out(stream.Signature(StructLayout({"value": values, "shift": range(15)})))
+        ``shift_round(a**2, shift) * up`` per up element, in order, each beat with its token's
+        ``shift`` (golden's ``ffn_inner`` and the ``s`` of its exponent); ``values`` is
+        ``ArrayLayout(signed(32), lanes)``, a plain ``signed(32)`` for one lane.
     """
 
-    LATENCY = 7
+    @staticmethod
+    def latency_for(lanes):
+        """Cycles from an up beat taken to its result beat offered: ``7 + log2(lanes)`` (each
+        level of the compare tree over the beat's lanes takes a stage of its own)."""
+        return 6 + lanes.bit_length()
 
-    def __init__(self, config, *, ffn):
+    @property
+    def latency(self):
+        """:meth:`latency_for` this unit's lanes."""
+        return self.latency_for(self.lanes)
+
+    def __init__(self, config, *, ffn, lanes=1):
         if isinstance(ffn, bool) or not isinstance(ffn, int) or ffn < 1:
             raise ValueError(f"ffn must be a positive integer, not {ffn!r}")
-        self._ffn = ffn
+        if (isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1
+                or lanes & (lanes - 1) or ffn % lanes):
+            raise ValueError(f"lanes must be a power of two dividing ffn ({ffn}), not {lanes!r}")
+        self._ffn, self.lanes = ffn, lanes
+        element = signed(PROJECTION_BITS)
+        value = signed(INNER_BITS)
+        if lanes > 1:
+            element, value = data.ArrayLayout(element, lanes), data.ArrayLayout(value, lanes)
         super().__init__({
             "cmd": In(stream.Signature(data.StructLayout({"length": range(ffn + 1)}))),
-            "i_stream": In(stream.Signature(signed(PROJECTION_BITS))),
+            "i_stream": In(stream.Signature(element)),
             "o_stream": Out(stream.Signature(data.StructLayout({
-                "value": signed(INNER_BITS), "shift": range(_SHIFT_MAX + 1)}))),
+                "value": value, "shift": range(_SHIFT_MAX + 1)}))),
         })
 
     def elaborate(self, platform):
         m = Module()
-        ffn = self._ffn
-        m.submodules.buffer = buffer = Memory(shape=unsigned(_A_BITS), depth=ffn, init=[])
+        lanes = self.lanes
+        beats_max = self._ffn // lanes
+        m.submodules.buffer = buffer = Memory(
+            shape=data.ArrayLayout(unsigned(_A_BITS), lanes), depth=beats_max, init=[])
+
+        def lane(value, i):
+            return value if lanes == 1 else value[i]
 
         # Every stage moves together, and waits while a result is refused.
         advance = ~self.o_stream.valid | self.o_stream.ready
 
-        # Which element the stream holds: the command's length, the phase, the index.
-        length = Signal(range(ffn + 1))
+        # Which beat the stream holds: the command's length in beats, the phase, the index.
+        beats = Signal(range(beats_max + 1))
         phase = Signal(data.StructLayout({"active": 1, "up": 1}))
-        index = Signal(range(ffn))
-        end = index == length - 1
+        index = Signal(range(beats_max))
+        end = index == beats - 1
         m.d.comb += [self.cmd.ready.eq(~phase.active),
                      self.i_stream.ready.eq(advance & phase.active)]
         with m.If(self.cmd.valid & ~phase.active):
-            m.d.sync += [length.eq(self.cmd.payload.length), phase.active.eq(1), phase.up.eq(0)]
+            m.d.sync += [beats.eq(self.cmd.payload.length >> (lanes.bit_length() - 1)),
+                         phase.active.eq(1), phase.up.eq(0)]
         with m.If(self.i_stream.valid & self.i_stream.ready):
             m.d.sync += index.eq(Mux(end, 0, index + 1))
             with m.If(end):
                 m.d.sync += [phase.up.eq(~phase.up), phase.active.eq(~phase.up)]
 
-        # A gate element's a is written into the buffer; an up element reads its a back.
-        gate_a = Mux(self.i_stream.payload < 0, 0, self.i_stream.payload)[:_A_BITS]
+        # A gate beat's a is written into the buffer; an up beat reads its a back.
         write, read = buffer.write_port(), buffer.read_port()
         m.d.comb += [write.en.eq(self.i_stream.valid & self.i_stream.ready & ~phase.up),
-                     write.addr.eq(index), write.data.eq(gate_a),
+                     write.addr.eq(index),
+                     *(write.data[i].eq(_relu(lane(self.i_stream.payload, i)))
+                       for i in range(lanes)),
                      read.en.eq(advance), read.addr.eq(index)]
 
         control = data.StructLayout({"valid": 1, "up": 1, "first": 1, "end": 1})
         taken = Signal(control)
         m.d.comb += [taken.valid.eq(self.i_stream.valid & self.i_stream.ready),
                      taken.up.eq(phase.up), taken.first.eq(index == 0), taken.end.eq(end)]
-        # Stage 1: the element (a gate's a, or an up and its a read). Stage 2: the operand of
-        # the square: the running maximum of a for a gate element, a for an up. Stage 3: the
-        # square; on the last gate element, (max a)**2 gives the token's shift. Stages 4 to 6:
-        # the rounding shift, one step a stage (the token's shift and its half; the half
-        # added; the right shift): in one stage, a decoder, a carry chain and a barrel shifter
-        # ran at 96 MHz on the ECP5. Stage 7: the product by up. Every stage's copy of up and
-        # the shift moves with it.
-        c = [None] + [Signal(control, name=f"control{n}") for n in range(1, 7)]
-        element1 = Signal(signed(PROJECTION_BITS), reset_less=True)
+        # Stage 1: the beat (a gate's, or an up and its a read). Stages 2 to M = 1 + log2(lanes):
+        # the beat's largest a, a level of the compare tree a stage (two levels in one ran at
+        # 101 MHz on the ECP5). Stage M + 1: the operands of the squares: lane 0 takes
+        # the running maximum of a for a gate beat, each lane its a for an up beat. Stage M + 2:
+        # the squares; on the last gate beat, lane 0's (max a)**2 gives the token's shift.
+        # Stages M + 3 to M + 5: the rounding shift, one step a stage (the token's shift and its
+        # half; the half added; the right shift): in one stage, a decoder, a carry chain and a
+        # barrel shifter ran at 96 MHz on the ECP5. Stage M + 6: the products by up. Every
+        # stage's copy of up and the shift moves with it.
+        last = self.latency
+        c = [None] + [Signal(control, name=f"control{n}") for n in range(1, last)]
+        element1 = Signal.like(self.i_stream.payload, reset_less=True)
+        sync = [c[1].eq(taken), element1.eq(self.i_stream.payload),
+                *(c[n].eq(c[n - 1]) for n in range(2, last))]
+        # Each level of the tree carries the beat's up and the a read along.
+        most, ups_m, read_m = [_relu(lane(element1, i)) for i in range(lanes)], element1, read.data
+        for stage in range(2, last - 5):
+            pairs = [Mux(x > y, x, y) for x, y in zip(most[::2], most[1::2])]
+            most = [Signal(_A_BITS, name=f"most{stage}_{i}", reset_less=True)
+                    for i in range(len(pairs))]
+            ups_next = Signal.like(element1, name=f"up{stage}", reset_less=True)
+            read_next = Signal.like(read.data, name=f"read{stage}", reset_less=True)
+            sync += [*(x.eq(y) for x, y in zip(most, pairs)), ups_next.eq(ups_m),
+                     read_next.eq(read_m)]
+            ups_m, read_m = ups_next, read_next
+        most = most[0]
+        s = last - 6                                        # stage M: the beat's largest a
+
+        def lanes_signal(shape, name):
+            return [Signal(shape, name=f"{name}_{i}", reset_less=True) for i in range(lanes)]
+
         running = Signal(_A_BITS, reset_less=True)          # max a of the token's gate so far
-        a2 = Signal(_A_BITS, reset_less=True)
-        square3 = Signal(_SQUARE_BITS, reset_less=True)
+        operand = lanes_signal(_A_BITS, f"a{s + 1}")
+        square = lanes_signal(_SQUARE_BITS, f"square{s + 2}")
+        square_copy = lanes_signal(_SQUARE_BITS, f"square{s + 3}")
+        biased = lanes_signal(_SQUARE_BITS + 1, f"biased{s + 4}")
+        shifted = lanes_signal(_SHIFTED_SQUARE_BITS, f"shifted{s + 5}")
         shift = Signal(range(_SHIFT_MAX + 1), reset_less=True)
-        square4 = Signal(_SQUARE_BITS, reset_less=True)
-        biased5 = Signal(_SQUARE_BITS + 1, reset_less=True)
-        shifted6 = Signal(_SHIFTED_SQUARE_BITS, reset_less=True)
-        ups = {n: Signal(signed(PROJECTION_BITS), name=f"up{n}", reset_less=True)
-               for n in range(2, 7)}
-        shifts = {n: Signal.like(shift, name=f"shift{n}") for n in range(4, 7)}
-        a1 = Mux(element1 < 0, 0, element1)[:_A_BITS]
-        larger = Mux(c[1].first | (a1 > running), a1, running)
-        length3 = bit_length(square3)
+        ups = {n: Signal.like(element1, name=f"up{n}", reset_less=True)
+               for n in range(s + 1, last)}
+        ups[s] = ups_m
+        shifts = {n: Signal.like(shift, name=f"shift{n}") for n in range(s + 3, last)}
+        larger = Mux(c[s].first | (most > running), most, running)
+        length = bit_length(square[0])
+        sync += [*(ups[n].eq(ups[n - 1]) for n in range(s + 1, last)),
+                 operand[0].eq(Mux(c[s].up, read_m[0], larger)),
+                 *(operand[i].eq(read_m[i]) for i in range(1, lanes)),
+                 *(square[i].eq(operand[i] * operand[i]) for i in range(lanes)),
+                 *(square_copy[i].eq(square[i]) for i in range(lanes)),
+                 shifts[s + 3].eq(shift), shifts[s + 4].eq(shifts[s + 3]),
+                 shifts[s + 5].eq(shifts[s + 4]),
+                 self.o_stream.valid.eq(c[last - 1].valid & c[last - 1].up),
+                 *(lane(self.o_stream.payload.value, i).eq(shifted[i] * lane(ups[last - 1], i))
+                   for i in range(lanes)),
+                 self.o_stream.payload.shift.eq(shifts[last - 1])]
         with m.If(advance):
-            m.d.sync += [
-                *(c[n].eq(c[n - 1]) for n in range(2, 7)), c[1].eq(taken),
-                element1.eq(self.i_stream.payload),
-                a2.eq(Mux(c[1].up, read.data, larger)), ups[2].eq(element1),
-                square3.eq(a2 * a2),
-                *(ups[n].eq(ups[n - 1]) for n in range(3, 7)),
-                square4.eq(square3), shifts[4].eq(shift),
-                shifts[5].eq(shifts[4]), shifts[6].eq(shifts[5]),
-                self.o_stream.valid.eq(c[6].valid & c[6].up),
-                self.o_stream.payload.value.eq(shifted6 * ups[6]),
-                self.o_stream.payload.shift.eq(shifts[6]),
-            ]
-            half4 = register_half(m, shift, _SQUARE_BITS, "half4")
-            rounding_shift(m, square4, half=half4, right=shifts[5], biased=biased5,
-                           right_shifted=shifted6)
-            with m.If(c[1].valid & ~c[1].up):
+            m.d.sync += sync
+            half = register_half(m, shift, _SQUARE_BITS, f"half{s + 3}")
+            for i in range(lanes):
+                rounding_shift(m, square_copy[i], half=half, right=shifts[s + 4],
+                               biased=biased[i], right_shifted=shifted[i])
+            with m.If(c[s].valid & ~c[s].up):
                 m.d.sync += running.eq(larger)
-            with m.If(c[3].valid & ~c[3].up & c[3].end):
-                m.d.sync += shift.eq(Mux(length3 > SHIFTED_BITS, length3 - SHIFTED_BITS, 0))
+            with m.If(c[s + 2].valid & ~c[s + 2].up & c[s + 2].end):
+                m.d.sync += shift.eq(Mux(length > SHIFTED_BITS, length - SHIFTED_BITS, 0))
         return m

@@ -1,25 +1,28 @@
 """cocotb testbench of :class:`hw.ffn.FfnInner`, checked against ``golden.integer.ffn_inner``.
 
-Tokens of every length from 1 to ``ffn`` (the first of each flow setting is ``ffn`` long, the
-second 1), sent back to back, each a command then its gate and up elements. Gates span every
+Tokens of every length from ``lanes`` to ``ffn`` a multiple of the unit's ``lanes`` (the
+first of each flow setting is ``ffn`` long, the second ``lanes``), sent back to back, each a
+command then its gate and up beats. Gates span every
 magnitude: all negative (``a`` all zero), small ones around the shift's threshold, the extremes
 32767 and -32768, and vectors whose most negative element outweighs the largest positive one;
 up elements include -32768 and 32767. Each token gets random gate and up fractions, and the
 unit's shift must be golden's exponent plus ``2 gate_fraction + up_fraction``. Everything runs
-under random idle and back-pressure; a last test checks one element a cycle and the latency.
+under random idle and back-pressure; a last test checks one beat a cycle and the latency.
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (tokens per flow setting),
-``options`` (``ffn``).
+``options`` (``ffn``, ``lanes``).
 """
 
 import itertools
 
 import cocotb
 import numpy as np
+from amaranth import Shape
 
 from golden.integer import PROJECTION_BITS, ffn_inner
 from hw.config import Config
 from hw.ffn import FfnInner
+from hw.words import pack_ints, unpack_ints
 from sim.tb import TB, StreamSink, StreamSource, params, payload_layout, write_report
 
 FLOW_KNOBS = list(itertools.product((0.0, 0.3), (0.0, 0.5)))
@@ -36,32 +39,37 @@ class FfnTB(TB):
     def __init__(self, dut, p):
         super().__init__(dut, seed=p["seed"])
         self.unit = FfnInner(Config.from_dict(p["config"]), **p["options"])
-        self.ffn = p["options"]["ffn"]
+        self.ffn, self.lanes = p["options"]["ffn"], self.unit.lanes
         self.cmd_layout = payload_layout(self.unit, "cmd")
         self.out_layout = payload_layout(self.unit, "o_stream")
+        self.value_bits = Shape.cast(self.out_layout["value"].shape).width // self.lanes
         self.np_rng = np.random.default_rng(p["seed"])
         self.cmd = StreamSource(dut, "cmd", rng=self.rng)
         self.source = StreamSource(dut, "i_stream", rng=self.rng)
         self.sink = StreamSink(dut, "o_stream", rng=self.rng)
 
     async def send(self, tokens):
-        """Each token's command, then its gate and up elements."""
+        """Each token's command, then its gate and up beats."""
         for gate, up in tokens:
             await self.cmd.send([self.cmd_layout.const({"length": len(gate)}).as_bits()],
                                 self.cycle)
-            await self.source.send([int(v) & ((1 << PROJECTION_BITS) - 1)
-                                    for v in np.concatenate([gate, up])], self.cycle)
+            await self.source.send(list(pack_ints(np.concatenate([gate, up])
+                                                  .reshape(-1, self.lanes), PROJECTION_BITS)),
+                                   self.cycle)
 
     async def run(self, tokens):
         """Send ``tokens`` while collecting their results: ``(value, shift)`` per element (a
         gate takes up to ``ffn`` cycles, longer under idle, before a result can leave)."""
         timeout = 4 * self.ffn + 100
         sender = cocotb.start_soon(self.send(tokens))
-        beats = await self.sink.receive(sum(len(gate) for gate, _ in tokens), self.cycle,
-                                        timeout=timeout)
+        beats = await self.sink.receive(sum(len(gate) for gate, _ in tokens) // self.lanes,
+                                        self.cycle, timeout=timeout)
         await sender
-        results = [self.out_layout.from_bits(beat) for beat in beats]
-        return [(int(r.value), int(r.shift)) for r in results]
+        value = self.out_layout["value"]
+        values = unpack_ints([(beat >> value.offset) & ((1 << value.width) - 1)
+                              for beat in beats], self.value_bits, self.lanes)
+        shifts = [int(self.out_layout.from_bits(beat).shift) for beat in beats]
+        return [(int(v), shift) for row, shift in zip(values, shifts) for v in row]
 
 
 def draw_gate(rng, length):
@@ -114,7 +122,9 @@ async def ffn_matches_golden(dut):
     for idle, backpressure in FLOW_KNOBS:
         tb.cmd.pause = tb.source.pause = idle
         tb.sink.backpressure = backpressure
-        lengths = [tb.ffn, 1] + [int(n) for n in rng.integers(1, tb.ffn + 1, p["tiles"] - 2)]
+        lanes = tb.lanes
+        lengths = [tb.ffn, lanes] + [lanes * int(n) for n in
+                                     rng.integers(1, tb.ffn // lanes + 1, p["tiles"] - 2)]
         tokens = []
         for length in lengths:
             gate = draw_gate(rng, length)
@@ -132,23 +142,25 @@ async def ffn_matches_golden(dut):
 
 
 @cocotb.test()
-async def one_element_a_cycle(dut):
-    """With no idle and no back-pressure, a token takes ``2 length + 1`` cycles of input and
-    each result leaves LATENCY cycles after its up element is taken."""
+async def one_beat_a_cycle(dut):
+    """With no idle and no back-pressure, a token takes ``2 length / lanes + 1`` cycles of input
+    and each result beat leaves the unit's latency after its up beat is taken."""
     p = params()
     tb = FfnTB(dut, p)
     rng = tb.np_rng
     await tb.reset()
-    lengths = [tb.ffn, 1, 2, tb.ffn]
+    lanes = tb.lanes
+    lengths = [tb.ffn, lanes, 2 * lanes, tb.ffn]
     tokens = [(draw_gate(rng, n), draw_up(rng, n)) for n in lengths]
     got = await tb.run(tokens)
     assert [value for value, _ in got] == [value for gate, up in tokens
                                            for value, _ in expected(rng, gate, up)]
     taken, up_taken = tb.source.accepted_cycles, []
-    for n in lengths:
+    for n in (length // lanes for length in lengths):
         up_taken += taken[n:2 * n]
         taken = taken[2 * n:]
     assert [b - a for a, b in zip(up_taken, tb.sink.beat_cycles)] == \
-        [FfnInner.LATENCY] * len(up_taken)
+        [tb.unit.latency] * len(up_taken)
     commands = tb.cmd.accepted_cycles
-    assert [b - a for a, b in itertools.pairwise(commands)] == [2 * n + 1 for n in lengths[:-1]]
+    assert [b - a for a, b in itertools.pairwise(commands)] == \
+        [2 * n // lanes + 1 for n in lengths[:-1]]

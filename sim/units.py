@@ -38,7 +38,7 @@ UNITS = {unit.name: unit for unit in [
          options={"size": 128, "lanes": 8}),
     Unit("ffn", "hw.ffn:FfnInner", "sim.ffn_tb",
          "FFN inner product relu(gate)**2 x up of the resident decoder (the shipped model's "
-         "width)", options={"ffn": 384}),
+         "width, the BitLinear block's 4 lanes)", options={"ffn": 384, "lanes": 4}),
     Unit("norm-stage", "hw.norm_stage:NormStage", "sim.norm_stage_tb",
          "norm stage of the resident decoder: RMSNorm, x_q, rho and the BitLinears' factors "
          "(the shipped model's shape, 8 lanes)",

@@ -165,8 +165,9 @@ register_area_unit(AreaUnit("epilogue", "resident decoder's BitLinear epilogue (
                                                             lanes=4),
                             lanes=lambda config: 4))
 register_area_unit(AreaUnit("ffn", "resident decoder's FFN inner product relu(gate)**2 x up "
-                                   "(shipped model's ffn width)",
-                            lambda config, device: FfnInner(config, ffn=384)))
+                                   "(shipped model's ffn width, 4 lanes)",
+                            lambda config, device: FfnInner(config, ffn=384, lanes=4),
+                            lanes=lambda config: 4))
 register_area_unit(AreaUnit("head", "resident decoder's LM head, arg max and embedding lookup "
                                     "(shipped model's shape, a bank's lanes)",
                             lambda config, device: LmHead(config, hidden=128, vocab=256),
