@@ -66,8 +66,8 @@ class ResidentCore(wiring.Component):
         (``rope_theta`` and ``eps`` reach it only through the loaded steps and constants), and
         its bank group holds every matrix (:func:`hw.placement.place`).
     lanes : int
-        The BitLinear block's results a beat (a power of two dividing ``hidden``, ``ffn`` and
-        ``kv_heads * head_dim``).
+        The BitLinear block's results a beat, and the FFN's elements a beat (a power of two
+        dividing ``hidden``, ``ffn``, ``kv_heads * head_dim`` and ``pim.lanes``).
 
     Members
     -------
@@ -101,9 +101,9 @@ class ResidentCore(wiring.Component):
         head_dim = model.head_dim
         if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1 \
                 or lanes & (lanes - 1) or any(v % lanes for v in (
-                    model.hidden, model.ffn, model.kv_heads * head_dim)):
-            raise ValueError(f"lanes must be a power of two dividing hidden, ffn and kv_heads x "
-                             f"head_dim, not {lanes!r}")
+                    model.hidden, model.ffn, model.kv_heads * head_dim, config.pim.lanes)):
+            raise ValueError(f"lanes must be a power of two dividing hidden, ffn, kv_heads x "
+                             f"head_dim and pim.lanes, not {lanes!r}")
         self._config, self._model, self._head_dim, self.lanes = config, model, head_dim, lanes
         # Config keeps hidden, ffn and head_dim multiples of pim.lanes; the banks must also
         # hold every matrix.
@@ -117,7 +117,7 @@ class ResidentCore(wiring.Component):
         self._attention = Attention(config, heads=model.heads, kv_heads=model.kv_heads,
                                     head_dim=head_dim, max_seq=model.max_seq,
                                     layers=model.layers)
-        self._ffn = FfnInner(config, ffn=model.ffn)
+        self._ffn = FfnInner(config, ffn=model.ffn, lanes=lanes)
         # The head reads a whole row in as few words as it can: up to _HEAD_LANES products a
         # cycle, a multiple of the banks' lanes (x_q's chunks) dividing hidden.
         self.head_lanes = max(n for n in range(config.pim.lanes, model.hidden + 1,
@@ -329,11 +329,11 @@ class ResidentCore(wiring.Component):
             return done
 
         within, written_within = Signal(range(pairs)), Signal(range(pairs))
-        filled = Signal(range(pim_lanes))                   # elements in ffn_word
+        filled = Signal(range(pim_lanes // lanes))          # FFN beats in ffn_word
         word_full = Signal()
-        serial = Signal(lanes * PROJECTION_BITS)            # a gate or up beat, element by element
-        serial_left = Signal(range(lanes + 1))
-        serial_at = Signal(range(lanes))
+        widened = [Signal(signed(RESIDUAL_BITS), name=f"inner{i}") for i in range(lanes)]
+        m.d.comb += [value.eq(ffn_unit.o_stream.payload.value[i])
+                     for i, value in enumerate(widened)]
         ffn_started = Signal()
 
         with m.FSM() as fsm:
@@ -477,37 +477,30 @@ class ResidentCore(wiring.Component):
                     with m.Else():
                         m.next = "IDLE"
             with m.State("FFN"):
-                # gate then up, element by element into the FFN; its results, gathered into
-                # words, into the norm's buffer.
+                # gate then up, a beat at a time into the FFN; its results, gathered into words,
+                # into the norm's buffer (a word leaves in the cycle the next beat comes in).
                 m.d.comb += [ffn_unit.cmd.valid.eq(~ffn_started),
                              ffn_unit.cmd.payload.length.eq(ffn)]
                 with m.If(ffn_unit.cmd.valid & ffn_unit.cmd.ready):
                     m.d.sync += ffn_started.eq(1)
-                element = ffn_unit.i_stream
-                refill = (serial_left == 0) | ((serial_left == 1) & element.ready)
-                m.d.comb += [results.ready.eq(refill),
-                             element.valid.eq(serial_left != 0),
-                             element.payload.eq(serial.word_select(serial_at, PROJECTION_BITS))]
-                with m.If(element.valid & element.ready):
-                    m.d.sync += [serial_left.eq(serial_left - 1), serial_at.eq(serial_at + 1)]
-                with m.If(results.valid & refill):
-                    m.d.sync += [serial.eq(lows(results.payload.data)), serial_left.eq(lanes),
-                                 serial_at.eq(0)]
+                m.d.comb += [ffn_unit.i_stream.valid.eq(results.valid),
+                             ffn_unit.i_stream.payload.eq(lows(results.payload.data)),
+                             results.ready.eq(ffn_unit.i_stream.ready)]
                 inner = ffn_unit.o_stream
-                m.d.comb += [inner.ready.eq(~word_full),
+                m.d.comb += [inner.ready.eq(~word_full | x.ready),
                              x.valid.eq(word_full), x.payload.index.eq(out_count),
                              x.payload.data.eq(ffn_word)]
-                with m.If(inner.valid & inner.ready):
-                    m.d.sync += [ffn_word.word_select(filled, RESIDUAL_BITS)
-                                 .eq(inner.payload.value),
-                                 filled.eq(filled + 1), shift.eq(inner.payload.shift)]
-                    with m.If(filled == pim_lanes - 1):
-                        m.d.sync += [filled.eq(0), word_full.eq(1)]
                 with m.If(x.valid & x.ready):
                     m.d.sync += [word_full.eq(0), out_count.eq(out_count + 1)]
                     with m.If(out_count == ffn // pim_lanes - 1):
                         m.d.sync += [ffn_started.eq(0), op.eq(_Op.DOWN)]
                         m.next = "COMMAND"
+                with m.If(inner.valid & inner.ready):
+                    m.d.sync += [ffn_word.word_select(filled, lanes * RESIDUAL_BITS)
+                                 .eq(Cat(*widened)),
+                                 filled.eq(filled + 1), shift.eq(inner.payload.shift)]
+                    with m.If(filled == pim_lanes // lanes - 1):
+                        m.d.sync += [filled.eq(0), word_full.eq(1)]
             with m.State("FINAL_NORM"):
                 with m.If(~block.busy):
                     m.next = "HEAD_WORDS"
