@@ -18,7 +18,7 @@ from hw.bitlinear_block import BitLinearBlock
 from hw.boards import BoardTop, board_clock
 from golden.integer import RESIDUAL_BITS
 from golden.widths import signed_bits_for
-from hw.config import Config
+from hw.config import PRESETS, Config, ConfigError
 from hw.device import Device
 from hw.epilogue import Epilogue
 from hw.ffn import FfnInner
@@ -27,14 +27,15 @@ from hw.linear_stage import LinearStage
 from hw.norm_stage import NormStage
 from hw.pe import PE_KINDS
 from hw.pim import PimBank, PimBankGroup
+from hw.resident_core import ResidentCore
 from hw.rope import Rope
 from hw.uart import DEFAULT_BAUD
 
 from . import flow
 from .flow import BuildStage, ToolError
 
-__all__ = ["Target", "TARGETS", "AreaUnit", "AREA_UNITS", "register_area_unit", "AreaResult",
-           "DerivedArea", "controller_area", "area", "compare_int8", "SynthResult",
+__all__ = ["Target", "TARGETS", "AreaUnit", "AREA_UNITS", "register_area_unit", "area_units",
+           "AreaResult", "DerivedArea", "controller_area", "area", "compare_int8", "SynthResult",
            "synth_board"]
 
 YOSYS_TIMEOUT = 1800            # seconds; the biggest preset's array takes minutes, not hours
@@ -121,12 +122,15 @@ class AreaUnit:
     """A unit whose area is reported: ``build(config, device)`` makes its component.
 
     ``device`` is the device factory (see :mod:`hw.boards`); ``lanes(config)`` is the number of
-    lanes the per-lane figure divides by, or ``None`` for a unit without lanes.
+    lanes the per-lane figure divides by, or ``None`` for a unit without lanes. A ``resident``
+    unit is built for ``config.resident``: a config without it leaves the unit out of a run of
+    every unit, and refuses it by name.
     """
     name: str
     description: str
     build: Callable
     lanes: Callable = lambda config: None
+    resident: bool = False
 
 
 def _widest_pe(config, device):
@@ -197,6 +201,11 @@ register_area_unit(AreaUnit("bitlinear-block", "resident decoder's norm and the 
                                 config, hidden=min(128, config.max_k),
                                 ffn=min(384, config.max_k), layers=2),
                             lanes=lambda config: config.pim.lanes))
+register_area_unit(AreaUnit("resident-core", "resident decoder's core for config.resident: its "
+                                             "BitLinear block, RoPE, attention with the KV "
+                                             "cache, FFN, LM head, constants and registers, "
+                                             "without the bank group",
+                            lambda config, device: ResidentCore(config), resident=True))
 register_area_unit(AreaUnit("device", "the device the boards host (--device)",
                             lambda config, device: device(config)))
 
@@ -319,9 +328,17 @@ def _yosys_area(component, *, unit, target, dsp, timeout, progress):
         return cells, seconds, log, extra
 
 
+def area_units(config):
+    """The names in :data:`AREA_UNITS` built for ``config``: the ``resident`` ones only if it
+    has resident units."""
+    return [name for name, unit in AREA_UNITS.items()
+            if config.resident is not None or not unit.resident]
+
+
 def area(config, *, units=None, target="ecp5", dsp=True, device=None, timeout=YOSYS_TIMEOUT,
          fmax=False, progress=None):
-    """Synthesise ``units`` (names in :data:`AREA_UNITS`; all by default) for ``config``.
+    """Synthesise ``units`` (names in :data:`AREA_UNITS`; by default all, the ``resident``
+    ones if ``config.resident`` is set) for ``config``.
 
     ``fmax`` also places and routes each unit out of context (the target's ``fmax_tool``) for
     ``config.clock_mhz`` and reports its Fmax: the unit's own paths, without the ports' (a
@@ -339,12 +356,18 @@ def area(config, *, units=None, target="ecp5", dsp=True, device=None, timeout=YO
         raise ValueError(f"Fmax needs a target with a place-and-route tool "
                          f"({', '.join(t.name for t in TARGETS.values() if t.fmax_tool)}), "
                          f"not {target.name}")
+    units = area_units(config) if units is None else units
+    for name in units:
+        if AREA_UNITS[name].resident and config.resident is None:
+            raise ConfigError(f"{name} is built for the config's resident units, and this one "
+                              f"has none (presets with them: "
+                              f"{', '.join(n for n, c in PRESETS.items() if c.resident)})")
     flow.find_tool("yosys")     # a missing toolchain is named before any work is done
     if fmax:
         flow.find_tool(target.fmax_tool)
     device = device or DEVICES[DEFAULT_DEVICE]
     results = []
-    for name in units or list(AREA_UNITS):
+    for name in units:
         unit = AREA_UNITS[name]
         cells, seconds, log, fallback = _yosys_area(unit.build(config, device), unit=name,
                                                     target=target, dsp=dsp, timeout=timeout,

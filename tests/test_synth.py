@@ -95,6 +95,7 @@ def _cli(capsys, *args):
     (["synth", "--board", "ulx3s-85f", "--preset", "nope"], "unknown preset 'nope'"),
     (["area", "--set", "pe=bogus"], "array.pe must be one of 'ternary', 'int8'"),
     (["area", "--target", "ice40", "--fmax"], "--fmax needs --target ecp5, not ice40"),
+    (["area", "--unit", "resident-core"], "(presets with them: tiny, ulx3s-85f)"),
 ])
 def test_mistakes_give_one_line_and_status_2(capsys, args, message):
     code, out, err = _cli(capsys, *args)
@@ -192,6 +193,14 @@ def test_a_unit_yosys_fails_on_is_mapped_again_with_the_fallback(capsys, monkeyp
         flow.ToolError("yosys failed on pe (exit 1); see yosys.log")))
     code, _, err = _cli(capsys, "area", "--preset", "tiny", "--unit", "pe")
     assert code == 1 and "yosys failed on pe" in err
+
+
+def test_a_config_without_resident_units_leaves_the_resident_ones_out():
+    resident = [name for name, unit in synth.AREA_UNITS.items() if unit.resident]
+    assert resident == ["resident-core"]
+    assert synth.area_units(preset("icebreaker")) == [
+        name for name in synth.AREA_UNITS if name not in resident]
+    assert synth.area_units(preset("ulx3s-85f")) == list(synth.AREA_UNITS)
 
 
 def _result(unit, cells, lanes=None):
