@@ -581,10 +581,19 @@ class IntegerModel(Decoder):
     cache_dtype = np.int16
 
     def __init__(self, cfg, weights, core=None, *, observer=None):
-        self.cfg = cfg
-        self.prepared = IntegerWeights.from_weights(cfg, weights)
-        self.core = WeightsCore(weights) if core is None else core
-        self.observer = observer
+        self._setup(cfg, IntegerWeights.from_weights(cfg, weights),
+                    WeightsCore(weights) if core is None else core, observer)
+
+    @classmethod
+    def from_prepared(cls, cfg, prepared, core, *, observer=None):
+        """The decoder of integer weights ``prepared`` already made (a device's loaded image,
+        say), its BitLinears done by ``core``."""
+        model = cls.__new__(cls)
+        model._setup(cfg, prepared, core, observer)
+        return model
+
+    def _setup(self, cfg, prepared, core, observer):
+        self.cfg, self.prepared, self.core, self.observer = cfg, prepared, core, observer
         self._shapes = linear_shapes(cfg)
         self.reset()
 

@@ -30,7 +30,8 @@ from amaranth.lib import data, enum
 
 from .pe import PE_KINDS
 
-__all__ = ["WORD_BITS", "WORD_BYTES", "Opcode", "ErrorCode", "HEADER", "STATUS",
+__all__ = ["WORD_BITS", "WORD_BYTES", "Opcode", "ErrorCode", "Tensor", "TENSOR_PORTS", "RESIDENT_OPCODES",
+           "RESIDENT_ERRORS", "HEADER", "STATUS",
            "STATUS_FLAGS", "STATUS_MAGIC", "Command", "COMMANDS", "ARGUMENT_WORDS",
            "words_for", "pack_header", "unpack_header", "CommandFormat"]
 
@@ -49,6 +50,8 @@ class Opcode(enum.Enum, shape=8):
     READ_STATUS = 0x06
     READ_COUNTERS = 0x07
     CLEAR_ERRORS = 0x08
+    LOAD_TENSOR = 0x09
+    GENERATE = 0x0A
 
 
 class ErrorCode(enum.Enum, shape=8):
@@ -60,6 +63,30 @@ class ErrorCode(enum.Enum, shape=8):
     BAD_LENGTH = 0x05           # count, rows or tokens of 0
     BAD_SHAPE = 0x06            # GEMV words_per_row of 0 or beyond the activation buffer
     NO_TILE = 0x07              # GEMM before a complete LOAD_TILE
+    BAD_TENSOR = 0x08           # LOAD_TENSOR of a tensor not in Tensor
+    NOT_LOADED = 0x09           # GENERATE before every resident tensor is loaded to its end
+    BAD_TOKEN = 0x0A            # a GENERATE prompt token >= vocab
+
+
+class Tensor(enum.Enum, shape=8):
+    """The resident decoder's on-chip tensors (LOAD_TENSOR's ``a``); the ternary weights go
+    into the banks with WRITE_WEIGHTS, as in offload mode."""
+    GAINS = 0                   # every norm's gains: a word of pim.lanes int16 an item
+    EMBEDDING = 1               # the tied int8 embedding: a word of the head's lanes an item
+    ROW_SCALES = 2              # the embedding's 17-bit row scales
+    ROPE_STEPS = 3              # RoPE's 32-bit phase steps
+    CONSTANTS = 4               # the constants records: one a layer, then the model's
+
+
+# The resident core's port each tensor is loaded through (hw.resident_core.LOAD_PORTS).
+TENSOR_PORTS = {Tensor.GAINS: "gain_stream", Tensor.EMBEDDING: "emb_stream",
+                Tensor.ROW_SCALES: "scale_stream", Tensor.ROPE_STEPS: "step_stream",
+                Tensor.CONSTANTS: "const_stream"}
+
+# Only a device with resident units (config.resident) knows these opcodes: elsewhere they are
+# UNKNOWN_OPCODE, and these error codes cannot be raised.
+RESIDENT_OPCODES = (Opcode.LOAD_TENSOR, Opcode.GENERATE)
+RESIDENT_ERRORS = (ErrorCode.BAD_TENSOR, ErrorCode.NOT_LOADED, ErrorCode.BAD_TOKEN)
 
 
 HEADER = data.StructLayout({"opcode": 8, "a": 8, "b": 16})
@@ -105,6 +132,13 @@ COMMANDS = {command.opcode: command for command in [
     Command(Opcode.READ_COUNTERS, "read the performance counters",
             response="{counter_words} words: {counters}"),
     Command(Opcode.CLEAR_ERRORS, "forget the sticky error and the error count"),
+    Command(Opcode.LOAD_TENSOR, "write items of a resident tensor (resident units only)",
+            a="tensor", b="count", arguments=("addr",),
+            data="count items of the tensor's width, for items addr .. addr + count - 1"),
+    Command(Opcode.GENERATE, "prefill a prompt and decode greedily (resident units only)",
+            b="tokens", arguments=("prompt",),
+            data="prompt token ids, one word each (prompt + tokens - 1 <= max_seq)",
+            response="tokens words: each generated token id, sent as soon as it is known"),
 ]}
 ARGUMENT_WORDS = {opcode: len(command.arguments) for opcode, command in COMMANDS.items()
                   if command.arguments}
@@ -157,8 +191,13 @@ class CommandFormat:
         self.counter_names = ["cycles_busy", "cycles_idle", "cycles_stalled", "macs",
                               *[f"words_read_{b}" for b in range(self.banks)]]
         self.registers = [*STATUS, *self.counter_names]     # READ_STATUS, then READ_COUNTERS
+        # The resident tensors: {Tensor: (items, item words)}; none without resident units.
+        self.tensors = _resident_tensors(config) if config.resident else {}
+        self.max_seq = config.resident.max_seq if config.resident else 0
+        self.vocab = config.resident.vocab if config.resident else 0
         self.max_command_words = 1 + 2 + (1 << 16) * max(
-            self.weight_word_words, self.act_chunk_words, self.token_words)
+            self.weight_word_words, self.act_chunk_words, self.token_words,
+            *(words for _, words in self.tensors.values()))
 
     # Helpers shared by every encoder -------------------------------------------------------
 
@@ -207,6 +246,16 @@ class CommandFormat:
         codes = np.array([(row >> (self.weight_bits * n)) & mask for n in range(self.cols)])
         return self.pe.decode_weights(codes)
 
+    def load_tensor(self, tensor, addr, items):
+        """Items (ints of the tensor's width) for items ``addr ..`` of ``tensor``."""
+        words = self.tensors[tensor][1]
+        return [pack_header(Opcode.LOAD_TENSOR, tensor.value, len(items)), addr,
+                *[w for item in items for w in self.split(item, words)]]
+
+    def generate(self, prompt, tokens):
+        """Prefill ``prompt`` (token ids) and generate ``tokens`` more."""
+        return [pack_header(Opcode.GENERATE, 0, tokens), len(prompt), *map(int, prompt)]
+
     def gemm(self, tokens):
         return [pack_header(Opcode.GEMM, 0, len(tokens)),
                 *[w for token in tokens for w in self.split(token, self.token_words)]]
@@ -218,11 +267,18 @@ class CommandFormat:
 
     # Validation: what the device's decoder decides, in the order it checks ------------------
 
-    def header_error(self, opcode, a, b, *, tile_loaded):
-        """The :class:`ErrorCode` a header earns (``None``: valid), as the device decodes it."""
-        if opcode not in _OPCODES:
+    def header_error(self, opcode, a, b, *, tile_loaded, loaded=()):
+        """The :class:`ErrorCode` a header earns (``None``: valid), as the device decodes it;
+        ``loaded`` holds the :class:`Tensor` s loaded to their last item."""
+        if opcode not in _OPCODES or (Opcode(opcode) in RESIDENT_OPCODES and not self.tensors):
             return ErrorCode.UNKNOWN_OPCODE
         opcode = Opcode(opcode)
+        if opcode is Opcode.LOAD_TENSOR:
+            return (ErrorCode.BAD_TENSOR if a >= len(Tensor) else
+                    ErrorCode.BAD_LENGTH if b == 0 else None)
+        if opcode is Opcode.GENERATE:
+            return (ErrorCode.RESERVED_FIELD if a else ErrorCode.BAD_LENGTH if b == 0 else
+                    ErrorCode.NOT_LOADED if set(Tensor) - set(loaded) else None)
         if opcode is Opcode.WRITE_WEIGHTS:
             return (ErrorCode.BAD_BANK if a >= self.banks else
                     ErrorCode.BAD_LENGTH if b == 0 else None)
@@ -231,12 +287,17 @@ class CommandFormat:
                     ErrorCode.NO_TILE if opcode is Opcode.GEMM and not tile_loaded else None)
         return ErrorCode.RESERVED_FIELD if a or b else None
 
-    def argument_error(self, opcode, b, args):
-        """The :class:`ErrorCode` a valid header's arguments earn (``None``: valid)."""
+    def argument_error(self, opcode, b, args, *, tensor=0):
+        """The :class:`ErrorCode` a valid header's arguments earn (``None``: valid); for
+        LOAD_TENSOR, ``tensor`` is its header's ``a``."""
         if opcode is Opcode.WRITE_WEIGHTS and args[0] + b > self.depth:
             return ErrorCode.BAD_ADDRESS
         if opcode is Opcode.LOAD_ACTS and args[0] + b > self.act_words:
             return ErrorCode.BAD_ADDRESS
+        if opcode is Opcode.LOAD_TENSOR and args[0] + b > self.tensors[Tensor(tensor)][0]:
+            return ErrorCode.BAD_ADDRESS
+        if opcode is Opcode.GENERATE and not 1 <= args[0] <= self.max_seq + 1 - b:
+            return ErrorCode.BAD_LENGTH
         if opcode is Opcode.GEMV:
             if not 1 <= args[1] <= self.act_words:
                 return ErrorCode.BAD_SHAPE
@@ -254,8 +315,12 @@ class CommandFormat:
                 "counter_words": len(self.counter_names),
                 "counters": ", ".join(self.counter_names)}
 
-    def data_words(self, opcode, b=0):
-        """Data words that follow a valid command's arguments (``b`` from its header)."""
+    def data_words(self, opcode, b=0, a=0, args=()):
+        """Data words that follow a valid command's arguments (``a``, ``b`` from its header)."""
+        if opcode is Opcode.LOAD_TENSOR:
+            return b * self.tensors[Tensor(a)][1]
+        if opcode is Opcode.GENERATE:
+            return args[0]
         return {Opcode.WRITE_WEIGHTS: b * self.weight_word_words,
                 Opcode.LOAD_ACTS: b * self.act_chunk_words,
                 Opcode.LOAD_TILE: self.rows * self.tile_row_words,
@@ -263,6 +328,15 @@ class CommandFormat:
 
     def response_words(self, opcode, b=0):
         """Data words of the response to a valid command (``None``: it sends no response)."""
-        return {Opcode.GEMV: b * self.banks, Opcode.GEMM: b * self.cols,
+        return {Opcode.GEMV: b * self.banks, Opcode.GEMM: b * self.cols, Opcode.GENERATE: b,
                 Opcode.READ_STATUS: len(STATUS),
                 Opcode.READ_COUNTERS: len(self.counter_names)}.get(opcode)
+
+
+def _resident_tensors(config):
+    """``{Tensor: (items, item words)}`` of the resident core's loadable memories."""
+    from .resident_core import load_ports       # the core's units import this module's peers
+
+    ports = load_ports(config)
+    return {tensor: (ports[port][0], words_for(ports[port][1]))
+            for tensor, port in TENSOR_PORTS.items()}

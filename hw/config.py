@@ -149,7 +149,8 @@ class Config:
 
     def _check_resident(self):
         """What the resident units need of the rest of the device: vectors of whole bank words
-        (a head's slice too), and every BitLinear's K within ``max_k``."""
+        (a head's slice too), every BitLinear's K within ``max_k``, and room in the banks for
+        every matrix."""
         resident = self.resident
         if not isinstance(resident, ResidentConfig):
             raise ConfigError(f"resident must be a ResidentConfig or None, not {resident!r}")
@@ -161,6 +162,15 @@ class Config:
         for name, value in (("resident.hidden", resident.hidden), ("resident.ffn", resident.ffn)):
             if value > self.max_k:
                 raise ConfigError(f"{name} ({value}) must be at most max_k ({self.max_k})")
+        # The banks hold every matrix of the model the resident units run.
+        from golden.model import linear_shapes
+
+        from .placement import bank_words
+        needed = bank_words(linear_shapes(resident), self)
+        if needed > self.pim.depth:
+            raise ConfigError(f"pim.depth ({self.pim.depth}) must be at least {needed}: the "
+                              f"resident model's matrices take {needed} words a bank "
+                              f"(resident=none leaves the device offload only)")
 
     @property
     def act_max_magnitude(self):
@@ -252,7 +262,7 @@ PRESETS = {
     "tiny": _override(_DEFAULT, max_k=256, array=dict(rows=4, cols=4),
                       pim=dict(banks=2, lanes=4, depth=1024),
                       resident=ResidentConfig(hidden=16, ffn=32, layers=2, heads=2, kv_heads=1,
-                                              vocab=32, max_seq=16)),
+                                              vocab=256, max_seq=16)),
     "default": _DEFAULT,
     # ECP5-85F: 208 EBR of 18 Kbit. 16 banks x 1024 words x 32 lanes = 512 Ki trits = 1 Mbit.
     # Resident units for the shipped model (ResidentConfig's defaults): its matrices take 768

@@ -24,18 +24,21 @@ a beat's data.
 
 import operator
 from functools import reduce
+from types import SimpleNamespace
 
 from amaranth import Array, Cat, Const, Module, Mux, Shape, Signal
 from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .array import SystolicArray
 from .commands import (ARGUMENT_WORDS, HEADER, STATUS, WORD_BITS, CommandFormat, ErrorCode,
-                       Opcode)
+                       Opcode, Tensor, TENSOR_PORTS)
 from .config import Config
 from .pim import PimBankGroup
 from .queues import registered_room
 from .registers import RegisterFile
+from .resident_core import LOAD_PORTS, ResidentCore
 from .streams import RESPONSE_WORD, ResultSerialiser, WordAssembler
 
 __all__ = ["DEVICE_STATUS", "Device"]
@@ -96,6 +99,27 @@ class Device(wiring.Component):
         array = m.submodules.array = SystolicArray(cfg, pe=self._pe)
         registers = m.submodules.registers = RegisterFile(fmt, max_macs=self.max_macs)
         i, o = self.i_stream, self.o_stream
+        resident = cfg.resident is not None
+        core = None
+        if resident:
+            core = m.submodules.core = ResidentCore(cfg)
+        # The bank group's command, chunk and result ports: the controller's, or, while a
+        # GENERATE runs, the resident core's.
+        generating = Signal()
+        if resident:
+            bank_x, bank_cmd = (stream.Signature(port.payload.shape()).create()
+                                for port in (pim.x_stream, pim.cmd_stream))
+            bank_o = stream.Signature(pim.o_stream.payload.shape()).create()
+            with m.If(generating):
+                wiring.connect(m, core.chunk_stream, pim.x_stream)
+                wiring.connect(m, core.cmd_stream, pim.cmd_stream)
+                wiring.connect(m, pim.o_stream, core.acc_stream)
+            with m.Else():
+                wiring.connect(m, bank_x, pim.x_stream)
+                wiring.connect(m, bank_cmd, pim.cmd_stream)
+                wiring.connect(m, pim.o_stream, wiring.flipped(bank_o))
+        else:
+            bank_x, bank_cmd, bank_o = pim.x_stream, pim.cmd_stream, pim.o_stream
 
         header = Signal(HEADER)
         is_gemv = Signal()              # header.opcode == GEMV, registered with it
@@ -115,6 +139,7 @@ class Device(wiring.Component):
         tile_loaded = Signal()
         fail = Signal(8)                # the error raised this cycle (NONE: none)
         checks = Signal(self._checks_layout())  # the argument checks, for CHECK
+        bad_token = Signal()            # a GENERATE's prompt holds a token >= vocab
         m.d.comb += [
             registers.fail.eq(fail),
             registers.flags.tile_loaded.eq(tile_loaded),
@@ -143,11 +168,20 @@ class Device(wiring.Component):
 
         weights_in = assembler("weight", pim.w_stream, pim.w_stream.payload.data,
                                fmt.weight_word_words)
-        acts_in = assembler("act", pim.x_stream, pim.x_stream.payload.data, fmt.act_chunk_words)
+        acts_in = assembler("act", bank_x, bank_x.payload.data, fmt.act_chunk_words)
         tile_in = assembler("tile", array.w_stream, array.w_stream.payload, fmt.tile_row_words)
         tokens_in = assembler("token", array.i_stream, array.i_stream.payload, fmt.token_words)
         m.d.comb += [pim.w_stream.payload.bank.eq(a), pim.w_stream.payload.addr.eq(addr),
-                     pim.x_stream.payload.addr.eq(addr)]
+                     bank_x.payload.addr.eq(addr)]
+        # LOAD_TENSOR: each tensor's items into its port of the core, at ``addr``.
+        tensors_in = {}
+        loaded = Signal(len(Tensor))        # each tensor loaded to its last item
+        if resident:
+            for tensor, name in TENSOR_PORTS.items():
+                port = getattr(core, name)
+                tensors_in[tensor] = assembler(f"tensor{tensor.value}", port, port.payload.data,
+                                               fmt.tensors[tensor][1])
+                m.d.comb += getattr(port.payload, LOAD_PORTS[name]).eq(addr)
 
         # Responses: every word leaves through a FIFO with room for a whole result beat, so that
         # a beat, once started, never waits.
@@ -178,7 +212,7 @@ class Device(wiring.Component):
             m.d.comb += [response.w_en.eq(space), blocked.eq(~space)]
             writers.append((selected, Cat(word, Const(0, 1))))
 
-        for name, source, count, sending in (("rows", pim.o_stream, fmt.banks, sending_rows),
+        for name, source, count, sending in (("rows", bank_o, fmt.banks, sending_rows),
                                              ("tokens", array.o_stream, fmt.cols,
                                               sending_tokens)):
             serialiser = m.submodules[f"{name}_out"] = ResultSerialiser(
@@ -193,6 +227,7 @@ class Device(wiring.Component):
                 m.d.comb += blocked.eq(1)
             writers.append((sending, serialiser.o_stream.payload))
 
+        prompt = self._prompt_buffer(m, i=i, addr=addr) if resident else None
         with m.FSM(name="control") as fsm:
             with m.State("FETCH"):
                 m.d.comb += i.ready.eq(1)
@@ -206,14 +241,15 @@ class Device(wiring.Component):
                                  remaining.eq(items), no_items.eq(items == 0),
                                  results_left.eq(incoming.b), no_results.eq(incoming.b == 0)]
                     self._decode(m, incoming, reject=reject, tile_loaded=tile_loaded,
-                                 registers=registers, response_words=b)
+                                 registers=registers, response_words=b,
+                                 all_loaded=loaded.all())
 
             with m.State("ARGUMENTS"):
                 m.d.comb += i.ready.eq(1)
                 with m.If(i.valid):
                     m.d.sync += [args[arg_index].eq(i.payload), arg_index.eq(arg_index + 1)]
                     self._check_argument(m, i.payload, first=arg_index == 0, opcode=opcode,
-                                         count=b, checks=checks)
+                                         count=b, checks=checks, tensor=a)
                     with m.If(arg_index == Mux(opcode == Opcode.GEMV.value,
                                                ARGUMENT_WORDS[Opcode.GEMV] - 1, 0)):
                         m.next = "CHECK"
@@ -227,15 +263,24 @@ class Device(wiring.Component):
                     m.d.comb += fail.eq(checks.verdict)
                     m.next = "FETCH"
                 with m.Elif(~is_gemv):
-                    with m.If(opcode == Opcode.WRITE_WEIGHTS.value):
-                        m.next = "WRITE_WEIGHTS"
-                    with m.Else():
-                        m.next = "LOAD_ACTS"
+                    with m.Switch(opcode):
+                        with m.Case(Opcode.WRITE_WEIGHTS):
+                            m.next = "WRITE_WEIGHTS"
+                        with m.Case(Opcode.LOAD_ACTS):
+                            m.next = "LOAD_ACTS"
+                        if resident:
+                            with m.Case(Opcode.LOAD_TENSOR):
+                                m.next = "LOAD_TENSOR"
+                            with m.Case(Opcode.GENERATE):
+                                # The prompt's words into the prompt buffer from item 0.
+                                m.d.sync += [remaining.eq(args[0]), no_items.eq(0),
+                                             addr.eq(0), bad_token.eq(0)]
+                                m.next = "PROMPT"
                 with m.Elif(checks.too_far | (checks.product > checks.room)):
                     reject(ErrorCode.BAD_ADDRESS)
                 with m.Else():
-                    m.d.comb += pim.cmd_stream.valid.eq(1)
-                    with m.If(pim.cmd_stream.ready):
+                    m.d.comb += bank_cmd.valid.eq(1)
+                    with m.If(bank_cmd.ready):
                         m.next = "RESPOND"
                     with m.Else():
                         m.next = "GEMV_START"
@@ -260,9 +305,18 @@ class Device(wiring.Component):
                     feed(tile_in)
 
             with m.State("GEMV_START"):
-                m.d.comb += pim.cmd_stream.valid.eq(1)
-                with m.If(pim.cmd_stream.ready):
+                m.d.comb += bank_cmd.valid.eq(1)
+                with m.If(bank_cmd.ready):
                     m.next = "RESPOND"
+
+            if resident:
+                self._resident_states(m, core=core, prompt=prompt, i=i, a=a, b=b, feed=feed,
+                                      tensors_in=tensors_in, loaded=loaded,
+                                      completes=checks.completes, no_items=no_items,
+                                      remaining=remaining, addr=addr, args=args,
+                                      bad_token=bad_token, generating=generating,
+                                      reject=reject, response=response, space=space,
+                                      blocked=blocked, writers=writers, fsm=fsm)
 
             with m.State("RESPOND"):
                 respond(Cat(opcode, registers.error, b), selected=fsm.ongoing("RESPOND"))
@@ -274,6 +328,10 @@ class Device(wiring.Component):
                         with m.Case(Opcode.GEMM):
                             m.d.sync += sending_tokens.eq(1)
                             m.next = "GEMM"
+                        if resident:
+                            with m.Case(Opcode.GENERATE):
+                                m.d.sync += generating.eq(1)
+                                m.next = "GENERATE"
                         with m.Default():
                             m.d.comb += registers.take.eq(1)
                             m.next = "REGISTERS"
@@ -300,9 +358,9 @@ class Device(wiring.Component):
         m.d.comb += [
             response.w_data.eq(reduce(operator.or_, (Mux(selected, word, 0)
                                                      for selected, word in writers))),
-            pim.cmd_stream.payload.base.eq(args[0]),
-            pim.cmd_stream.payload.rows.eq(b),
-            pim.cmd_stream.payload.words_per_row.eq(args[1]),
+            bank_cmd.payload.base.eq(args[0]),
+            bank_cmd.payload.rows.eq(b),
+            bank_cmd.payload.words_per_row.eq(args[1]),
         ]
         idle = fsm.ongoing("FETCH")
         stalled = blocked | (~idle & i.ready & ~i.valid)
@@ -317,6 +375,89 @@ class Device(wiring.Component):
         ]
         return m
 
+    def _prompt_buffer(self, m, *, i, addr):
+        """GENERATE's prompt buffer: written at ``addr`` from the command words, read at the
+        position the core is started at (one cycle later)."""
+        model = self._config.resident
+        m.submodules.prompt = prompt = Memory(shape=range(model.vocab), depth=model.max_seq,
+                                              init=[])
+        buffer = SimpleNamespace(write=prompt.write_port(), read=prompt.read_port(),
+                                 position=Signal(range(model.max_seq + 1)))
+        m.d.comb += [buffer.write.addr.eq(addr), buffer.write.data.eq(i.payload),
+                     buffer.read.addr.eq(buffer.position)]
+        return buffer
+
+    def _resident_states(self, m, *, core, prompt, i, a, b, feed, tensors_in, loaded, completes,
+                         no_items, remaining, addr, args, bad_token, generating, reject,
+                         response, space, blocked, writers, fsm):
+        """LOAD_TENSOR's data, GENERATE's prompt and its run on the resident core.
+
+        GENERATE takes its prompt into a buffer (a token id of ``vocab`` or more fails it with
+        BAD_TOKEN once the prompt is in: nothing runs), sends its response header, then starts
+        the core on each prompt token at positions 0, 1, ... (``last`` on the final one) and on
+        each generated token while more are owed; each greedy token goes into the response
+        FIFO as its own beat, as soon as the core offers it and the FIFO has room.
+        """
+        model = self._config.resident
+        with m.State("LOAD_TENSOR"):
+            with m.If(no_items):
+                m.d.sync += loaded.eq(loaded | (completes << a[:len(Tensor).bit_length()]))
+                m.next = "FETCH"
+            with m.Else():
+                with m.Switch(a):
+                    for tensor, unit in tensors_in.items():
+                        with m.Case(tensor.value):
+                            feed(unit)
+
+        prompt_write, prompt_read, position = prompt.write, prompt.read, prompt.position
+        last_token = Signal(range(model.vocab))
+        running_last = Signal()         # the token running is a last one: a greedy token follows
+        generated = Signal(16)
+        prompt_length = args[0]
+        with m.State("PROMPT"):
+            with m.If(no_items):
+                with m.If(bad_token):
+                    reject(ErrorCode.BAD_TOKEN)
+                with m.Else():
+                    m.d.sync += [position.eq(0), generated.eq(0)]
+                    m.next = "RESPOND"
+            with m.Else():
+                m.d.comb += [i.ready.eq(1), prompt_write.en.eq(i.valid)]
+                with m.If(i.valid):
+                    m.d.sync += [remaining.eq(remaining - 1), no_items.eq(remaining == 1),
+                                 addr.eq(addr + 1), bad_token.eq(bad_token
+                                                                  | (i.payload >= model.vocab))]
+        with m.State("GENERATE"):
+            start = core.start.payload
+            is_last = position + 1 >= prompt_length
+            m.d.comb += [core.start.valid.eq(1),
+                         start.token.eq(Mux(position < prompt_length, prompt_read.data,
+                                            last_token)),
+                         start.position.eq(position), start.last.eq(is_last)]
+            with m.If(core.start.ready):
+                m.d.sync += [position.eq(position + 1), running_last.eq(is_last)]
+                m.next = "GENERATE_RUN"
+        with m.State("GENERATE_RUN"):
+            with m.If(~running_last):
+                with m.If(~core.busy):
+                    m.next = "GENERATE"
+            with m.Else():
+                m.d.comb += core.o_stream.ready.eq(space)
+                with m.If(core.o_stream.valid):
+                    m.d.comb += [response.w_en.eq(space), blocked.eq(~space)]
+                    with m.If(space):
+                        m.d.sync += [last_token.eq(core.o_stream.payload.token),
+                                     generated.eq(generated + 1)]
+                        with m.If(generated == b - 1):
+                            m.d.sync += generating.eq(0)
+                            m.next = "GEMV_RESULTS"         # until the last word has left
+                        with m.Else():
+                            m.next = "GENERATE"
+        writers.append((fsm.ongoing("GENERATE_RUN"),
+                        Cat(core.o_stream.payload.token, Const(0, WORD_BITS
+                                                               - len(core.o_stream.payload.token)),
+                            Const(1, 1))))
+
     def _checks_layout(self):
         fmt = self._format
         rows_bits = Shape.cast(range(fmt.depth + 1)).width
@@ -327,9 +468,10 @@ class Device(wiring.Component):
             "too_far": 1,                       # GEMV: base or rows beyond the bank
             "room": range(fmt.depth + 1),       # GEMV: words from base to the end of the bank
             "product": rows_bits + words_bits,  # GEMV: rows * words_per_row (both in range)
+            "completes": 1,                     # LOAD_TENSOR: its last item is the tensor's
         })
 
-    def _check_argument(self, m, word, *, first, opcode, count, checks):
+    def _check_argument(self, m, word, *, first, opcode, count, checks, tensor):
         """Check argument ``word`` as it arrives, registering what ``CHECK`` needs.
 
         The first argument is an address: ``addr + count`` must not pass the end of the bank
@@ -342,9 +484,17 @@ class Device(wiring.Component):
         """
         fmt = self._format
         limit = Mux(opcode == Opcode.LOAD_ACTS.value, fmt.act_words, fmt.depth)
+        limits = [fmt.depth, fmt.act_words]
+        if fmt.tensors:
+            # LOAD_TENSOR: the tensor's items; GENERATE: ``prompt + count - 1 <= max_seq``.
+            items = [items for items, _ in fmt.tensors.values()]
+            limit = Mux(opcode == Opcode.LOAD_TENSOR.value,
+                        Array(items + [0] * ((1 << 8) - len(items)))[tensor],
+                        Mux(opcode == Opcode.GENERATE.value, fmt.max_seq + 1, limit))
+            limits += [*items, fmt.max_seq + 1]
         rows = count[:Shape.cast(range(fmt.depth + 1)).width]
         words_per_row = word[:Shape.cast(range(fmt.act_words + 1)).width]
-        span = Shape.cast(range(max(fmt.depth, fmt.act_words) + 1)).width
+        span = Shape.cast(range(max(limits) + 1)).width
 
         def exceeds(bound):
             """``word > bound`` for a ``bound`` of ``span`` bits: the word's high bits are only
@@ -356,8 +506,18 @@ class Device(wiring.Component):
             # apart from the word: the word arrives late, from the link, so no adder as wide
             # as the word follows it.
             past_end = (count > limit) | exceeds((limit - count)[:span])
+            verdict = Mux(past_end, ErrorCode.BAD_ADDRESS.value, ErrorCode.NONE.value)
+            if fmt.tensors:
+                # A prompt of no token, or one that leaves no room for the tokens, is a bad
+                # length; a load that ends at the tensor's last item completes it.
+                generate = opcode == Opcode.GENERATE.value
+                past_end = past_end | (generate & (word == 0))
+                verdict = Mux(past_end, Mux(generate, ErrorCode.BAD_LENGTH.value,
+                                            ErrorCode.BAD_ADDRESS.value), ErrorCode.NONE.value)
+                m.d.sync += checks.completes.eq((word[span:] == 0)
+                                                & (word[:span] == (limit - count)[:span]))
             m.d.sync += [
-                checks.verdict.eq(Mux(past_end, ErrorCode.BAD_ADDRESS.value, ErrorCode.NONE.value)),
+                checks.verdict.eq(verdict),
                 checks.clean.eq(~past_end),
                 checks.too_far.eq(exceeds(fmt.depth) | (count > fmt.depth)),
                 checks.room.eq(fmt.depth - word),       # meaningful unless too_far
@@ -372,10 +532,27 @@ class Device(wiring.Component):
                 checks.product.eq(rows * words_per_row),
             ]
 
-    def _decode(self, m, h, *, reject, tile_loaded, registers, response_words):
+    def _decode(self, m, h, *, reject, tile_loaded, registers, response_words, all_loaded):
         """Header checks and dispatch, in the order of :meth:`CommandFormat.header_error`."""
         fmt = self._format
         with m.Switch(h.opcode):
+            if fmt.tensors:
+                with m.Case(Opcode.LOAD_TENSOR):
+                    with m.If(h.a >= len(Tensor)):
+                        reject(ErrorCode.BAD_TENSOR)
+                    with m.Elif(h.b == 0):
+                        reject(ErrorCode.BAD_LENGTH)
+                    with m.Else():
+                        m.next = "ARGUMENTS"
+                with m.Case(Opcode.GENERATE):
+                    with m.If(h.a != 0):
+                        reject(ErrorCode.RESERVED_FIELD)
+                    with m.Elif(h.b == 0):
+                        reject(ErrorCode.BAD_LENGTH)
+                    with m.Elif(~all_loaded):
+                        reject(ErrorCode.NOT_LOADED)
+                    with m.Else():
+                        m.next = "ARGUMENTS"
             with m.Case(Opcode.WRITE_WEIGHTS):
                 with m.If(h.a >= fmt.banks):
                     reject(ErrorCode.BAD_BANK)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from golden.model import linear_shapes
 
-__all__ = ["MappingError", "Placement", "place", "RESIDENT_SHAPE", "resident_fit"]
+__all__ = ["MappingError", "Placement", "place", "bank_words", "RESIDENT_SHAPE", "resident_fit"]
 
 
 class MappingError(ValueError):
@@ -73,7 +73,7 @@ def resident_fit(config, model_cfg):
 
     The units are generated for exactly ``config.resident``'s :data:`RESIDENT_SHAPE`; the KV
     cache holds ``config.resident.max_seq`` positions, which a model's ``max_seq`` may not
-    exceed; the banks must hold every BitLinear as :func:`place` puts them. ``rope_theta`` and
+    exceed (the banks hold every BitLinear of that shape: ``Config`` checks it). ``rope_theta`` and
     ``eps`` are no part of the shape: the host loads the tables and constants made from them.
     """
     resident = config.resident
@@ -87,8 +87,10 @@ def resident_fit(config, model_cfg):
     if model_cfg.max_seq > resident.max_seq:
         raise MappingError(f"the KV cache holds max_seq {resident.max_seq} positions, the model "
                            f"asks {model_cfg.max_seq}")
-    *_, last = _layout(linear_shapes(model_cfg), config)
-    needed = last.base + last.words
-    if needed > config.pim.depth:
-        raise MappingError(f"the bank group holds {config.pim.depth} words a bank, the model "
-                           f"needs {needed} (short by {needed - config.pim.depth})")
+
+
+def bank_words(shapes, config):
+    """Words a bank that the matrices ``{name: (N, K)}`` take, placed as :func:`place` does
+    (however deep the banks)."""
+    *_, last = _layout(shapes, config)
+    return last.base + last.words

@@ -15,13 +15,19 @@ from ``golden.integer.IntegerWeights``); the matrices' places in the banks
 (:func:`hw.placement.place`) and the loop counts are fixed by the shape at elaboration.
 """
 
-from amaranth import Array, Cat, Module, Mux, Signal, signed
+import functools
+
+import numpy as np
+from amaranth import Array, Cat, Module, Mux, Shape, Signal, signed
+from amaranth.hdl import Fragment
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from golden.integer import PROJECTION_BITS, RESIDUAL_BITS, WEIGHT_FRACTION_BITS
-from golden.model import ATTENTION_INPUTS, MLP_INPUTS, linear_shapes
+from golden.integer import (EMBEDDING_BITS, GAIN_BITS, PROJECTION_BITS, RESIDUAL_BITS,
+                            WEIGHT_FRACTION_BITS)
+from golden.model import ATTENTION_INPUTS, MLP_INPUTS, linear_shapes, norm_sizes
+
 
 from .attention import Attention, CacheKind
 from .bitlinear_block import BitLinearBlock
@@ -29,10 +35,11 @@ from .dyadic import DYADIC
 from .ffn import FfnInner
 from .head import EMBED_SHIFT, LmHead
 from .norm_stage import X_EXPONENT_BITS, gain_bases
-from .placement import MappingError, place
+from .placement import place
 from .rope import Rope
+from .words import pack_ints
 
-__all__ = ["NORMS", "LINEARS", "ResidentCore"]
+__all__ = ["NORMS", "LINEARS", "LOAD_PORTS", "ResidentCore", "layout_core", "load_ports"]
 
 # A layer's norms and BitLinears in the order of its constants record.
 NORMS = ("input_layernorm", "self_attn.attn_sub_norm", "post_attention_layernorm",
@@ -42,6 +49,33 @@ LINEARS = tuple(f"self_attn.{name}" for name in ATTENTION_INPUTS + ("o_proj",)) 
 
 _EMBED_SHIFT_MAX = (1 << (EMBED_SHIFT.width - 1)) - 1
 _HEAD_LANES = 128
+
+
+@functools.lru_cache(maxsize=None)
+def layout_core(config):
+    """The core of ``config``, elaborated once (so that it is used) for what the host needs
+    of it: its load ports' layouts, gain bases, placements and :meth:`ResidentCore.image`."""
+    core = ResidentCore(config)
+    Fragment.get(core, None)
+    return core
+
+
+# The ports the host loads the core's memories through, each with the field that addresses an
+# item (hw.commands names them as LOAD_TENSOR's tensors).
+LOAD_PORTS = {"gain_stream": "index", "emb_stream": "addr", "scale_stream": "addr",
+              "step_stream": "addr", "const_stream": "addr"}
+
+
+def load_ports(config):
+    """``{port: (items, item bits)}`` of the core's :data:`LOAD_PORTS`, read off its ports."""
+    members = layout_core(config).signature.members
+    ports = {}
+    for port, address in LOAD_PORTS.items():
+        payload = members[port].signature.members["payload"].shape
+        items = payload[address].shape
+        ports[port] = (items.stop if isinstance(items, range) else 1 << items.width,
+                       Shape.cast(payload["data"].shape).width)
+    return ports
 
 
 class _Op:
@@ -105,12 +139,8 @@ class ResidentCore(wiring.Component):
             raise ValueError(f"lanes must be a power of two dividing hidden, ffn, kv_heads x "
                              f"head_dim and pim.lanes, not {lanes!r}")
         self._config, self._model, self._head_dim, self.lanes = config, model, head_dim, lanes
-        # Config keeps hidden, ffn and head_dim multiples of pim.lanes; the banks must also
-        # hold every matrix.
-        try:
-            self.placements = place(linear_shapes(model), config)
-        except MappingError as error:
-            raise ValueError(f"config.resident does not fit the banks: {error}") from None
+        # Config keeps hidden, ffn and head_dim multiples of pim.lanes, and room in the banks.
+        self.placements = place(linear_shapes(model), config)
         self._block = BitLinearBlock(config, hidden=model.hidden, ffn=model.ffn,
                                      layers=model.layers, out_bits=RESIDUAL_BITS, lanes=lanes)
         self._rope = Rope(config, head_dim=head_dim, max_seq=model.max_seq)
@@ -200,6 +230,24 @@ class ResidentCore(wiring.Component):
             "norm": norm("norm"),
             "head": _dyadic(prepared.head_scale)}}))
         return records
+
+    def image(self, prepared):
+        """``{port: [item, ...]}``: what the host loads through each of :data:`LOAD_PORTS`
+        for ``prepared`` (``golden.integer.IntegerWeights`` of this shape), items as unsigned
+        ints."""
+        lanes, head_lanes = self._config.pim.lanes, self.head_lanes
+        gains = [0] * self._block_gain_words()
+        for name in norm_sizes(self._model):
+            values = np.zeros(-(-len(prepared.norms[name].gain) // lanes) * lanes, np.int64)
+            values[:len(prepared.norms[name].gain)] = prepared.norms[name].gain
+            for i, word in enumerate(pack_ints(values.reshape(-1, lanes), GAIN_BITS)):
+                gains[self.bases[name] + i] = int(word)
+        embedding = pack_ints(prepared.embedding.reshape(-1, head_lanes), EMBEDDING_BITS)
+        return {"gain_stream": gains,
+                "emb_stream": [int(word) for word in embedding],
+                "scale_stream": [int(v) for v in prepared.row_scales],
+                "step_stream": [int(v) for v in prepared.rope_steps],
+                "const_stream": [record.as_bits() for record in self.constant_records(prepared)]}
 
     def elaborate(self, platform):
         m = Module()

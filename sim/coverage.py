@@ -24,12 +24,14 @@ from cocotb_coverage.coverage import CoverCross, CoverPoint, coverage_db
 
 from golden import trits
 from hw.array import SystolicArray
-from hw.commands import ARGUMENT_WORDS, COMMANDS, ErrorCode, Opcode, unpack_header
+from hw.commands import (ARGUMENT_WORDS, COMMANDS, RESIDENT_ERRORS, RESIDENT_OPCODES, ErrorCode,
+                         Opcode, unpack_header)
 from hw.device import DEVICE_STATUS
 from hw.words import unpack_ints
 from sw_driver.behavioural import BehaviouralDevice
 
-__all__ = ["words_per_row_corners", "token_corners", "impossible_outcomes", "DeviceCoverage",
+__all__ = ["words_per_row_corners", "token_corners", "impossible_outcomes", "impossible_errors",
+           "DeviceCoverage",
            "CoverageMonitor"]
 
 UNKNOWN = "unknown"
@@ -56,30 +58,53 @@ def token_corners(fmt):
     return {"1": 1, "rows": fmt.rows, "FIFO depth": depth, "beyond the FIFO": depth + 1}
 
 
-def impossible_outcomes():
-    """``{(opcode, error): reason}`` for the pairs no command can raise, read off
-    :data:`~hw.commands.COMMANDS` (what each opcode's header fields and arguments are)."""
+def impossible_outcomes(fmt):
+    """``{(opcode, error): reason}`` for the pairs no command can raise on ``fmt``'s device,
+    read off :data:`~hw.commands.COMMANDS` (what each opcode's header fields and arguments
+    are) and whether the device has resident units."""
     reasons = {}
     for label in OPCODES:
         for code in ErrorCode:
-            reason = _impossible(label, code)
+            reason = _impossible(label, code, resident=bool(fmt.tensors))
             if reason:
                 reasons[label, code.name] = reason
     return reasons
 
 
-def _impossible(label, code):
+def impossible_errors(fmt):
+    """``{error: reason}`` for the error codes no command can raise on ``fmt``'s device."""
+    if fmt.tensors:
+        return {}
+    return {code.name: "the device has no resident units" for code in RESIDENT_ERRORS}
+
+
+# A valid GENERATE needs every resident tensor loaded to its end, which random commands do not
+# do: the device testbench's resident_generation runs these.
+_NEEDS_A_MODEL = "needs a whole model loaded (the device testbench's resident_generation)"
+
+
+def _impossible(label, code, *, resident):
     if label == UNKNOWN:
         return None if code is ErrorCode.UNKNOWN_OPCODE else "an unknown opcode is only that"
     command = COMMANDS[Opcode[label]]
+    if command.opcode in RESIDENT_OPCODES and not resident:
+        return None if code is ErrorCode.UNKNOWN_OPCODE else "the device has no resident units"
+    if code in RESIDENT_ERRORS and not resident:
+        return "the device has no resident units"
+    if command.opcode is Opcode.GENERATE and code in (ErrorCode.NONE, ErrorCode.BAD_TOKEN):
+        return _NEEDS_A_MODEL
     return {
         ErrorCode.UNKNOWN_OPCODE: "the opcode is known",
         ErrorCode.RESERVED_FIELD: "0" not in (command.a, command.b) and "no field must be 0",
         ErrorCode.BAD_BANK: command.a != "bank" and "it names no bank",
-        ErrorCode.BAD_ADDRESS: not command.arguments and "it takes no address",
+        ErrorCode.BAD_ADDRESS: ("addr" not in command.arguments and "base" not in
+                                command.arguments) and "it takes no address",
         ErrorCode.BAD_LENGTH: command.b == "0" and "it has no count",
         ErrorCode.BAD_SHAPE: "words_per_row" not in command.arguments and "it has no shape",
         ErrorCode.NO_TILE: command.opcode is not Opcode.GEMM and "it does not use the tile",
+        ErrorCode.BAD_TENSOR: command.a != "tensor" and "it names no tensor",
+        ErrorCode.NOT_LOADED: command.opcode is not Opcode.GENERATE and "it runs no model",
+        ErrorCode.BAD_TOKEN: command.opcode is not Opcode.GENERATE and "it takes no prompt",
     }.get(code) or None
 
 
@@ -149,14 +174,15 @@ class DeviceCoverage:
         self.back_pressure = self._point("flow.back_pressure", FLOW)
         self.host_idle = self._point("flow.host_idle", FLOW)
         self.reset = self._point("reset", dict.fromkeys(RESET_KINDS.values()))
-        self.impossible = impossible_outcomes()
+        self.impossible = impossible_outcomes(fmt)
         self.excluded.update({("command.outcome", f"{op} x {code}"): reason
                               for (op, code), reason in self.impossible.items()})
         name = f"{self.PREFIX}.command"
 
         @CoverPoint(f"{name}.opcode", xf=lambda op, code: op, bins=OPCODES)
         @CoverPoint(f"{name}.error", xf=lambda op, code: code,
-                    bins=[code.name for code in ErrorCode])
+                    bins=[code.name for code in ErrorCode
+                          if code.name not in impossible_errors(fmt)])
         @CoverCross(f"{name}.outcome", items=[f"{name}.opcode", f"{name}.error"],
                     ign_bins=list(self.impossible))
         def command(opcode, error):
@@ -256,7 +282,12 @@ class CoverageMonitor:
             header = unpack_header(word)
             op = Opcode(header["opcode"])
             self.kind = op
-            self.length = 1 + ARGUMENT_WORDS.get(op, 0) + self.format.data_words(op, header["b"])
+            # GENERATE's data (its prompt) is counted by its argument, framed when it comes.
+            self.length = 1 + ARGUMENT_WORDS.get(op, 0) + (0 if op is Opcode.GENERATE else
+                                                            self.format.data_words(
+                                                                op, header["b"], header["a"]))
+        elif len(self.command) == 2 and self.kind is Opcode.GENERATE:
+            self.length += word
         if self.command and len(self.command) == self.length:
             self._finish(ErrorCode.NONE)
 

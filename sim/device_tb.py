@@ -14,15 +14,16 @@ Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (random operati
 (sample the functional coverage of :mod:`sim.coverage` and add it to the report).
 """
 
+import dataclasses
 import itertools
 
 import cocotb
 import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from golden import trits
-from hw.commands import (STATUS, STATUS_FLAGS, STATUS_MAGIC, CommandFormat, ErrorCode, Opcode,
-                         unpack_header)
+from golden import IntegerModel, ModelWeights, trits
+from hw.commands import (RESIDENT_OPCODES, STATUS, STATUS_FLAGS, STATUS_MAGIC, CommandFormat,
+                         ErrorCode, Opcode, pack_header, unpack_header)
 from hw.config import Config
 from hw.words import pack_ints
 from sim import stimulus
@@ -32,6 +33,8 @@ from sim.stimulus import bad_commands, fuzz_words
 from sim.tb import TB, StreamSource, params
 from sim.tb import write_report as write_measurements
 from sw_driver.behavioural import BehaviouralDevice
+from sw_driver.driver import Accelerator
+from sw_driver.resident import load_model, model_config
 
 FLOW_KNOBS = list(itertools.product((0.0, 0.3), (0.0, 0.5)))
 IDLE = 1                        # cycles_idle: the host's gaps between commands decide it
@@ -300,6 +303,69 @@ async def every_bad_command_is_dropped(dut):
         await tb.send(fmt.simple(Opcode.CLEAR_ERRORS))
         assert (await tb.status())["error"] == ErrorCode.NONE.value
         REPORT["bad_commands"] += 1
+    write_report(REPORT)
+
+
+class _Recorder:
+    """A transport that keeps the command words it is given (for commands with no answer)."""
+    burst_words = None
+
+    def __init__(self):
+        self.words = []
+
+    def transact(self, words, count):
+        assert count == 0, "a recorded command cannot be answered"
+        self.words += words
+        return []
+
+
+@cocotb.test()
+async def resident_generation(dut):
+    """Resident mode through the command stream. Without resident units, LOAD_TENSOR and
+    GENERATE are unknown opcodes. With them: a random model of the resident shape loaded with
+    WRITE_WEIGHTS and LOAD_TENSOR (every resident tensor in one command, in a random order)
+    generates golden's tokens for random prompts, one of them filling max_seq, under idle and
+    back-pressure on the tokens; a prompt token past the vocabulary and a prompt too long are
+    refused (BAD_TOKEN, BAD_LENGTH) and the next GENERATE still works. Every response word is
+    also the behavioural device's, which decodes the image the device holds."""
+    tb, p = await start(dut)
+    fmt = tb.format
+    if not fmt.tensors:
+        for op in RESIDENT_OPCODES:
+            await tb.send([pack_header(op)])
+            assert (await tb.status())["error"] == ErrorCode.UNKNOWN_OPCODE.value
+            await tb.send(fmt.simple(Opcode.CLEAR_ERRORS))
+        REPORT["resident"] = "no resident units"
+        write_report(REPORT)
+        return
+    cfg = dataclasses.replace(model_config(tb.config), rope_theta=10000.0)
+    weights = ModelWeights.random(cfg, seed=p.get("seed", 0))
+    golden = IntegerModel(cfg, weights)
+    recorder = _Recorder()
+    load_model(Accelerator(recorder, tb.config), weights, golden.prepared)
+    await tb.send(recorder.words)
+    assert (await tb.status())["error"] == ErrorCode.NONE.value
+    rng, generated = tb.np_rng, 0
+    cases = [(int(rng.integers(1, 6)), int(rng.integers(1, 6))) for _ in range(2)]
+    cases.insert(1, (cfg.max_seq - 2, 3))            # fills max_seq
+    for number, (length, count) in enumerate(cases):
+        tb.set_flow(0.3 * (number % 2), 0.6 * (number % 2))
+        prompt = rng.integers(0, cfg.vocab, length).tolist()
+        start_index = len(tb.responses())
+        await tb.send(fmt.generate(prompt, count))
+        await tb.settle(timeout=50_000)
+        (op, header_, data), = tb.responses()[start_index:]
+        assert op is Opcode.GENERATE and header_["a"] == ErrorCode.NONE.value
+        want = golden.generate(prompt, count)
+        assert data == want, f"prompt {prompt}: tokens {data}, golden {want}"
+        generated += count
+        if number == 0:
+            for words, code in ((fmt.generate([cfg.vocab], 1), ErrorCode.BAD_TOKEN),
+                                (fmt.generate([0] * cfg.max_seq, 2), ErrorCode.BAD_LENGTH)):
+                await tb.send(words)
+                assert (await tb.status())["error"] == code.value
+                await tb.send(fmt.simple(Opcode.CLEAR_ERRORS))
+    REPORT["resident"] = {"sequences": len(cases), "generated": generated}
     write_report(REPORT)
 
 

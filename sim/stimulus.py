@@ -12,7 +12,7 @@ import numpy as np
 
 from golden import trits
 from golden.bitlinear import bitlinear_int, matmul_int
-from hw.commands import ErrorCode, Opcode
+from hw.commands import RESIDENT_OPCODES, ErrorCode, Opcode, Tensor
 from hw.commands import pack_header as header
 from hw.words import pack_ints
 
@@ -187,6 +187,22 @@ def bad_commands(fmt):
         (fmt.gemv(fmt.depth - 1, 2, 1), ErrorCode.BAD_ADDRESS),
         (fmt.gemv(0, 0xFFFF, 0xFFFF_FFFF), ErrorCode.BAD_SHAPE),
         ([header(Opcode.GEMM, 0, 1)], ErrorCode.NO_TILE),
+        *(_resident_bad_commands(fmt) if fmt.tensors else
+          [([header(op)], ErrorCode.UNKNOWN_OPCODE) for op in RESIDENT_OPCODES]),
+    ]
+
+
+def _resident_bad_commands(fmt):
+    """The resident opcodes' bad commands on a device with resident units, none loaded."""
+    items = fmt.tensors[Tensor.ROPE_STEPS][0]
+    return [
+        ([header(Opcode.LOAD_TENSOR, len(Tensor), 1)], ErrorCode.BAD_TENSOR),
+        ([header(Opcode.LOAD_TENSOR, 0, 0)], ErrorCode.BAD_LENGTH),
+        ([header(Opcode.LOAD_TENSOR, Tensor.ROPE_STEPS.value, 2), items - 1],
+         ErrorCode.BAD_ADDRESS),
+        ([header(Opcode.GENERATE, 1, 1)], ErrorCode.RESERVED_FIELD),
+        ([header(Opcode.GENERATE, 0, 0)], ErrorCode.BAD_LENGTH),
+        ([header(Opcode.GENERATE, 0, 1)], ErrorCode.NOT_LOADED),   # refused at its header
     ]
 
 

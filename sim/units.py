@@ -11,12 +11,14 @@ __all__ = ["UNITS", "simulate"]
 @dataclass(frozen=True)
 class Unit:
     """A hardware unit: its component (``"module:Class"``), its cocotb testbench module, and
-    constructor options beside the config (a resident unit's model shape)."""
+    constructor options beside the config (a resident unit's model shape). A ``resident``
+    unit is built for ``config.resident``: a run of every unit leaves it out without one."""
     name: str
     component_path: str
     test_module: str
     description: str
     options: dict = field(default_factory=dict)
+    resident: bool = False
 
     def component(self, config, **overrides):
         """The unit built for ``config``; ``overrides`` go to its constructor (``pe=``...)."""
@@ -61,7 +63,7 @@ UNITS = {unit.name: unit for unit in [
          options={"hidden": 26, "ffn": 90, "layers": 1, "out_bits": 32, "lanes": 4}),
     Unit("resident-core", "sim.resident_core_tb:ResidentCoreTop", "sim.resident_core_tb",
          "the resident decoder's core: a random model of the preset's resident shape through "
-         "every stage, prefill and greedy decode"),
+         "every stage, prefill and greedy decode", resident=True),
     Unit("top", "hw.device:Device", "sim.device_tb",
          "the whole device through its command stream"),
 ]}

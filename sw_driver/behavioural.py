@@ -19,10 +19,11 @@ import numpy as np
 from golden import trits
 from golden.bitlinear import bitlinear_int, matmul_int
 from hw.commands import (ARGUMENT_WORDS, STATUS, STATUS_FLAGS, STATUS_MAGIC, WORD_BITS,
-                         CommandFormat, ErrorCode, Opcode, pack_header, unpack_header)
+                         CommandFormat, ErrorCode, Opcode, Tensor, pack_header, unpack_header)
 from hw.words import unpack_ints
 
 from .driver import DeviceError, Transport
+from .resident import image_decoder
 from .timing import CommandTiming
 
 __all__ = ["BehaviouralDevice", "BehaviouralTransport"]
@@ -45,6 +46,8 @@ class BehaviouralDevice:
         if not hasattr(self, "banks"):
             self.banks = np.zeros((fmt.banks, fmt.depth, fmt.lanes), np.int8)
             self.acts = np.zeros((fmt.act_words, fmt.lanes), np.int8)
+            self.tensors = {tensor: [0] * items for tensor, (items, _) in fmt.tensors.items()}
+        self.loaded = set()             # the tensors loaded to their last item
         self.tile = np.zeros((fmt.rows, fmt.cols), np.int64)       # tile[k, n]
         self.tile_loaded = False
         self.error = ErrorCode.NONE.value
@@ -96,7 +99,8 @@ class BehaviouralDevice:
             header = unpack_header((yield from self._word()))
             self.idle += 1                      # the cycle the header is decoded in
             op, a, b = header["opcode"], header["a"], header["b"]
-            problem = fmt.header_error(op, a, b, tile_loaded=self.tile_loaded)
+            problem = fmt.header_error(op, a, b, tile_loaded=self.tile_loaded,
+                                       loaded=self.loaded)
             if problem:
                 self._fail(problem)
                 continue
@@ -104,7 +108,7 @@ class BehaviouralDevice:
             args = []
             for _ in range(ARGUMENT_WORDS.get(op, 0)):
                 args.append((yield from self._word()))
-            problem = fmt.argument_error(op, b, args)
+            problem = fmt.argument_error(op, b, args, tensor=a)
             if problem:
                 self._fail(problem)
                 self.busy += self.timing.rejected_after_arguments(op)
@@ -115,7 +119,8 @@ class BehaviouralDevice:
                 continue
             self.busy += (self.timing.gemv(b, args[1]) if op is Opcode.GEMV else
                           self.timing.gemm(b) if op is Opcode.GEMM else
-                          self.timing.simple(op, b))
+                          0 if op is Opcode.GENERATE else
+                          self.timing.simple(op, b, a))
             if op is Opcode.WRITE_WEIGHTS:
                 yield from self._data(b, fmt.weight_word_words, lambda done, values:
                                       self._write_weights(a, args[0] + done, values))
@@ -137,6 +142,20 @@ class BehaviouralDevice:
                 self._respond(op, len(STATUS), [STATUS_MAGIC, self.error, self.errors, flags])
             elif op is Opcode.CLEAR_ERRORS:
                 self.error, self.errors = ErrorCode.NONE.value, 0
+            elif op is Opcode.LOAD_TENSOR:
+                tensor = Tensor(a)
+                items, words = fmt.tensors[tensor]
+                yield from self._data(b, words, lambda done, values: self._store(
+                    tensor, args[0] + done, values))
+                if args[0] + b == items:
+                    self.loaded.add(tensor)
+            elif op is Opcode.GENERATE:
+                prompt = []
+                yield from self._data(args[0], 1, lambda done, values: prompt.extend(values))
+                if max(prompt) >= fmt.vocab:
+                    self._fail(ErrorCode.BAD_TOKEN)
+                    continue
+                self._respond(op, b, image_decoder(self.config, self.tensors, self.banks).generate(prompt, b))
 
     def _data(self, count, words, consume):
         """Take a command's ``count`` data items of ``words`` words each, as they come: each
@@ -153,6 +172,9 @@ class BehaviouralDevice:
         words = np.array(values, dtype=object) & ((1 << self.config.word_bits) - 1)
         self.banks[bank, addr:addr + len(values)] = trits.unpack_words(
             words, self.format.lanes, invalid_as_zero=True).reshape(len(values), -1)
+
+    def _store(self, tensor, addr, values):
+        self.tensors[tensor][addr:addr + len(values)] = values
 
     def _load_tile(self, done, values):
         for k, row in enumerate(values, start=done):

@@ -21,14 +21,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from hw.commands import ARGUMENT_WORDS, STATUS, CommandFormat, Opcode, unpack_header
+from hw.commands import ARGUMENT_WORDS, STATUS, CommandFormat, Opcode, Tensor, unpack_header
 
 __all__ = ["Host", "DeviceCycles"]
 
 _MASK = 0xFFFF_FFFF
 # Counters the cycle model reads out itself (indices into ``CommandFormat.counter_names``).
 _CYCLE_COUNTERS = ("cycles_busy", "cycles_idle", "cycles_stalled")
-_LOADS = {"WRITE_WEIGHTS": "weight", "LOAD_ACTS": "act", "LOAD_TILE": "tile"}
+_LOADS = {"WRITE_WEIGHTS": "weight", "LOAD_ACTS": "act", "LOAD_TILE": "tile",
+          "LOAD_TENSOR": "tensor", "PROMPT": "prompt"}
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ class DeviceCycles:
         self.remaining = self.results_left = 0
         self.sending_rows = self.sending_tokens = False
         self.tile_loaded = False
+        self.loaded, self.completes, self.prompt = set(), False, []
         self.chunks = {"weight": 0, "act": 0, "tile": 0, "token": 0}
         self.register = 0
         self.taken_register = None          # the value the last register take fetched
@@ -261,9 +263,16 @@ class DeviceCycles:
             if self.remaining == 0:
                 self.tile_loaded |= state == "LOAD_TILE"
                 next_state = "FETCH"
+                if state == "LOAD_TENSOR" and self.completes:
+                    self.loaded.add(Tensor(self.header["a"]))
+                if state == "PROMPT":
+                    if max(self.prompt) < self.format.vocab:
+                        raise NotImplementedError("the cycle model does not run GENERATE")
             else:
                 kind = _LOADS[state]
-                ready = self.array.weight_ready() if kind == "tile" else not self.pim.busy
+                # The resident core takes its tensors whenever it is idle (between GENERATEs).
+                ready = (self.array.weight_ready() if kind == "tile" else
+                         kind in ("tensor", "prompt") or not self.pim.busy)
                 i_ready, taken, weight = self._feed(kind, offered, ready)
                 weight &= kind == "tile"
         elif state == "GEMV_START":
@@ -340,7 +349,8 @@ class DeviceCycles:
         header = unpack_header(word)
         self.header, self.args = header, []
         opcode, a, b = header["opcode"], header["a"], header["b"]
-        if self.format.header_error(opcode, a, b, tile_loaded=self.tile_loaded):
+        if self.format.header_error(opcode, a, b, tile_loaded=self.tile_loaded,
+                                    loaded=self.loaded):
             return "FETCH"
         opcode = Opcode(opcode)
         self.remaining = self.format.rows if opcode is Opcode.LOAD_TILE else b
@@ -361,9 +371,15 @@ class DeviceCycles:
         return "FETCH"                      # NOP, CLEAR_ERRORS
 
     def _check(self):
-        opcode, b = Opcode(self.header["opcode"]), self.header["b"]
-        if self.format.argument_error(opcode, b, self.args):
+        opcode, a, b = Opcode(self.header["opcode"]), self.header["a"], self.header["b"]
+        if self.format.argument_error(opcode, b, self.args, tensor=a):
             return "FETCH", None
+        if opcode is Opcode.LOAD_TENSOR:
+            self.completes = self.args[0] + b == self.format.tensors[Tensor(a)][0]
+            return "LOAD_TENSOR", None
+        if opcode is Opcode.GENERATE:
+            self.remaining, self.prompt = self.args[0], []
+            return "PROMPT", None
         if opcode is Opcode.WRITE_WEIGHTS:
             return "WRITE_WEIGHTS", None
         if opcode is Opcode.LOAD_ACTS:
@@ -374,8 +390,15 @@ class DeviceCycles:
 
     def _feed(self, kind, offered, unit_ready):
         """A :class:`hw.streams.WordAssembler` in its state: ``(i_ready, taken, beat)``."""
+        if kind == "prompt":                # one word a token, into the prompt buffer
+            if offered:
+                self.prompt.append(self.words[self.offered])
+                self.remaining -= 1
+            return True, offered, False
         words = {"weight": self.format.weight_word_words, "act": self.format.act_chunk_words,
-                 "tile": self.format.tile_row_words, "token": self.format.token_words}[kind]
+                 "tile": self.format.tile_row_words, "token": self.format.token_words,
+                 "tensor": (self.format.tensors[Tensor(self.header["a"])][1]
+                            if kind == "tensor" else 0)}[kind]
         last = self.chunks[kind] == words - 1
         i_ready = not last or unit_ready
         if not (offered and i_ready):

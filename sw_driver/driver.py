@@ -137,6 +137,17 @@ class Accelerator:
                              rows * self.format.banks)
         return _results(data).reshape(rows, -1)
 
+    def load_tensor(self, tensor, items):
+        """Load a resident tensor's ``items`` (unsigned ints of its width) from item 0."""
+        for start in range(0, len(items), self.MAX_ITEMS):
+            self.transport.transact(self.format.load_tensor(
+                tensor, start, items[start:start + self.MAX_ITEMS]), 0)
+
+    def generate(self, prompt, tokens):
+        """Prefill ``prompt`` (token ids) on the resident units and generate ``tokens``
+        greedily: their ids."""
+        return self._respond(self.format.generate(prompt, tokens), Opcode.GENERATE, tokens)
+
     def load_tile(self, w_t):
         """Load a ``(cols, rows)`` tile of weights (``w_t[n, k]``) into the array."""
         self.transport.transact(self.format.load_tile(w_t), 0)

@@ -24,9 +24,19 @@ from hw.placement import MappingError, Placement, place
 from .driver import Accelerator
 from .timing import CommandTiming
 
-__all__ = ["MappingError", "Placement", "place", "Schedule", "DeviceCore"]
+__all__ = ["MappingError", "Placement", "place", "write_matrix", "Schedule", "DeviceCore"]
 
 MAX_ITEMS = Accelerator.MAX_ITEMS
+
+
+def write_matrix(accelerator, placement, w_t):
+    """Write the trits ``w_t`` ``(N, K)`` into ``accelerator``'s banks at ``placement``."""
+    lanes, banks = accelerator.config.pim.lanes, accelerator.config.pim.banks
+    padded = np.zeros((placement.rows * banks, placement.words_per_row * lanes), np.int8)
+    padded[:placement.n, :placement.k] = w_t
+    for bank in range(banks):
+        rows = padded[bank::banks].reshape(-1, lanes)        # row slot by row slot
+        accelerator.write_weights(bank, placement.base, rows)
 
 
 class Schedule:
@@ -147,12 +157,7 @@ class DeviceCore:
             self._write(placement, linears[name].trits)
 
     def _write(self, placement, w_t):
-        lanes, banks = self.config.pim.lanes, self.config.pim.banks
-        padded = np.zeros((placement.rows * banks, placement.words_per_row * lanes), np.int8)
-        padded[:placement.n, :placement.k] = w_t
-        for bank in range(banks):
-            rows = padded[bank::banks].reshape(-1, lanes)        # row slot by row slot
-            self.device.write_weights(bank, placement.base, rows)
+        write_matrix(self.device, placement, w_t)
 
     def __call__(self, name, x_q):
         x_q = np.asarray(x_q, np.int8)

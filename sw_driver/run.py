@@ -15,7 +15,7 @@ from .driver import Accelerator, Transport
 from .mapper import DeviceCore
 from .timing import CommandTiming
 
-__all__ = ["load_model", "RunResult", "CheckingCore", "uart_link", "run",
+__all__ = ["load_model", "RunResult", "CheckingCore", "uart_link", "run", "run_resident",
            "bank_bound_cycles_per_token"]
 
 
@@ -75,7 +75,7 @@ class RunResult:
     text: str
     tokens: list
     prefill_tokens: int
-    prefill_cycles: int
+    prefill_cycles: int | None
     prefill_wall_s: float
     decode_tokens: int
     cycles_per_token: float | None
@@ -183,6 +183,91 @@ def run(transport, hw_config, model_config, weights, prompt_tokens, n_tokens, *,
         result.first_mismatch = core.first_mismatch or (
             None if reference == generated else
             f"tokens differ: device {generated}, golden {reference}")
+    return result
+
+
+def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_tokens, *,
+                 check=False, decode=bytes, progress=None, sim_cycles=None,
+                 baud=DEFAULT_BAUD, counted=True):
+    """Generate ``n_tokens`` greedily after ``prompt_tokens`` on the device's resident units:
+    the model loaded once (trits into the banks, the rest with LOAD_TENSOR), then GENERATE.
+
+    A GENERATE runs the prompt and every token after it in one command, so the figures take
+    two: ``GENERATE(prompt, 1)`` gives the prefill's cycles (the prompt's last token includes
+    the LM head's scan); ``GENERATE(prompt, n_tokens)`` gives the text, and its cycles less the
+    prefill's, per decoded token, give decode's. Link words a decoded token are that second
+    command's words each way over its decoded tokens. ``check`` compares the tokens with
+    golden's integer decoder (the device exposes only its tokens). ``counted=False`` (the
+    behavioural device, which does not count a GENERATE's cycles) reports no cycle figures.
+    """
+    from golden import IntegerModel
+
+    from .resident import load_model as load_resident
+
+    start_wall = time.perf_counter()
+    link = _CountedLink(transport)
+    accelerator = Accelerator(link, hw_config)
+    accelerator.status()
+    accelerator.clear_errors()
+    golden = IntegerModel(model_config, weights)
+    if progress:
+        progress("loading the model into the resident units")
+    load_resident(accelerator, weights, golden.prepared)
+    accelerator.check()
+    counter_read = CommandTiming(hw_config).simple(Opcode.READ_COUNTERS)
+    prompt = [int(token) for token in prompt_tokens]
+
+    def generate(count):
+        before, moved = accelerator.counters(), link.moved()
+        tokens = accelerator.generate(prompt, count)
+        moved = link.moved() - moved
+        cycles = (accelerator.counters() - before).cycles_working - counter_read
+        return tokens, cycles, moved
+
+    if progress:
+        progress(f"prefill: {len(prompt)} tokens")
+    sim_start = sim_cycles() if sim_cycles else 0
+    prefill_start = time.perf_counter()
+    _, prefill_cycles, _ = generate(1)
+    if progress:
+        progress(f"generating {n_tokens} tokens")
+    decode_start = time.perf_counter()
+    generated, cycles, moved = generate(n_tokens)
+    end = time.perf_counter()
+    accelerator.check()
+
+    decoded = n_tokens - 1
+    if not counted:
+        prefill_cycles = cycles = None
+    simulated = (sim_cycles() - sim_start) if sim_cycles else (cycles or 0)
+    link_name, link_rate = uart_link(baud)
+    bound = bank_bound_cycles_per_token(hw_config, weights)
+    cycles_per_token = (cycles - prefill_cycles) / decoded if decoded and counted else None
+    per_token_words = moved / decoded if decoded else None
+    decode_wall = (end - decode_start) * decoded / n_tokens
+    result = RunResult(
+        text=decode(bytes(generated)), tokens=generated, prefill_tokens=len(prompt),
+        prefill_cycles=prefill_cycles, prefill_wall_s=decode_start - prefill_start,
+        decode_tokens=decoded, cycles_per_token=cycles_per_token,
+        decode_wall_s=decode_wall,
+        decode_tokens_per_s=decoded / decode_wall if decoded and decode_wall else None,
+        device_tokens_per_s=(hw_config.clock_mhz * 1e6 / cycles_per_token
+                             if cycles_per_token else None),
+        link=link_name,
+        link_words_per_token=({"to_device": float(per_token_words[0]),
+                               "from_device": float(per_token_words[1])}
+                              if per_token_words is not None else None),
+        link_tokens_per_s=(link_rate / float(per_token_words.max())
+                           if per_token_words is not None else None),
+        bank_bound_cycles_per_token=bound,
+        bank_bound_fraction=bound / cycles_per_token if cycles_per_token else None,
+        sim_cycles_per_s=simulated / (end - prefill_start) if end > prefill_start else 0.0,
+        wall_s=time.perf_counter() - start_wall, calls={"generate": 2})
+    if check:
+        reference = golden.generate(prompt, n_tokens)
+        result.checked = reference == generated
+        result.first_mismatch = None if result.checked else (
+            f"tokens differ: device {generated}, golden's integer decoder {reference}")
     return result
 
 

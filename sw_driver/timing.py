@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from hw.commands import ARGUMENT_WORDS, STATUS, CommandFormat, Opcode
+from hw.commands import ARGUMENT_WORDS, STATUS, CommandFormat, Opcode, Tensor
 
 from .cycles import DeviceCycles
 
@@ -28,9 +28,11 @@ class CommandTiming:
         self.gemv = lru_cache(maxsize=None)(self._gemv)
         self.gemm = lru_cache(maxsize=None)(self._gemm)
 
-    def simple(self, opcode, b=0):
+    def simple(self, opcode, b=0, a=0):
         """Commands with no pipeline: loads, status and counter reads, NOP."""
         fmt = self.format
+        if opcode is Opcode.LOAD_TENSOR:
+            return ARGUMENT_WORDS[opcode] + 1 + b * fmt.tensors[Tensor(a)][1] + 1
         if opcode is Opcode.WRITE_WEIGHTS:
             return ARGUMENT_WORDS[opcode] + 1 + b * fmt.weight_word_words + 1
         if opcode is Opcode.LOAD_ACTS:

@@ -27,7 +27,8 @@ ROUNDS = 8
 # The tiny preset with 64 words a bank: the testbench fills the banks' free row slots at random,
 # and at this depth seed 0's operations time both K (the timed ones follow no padded slot).
 TINY_64 = dataclasses.replace(preset("tiny"),
-                              pim=dataclasses.replace(preset("tiny").pim, depth=64))
+                              pim=dataclasses.replace(preset("tiny").pim, depth=64),
+                              resident=None)
 
 
 def elaborated(config, **options):

@@ -86,6 +86,13 @@ def test_sim_mistakes_give_one_line_and_status_2(capsys, args, message):
     assert lines[-1].startswith("bittern: error: ") and message in lines[-1]
 
 
+def test_sim_of_a_resident_unit_needs_resident_units(capsys):
+    assert main(["sim", "--unit", "resident-core", "--preset", "default"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "bittern: error: resident-core needs resident units, which this preset has not (tiny "
+        "and ulx3s-85f have them)")
+
+
 def test_sim_coverage_prints_every_bin_and_the_total():
     result = run("sim", "--unit", "top", "--preset", "tiny", "--test", "regression",
                  "--tiles", "12", "--fuzz-words", "300", "--seed", "4", "--coverage", "--json")

@@ -78,7 +78,8 @@ def test_config_is_frozen():
 
 
 def test_overrides_accept_short_and_dotted_keys():
-    config = apply_overrides(preset("ulx3s-85f"), ["rows=3", "pim.lanes=8", "clock_mhz=75.5"])
+    config = apply_overrides(preset("ulx3s-85f"), ["resident=none", "rows=3", "pim.lanes=8",
+                                                   "clock_mhz=75.5"])
     assert (config.array.rows, config.pim.lanes, config.clock_mhz) == (3, 8, 75.5)
     assert config.array.cols == preset("ulx3s-85f").array.cols
 

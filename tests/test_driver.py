@@ -15,7 +15,8 @@ from sw_driver.driver import Accelerator, DeviceError
 from sw_driver.mapper import DeviceCore
 from sw_driver.run import run
 
-HW = dataclasses.replace(preset("tiny"), pim=PimConfig(banks=2, lanes=4, depth=256))
+HW = dataclasses.replace(preset("tiny"), pim=PimConfig(banks=2, lanes=4, depth=256),
+                         resident=None)
 MICRO = ModelConfig(hidden=16, layers=1, heads=2, kv_heads=1, ffn=24, vocab=64, max_seq=32)
 
 

@@ -101,7 +101,8 @@ def test_metadata_ports_come_from_the_signature(generated):
     module = re.search(r"module bittern_top\((.*?)\);", verilog, re.S)[1]
     assert sorted(names) == sorted(name.strip() for name in module.split(","))
     assert meta["ports"] == ports(Device(CONFIG))
-    assert meta["commands"]["argument_words"] == {"WRITE_WEIGHTS": 1, "LOAD_ACTS": 1, "GEMV": 2}
+    assert meta["commands"]["argument_words"] == {"WRITE_WEIGHTS": 1, "LOAD_ACTS": 1, "GEMV": 2,
+                                                  "LOAD_TENSOR": 1, "GENERATE": 1}
 
 
 def test_interface_page_describes_every_command(generated):

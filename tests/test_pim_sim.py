@@ -18,7 +18,7 @@ CONFIGS = {
     # and a depth of 136 is no power of two (no resident units: their vectors take 4 lanes).
     "3x5": dataclasses.replace(TINY, pim=PimConfig(banks=3, lanes=5, depth=136), resident=None),
     # More banks than one relay feeds: requests, chunks and weight writes cross a relay stage.
-    "6x4": dataclasses.replace(TINY, pim=PimConfig(banks=6, lanes=4, depth=64)),
+    "6x4": dataclasses.replace(TINY, pim=PimConfig(banks=6, lanes=4, depth=64), resident=None),
 }
 
 

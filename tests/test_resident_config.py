@@ -29,7 +29,7 @@ def test_the_defaults_are_the_shipped_models_shape():
 def test_presets_with_and_without_resident_units():
     assert preset("ulx3s-85f").resident == ResidentConfig()
     assert preset("tiny").resident == ResidentConfig(hidden=16, ffn=32, layers=2, heads=2,
-                                                     kv_heads=1, vocab=32, max_seq=16)
+                                                     kv_heads=1, vocab=256, max_seq=16)
     assert preset("tiny").resident.head_dim == 8
     assert preset("default").resident is None and preset("icebreaker").resident is None
 
@@ -144,13 +144,17 @@ def test_a_model_within_the_built_shape_fits():
      "has 1"),
     (preset("ulx3s-85f"), {"max_seq": 512},
      "the KV cache holds max_seq 256 positions, the model asks 512"),
-    (apply_overrides(preset("ulx3s-85f"), ["depth=512"]), {},
-     "the bank group holds 512 words a bank, the model needs 768 (short by 256)"),
-    (apply_overrides(preset("tiny"), ["depth=500"]), {},
-     "the bank group holds 500 words a bank, the model needs 576 (short by 76)"),
 ])
 def test_a_model_that_does_not_fit_is_named_in_one_line(config, changes, message):
     resident = config.resident or ResidentConfig()
     with pytest.raises(MappingError) as info:
         resident_fit(config, model_of(resident, **changes))
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("name, depth, needed", [("ulx3s-85f", 512, 768), ("tiny", 500, 576)])
+def test_banks_too_shallow_for_the_resident_model_are_refused(name, depth, needed):
+    with pytest.raises(ConfigError, match=rf"^pim.depth \({depth}\) must be at least {needed}: "
+                                          rf"the resident model's matrices take {needed} words"):
+        apply_overrides(preset(name), [f"depth={depth}"])
+    assert apply_overrides(preset(name), ["resident=none", f"depth={depth}"]).resident is None

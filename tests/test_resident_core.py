@@ -29,12 +29,11 @@ def test_resident_core_matches_golden():
     assert report["decode_cycles"], "no token was timed"
 
 
-def test_the_core_needs_resident_units_that_fit():
+def test_the_core_needs_resident_units_that_fit_the_banks():
     tiny = preset("tiny")
     with pytest.raises(ValueError, match="no resident units"):
         ResidentCore(preset("default"))
-    shallow = dataclasses.replace(tiny, pim=dataclasses.replace(tiny.pim, depth=512))
-    with pytest.raises(ValueError, match="does not fit the banks: .*512"):
-        ResidentCore(shallow)
+    with pytest.raises(ValueError, match=r"pim.depth \(512\) must be at least 576"):
+        dataclasses.replace(tiny, pim=dataclasses.replace(tiny.pim, depth=512))
     with pytest.raises(ValueError, match="lanes must be a power of two"):
         ResidentCore(tiny, lanes=3)

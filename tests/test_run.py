@@ -9,14 +9,24 @@ import pytest
 from golden import ModelConfig, ModelWeights
 from sw_driver.checkpoint import save_bittern
 
-# Fits the `tiny` preset's banks (2 x 1024 words of 4 lanes), so the top's CI build is reused.
+# Fits the `tiny` preset's banks (2 x 1024 words of 4 lanes), so the top's CI build is reused;
+# not its resident units' shape, so it runs in offload mode there.
 NANO = ModelConfig(hidden=8, layers=1, heads=2, kv_heads=1, ffn=8, vocab=256, max_seq=32)
+# The shape of the tiny preset's resident units.
+RESIDENT = ModelConfig(hidden=16, layers=2, heads=2, kv_heads=1, ffn=32, vocab=256, max_seq=16)
 
 
 @pytest.fixture(scope="module")
 def nano_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "nano.safetensors"
     save_bittern(path, NANO, ModelWeights.random(NANO, seed=5))
+    return path
+
+
+@pytest.fixture(scope="module")
+def resident_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "resident.safetensors"
+    save_bittern(path, RESIDENT, ModelWeights.random(RESIDENT, seed=3))
     return path
 
 
@@ -46,6 +56,24 @@ def test_behavioural_and_rtl_backends_agree_bit_exactly(nano_model):
             "--prefill", "array", "--check", "--json"])
 
 
+def test_resident_mode_on_both_backends(resident_model):
+    """The whole decoder on the device (tiny's resident units): the behavioural device and the
+    RTL generate the integer decoder's tokens; the RTL counts the cycles, and a decoded token
+    costs a word or two of the link each way."""
+    common = ["--model", str(resident_model), "--preset", "tiny", "--prompt", "Hi",
+              "--tokens", "5", "--check", "--json"]
+    reports = {}
+    for backend in ("behavioural", "rtl"):
+        result, reports[backend] = bittern_run(*common, "--backend", backend)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert reports[backend]["mode"] == "resident" and reports[backend]["checked"] is True
+    assert reports["behavioural"]["tokens"] == reports["rtl"]["tokens"]
+    assert reports["behavioural"]["cycles_per_token"] is None
+    rtl = reports["rtl"]
+    assert rtl["prefill_cycles"] > 0 and rtl["cycles_per_token"] > 0
+    assert max(rtl["link_words_per_token"].values()) <= 4
+
+
 def test_model_is_the_behavioural_backend_by_its_old_name(nano_model):
     result, report = bittern_run("--model", str(nano_model), "--preset", "tiny", "--backend",
                                  "model", "--tokens", "2", "--json")
@@ -58,7 +86,7 @@ def test_shipped_model_on_the_ulx3s_device():
     Verilator build of about 25 seconds, then about 2 seconds a token); bittern perf predicts
     its cycles."""
     rtl = _agree(["--model", "tiny", "--preset", "ulx3s-85f", "--prompt", "a = b",
-                  "--tokens", "4", "--check", "--json"])
+                  "--tokens", "4", "--mode", "offload", "--check", "--json"])
     perf = subprocess.run([sys.executable, "-m", "sw_driver.cli", "perf", "--preset",
                            "ulx3s-85f", "--prompt-tokens", "5", "--tokens", "4", "--json"],
                           capture_output=True, text=True, timeout=300)
@@ -72,7 +100,11 @@ def test_shipped_model_on_the_ulx3s_device():
     (["--prompt", ""], "--prompt must not be empty"),
     (["--tokens", "0"], "--tokens must be at least 1, not 0"),
     (["--prompt", "x" * 300], "exceed the model's max_seq"),
-    (["--preset", "tiny"], "needs at least"),
+    (["--preset", "tiny", "--mode", "offload"], "needs at least"),
+    (["--preset", "tiny", "--mode", "resident"],
+     "--mode resident: the resident units are built for hidden 16, the model has 128"),
+    (["--preset", "icebreaker", "--mode", "resident"],
+     "--mode resident: this preset has no resident units (offload only)"),
 ])
 def test_run_mistakes_are_one_line(args, message):
     result, _ = bittern_run(*args)

@@ -37,8 +37,8 @@ def test_sweep_on_dask(tmp_path):
     model = tmp_path / "nano.safetensors"
     save_bittern(model, NANO, ModelWeights.random(NANO, seed=5))
     out = tmp_path / "sweep"
-    command = [sys.executable, "-m", "sw_driver.cli", "sweep", "--preset", "tiny", "--vary",
-               "depth=8,64", "--model", str(model), "--board", "icebreaker", "--out", str(out),
+    command = [sys.executable, "-m", "sw_driver.cli", "sweep", "--preset", "tiny",
+               "--set", "resident=none", "--vary", "depth=8,64", "--model", str(model), "--board", "icebreaker", "--out", str(out),
                "--workers", "2", "--json"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr

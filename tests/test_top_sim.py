@@ -17,8 +17,10 @@ from .test_array_sim import SignFlipPE
 def test_top_matches_model_and_golden():
     result = simulate("top", preset("tiny"), seed=3, tiles=8)
     assert result.passed, result.failures
-    assert result.tests == 9
+    assert result.tests == 10
     report = result.report
+    assert report["resident"] == {"sequences": 3, "generated": report["resident"]["generated"]}
+    assert report["resident"]["generated"] >= 5          # GENERATE on the resident units
     assert report["fuzz_words"] >= 10_000
     assert report["bad_commands"] >= len(bad_commands(CommandFormat(preset("tiny"))))
     assert report["gemvs"] > 0 and report["gemms"] > 0
@@ -32,7 +34,7 @@ def test_top_matches_model_and_golden():
 def test_top_with_one_element_beats_matches_model_and_golden():
     """One bank and one column: each result beat is one word, popped with it (hw.device)."""
     config = dataclasses.replace(preset("tiny"), array=ArrayConfig(rows=4, cols=1),
-                                 pim=PimConfig(banks=1, lanes=4, depth=64))
+                                 pim=PimConfig(banks=1, lanes=4, depth=64), resident=None)
     result = simulate("top", config, seed=5, tiles=4, extra_params={"fuzz_words": 2_000})
     assert result.passed, result.failures
     assert result.report["gemvs"] > 0 and result.report["gemms"] > 0
@@ -67,8 +69,8 @@ def test_cycle_model_meets_the_rtl_under_any_host(name):
     """Host pauses and back-pressure: every response word leaves in the cycle, and with the
     value, the cycle model (sw_driver.cycles) says, every cycle counter included."""
     config = preset("tiny") if name == "tiny" else dataclasses.replace(
-        preset("tiny"), array=ArrayConfig(rows=4, cols=1), pim=PimConfig(banks=1, lanes=4,
-                                                                         depth=64))
+        preset("tiny"), array=ArrayConfig(rows=4, cols=1), resident=None,
+        pim=PimConfig(banks=1, lanes=4, depth=64))
     build = flow.verilator_build(Device(config), unit="top",
                                  metadata={"config": config.to_dict()})
     for seed in (1, 2):

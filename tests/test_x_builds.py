@@ -1,6 +1,7 @@
 """X builds (``flow.verilator_build(x_random=True)``): no power-on values, Verilator's X
 randomisation, every run's values drawn from its ``x_seed``."""
 
+import dataclasses
 import re
 
 import pytest
@@ -17,7 +18,9 @@ TINY = preset("tiny")
 
 
 def test_an_x_build_has_no_power_on_values():
-    text = verilog.convert(Device(TINY), name="top", emit_src=False)
+    # Without the resident units, whose tables are ROMs and keep their contents (the next test).
+    text = verilog.convert(Device(dataclasses.replace(TINY, resident=None)), name="top",
+                           emit_src=False)
     assert re.search(r"^\s*reg\b[^;]*=", text, re.M) and "initial begin" in text
     stripped = flow.without_power_on_values(text)
     assert not re.search(r"^\s*reg\b[^;]*=", stripped, re.M)

@@ -52,7 +52,11 @@ def cmd_sim(args):
     if args.x_seed is not None and not 1 <= args.x_seed < 1 << 31:
         raise UserError(f"--x-seed must be in [1, {(1 << 31) - 1}] (0 would let Verilator "
                         f"pick a seed: not reproducible), not {args.x_seed}")
-    names = list(UNITS) if args.unit == "all" else [args.unit]
+    if args.unit != "all" and UNITS[args.unit].resident and config.resident is None:
+        raise UserError(f"{args.unit} needs resident units, which this preset has not (tiny and "
+                        f"ulx3s-85f have them)")
+    names = [name for name, unit in UNITS.items() if config.resident is not None
+             or not unit.resident] if args.unit == "all" else [args.unit]
     extra = {"coverage": args.coverage}
     if args.fuzz_words is not None:
         extra["fuzz_words"] = args.fuzz_words

@@ -1,6 +1,7 @@
 """``bittern run`` and ``bittern eval``: a language model generating text, through a device or
 with golden's integer decoder on the host, and what the integer decoder costs in accuracy."""
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -39,20 +40,43 @@ def cmd_run(args):
                         f"model's max_seq = {model_config.max_seq}")
     if args.numeric == "integer":
         return _run_integer(args, model_config, weights, prompt)
+    args.mode = _mode(args, config, model_config)
+    if args.mode == "offload":
+        # Offload mode never starts the resident units: the device is built without them.
+        config = dataclasses.replace(config, resident=None)
     backends = {"behavioural": _run_behavioural, "rtl": _run_rtl, "serial": _run_serial}
     try:
         report = backends[args.backend](args, config, model_config, weights, prompt)
     except MappingError as error:
         raise UserError(f"{error}{_bigger(args)}") from None
+    report["mode"] = args.mode
     print(f"{args.prompt}{report['text']}")
     for line in _figures(report, config):
         print(line)
     if args.check:
-        print("check: " + ("every BitLinear and token equal golden" if report["checked"]
+        agreed = ("every token equals golden's integer decoder" if args.mode == "resident"
+                  else "every BitLinear and token equal golden")
+        print("check: " + (agreed if report["checked"]
                            else f"MISMATCH: {report['first_mismatch']}"))
     if args.json:
         print(json.dumps({"backend": args.backend, **report}))
     return 0 if report.get("checked") is not False else 1
+
+
+def _mode(args, config, model_config):
+    """Resident where the preset has the resident units and the model fits them (asked for, a
+    model that does not fit is refused in one line); offload otherwise."""
+    from hw.placement import MappingError, resident_fit
+
+    try:
+        resident_fit(config, model_config)
+    except MappingError as error:
+        if args.mode == "resident":
+            raise UserError(f"--mode resident: {error}") from None
+        if args.mode is None and config.resident is not None:
+            progress(f"offload mode: the model does not fit the resident units ({error})")
+        return "offload"
+    return args.mode or "resident"
 
 
 def _bigger(args):
@@ -62,8 +86,12 @@ def _bigger(args):
 
 def _figures(report, config):
     """The run's figures, prefill and decode apart, each projection with what it assumes."""
+    if report["prefill_cycles"] is None:
+        yield (f"{report['mode']} mode: {len(report['tokens'])} tokens; the behavioural device "
+               f"does not count a GENERATE's cycles (--backend rtl does)")
+        return
     yield (f"prefill  {report['prefill_tokens']} tokens: {report['prefill_cycles']:,} device "
-           f"cycles, {report['prefill_wall_s']:.2f} s wall")
+           f"cycles, {report['prefill_wall_s']:.2f} s wall ({report['mode']} mode)")
     if report["cycles_per_token"] is None:
         yield "decode   none (one token: the prefill gives it)"
         return
@@ -90,12 +118,17 @@ def _load(source, load_model):
 
 def _run_behavioural(args, config, model_config, weights, prompt):
     from ..behavioural import BehaviouralTransport
-    from ..run import run
+    from ..run import run, run_resident
     from ..tokenizer import decode
 
-    result = run(BehaviouralTransport(config), config, model_config, weights, prompt,
-                 args.tokens, check=args.check, decode=decode, progress=progress,
-                 prefill=args.prefill, baud=args.baud)
+    if args.mode == "resident":
+        result = run_resident(BehaviouralTransport(config), config, model_config, weights,
+                              prompt, args.tokens, check=args.check, decode=decode,
+                              progress=progress, baud=args.baud, counted=False)
+    else:
+        result = run(BehaviouralTransport(config), config, model_config, weights, prompt,
+                     args.tokens, check=args.check, decode=decode, progress=progress,
+                     prefill=args.prefill, baud=args.baud)
     return result.to_dict()
 
 
@@ -103,7 +136,7 @@ def _run_serial(args, config, model_config, weights, prompt):
     import serial
 
     from ..driver import DeviceError
-    from ..run import run
+    from ..run import run, run_resident
     from ..serial_link import SerialTransport
     from ..tokenizer import decode
 
@@ -112,9 +145,14 @@ def _run_serial(args, config, model_config, weights, prompt):
     except (serial.SerialException, ValueError) as error:
         raise UserError(f"cannot open {args.port} at {args.baud} baud: {error}") from None
     try:
-        result = run(transport, config, model_config, weights, prompt, args.tokens,
-                     check=args.check, decode=decode, progress=progress, prefill=args.prefill,
-                     baud=args.baud)
+        if args.mode == "resident":
+            result = run_resident(transport, config, model_config, weights, prompt,
+                                  args.tokens, check=args.check, decode=decode,
+                                  progress=progress, baud=args.baud)
+        else:
+            result = run(transport, config, model_config, weights, prompt, args.tokens,
+                         check=args.check, decode=decode, progress=progress,
+                         prefill=args.prefill, baud=args.baud)
     except DeviceError as error:
         raise UserError(f"{error} (board on {args.port}, preset "
                         f"{args.preset or RUN_PRESET})") from None
@@ -127,7 +165,7 @@ def _run_rtl(args, config, model_config, weights, prompt):
     from sim.harness import HarnessTransport, build
 
     from ..driver import DeviceError
-    from ..run import run
+    from ..run import run, run_resident
     from ..tokenizer import decode
 
     library = build(config, waves=args.waves, progress=progress).path
@@ -135,9 +173,16 @@ def _run_rtl(args, config, model_config, weights, prompt):
     progress("running the model on the RTL (Verilator) ...")
     with HarnessTransport(library, trace=trace) as transport:
         try:
-            result = run(transport, config, model_config, weights, prompt, args.tokens,
-                         check=args.check, decode=decode, progress=progress,
-                         sim_cycles=transport.cycle, prefill=args.prefill, baud=args.baud)
+            if args.mode == "resident":
+                result = run_resident(transport, config, model_config, weights, prompt,
+                                      args.tokens, check=args.check, decode=decode,
+                                      progress=progress, sim_cycles=transport.cycle,
+                                      baud=args.baud)
+            else:
+                result = run(transport, config, model_config, weights, prompt, args.tokens,
+                             check=args.check, decode=decode, progress=progress,
+                             sim_cycles=transport.cycle, prefill=args.prefill,
+                             baud=args.baud)
         except DeviceError as error:
             raise UserError(f"the RTL run failed: {error}") from None
     if trace:
@@ -266,6 +311,10 @@ def add_commands(commands):
                           f"projection's (bittern synth --baud; default {DEFAULT_BAUD})")
     run.add_argument("--check", action="store_true",
                      help="compare every BitLinear result and token with golden/")
+    run.add_argument("--mode", choices=["resident", "offload"], default=None,
+                     help="resident: the whole decoder on the device (the model loaded once, "
+                          "GENERATE); offload: the host runs all but the BitLinears (default: "
+                          "resident where the preset has the units and the model fits them)")
     run.add_argument("--prefill", choices=Schedule.PREFILL, default="auto",
                      help="where the prompt's BitLinears run: the faster unit by the command "
                           "timing (default), the banks token by token, or the array")

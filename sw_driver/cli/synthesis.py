@@ -3,6 +3,7 @@
 A build that misses its clock exits with status 1, as a failed tool run does.
 """
 
+import dataclasses
 import json
 
 from .common import UserError, add_config_options, config_from, progress
@@ -103,6 +104,11 @@ def cmd_synth(args):
     _check_timeout(args)
     chosen = board(args.board)
     config = config_from(args, chosen.default_preset)
+    if config.resident is not None and not args.resident:
+        # At 32 bank lanes the resident core alone needs more multipliers than the ECP5-85F
+        # has (docs/timing.md); a board is the offload device unless asked.
+        progress("building the device without its resident units (--resident includes them)")
+        config = dataclasses.replace(config, resident=None)
     result = synth_board(chosen, config, device=DEVICES[args.device], device_name=args.device,
                          baud=args.baud, timeout=args.timeout, rebuild=args.rebuild,
                          progress=progress)
@@ -172,6 +178,9 @@ def add_commands(subparsers):
                        help=f"UART rate (default {DEFAULT_BAUD})")
     synth.add_argument("--rebuild", action="store_true",
                        help="build again even if this exact design was built before")
+    synth.add_argument("--resident", action="store_true",
+                       help="include the preset's resident units (they do not fit the "
+                            "ulx3s-85f's FPGA yet: docs/timing.md)")
     synth.add_argument("--timeout", type=int, default=PNR_TIMEOUT, metavar="SECONDS",
                        help=f"limit on the whole build (default {PNR_TIMEOUT})")
     synth.set_defaults(handler=cmd_synth)
