@@ -154,29 +154,14 @@ def run(transport, hw_config, model_config, weights, prompt_tokens, n_tokens, *,
     accelerator.check()
 
     simulated = (sim_cycles() - sim_start) if sim_cycles else prefill_cycles + sum(per_token)
-    link_name, link_rate = uart_link(baud)
-    bound = bank_bound_cycles_per_token(hw_config, weights)
-    cycles_per_token = float(np.mean(per_token)) if per_token else None
-    per_token_words = np.mean(words, axis=0) if words else None
-    decode_wall = end - decode_start
-    result = RunResult(
-        text=decode(bytes(generated)), tokens=generated, prefill_tokens=len(prompt_tokens),
-        prefill_cycles=prefill_cycles, prefill_wall_s=decode_start - prefill_start,
-        decode_tokens=len(per_token), cycles_per_token=cycles_per_token,
-        decode_wall_s=decode_wall,
-        decode_tokens_per_s=len(per_token) / decode_wall if per_token and decode_wall else None,
-        device_tokens_per_s=(hw_config.clock_mhz * 1e6 / cycles_per_token
-                             if cycles_per_token else None),
-        link=link_name,
-        link_words_per_token=({"to_device": float(per_token_words[0]),
-                               "from_device": float(per_token_words[1])}
-                              if per_token_words is not None else None),
-        link_tokens_per_s=(link_rate / float(per_token_words.max())
-                           if per_token_words is not None else None),
-        bank_bound_cycles_per_token=bound,
-        bank_bound_fraction=bound / cycles_per_token if cycles_per_token else None,
-        sim_cycles_per_s=simulated / (end - prefill_start) if end > prefill_start else 0.0,
-        wall_s=time.perf_counter() - start_wall, calls=dict(device_core.calls))
+    result = _result(
+        hw_config, weights, baud, text=decode(bytes(generated)), tokens=generated,
+        prefill_tokens=len(prompt_tokens), prefill_cycles=prefill_cycles,
+        decode_tokens=len(per_token),
+        cycles_per_token=float(np.mean(per_token)) if per_token else None,
+        per_token_words=np.mean(words, axis=0) if words else None, simulated=simulated,
+        times=(start_wall, prefill_start, decode_start, end, end - decode_start),
+        calls=dict(device_core.calls))
     if check:
         reference = Model(model_config, weights).generate(list(prompt_tokens), n_tokens)
         result.checked = core.mismatches == 0 and reference == generated
@@ -240,17 +225,36 @@ def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_t
     if not counted:
         prefill_cycles = cycles = None
     simulated = (sim_cycles() - sim_start) if sim_cycles else (cycles or 0)
+    result = _result(
+        hw_config, weights, baud, text=decode(bytes(generated)), tokens=generated,
+        prefill_tokens=len(prompt), prefill_cycles=prefill_cycles, decode_tokens=decoded,
+        cycles_per_token=(cycles - prefill_cycles) / decoded if decoded and counted else None,
+        per_token_words=moved / decoded if decoded else None, simulated=simulated,
+        times=(start_wall, prefill_start, decode_start, end,
+               (end - decode_start) * decoded / n_tokens),
+        calls={"generate": 2})
+    if check:
+        reference = golden.generate(prompt, n_tokens)
+        result.checked = reference == generated
+        result.first_mismatch = None if result.checked else (
+            f"tokens differ: device {generated}, golden's integer decoder {reference}")
+    return result
+
+
+def _result(hw_config, weights, baud, *, text, tokens, prefill_tokens, prefill_cycles,
+            decode_tokens, cycles_per_token, per_token_words, simulated, times, calls):
+    """A :class:`RunResult` from a run's measurements, with the projections they give:
+    ``times`` is (start, prefill start, decode start, end, decode's wall seconds)."""
+    start_wall, prefill_start, decode_start, end, decode_wall = times
     link_name, link_rate = uart_link(baud)
     bound = bank_bound_cycles_per_token(hw_config, weights)
-    cycles_per_token = (cycles - prefill_cycles) / decoded if decoded and counted else None
-    per_token_words = moved / decoded if decoded else None
-    decode_wall = (end - decode_start) * decoded / n_tokens
-    result = RunResult(
-        text=decode(bytes(generated)), tokens=generated, prefill_tokens=len(prompt),
+    return RunResult(
+        text=text, tokens=tokens, prefill_tokens=prefill_tokens,
         prefill_cycles=prefill_cycles, prefill_wall_s=decode_start - prefill_start,
-        decode_tokens=decoded, cycles_per_token=cycles_per_token,
+        decode_tokens=decode_tokens, cycles_per_token=cycles_per_token,
         decode_wall_s=decode_wall,
-        decode_tokens_per_s=decoded / decode_wall if decoded and decode_wall else None,
+        decode_tokens_per_s=(decode_tokens / decode_wall if decode_tokens and decode_wall
+                             else None),
         device_tokens_per_s=(hw_config.clock_mhz * 1e6 / cycles_per_token
                              if cycles_per_token else None),
         link=link_name,
@@ -262,13 +266,7 @@ def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_t
         bank_bound_cycles_per_token=bound,
         bank_bound_fraction=bound / cycles_per_token if cycles_per_token else None,
         sim_cycles_per_s=simulated / (end - prefill_start) if end > prefill_start else 0.0,
-        wall_s=time.perf_counter() - start_wall, calls={"generate": 2})
-    if check:
-        reference = golden.generate(prompt, n_tokens)
-        result.checked = reference == generated
-        result.first_mismatch = None if result.checked else (
-            f"tokens differ: device {generated}, golden's integer decoder {reference}")
-    return result
+        wall_s=time.perf_counter() - start_wall, calls=calls)
 
 
 def bank_bound_cycles_per_token(hw_config, weights):
