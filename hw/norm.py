@@ -268,7 +268,8 @@ class NormQuantizer(wiring.Component):
                              for name in ("largest", "smallest"))
         for extreme, rounded in ((u_largest, largest), (u_smallest, smallest)):
             biased = Signal(signed(_GAINED_BITS + 2), name=f"{rounded.name}_biased")
-            rounding_shift(m, extreme, half=rounding_half(gained_shift), right=gained_shift,
+            rounding_shift(m, extreme, half=rounding_half(gained_shift, _GAINED_BITS),
+                           right=gained_shift,
                            biased=biased, right_shifted=rounded)
 
         m.d.comb += self.cmd.ready.eq(~running)

@@ -11,21 +11,25 @@ them too. The register widths are the caller's: a result wider than its register
 as the units' formats allow.
 """
 
-from amaranth import Const, Mux, Signal
+from amaranth import Cat, Signal
 
 __all__ = ["register_half", "rounding_half", "rounding_shift"]
 
 
-def rounding_half(right):
+def rounding_half(right, width):
     """The half that ``shift_round`` adds before a right shift by unsigned ``right`` (0 for no
-    shift), as an expression: a decoder."""
-    return Mux(right == 0, 0, Const(1) << (right - 1).as_unsigned())
+    shift), as a ``width``-bit expression: a decoder, bit ``n`` set for ``right == n + 1``.
+
+    A half past ``width`` bits reads 0. (The shift ``1 << (right - 1)`` would say the same, but
+    Amaranth sizes it for the largest amount ``right``'s width allows: for a 16-bit amount, a
+    65,536-bit shifter that elaboration's cycle check and the Verilog then have to walk.)"""
+    return Cat(right == n + 1 for n in range(width))
 
 
 def register_half(m, right, width, name):
     """A ``width``-bit register of :func:`rounding_half` of ``right``."""
     half = Signal(width, name=name, reset_less=True)
-    m.d.sync += half.eq(rounding_half(right))
+    m.d.sync += half.eq(rounding_half(right, width))
     return half
 
 
