@@ -39,7 +39,7 @@ demo: $(STAMP)
 # them made the golden model's small matrix products ten times slower.
 test: $(VENV)/.synth-installed $(VENV)/.formal-installed $(VENV)/.test-extras-installed
 	BITTERN_EXTRAS="train hf sweep" OPENBLAS_NUM_THREADS=1 \
-	$(BIN)/python -m pytest -n $(JOBS) -m "not slow and not synth and not formal"
+	$(BIN)/python -m pytest -n $(JOBS) --durations=15 -m "not slow and not synth and not formal"
 
 # The soaks: among them the device regression, 20 seeds a preset on X builds (tests/test_regression.py).
 test-slow: $(STAMP)

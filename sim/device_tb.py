@@ -326,8 +326,9 @@ async def resident_generation(dut):
     WRITE_WEIGHTS and LOAD_TENSOR (every resident tensor in one command, in a random order)
     generates golden's tokens for random prompts, one of them filling max_seq, under idle and
     back-pressure on the tokens; a prompt token past the vocabulary and a prompt too long are
-    refused (BAD_TOKEN, BAD_LENGTH) and the next GENERATE still works. Every response word is
-    also the behavioural device's, which decodes the image the device holds."""
+    refused (BAD_TOKEN, BAD_LENGTH) and the next GENERATE still works; a reset while tokens
+    flow leaves nothing loaded, and after a reload the tokens are golden's again. Every response
+    word is also the behavioural device's, which decodes the image the device holds."""
     tb, p = await start(dut)
     fmt = tb.format
     if not fmt.tensors:
@@ -365,7 +366,27 @@ async def resident_generation(dut):
                 await tb.send(words)
                 assert (await tb.status())["error"] == code.value
                 await tb.send(fmt.simple(Opcode.CLEAR_ERRORS))
-    REPORT["resident"] = {"sequences": len(cases), "generated": generated}
+    # A reset while the tokens flow: the device comes back idle with nothing loaded (its
+    # memories keep their contents, as a reset's do), refuses GENERATE until a reload, and
+    # then generates golden's tokens again.
+    prompt, count = rng.integers(0, cfg.vocab, 3).tolist(), 4
+    tb.set_flow(0.0, 0.5)
+    progress = await reset_inside(tb, fmt.generate(prompt, count), lambda p: p.received >= 2)
+    assert progress.busy and progress.received < 1 + count, (
+        f"reset in GENERATE did not catch it generating: {progress}")
+    tb.set_flow(0.0, 0.0)
+    assert await tb.status() == CLEAN_STATUS
+    await tb.send(fmt.generate(prompt, 1))
+    assert (await tb.status())["error"] == ErrorCode.NOT_LOADED.value
+    await tb.send(fmt.simple(Opcode.CLEAR_ERRORS))
+    await tb.send(recorder.words)
+    start_index = len(tb.responses())
+    await tb.send(fmt.generate(prompt, count))
+    await tb.settle(timeout=50_000)
+    (_, _, data), = tb.responses()[start_index:]
+    assert data == golden.generate(prompt, count), f"after the reset: tokens {data}"
+    REPORT["resident"] = {"sequences": len(cases), "generated": generated,
+                          "reset_after_tokens": progress.received - 1}
     write_report(REPORT)
 
 
