@@ -173,7 +173,7 @@ def run(transport, hw_config, model_config, weights, prompt_tokens, n_tokens, *,
 
 def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_tokens, *,
                  check=False, decode=bytes, progress=None, sim_cycles=None,
-                 baud=DEFAULT_BAUD, counted=True):
+                 baud=DEFAULT_BAUD):
     """Generate ``n_tokens`` greedily after ``prompt_tokens`` on the device's resident units:
     the model loaded once (trits into the banks, the rest with LOAD_TENSOR), then GENERATE.
 
@@ -182,8 +182,9 @@ def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_t
     the LM head's scan); ``GENERATE(prompt, n_tokens)`` gives the text, and its cycles less the
     prefill's, per decoded token, give decode's. Link words a decoded token are that second
     command's words each way over its decoded tokens. ``check`` compares the tokens with
-    golden's integer decoder (the device exposes only its tokens). ``counted=False`` (the
-    behavioural device, which does not count a GENERATE's cycles) reports no cycle figures.
+    golden's integer decoder (the device exposes only its tokens). A device that counted no
+    cycles for the prefill (the behavioural device does not count a GENERATE's) gives no cycle
+    figures.
     """
     from golden import IntegerModel
 
@@ -222,6 +223,7 @@ def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_t
     accelerator.check()
 
     decoded = n_tokens - 1
+    counted = prefill_cycles > 0
     if not counted:
         prefill_cycles = cycles = None
     simulated = (sim_cycles() - sim_start) if sim_cycles else (cycles or 0)

@@ -316,15 +316,21 @@ def _serve(master, config, stop):
             os.write(master, reply)
 
 
-def test_bittern_run_on_a_serial_port(tmp_path):
-    """The command line's serial backend, through pyserial and a real (pseudo) terminal."""
+@pytest.mark.parametrize("mode", ["offload", "resident"])
+def test_bittern_run_on_a_serial_port(tmp_path, mode):
+    """The command line's serial backend, through pyserial and a real (pseudo) terminal, in
+    both modes: offload (a model of its own shape, the array's prefill) and resident (a model
+    of the tiny preset's resident shape, the whole decoder behind the link)."""
     pytest.importorskip("serial")
     from golden import ModelConfig, ModelWeights
     from sw_driver.checkpoint import save_bittern
+    from sw_driver.resident import model_config
 
-    nano = ModelConfig(hidden=8, layers=1, heads=2, kv_heads=1, ffn=8, vocab=256, max_seq=32)
-    model = tmp_path / "nano.safetensors"
-    save_bittern(model, nano, ModelWeights.random(nano, seed=5))
+    shape = (ModelConfig(hidden=8, layers=1, heads=2, kv_heads=1, ffn=8, vocab=256, max_seq=32)
+             if mode == "offload" else
+             model_config(TINY))
+    model = tmp_path / f"{mode}.safetensors"
+    save_bittern(model, shape, ModelWeights.random(shape, seed=5))
     master, slave = os.openpty()
     stop = threading.Event()
     board = threading.Thread(target=_serve, args=(master, TINY, stop), daemon=True)
@@ -333,7 +339,8 @@ def test_bittern_run_on_a_serial_port(tmp_path):
         result = subprocess.run(
             [sys.executable, "-m", "sw_driver.cli", "run", "--backend", "serial", "--port",
              os.ttyname(slave), "--model", str(model), "--preset", "tiny", "--prompt", "Hi",
-             "--tokens", "3", "--prefill", "array", "--check", "--json"],
+             "--tokens", "3", "--mode", mode, "--check", "--json",
+             *(["--prefill", "array"] if mode == "offload" else [])],
             capture_output=True, text=True, timeout=300)
     finally:
         stop.set()
@@ -341,8 +348,13 @@ def test_bittern_run_on_a_serial_port(tmp_path):
         os.close(master)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["backend"] == "serial" and report["checked"] is True
-    assert report["calls"]["gemv"] > 0 and report["calls"]["gemm"] > 0
+    assert report["backend"] == "serial" and report["mode"] == mode
+    assert report["checked"] is True and len(report["tokens"]) == 3
+    if mode == "offload":
+        assert report["calls"]["gemv"] > 0 and report["calls"]["gemm"] > 0
+    else:
+        assert report["calls"]["generate"] == 2      # the prefill's GENERATE and the decode's
+        assert max(report["link_words_per_token"].values()) <= 4
 
 
 def test_serial_backend_needs_a_port():

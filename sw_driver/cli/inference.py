@@ -87,8 +87,8 @@ def _bigger(args):
 def _figures(report, config):
     """The run's figures, prefill and decode apart, each projection with what it assumes."""
     if report["prefill_cycles"] is None:
-        yield (f"{report['mode']} mode: {len(report['tokens'])} tokens; the behavioural device "
-               f"does not count a GENERATE's cycles (--backend rtl does)")
+        yield (f"{report['mode']} mode: {len(report['tokens'])} tokens; the device counted no "
+               f"cycles for GENERATE (the behavioural device does not; --backend rtl does)")
         return
     yield (f"prefill  {report['prefill_tokens']} tokens: {report['prefill_cycles']:,} device "
            f"cycles, {report['prefill_wall_s']:.2f} s wall ({report['mode']} mode)")
@@ -124,7 +124,7 @@ def _run_behavioural(args, config, model_config, weights, prompt):
     if args.mode == "resident":
         result = run_resident(BehaviouralTransport(config), config, model_config, weights,
                               prompt, args.tokens, check=args.check, decode=decode,
-                              progress=progress, baud=args.baud, counted=False)
+                              progress=progress, baud=args.baud)
     else:
         result = run(BehaviouralTransport(config), config, model_config, weights, prompt,
                      args.tokens, check=args.check, decode=decode, progress=progress,
