@@ -325,15 +325,20 @@ _RESIDENT_KEYS = {f.name for f in dataclasses.fields(ResidentConfig)}
 
 def apply_overrides(config, assignments):
     """Apply ``key=value`` strings (``rows=3`` or ``array.rows=3``) to ``config``;
-    ``resident=none`` makes it offload only."""
+    ``resident=none`` makes it offload only. The assignments are checked together, as one new
+    config, so their order does not matter (``resident.hidden=12 resident.heads=3`` from
+    hidden 16 and 2 heads passes through no invalid shape)."""
     paths = _field_paths(config)
+    changes = {}            # a field of Config: its value, or {sub-field: value} of a record
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, not {assignment!r}")
-        if key not in paths:
-            if config.resident is None and (key.startswith("resident.") or key in _RESIDENT_KEYS):
+        offload_only = config.resident is None or changes.get("resident", ()) is None
+        if key not in paths or (offload_only and paths[key][0] == "resident"
+                                and paths[key] != ("resident",)):
+            if offload_only and (key.startswith("resident.") or key in _RESIDENT_KEYS):
                 raise ConfigError(f"{key}: this preset has no resident units (offload only)")
             known = ", ".join(sorted(k for k in paths if len(paths[k]) == 1 or "." in k))
             raise ConfigError(f"unknown config key {key!r}; known keys: {known}")
@@ -342,16 +347,15 @@ def apply_overrides(config, assignments):
             if text.strip().lower() != "none":
                 raise ConfigError(f"resident can only be set to none (offload only), not "
                                   f"{text.strip()!r}; its fields one by one: resident.hidden=...")
-            config = dataclasses.replace(config, resident=None)
+            changes["resident"] = None
         elif len(path) == 1:
-            current = getattr(config, path[0])
-            config = dataclasses.replace(config, **{path[0]: _parse_value(key, text.strip(),
-                                                                          current)})
+            changes[path[0]] = _parse_value(key, text.strip(), getattr(config, path[0]))
         else:
-            sub = getattr(config, path[0])
-            value = _parse_value(key, text.strip(), getattr(sub, path[1]))
-            config = dataclasses.replace(config, **{path[0]:
-                                                    dataclasses.replace(sub, **{path[1]: value})})
+            current = getattr(getattr(config, path[0]), path[1])
+            changes.setdefault(path[0], {})[path[1]] = _parse_value(key, text.strip(), current)
+    config = dataclasses.replace(config, **{
+        field: dataclasses.replace(getattr(config, field), **value)
+        if isinstance(value, dict) else value for field, value in changes.items()})
     if config.act_bits != Config.ACT_BITS:
         raise ConfigError(f"act_bits must be {Config.ACT_BITS}, not {config.act_bits}: golden's "
                           f"BitLinear quantises activations to int8, and the driver packs them "

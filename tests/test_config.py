@@ -84,6 +84,18 @@ def test_overrides_accept_short_and_dotted_keys():
     assert config.array.cols == preset("ulx3s-85f").array.cols
 
 
+def test_overrides_are_checked_together_in_any_order():
+    """A shape valid as a whole passes through none that is not: hidden 12 with 3 heads, from
+    tiny's hidden 16 and 2 heads, either way round; the units' need of the banks (pim.depth) is
+    checked on the whole too."""
+    shape = ["resident.hidden=12", "resident.heads=3", "pim.depth=2048", "resident.layers=6"]
+    for assignments in (shape, shape[::-1]):
+        resident = apply_overrides(preset("tiny"), assignments).resident
+        assert (resident.hidden, resident.heads, resident.head_dim, resident.layers) == (12, 3, 4, 6)
+    with pytest.raises(ConfigError, match="resident.hidden: this preset has no resident units"):
+        apply_overrides(preset("tiny"), ["resident=none", "resident.hidden=8"])
+
+
 @pytest.mark.parametrize("assignment, message", [
     ("rows=-1", "array.rows must be in [1, 256], not -1"),
     ("rows=x", "rows must be an integer, not 'x'"),

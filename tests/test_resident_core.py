@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """The resident decoder's core (hw/resident_core.py) on Verilator against golden's integer
-decoder (sim/resident_core_tb.py): a random model of the tiny preset's resident shape (two
-layers) loaded once, prompts prefilled and decoded greedily, every token and its logit equal
+decoder (sim/resident_core_tb.py): a random model of the tiny preset's resident shape, and of
+two other shapes on its banks, loaded once, prompts prefilled and decoded greedily, every token and its logit equal
 to ``IntegerModel.forward``'s, one sequence to max_seq, idle on the loads and back-pressure on
 the tokens.
 
@@ -12,19 +12,33 @@ import dataclasses
 
 import pytest
 
-from hw.config import preset
+from hw.config import apply_overrides, preset
 from hw.resident_core import ResidentCore
 from sim.units import simulate
 
 SEQUENCES = 3
 
 
-def test_resident_core_matches_golden():
-    tiny = preset("tiny")
-    result = simulate("resident-core", tiny, seed=0, tiles=SEQUENCES)
+# The tiny preset's resident shape, and two more on its banks: one layer of two heads with a KV
+# head each (head_dim 4, a bank word), a vocabulary of 200, 8 positions; three layers of three
+# heads (hidden 12, no power of two) on one KV head, 12 positions.
+SHAPES = {
+    "tiny": [],
+    "one-layer": ["resident.hidden=8", "resident.ffn=24", "resident.layers=1",
+                  "resident.heads=2", "resident.kv_heads=2", "resident.vocab=200",
+                  "resident.max_seq=8"],
+    "three-layers": ["resident.hidden=12", "resident.ffn=16", "resident.layers=3",
+                     "resident.heads=3", "resident.kv_heads=1", "resident.max_seq=12"],
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_resident_core_matches_golden(shape):
+    config = apply_overrides(preset("tiny"), SHAPES[shape])
+    result = simulate("resident-core", config, seed=len(shape), tiles=SEQUENCES)
     assert result.passed, "; ".join(result.failures) + f" (log: {result.log})"
     report = result.report
-    assert report["sequences"] == SEQUENCES and tiny.resident.max_seq in report["positions"]
+    assert report["sequences"] == SEQUENCES and config.resident.max_seq in report["positions"]
     assert report["generated"] >= 2 * SEQUENCES
     assert report["decode_cycles"], "no token was timed"
 
