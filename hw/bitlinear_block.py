@@ -153,6 +153,11 @@ class BitLinearBlock(wiring.Component):
         return max(0, NormStage.factor_cycles(words, 0, lanes)
                    - NormStage.x_q_cycles(words, lanes) - 1)
 
+    def factor_cycles(self, words):
+        """Cycles from a command taken to its first factor taken (without back-pressure): the
+        first GEMV's start, or a ``norm_only`` operation's factor."""
+        return NormStage.x_q_cycles(words, self._config.pim.lanes) + 1 + self.factor_wait(words)
+
     def cycles(self, words, ns):
         """Cycles from a command taken to its last beat offered, both counted, for a vector of
         ``words`` and matrices of ``ns`` rows, with ``o_stream`` ready, the residuals offered,
@@ -160,8 +165,7 @@ class BitLinearBlock(wiring.Component):
         matrix (the linear stage is busy until the group's last beat, wanted or not):
         ``x_q``'s last chunk taken, a cycle to count it and :meth:`factor_wait`, then each
         matrix's :meth:`hw.linear_stage.LinearStage.cycles`, back to back."""
-        start = NormStage.x_q_cycles(words, self._config.pim.lanes) + 1 + self.factor_wait(words)
-        return start + sum(self._linear.cycles(words_per_row=words, n=n) for n in ns)
+        return self.factor_cycles(words) + sum(self._linear.cycles(words_per_row=words, n=n) for n in ns)
 
     def elaborate(self, platform):
         m = Module()

@@ -193,6 +193,61 @@ class ResidentCore(wiring.Component):
             "busy": Out(1),
         })
 
+    def stage_cycles(self, position, last):
+        """The cycles of a token at ``position`` by stage, from its start taken to the core idle
+        (``last`` false) or its greedy token offered (``last``), without back-pressure on the
+        token: ``{stage: cycles}``, every layer's summed. Each is the FSM's states over the
+        units' own cycle formulas, one state after another:
+
+        - ``embed``: the start, RoPE's and the lookup's handshakes, then the lookup's latency
+          and ``hidden`` elements, one a cycle;
+        - ``loads``: H into the norm's buffer, a bank word a cycle, before each block operation
+          on it, and each operation's command;
+        - ``qkv``, ``o``, ``gate_up``, ``down``: :meth:`BitLinearBlock.cycles` and a cycle for
+          its busy to fall (the FFN's latency after gate and up instead: its last word goes to
+          the norm then);
+        - ``rope``: k's pairs then q's, a pair a cycle, and the rotation's latency each;
+        - ``cache``: a key and a value word a KV head;
+        - ``attention``: each head's query handshake, :meth:`Attention.cycles` and its output's
+          words into the norm;
+        - ``head``: the final norm (a ``norm_only`` operation: its last factor and two cycles),
+          x_q's words, the scan's handshake, a row a ``words`` cycles and the head's latency;
+          without ``last``, the cycle in which the core goes idle.
+        """
+        model, lanes = self._model, self._config.pim.lanes
+        hidden_words, ffn_words = model.hidden // lanes, model.ffn // lanes
+        block, n = self._block, {name: shape.n for name, shape in self.placements.items()
+                                 if name.startswith("layers.0.")}
+        linear = {name.rsplit(".", 1)[1]: n for name, n in n.items()}
+        layers = model.layers
+        rope_pairs = (model.kv_heads + model.heads) * self._head_dim // 2
+        stages = {
+            "embed": 2 + LmHead.EMBED_LATENCY - 1 + model.hidden,
+            "loads": layers * (2 * hidden_words + 4),
+            "qkv": layers * (block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
+                                                         linear["v_proj"]]) + 1),
+            "rope": layers * (rope_pairs + 2 * Rope.LATENCY),
+            "cache": layers * 2 * model.kv_heads,
+            "attention": layers * model.heads * (
+                1 + self._attention.cycles(position) + self._head_dim // lanes),
+            "o": layers * (block.cycles(hidden_words, [linear["o_proj"]]) + 1),
+            "gate_up": layers * (block.cycles(hidden_words, [linear["gate_proj"],
+                                                             linear["up_proj"]])
+                                 + self._ffn.latency),
+            "down": layers * (block.cycles(ffn_words, [linear["down_proj"]]) + 1),
+        }
+        if last:
+            norm_only = block.factor_cycles(hidden_words) + 2
+            stages["head"] = (hidden_words + 1 + norm_only + model.hidden // self.head_lanes
+                              + 1 + model.vocab * self._head.words + self._head.latency)
+        else:
+            stages["head"] = 1
+        return stages
+
+    def token_cycles(self, position, last):
+        """Cycles of a token at ``position`` (:meth:`stage_cycles`, summed)."""
+        return sum(self.stage_cycles(position, last).values())
+
     def _block_gain_words(self):
         return gain_bases(hidden=self._model.hidden, ffn=self._model.ffn,
                           layers=self._model.layers, lanes=self._config.pim.lanes)[1]

@@ -7,7 +7,8 @@ each position: the token is the arg max of its logits, the logit its value).
 Each sequence starts at position 0, so it overwrites the cache of the one before: the core
 keeps no state between sequences but the cache, and attention reads only positions up to the
 token's own. Flow: random idle on the token and load streams and back-pressure on the results
-in the later sequences; the first runs without either and records the cycles of each token.
+in the later sequences; the first runs without either, and each of its tokens takes the
+cycles of the core's model (``ResidentCore.token_cycles``).
 
 Parameters (``BITTERN_PARAMS``): ``config`` (with resident units: the model has
 ``config.resident``'s shape), ``seed``, ``tiles`` (sequences); optionally ``prompt`` and
@@ -133,12 +134,22 @@ class ResidentCoreTB(TB):
             self.rng.shuffle(port_beats)
             await self.sources[port].send(port_beats, self.cycle)
 
+    def check_cycles(self, cycles, position, last, timed):
+        """Without idle or back-pressure, a token takes the cycles the core's model says
+        (:meth:`ResidentCore.token_cycles`)."""
+        if timed:
+            want = self.core.token_cycles(position, last)
+            assert cycles == want, (f"token at {position} (last {last}) took {cycles} cycles, "
+                                    f"the model says {want}: "
+                                    f"{self.core.stage_cycles(position, last)}")
+
     async def token(self, token, position, last):
         """Run one token: the cycles from its start taken to the core idle (without
         ``last``), or to its greedy token offered, then that token and its logit."""
-        await self.sources["start"].send(
+        start = self.sources["start"]
+        await start.send(
             [self.beat("start", token=int(token), position=position, last=int(last))], self.cycle)
-        begun = self.cycle()
+        begun = start.accepted_cycles[-1]
         if last:
             (word,) = await self.sink.receive(1, self.cycle, timeout=TIMEOUT)
             result = self.layouts["o_stream"].from_bits(word)
@@ -186,11 +197,13 @@ async def resident_core_matches_golden(dut):
         tokens, position, prefill = list(prompt), 0, 0
         for token in prompt[:-1]:
             cycles, _, _ = await tb.token(token, position, False)
+            tb.check_cycles(cycles, position, False, timed)
             prefill += cycles
             position += 1
         while True:
             expected = int(logits.argmax()[-1])
             cycles, got, logit = await tb.token(tokens[-1], position, True)
+            tb.check_cycles(cycles, position, True, timed)
             assert (got, logit) == (expected, int(logits.values[-1, expected])), \
                 f"sequence {sequence} position {position}: token {got} logit {logit}, " \
                 f"golden token {expected} logit {int(logits.values[-1, expected])}"
