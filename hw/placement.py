@@ -11,7 +11,6 @@ after another, and stay resident.
 
 from dataclasses import dataclass
 
-from golden.model import linear_shapes
 
 __all__ = ["MappingError", "Placement", "place", "bank_words", "RESIDENT_SHAPE", "resident_fit"]
 

@@ -11,7 +11,6 @@ import itertools
 
 import cocotb
 import numpy as np
-from cocotb.triggers import RisingEdge
 
 from golden.bitlinear import matmul_int
 from hw.commands import CommandFormat

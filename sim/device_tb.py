@@ -14,14 +14,13 @@ Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (random operati
 (sample the functional coverage of :mod:`sim.coverage` and add it to the report).
 """
 
-import dataclasses
 import itertools
 
 import cocotb
 import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from golden import IntegerModel, ModelWeights, trits
+from golden import trits
 from hw.commands import (RESIDENT_OPCODES, STATUS, STATUS_FLAGS, STATUS_MAGIC, CommandFormat,
                          ErrorCode, Opcode, pack_header, unpack_header)
 from hw.config import Config
@@ -33,8 +32,6 @@ from sim.stimulus import bad_commands, fuzz_words
 from sim.tb import TB, StreamSource, params
 from sim.tb import write_report as write_measurements
 from sw_driver.behavioural import BehaviouralDevice
-from sw_driver.driver import Accelerator
-from sw_driver.resident import load_model, model_config
 
 FLOW_KNOBS = list(itertools.product((0.0, 0.3), (0.0, 0.5)))
 IDLE = 1                        # cycles_idle: the host's gaps between commands decide it
@@ -306,19 +303,6 @@ async def every_bad_command_is_dropped(dut):
     write_report(REPORT)
 
 
-class _Recorder:
-    """A transport that keeps the command words it is given (for commands with no answer)."""
-    burst_words = None
-
-    def __init__(self):
-        self.words = []
-
-    def transact(self, words, count):
-        assert count == 0, "a recorded command cannot be answered"
-        self.words += words
-        return []
-
-
 @cocotb.test()
 async def resident_generation(dut):
     """Resident mode through the command stream. Without resident units, LOAD_TENSOR and
@@ -328,7 +312,9 @@ async def resident_generation(dut):
     back-pressure on the tokens; a prompt token past the vocabulary and a prompt too long are
     refused (BAD_TOKEN, BAD_LENGTH) and the next GENERATE still works; a reset while tokens
     flow leaves nothing loaded, and after a reload the tokens are golden's again. Every response
-    word is also the behavioural device's, which decodes the image the device holds."""
+    word is also the behavioural device's, which decodes the image the device holds; the
+    counters read after each GENERATE too (MACs and words read always, the busy cycles of the
+    first, whose host never waits: the core's cycle model)."""
     tb, p = await start(dut)
     fmt = tb.format
     if not fmt.tensors:
@@ -339,12 +325,9 @@ async def resident_generation(dut):
         REPORT["resident"] = "no resident units"
         write_report(REPORT)
         return
-    cfg = dataclasses.replace(model_config(tb.config), rope_theta=10000.0)
-    weights = ModelWeights.random(cfg, seed=p.get("seed", 0))
-    golden = IntegerModel(cfg, weights)
-    recorder = _Recorder()
-    load_model(Accelerator(recorder, tb.config), weights, golden.prepared)
-    await tb.send(recorder.words)
+    load, golden = stimulus.resident_model(tb.config, seed=p.get("seed", 0))
+    cfg = golden.cfg
+    await tb.send(load)
     assert (await tb.status())["error"] == ErrorCode.NONE.value
     rng, generated = tb.np_rng, 0
     cases = [(int(rng.integers(1, 6)), int(rng.integers(1, 6))) for _ in range(2)]
@@ -360,6 +343,8 @@ async def resident_generation(dut):
         want = golden.generate(prompt, count)
         assert data == want, f"prompt {prompt}: tokens {data}, golden {want}"
         generated += count
+        await tb.send(fmt.simple(Opcode.READ_COUNTERS))     # the core's cycles and reads
+        await tb.settle()
         if number == 0:
             for words, code in ((fmt.generate([cfg.vocab], 1), ErrorCode.BAD_TOKEN),
                                 (fmt.generate([0] * cfg.max_seq, 2), ErrorCode.BAD_LENGTH)):
@@ -379,7 +364,7 @@ async def resident_generation(dut):
     await tb.send(fmt.generate(prompt, 1))
     assert (await tb.status())["error"] == ErrorCode.NOT_LOADED.value
     await tb.send(fmt.simple(Opcode.CLEAR_ERRORS))
-    await tb.send(recorder.words)
+    await tb.send(load)
     start_index = len(tb.responses())
     await tb.send(fmt.generate(prompt, count))
     await tb.settle(timeout=50_000)

@@ -160,6 +160,37 @@ def load(rng, fmt, op, *, count=8, pattern="random", acts="random"):
     return fmt.load_acts(addr, pack_ints(chunks, fmt.config.act_bits))
 
 
+class _Recorder:
+    """A transport that keeps the command words it is given (for commands with no answer)."""
+    burst_words = None
+
+    def __init__(self):
+        self.words = []
+
+    def transact(self, words, count):
+        assert count == 0, "a recorded command cannot be answered"
+        self.words += words
+        return []
+
+
+def resident_model(config, *, seed):
+    """A random model of ``config``'s resident shape: ``(its load words, its golden integer
+    decoder)``, the words every tensor in one command as ``sw_driver.resident.load_model``
+    sends them."""
+    import dataclasses
+
+    from golden import IntegerModel, ModelWeights
+    from sw_driver.driver import Accelerator
+    from sw_driver.resident import load_model, model_config
+
+    shape = dataclasses.replace(model_config(config), rope_theta=10000.0)
+    weights = ModelWeights.random(shape, seed=seed)
+    golden = IntegerModel(shape, weights)
+    recorder = _Recorder()
+    load_model(Accelerator(recorder, config), weights, golden.prepared)
+    return recorder.words, golden
+
+
 def bad_commands(fmt):
     """One malformed command of every kind, with the error code each must set: every opcode
     with a header field that must be 0 set, and every check of a length, bank, address, shape

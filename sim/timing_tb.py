@@ -1,7 +1,7 @@
 """cocotb testbench: the device's timing against its cycle model, under a host of any timing.
 
 A random command stream (weights, activations, GEMVs, tiles, GEMMs, bad commands, status and
-counter reads) is sent by a host that pauses a random number of cycles before some words and
+counter reads; a resident model's load and GENERATEs where the device has the units) is sent by a host that pauses a random number of cycles before some words and
 refuses response words at random. The host's timing is drawn up front from the seed
 (:class:`sw_driver.cycles.Host`), so the cycle model meets the same host: every response word
 must leave in the cycle the model says, with the value it says, the counters (busy, idle,
@@ -20,6 +20,7 @@ from golden import trits
 from hw.commands import CommandFormat, Opcode, pack_header
 from hw.config import Config
 from hw.words import pack_ints
+from sim import stimulus
 from sim.tb import TB, params, write_report
 from sw_driver.behavioural import BehaviouralDevice
 from sw_driver.cycles import DeviceCycles, Host
@@ -27,11 +28,21 @@ from sw_driver.cycles import DeviceCycles, Host
 
 def command_stream(fmt, rng, count):
     """``count`` random commands' words: loads and GEMVs, tiles and GEMMs, bad commands and
-    register reads, ending with a counter read."""
-    words = []
+    register reads, ending with a counter read; on a device with resident units, a random
+    model loaded and GENERATEs of short prompts (the GEMVs after the load write over some of
+    its matrices, which both sides then read)."""
+    words, kinds, resident = [], ["gemv", "gemm", "bad", "status", "counters"], bool(fmt.tensors)
+    if resident:
+        load, golden = stimulus.resident_model(fmt.config, seed=int(rng.integers(1 << 16)))
+        words += load
+        kinds.append("generate")
     for _ in range(count):
-        kind = rng.choice(["gemv", "gemm", "bad", "status", "counters"], p=[.35, .3, .15, .1, .1])
-        if kind == "gemv":
+        kind = rng.choice(kinds, p=[.3, .25, .15, .1, .1, .1] if resident else
+                          [.35, .3, .15, .1, .1])
+        if kind == "generate":
+            prompt = rng.integers(0, golden.cfg.vocab, int(rng.integers(1, 4))).tolist()
+            words += fmt.generate(prompt, int(rng.integers(1, 4)))
+        elif kind == "gemv":
             words_per_row = int(rng.integers(1, min(fmt.act_words, 4) + 1))
             rows = int(rng.integers(1, min(6, fmt.depth // words_per_row) + 1))
             base = int(rng.integers(0, fmt.depth - rows * words_per_row + 1))

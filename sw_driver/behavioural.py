@@ -20,6 +20,7 @@ from golden import trits
 from golden.bitlinear import bitlinear_int, matmul_int
 from hw.commands import (ARGUMENT_WORDS, STATUS, STATUS_FLAGS, STATUS_MAGIC, WORD_BITS,
                          CommandFormat, ErrorCode, Opcode, Tensor, pack_header, unpack_header)
+from hw.resident_core import layout_core
 from hw.words import unpack_ints
 
 from .driver import DeviceError, Transport
@@ -119,7 +120,7 @@ class BehaviouralDevice:
                 continue
             self.busy += (self.timing.gemv(b, args[1]) if op is Opcode.GEMV else
                           self.timing.gemm(b) if op is Opcode.GEMM else
-                          0 if op is Opcode.GENERATE else
+                          0 if op is Opcode.GENERATE else     # once its prompt is in
                           self.timing.simple(op, b, a))
             if op is Opcode.WRITE_WEIGHTS:
                 yield from self._data(b, fmt.weight_word_words, lambda done, values:
@@ -153,9 +154,23 @@ class BehaviouralDevice:
                 prompt = []
                 yield from self._data(args[0], 1, lambda done, values: prompt.extend(values))
                 if max(prompt) >= fmt.vocab:
+                    self.busy += self.timing.generate(len(prompt), 0)
                     self._fail(ErrorCode.BAD_TOKEN)
                     continue
-                self._respond(op, b, image_decoder(self.config, self.tensors, self.banks).generate(prompt, b))
+                self.busy += self.timing.generate(len(prompt), b)
+                self._core_reads(len(prompt) + b - 1)
+                self._respond(op, b, image_decoder(self.config, self.tensors,
+                                                   self.banks).generate(prompt, b))
+
+    def _core_reads(self, tokens):
+        """The bank reads of the resident core's ``tokens`` runs: every matrix once a token,
+        each bank reading its row slots (padding included) and meeting their non-zero
+        weights."""
+        for placement in layout_core(self.config).placements.values():
+            span = self.banks[:, placement.base:placement.base + placement.words]
+            self.macs += tokens * int(np.count_nonzero(span))
+            for bank in range(self.format.banks):
+                self.words_read[bank] += tokens * placement.words
 
     def _data(self, count, words, consume):
         """Take a command's ``count`` data items of ``words`` words each, as they come: each

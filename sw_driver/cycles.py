@@ -4,7 +4,8 @@
 :mod:`hw.streams`, :mod:`hw.pim` and :mod:`hw.array` define it: the controller's FSM and its
 decode and checks, word assembly, the response FIFO with its registered room flags and the two
 result serialisers, the bank group's sequencer and result credit, the array's token credit and
-weight loading. It knows when each command word is taken, when each response word leaves, and
+weight loading, and GENERATE's tokens on the resident core (its cycle model,
+``ResidentCore.token_cycles``). It knows when each command word is taken, when each response word leaves, and
 what every cycle is (busy, idle or stalled), so the counters it reads out are the RTL's. Values
 come from a functional device fed the words it takes (:class:`BehaviouralDevice`); the cycle
 model replaces only the cycle counters, which it alone can know.
@@ -171,6 +172,27 @@ class _Array:
         self.fifo.level += written - popped
 
 
+class _Core:
+    """:class:`hw.resident_core.ResidentCore` as GENERATE runs it: each token started in the
+    cycle the device offers it (the core is idle then) and done, :meth:`token_cycles` later,
+    when its busy falls or (a ``last`` token) its greedy token is offered."""
+
+    def __init__(self, config):
+        from hw.resident_core import layout_core
+
+        self.token_cycles = layout_core(config).token_cycles
+        self.prompt_length = self.position = self.generated = self.done = 0
+        self.last = False
+
+    def begin(self, prompt_length):
+        self.prompt_length, self.position, self.generated = prompt_length, 0, 0
+
+    def start(self, cycle):
+        self.last = self.position + 1 >= self.prompt_length
+        self.done = cycle + self.token_cycles(self.position, self.last)
+        self.position += 1
+
+
 class DeviceCycles:
     """The device of ``config`` fed command words by ``host``; ``device`` (optional) is the
     functional device whose response word values it reports."""
@@ -198,7 +220,8 @@ class DeviceCycles:
         self.sending_rows = self.sending_tokens = False
         self.tile_loaded = False
         self.loaded, self.completes, self.prompt = set(), False, []
-        self.chunks = {"weight": 0, "act": 0, "tile": 0, "token": 0}
+        self.core = _Core(config) if config.resident else None
+        self.chunks = {"weight": 0, "act": 0, "tile": 0, "token": 0, "tensor": 0}
         self.register = 0
         self.taken_register = None          # the value the last register take fetched
         self.response = deque()             # words in the response FIFO
@@ -265,9 +288,8 @@ class DeviceCycles:
                 next_state = "FETCH"
                 if state == "LOAD_TENSOR" and self.completes:
                     self.loaded.add(Tensor(self.header["a"]))
-                if state == "PROMPT":
-                    if max(self.prompt) < self.format.vocab:
-                        raise NotImplementedError("the cycle model does not run GENERATE")
+                if state == "PROMPT" and max(self.prompt) < self.format.vocab:
+                    next_state = "RESPOND"
             else:
                 kind = _LOADS[state]
                 # The resident core takes its tensors whenever it is idle (between GENERATEs).
@@ -287,9 +309,26 @@ class DeviceCycles:
                     self.sending_rows, next_state = True, "GEMV_RESULTS"
                 elif opcode is Opcode.GEMM:
                     self.sending_tokens, next_state = True, "GEMM"
+                elif opcode is Opcode.GENERATE:
+                    self.core.begin(len(self.prompt))
+                    next_state = "GENERATE"
                 else:
                     self._take_register()
                     next_state = "REGISTERS"
+        elif state == "GENERATE":
+            self.core.start(t)
+            next_state = "GENERATE_RUN"
+        elif state == "GENERATE_RUN":
+            if not self.core.last:
+                if t >= self.core.done:
+                    next_state = "GENERATE"
+            elif t >= self.core.done:
+                blocked = not space
+                if space:
+                    writes.append((self._next_value(), True))
+                    self.core.generated += 1
+                    next_state = ("GEMV_RESULTS" if self.core.generated == self.header["b"]
+                                  else "GENERATE")
         elif state == "GEMV_RESULTS":
             if self.results_left == 0:
                 next_state = "FETCH"

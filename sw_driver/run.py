@@ -182,9 +182,7 @@ def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_t
     the LM head's scan); ``GENERATE(prompt, n_tokens)`` gives the text, and its cycles less the
     prefill's, per decoded token, give decode's. Link words a decoded token are that second
     command's words each way over its decoded tokens. ``check`` compares the tokens with
-    golden's integer decoder (the device exposes only its tokens). A device that counted no
-    cycles for the prefill (the behavioural device does not count a GENERATE's) gives no cycle
-    figures.
+    golden's integer decoder (the device exposes only its tokens).
     """
     from golden import IntegerModel
 
@@ -223,14 +221,11 @@ def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_t
     accelerator.check()
 
     decoded = n_tokens - 1
-    counted = prefill_cycles > 0
-    if not counted:
-        prefill_cycles = cycles = None
-    simulated = (sim_cycles() - sim_start) if sim_cycles else (cycles or 0)
+    simulated = (sim_cycles() - sim_start) if sim_cycles else cycles
     result = _result(
         hw_config, weights, baud, text=decode(bytes(generated)), tokens=generated,
         prefill_tokens=len(prompt), prefill_cycles=prefill_cycles, decode_tokens=decoded,
-        cycles_per_token=(cycles - prefill_cycles) / decoded if decoded and counted else None,
+        cycles_per_token=(cycles - prefill_cycles) / decoded if decoded else None,
         per_token_words=moved / decoded if decoded else None, simulated=simulated,
         times=(start_wall, prefill_start, decode_start, end,
                (end - decode_start) * decoded / n_tokens),

@@ -2,7 +2,7 @@
 with a host that sends every word of it back to back and takes every response word at once.
 
 Loads, register reads and rejected commands have a closed form (one cycle per word and one per
-state they pass through). GEMV and GEMM depend on the pipelines' credit and the result path;
+state they pass through), and so has GENERATE, over the resident core's cycle model. GEMV and GEMM depend on the pipelines' credit and the result path;
 their figures come from the cycle model (:class:`sw_driver.cycles.DeviceCycles`, checked against
 the RTL under any host) run once per shape and cached, so a whole model runs at the speed of a
 dictionary lookup per command.
@@ -13,6 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from hw.commands import ARGUMENT_WORDS, STATUS, CommandFormat, Opcode, Tensor
+from hw.resident_core import layout_core
 
 from .cycles import DeviceCycles
 
@@ -44,6 +45,19 @@ class CommandTiming:
         if opcode is Opcode.READ_COUNTERS:
             return 1 + len(fmt.counter_names)
         return 0
+
+    def generate(self, prompt_length, count):
+        """GENERATE of a prompt of ``prompt_length`` tokens and ``count`` more (``count`` 0: its
+        prompt refused, BAD_TOKEN): the argument, the check, a cycle a prompt word and one
+        after them; then the response header, each token's start and its run on the core
+        (``ResidentCore.token_cycles``, a greedy token written as it is offered), and two
+        cycles for the last token to leave."""
+        prompt = ARGUMENT_WORDS[Opcode.GENERATE] + 1 + prompt_length + 1
+        if not count:
+            return prompt
+        core = layout_core(self.config)
+        return prompt + 1 + sum(core.token_cycles(position, position + 1 >= prompt_length) + 1
+                                for position in range(prompt_length + count - 1)) + 2
 
     def rejected_after_arguments(self, opcode):
         """A command refused by its argument checks: its argument words and the check."""

@@ -86,10 +86,6 @@ def _bigger(args):
 
 def _figures(report, config):
     """The run's figures, prefill and decode apart, each projection with what it assumes."""
-    if report["prefill_cycles"] is None:
-        yield (f"{report['mode']} mode: {len(report['tokens'])} tokens; the device counted no "
-               f"cycles for GENERATE (the behavioural device does not; --backend rtl does)")
-        return
     yield (f"prefill  {report['prefill_tokens']} tokens: {report['prefill_cycles']:,} device "
            f"cycles, {report['prefill_wall_s']:.2f} s wall ({report['mode']} mode)")
     if report["cycles_per_token"] is None:
