@@ -4,7 +4,8 @@ For a device configuration, a model's shapes, ``prompt_tokens`` and ``tokens``, 
 walks the forward passes ``bittern run`` makes (the prompt in one, then a token each), asks the
 driver's :class:`~sw_driver.mapper.Schedule` which commands serve each BitLinear call, and adds
 up their busy cycles (:class:`~sw_driver.timing.CommandTiming`, the RTL's) and their link
-words. The device's cycles do not depend on the values, so the figures are exactly what
+words. In resident mode the two GENERATEs ``bittern run`` sends are costed instead, over the
+resident core's cycle model. The device's cycles do not depend on the values, so the figures are exactly what
 ``bittern run`` measures for any prompt of that length, on any backend whose host never waits.
 
 Energy is an estimate from the per-operation energies of :data:`ENERGY_PJ` (45 nm ASIC figures),
@@ -39,7 +40,10 @@ ZERO_FRACTION = 1 / 3
 
 @dataclass
 class Perf:
-    """What :func:`perf` finds; cycles are busy cycles, as ``bittern run`` counts them."""
+    """What :func:`perf` finds; cycles are busy cycles, as ``bittern run`` counts them.
+    ``stages`` (resident mode) are a decoded token's cycles by the core's stage, averaged over
+    the decoded tokens (``ResidentCore.stage_cycles``)."""
+    mode: str
     prefill_tokens: int
     prefill_cycles: int
     decode_tokens: int
@@ -56,13 +60,16 @@ class Perf:
     zero_fraction: float
     energy_per_token_nj: float | None
     energy: dict
+    stages: dict | None = None
 
     def to_dict(self):
         return asdict(self)
 
 
-def perf(config, model_config, *, prompt_tokens, tokens, prefill="auto", baud, weights=None):
-    """The figures of generating ``tokens`` after a ``prompt_tokens``-token prompt.
+def perf(config, model_config, *, prompt_tokens, tokens, prefill="auto", baud, weights=None,
+         mode="offload"):
+    """The figures of generating ``tokens`` after a ``prompt_tokens``-token prompt, in
+    ``mode`` (``"offload"`` or ``"resident"``, as ``bittern run --mode``).
 
     ``weights`` (optional) give the zero trits their real share; else :data:`ZERO_FRACTION`.
     """
@@ -75,6 +82,9 @@ def perf(config, model_config, *, prompt_tokens, tokens, prefill="auto", baud, w
     zero_fraction = ZERO_FRACTION if weights is None else (
         sum(int((w.trits == 0).sum()) for w in weights.linears.values())
         / sum(w.trits.size for w in weights.linears.values()))
+    if mode == "resident":
+        return _resident(config, model_config, schedule, groups, prompt_tokens, tokens, baud,
+                         zero_fraction)
 
     per_layer = []
     for layer in range(model_config.layers):
@@ -97,7 +107,7 @@ def perf(config, model_config, *, prompt_tokens, tokens, prefill="auto", baud, w
     link_name, link_rate = uart_link(baud)
     energy = _energy(schedule, groups, zero_fraction)
     return Perf(
-        prefill_tokens=prompt_tokens,
+        mode="offload", prefill_tokens=prompt_tokens,
         prefill_cycles=sum(layer["prefill_cycles"] for layer in per_layer),
         decode_tokens=decode_tokens, cycles_per_token=cycles_per_token, per_layer=per_layer,
         prefill_unit={"+".join(n.rpartition(".")[2] for n in g): schedule.unit(g, prompt_tokens)
@@ -110,6 +120,58 @@ def perf(config, model_config, *, prompt_tokens, tokens, prefill="auto", baud, w
         bank_bound_fraction=bound / cycles if decode_tokens else None,
         zero_fraction=zero_fraction,
         energy_per_token_nj=energy["total_nj"] if decode_tokens else None, energy=energy)
+
+
+def _resident(config, model_config, schedule, groups, prompt_tokens, tokens, baud,
+              zero_fraction):
+    """:func:`perf` in resident mode, as ``run.run_resident`` measures it: ``GENERATE(prompt,
+    1)`` for the prefill, ``GENERATE(prompt, tokens)`` for the rest, each a closed form
+    (:meth:`CommandTiming.generate`) over the core's cycle model."""
+    from hw.resident_core import layout_core
+
+    from .timing import CommandTiming
+
+    timing, core = CommandTiming(config), layout_core(config)
+    prefill_cycles = timing.generate(prompt_tokens, 1)
+    decode_tokens = tokens - 1
+    positions = range(prompt_tokens, prompt_tokens + decode_tokens)
+    cycles = ((timing.generate(prompt_tokens, tokens) - prefill_cycles) / decode_tokens
+              if decode_tokens else None)
+    stages = {stage: sum(core.stage_cycles(p, True)[stage] for p in positions) / decode_tokens
+              for stage in core.stage_cycles(prompt_tokens, True)} if decode_tokens else None
+    layer_stages = ("loads", "qkv", "rope", "cache", "attention", "o", "gate_up", "down")
+    prompt_stages = [core.stage_cycles(p, p + 1 == prompt_tokens) for p in range(prompt_tokens)]
+    per_layer = [{
+        "layer": layer,
+        "prefill_cycles": sum(part[s] for part in prompt_stages for s in layer_stages)
+        // model_config.layers,
+        "decode_cycles": (sum(stages[s] for s in layer_stages) / model_config.layers
+                          if decode_tokens else None),
+        "energy_nj": _energy(schedule, [g for g in groups
+                                        if g[0].startswith(f"layers.{layer}.")],
+                             zero_fraction)["total_nj"],
+    } for layer in range(model_config.layers)]
+    # The second GENERATE's words: header, prompt length and prompt out; header and tokens back.
+    words = ({"to_device": (2 + prompt_tokens) / decode_tokens,
+              "from_device": (1 + tokens) / decode_tokens} if decode_tokens else None)
+    bank_words = sum(placement.words for placement in core.placements.values())
+    bound = sum(n * k for n, k in linear_shapes(model_config).values()) / (
+        config.pim.banks * config.pim.lanes)
+    link_name, link_rate = uart_link(baud)
+    energy = _energy(schedule, groups, zero_fraction)
+    return Perf(
+        mode="resident", prefill_tokens=prompt_tokens, prefill_cycles=prefill_cycles,
+        decode_tokens=decode_tokens, cycles_per_token=cycles, per_layer=per_layer,
+        prefill_unit={"every layer": "resident core"},
+        bank_utilisation=bank_words / cycles if decode_tokens else None,
+        link_words=words, link=link_name,
+        device_tokens_per_s=config.clock_mhz * 1e6 / cycles if decode_tokens else None,
+        link_tokens_per_s=(link_rate / max(words.values())) if decode_tokens else None,
+        bank_bound_cycles_per_token=bound,
+        bank_bound_fraction=bound / cycles if decode_tokens else None,
+        zero_fraction=zero_fraction,
+        energy_per_token_nj=energy["total_nj"] if decode_tokens else None, energy=energy,
+        stages=stages)
 
 
 def _energy(schedule, groups, zero_fraction):

@@ -12,7 +12,8 @@ from golden import ModelConfig, ModelWeights
 from hw.config import preset
 from sw_driver.behavioural import BehaviouralTransport
 from sw_driver.perf import ENERGY_PJ, perf
-from sw_driver.run import load_model, run
+from sw_driver.resident import model_config as resident_shape
+from sw_driver.run import load_model, run, run_resident
 
 NANO = ModelConfig(hidden=8, layers=1, heads=2, kv_heads=1, ffn=8, vocab=256, max_seq=32)
 
@@ -32,6 +33,28 @@ def test_perf_is_what_a_run_measures(prefill):
             measured.prefill_cycles, measured.cycles_per_token), (prompt, tokens)
         if tokens > 1:
             assert predicted.link_words == measured.link_words_per_token
+
+
+def test_resident_perf_is_what_a_run_measures():
+    """Resident mode: the two GENERATEs' cycles and words, costed, equal a run's on the
+    behavioural device (whose counters the RTL tests hold to the RTL's)."""
+    rng = np.random.default_rng()                 # any draw must agree: no seed to tune
+    config = preset("tiny")
+    shape = resident_shape(config)
+    weights = ModelWeights.random(shape, seed=4)
+    for _ in range(3):
+        prompt = [int(t) for t in rng.integers(0, shape.vocab, int(rng.integers(1, 8)))]
+        tokens = int(rng.integers(1, shape.max_seq - len(prompt) + 2))
+        measured = run_resident(BehaviouralTransport(config), config, shape, weights, prompt,
+                                tokens)
+        predicted = perf(config, shape, prompt_tokens=len(prompt), tokens=tokens, baud=115200,
+                         weights=weights, mode="resident")
+        assert (predicted.prefill_cycles, predicted.cycles_per_token) == (
+            measured.prefill_cycles, measured.cycles_per_token), (prompt, tokens)
+        assert predicted.link_words == measured.link_words_per_token, (prompt, tokens)
+        if tokens > 1:            # a decoded token: the core's stages and GENERATE's start
+            assert sum(predicted.stages.values()) + 1 == pytest.approx(
+                predicted.cycles_per_token)
 
 
 def test_shipped_model_figures():
@@ -61,7 +84,9 @@ def test_perf_json_and_mistakes():
     assert "link-bound" in result.stdout and "bank bound" in result.stdout
     for args, message in ((["--tokens", "0"], "--prompt-tokens and --tokens must be at least 1"),
                           (["--prompt-tokens", "300"], "exceed the model's max_seq = 256"),
-                          (["--model", "2b4t"], "the model needs at least")):
+                          (["--model", "2b4t", "--mode", "offload"], "the model needs at least"),
+                          (["--model", "2b4t", "--mode", "resident"],
+                           "--mode resident: the resident units are built for hidden 128")):
         result = bittern(*args)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert message in result.stderr, result.stderr

@@ -59,7 +59,8 @@ def test_behavioural_and_rtl_backends_agree_bit_exactly(nano_model):
 def test_resident_mode_on_both_backends(resident_model):
     """The whole decoder on the device (tiny's resident units): the behavioural device and the
     RTL generate the integer decoder's tokens in the same cycles (the resident core's cycle
-    model), and a decoded token costs a word or two of the link each way."""
+    model), which bittern perf predicts, and a decoded token costs a word or two of the link
+    each way."""
     common = ["--model", str(resident_model), "--preset", "tiny", "--prompt", "Hi",
               "--tokens", "5", "--check", "--json"]
     reports = {}
@@ -70,6 +71,12 @@ def test_resident_mode_on_both_backends(resident_model):
     for key in ("tokens", "prefill_cycles", "cycles_per_token", "link_words_per_token"):
         assert reports["behavioural"][key] == reports["rtl"][key], key
     rtl = reports["rtl"]
+    predicted = bittern_perf("--model", str(resident_model), "--preset", "tiny",
+                             "--prompt-tokens", "2", "--tokens", "5")       # "Hi": 2 bytes
+    assert predicted["mode"] == "resident"
+    assert (predicted["prefill_cycles"], predicted["cycles_per_token"],
+            predicted["link_words"]) == (rtl["prefill_cycles"], rtl["cycles_per_token"],
+                                         rtl["link_words_per_token"])
     assert rtl["prefill_cycles"] > 0 and rtl["cycles_per_token"] > 0
     assert max(rtl["link_words_per_token"].values()) <= 4
 
@@ -87,12 +94,17 @@ def test_shipped_model_on_the_ulx3s_device():
     its cycles."""
     rtl = _agree(["--model", "tiny", "--preset", "ulx3s-85f", "--prompt", "a = b",
                   "--tokens", "4", "--mode", "offload", "--check", "--json"])
-    perf = subprocess.run([sys.executable, "-m", "sw_driver.cli", "perf", "--preset",
-                           "ulx3s-85f", "--prompt-tokens", "5", "--tokens", "4", "--json"],
-                          capture_output=True, text=True, timeout=300)
-    predicted = json.loads(perf.stdout.strip().splitlines()[-1])
+    predicted = bittern_perf("--preset", "ulx3s-85f", "--prompt-tokens", "5", "--tokens", "4",
+                             "--mode", "offload")
     assert (predicted["prefill_cycles"], predicted["cycles_per_token"]) == (
         rtl["prefill_cycles"], rtl["cycles_per_token"])
+
+
+def bittern_perf(*args):
+    perf = subprocess.run([sys.executable, "-m", "sw_driver.cli", "perf", *args, "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert perf.returncode == 0, perf.stderr
+    return json.loads(perf.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("args, message", [

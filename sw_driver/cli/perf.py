@@ -17,7 +17,7 @@ def cmd_perf(args):
 
     from ..perf import perf
     from ..run import load_model
-    from .inference import RUN_PRESET, _bigger, _load
+    from .inference import RUN_PRESET, _bigger, _load, _mode
 
     config = config_from(args, RUN_PRESET)
     if args.prompt_tokens < 1 or args.tokens < 1:
@@ -30,10 +30,11 @@ def cmd_perf(args):
     if args.prompt_tokens + args.tokens - 1 > model_config.max_seq:
         raise UserError(f"{args.prompt_tokens} prompt tokens + {args.tokens} tokens exceed the "
                         f"model's max_seq = {model_config.max_seq}")
+    mode = _mode(args, config, model_config)
     try:
         result = perf(config, model_config, prompt_tokens=args.prompt_tokens,
                       tokens=args.tokens, prefill=args.prefill, baud=args.baud,
-                      weights=weights).to_dict()
+                      weights=weights, mode=mode).to_dict()
     except MappingError as error:
         raise UserError(f"{error}{_bigger(args)}") from None
     for line in _report(result, config, args):
@@ -45,27 +46,36 @@ def cmd_perf(args):
 
 def _report(result, config, args):
     units = ", ".join(f"{group} on the {unit}" for group, unit in result["prefill_unit"].items())
-    yield (f"{args.model} on preset {args.preset or 'ulx3s-85f'}, offload mode, "
+    yield (f"{args.model} on preset {args.preset or 'ulx3s-85f'}, {result['mode']} mode, "
            f"{result['prefill_tokens']} prompt tokens then {result['decode_tokens']} more")
     yield f"prefill  {result['prefill_cycles']:,} cycles ({units})"
     if result["cycles_per_token"] is None:
         return
-    yield (f"decode   {result['cycles_per_token']:,} cycles a token: device-bound "
+    yield (f"decode   {result['cycles_per_token']:,.0f} cycles a token: device-bound "
            f"{result['device_tokens_per_s']:,.0f} tokens/s at {config.clock_mhz:g} MHz, "
            f"link-bound {result['link_tokens_per_s']:,.2f} tokens/s ({result['link']})")
     words = result["link_words"]
-    yield (f"         {words['to_device']:,} words to the device, {words['from_device']:,} back "
-           f"a token ({4 * (words['to_device'] + words['from_device']):,} bytes); bank bound "
+    yield (f"         {_words(words['to_device'])} words to the device, "
+           f"{_words(words['from_device'])} back "
+           f"a token ({4 * (words['to_device'] + words['from_device']):,.0f} bytes); bank bound "
            f"{result['bank_bound_cycles_per_token']:,.0f} cycles, "
            f"{result['bank_bound_fraction']:.1%} reached")
+    if result["stages"]:
+        yield "stages   " + ", ".join(f"{stage} {cycles:,.0f}"
+                                      for stage, cycles in result["stages"].items())
     for layer in result["per_layer"]:
         yield (f"layer {layer['layer']:>3}  prefill {layer['prefill_cycles']:>9,}  decode "
-               f"{layer['decode_cycles']:>7,} cycles  {layer['energy_nj']:>10,.1f} nJ a token")
+               f"{layer['decode_cycles']:>7,.0f} cycles  {layer['energy_nj']:>10,.1f} nJ a token")
     energy = result["energy"]
     parts = ", ".join(f"{op} {nj:,.1f}" for op, nj in energy["asic_45nm_nj"].items())
     yield (f"energy   {result['energy_per_token_nj']:,.1f} nJ a token: 45 nm figures ({parts} "
            f"nJ) x {energy['fpga_factor']:g} for an FPGA; zero trits "
            f"{result['zero_fraction']:.1%} (docs/design.md, Metrics)")
+
+
+def _words(count):
+    """A word count, its decimals only where it has them (a resident run's are averages)."""
+    return f"{count:,.2f}".removesuffix(".00")
 
 
 def cmd_sweep(args):
@@ -196,6 +206,9 @@ def add_commands(commands):
                         help="prompt tokens (default 31)")
     parser.add_argument("--tokens", type=int, default=12, metavar="T",
                         help="tokens generated (default 12)")
+    parser.add_argument("--mode", choices=["resident", "offload"], default=None,
+                        help="as bittern run (default: resident where the preset has the units "
+                             "and the model fits them)")
     parser.add_argument("--prefill", choices=Schedule.PREFILL, default="auto",
                         help="where the prompt's BitLinears run (as bittern run)")
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
