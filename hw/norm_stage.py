@@ -4,13 +4,12 @@ the ``dyadic_mul(rho, constant)`` of ``golden.integer.rescale``, bit for bit).
 
 A stage is built from units and has its own small control FSM, so that a sequencer starts it
 with one operation. This one holds a :class:`hw.norm.NormQuantizer` (whose gain memory keeps
-every norm of the model, each at its own base word: :func:`gain_bases`) and a
-:class:`hw.dyadic.ScalarUnit`. An operation runs STATISTICS; the scalar unit turns the peak into
-``127 * rcp(max(peak, 1))`` (NORMALISE, RECIPROCAL, MULTIPLY by ``dyadic(127)``, golden's
-``quantize_factor``); QUANTISE streams ``x_q`` while the scalar unit goes on to ``rho`` (step 4
-of ``norm_quantize``) and the factors ``rho * constant_m`` of up to three matrices (q, k, v;
-gate, up; o; down; the head). ``x_q`` comes first because the next GEMV waits for it; its
-factors are needed only when the GEMV's results leave the banks.
+every norm of the model, each at its own base word: :func:`gain_bases`) and two
+:class:`hw.dyadic.ScalarUnit`. An operation runs STATISTICS; then, side by side, one scalar
+unit turns the peak into ``127 * rcp(max(peak, 1))`` (NORMALISE, RECIPROCAL, MULTIPLY by
+``dyadic(127)``, golden's ``quantize_factor``), after which QUANTISE streams ``x_q``, and the
+other computes ``rho`` (step 4 of ``norm_quantize``) and the factors ``rho * constant_m`` of up
+to three matrices (q, k, v; gate, up; o; down; the head). The next GEMV waits for both.
 """
 
 from types import SimpleNamespace
@@ -149,17 +148,21 @@ class NormStage(wiring.Component):
     @staticmethod
     def factor_cycles(words, matrix, lanes):
         """Cycles from a command taken to factor ``matrix`` (from 0) offered, each factor before
-        it taken when offered: the statistics and the factor's operations as for ``x_q``, then
-        rho's five operations and ``matrix + 1`` multiplies."""
-        return (NormQuantizer.statistics_latency(words, lanes) + _steps_cycles(_FACTOR_STEPS)
-                + _steps_cycles(_RHO_STEPS) + (matrix + 1) * _steps_cycles((ScalarOp.MULTIPLY,)))
+        it taken when offered: the statistics as for ``x_q``, then, on rho's own scalar unit
+        beside the factor's, rho's five operations and ``matrix + 1`` multiplies."""
+        return (NormQuantizer.statistics_latency(words, lanes) + _steps_cycles(_RHO_STEPS)
+                + (matrix + 1) * _steps_cycles((ScalarOp.MULTIPLY,)))
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.norm = norm = self._norm
         stats_layout = norm.stats.payload.shape()
-        value_bits = max(len(norm.stats.payload.sum_squares), MANTISSA_BITS)
-        m.submodules.scalar = scalar = ScalarUnit(value_bits=value_bits)
+        # Two scalar units, so that rho's chain runs beside the factor's instead of after it;
+        # the factor's normalises only the peak, a narrower value than the sum of squares.
+        m.submodules.factor_unit = factor_unit = ScalarUnit(
+            value_bits=max(len(norm.stats.payload.peak), MANTISSA_BITS))
+        m.submodules.rho_unit = rho_unit = ScalarUnit(
+            value_bits=max(len(norm.stats.payload.sum_squares), MANTISSA_BITS))
 
         command = Signal.like(self.cmd.payload)
         stats = Signal(stats_layout)
@@ -187,27 +190,35 @@ class NormStage(wiring.Component):
         with m.If(quantise_pending & norm.cmd.ready):
             m.d.sync += quantise_pending.eq(0)
 
-        # The scalar program: (operation, a, b, value, exponent, where its result goes).
-        held = Signal(DYADIC)               # the chain's last result; rho from step 7 on
+        # The chains, each (operation, a, b, value, exponent, where its result goes).
+        reciprocal = Signal(DYADIC)         # the factor's chain so far
+        held = Signal(DYADIC)               # rho's chain so far; rho from its last step
         peak = Signal(DYADIC)               # the peak's dyadic
         zero = 0
         act_max = dyadic(ACT_MAX)
-        program = [
-            (ScalarOp.NORMALISE, zero, zero, Mux(stats.peak == 0, 1, stats.peak), 0, held),
-            (ScalarOp.RECIPROCAL, held, zero, 0, 0, held),
-            (ScalarOp.MULTIPLY, held, DYADIC.const({"mantissa": int(act_max.mantissa),
-                                                   "exponent": int(act_max.exponent)}),
+        factor_chain = [
+            (ScalarOp.NORMALISE, zero, zero, Mux(stats.peak == 0, 1, stats.peak), 0, reciprocal),
+            (ScalarOp.RECIPROCAL, reciprocal, zero, 0, 0, reciprocal),
+            (ScalarOp.MULTIPLY, reciprocal, DYADIC.const({"mantissa": int(act_max.mantissa),
+                                                         "exponent": int(act_max.exponent)}),
              0, 0, factor),
+        ]
+        rho_chain = [
             (ScalarOp.NORMALISE, zero, zero, stats.peak, peak_exponent, peak),
             (ScalarOp.NORMALISE, zero, zero, stats.sum_squares, 2 * exponent, held),
             (ScalarOp.ADD, held, command.eps_k, 0, 0, held),
             (ScalarOp.RSQRT, held, zero, 0, 0, held),
             (ScalarOp.MULTIPLY, peak, held, 0, 0, held),
         ]
-        assert tuple(step[0] for step in program) == _FACTOR_STEPS + _RHO_STEPS
+        assert tuple(step[0] for step in factor_chain) == _FACTOR_STEPS
+        assert tuple(step[0] for step in rho_chain) == _RHO_STEPS
         matrix = Signal(range(MATRICES))
-        request = scalar.i_stream.payload
 
+        # The operation: STATISTICS, then both chains from the cycle after the statistics are
+        # taken; it ends once the last factor is taken and QUANTISE's pass has issued its last
+        # x_q word (which may still wait on o_stream: the next STATISTICS then holds until it
+        # leaves).
+        begin, factor_done, rho_done = Signal(), Signal(), Signal()
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += [idle.eq(1), self.cmd.ready.eq(norm.cmd.ready),
@@ -219,44 +230,65 @@ class NormStage(wiring.Component):
                     m.d.sync += [command.eq(self.cmd.payload), matrix.eq(0)]
                     m.next = "STATISTICS"
             with m.State("STATISTICS"):
-                m.d.comb += norm.stats.ready.eq(1)
+                m.d.comb += [norm.stats.ready.eq(1), begin.eq(norm.stats.valid)]
                 with m.If(norm.stats.valid):
                     m.d.sync += stats.eq(norm.stats.payload)
-                    m.next = "ISSUE_0"
-            for n, (op, a, b, value, step_exponent, into) in enumerate(program):
-                with m.State(f"ISSUE_{n}"):
-                    m.d.comb += [scalar.i_stream.valid.eq(1), request.op.eq(op),
-                                 request.a.eq(a), request.b.eq(b), request.value.eq(value),
-                                 request.exponent.eq(step_exponent)]
-                    with m.If(scalar.i_stream.ready):
-                        m.next = f"WAIT_{n}"
-                with m.State(f"WAIT_{n}"):
-                    m.d.comb += scalar.o_stream.ready.eq(1)
-                    with m.If(scalar.o_stream.valid):
-                        m.d.sync += into.eq(scalar.o_stream.payload)
-                        if into is factor:
-                            m.d.sync += quantise_pending.eq(1)
-                        m.next = f"ISSUE_{n + 1}" if n + 1 < len(program) else "ISSUE_MATRIX"
-            # Each matrix's factor goes straight from the scalar unit to ``factors``.
+                    m.next = "CHAINS"
+            with m.State("CHAINS"):
+                with m.If(factor_done & rho_done & ~quantise_pending & norm.cmd.ready):
+                    m.d.sync += [factor_done.eq(0), rho_done.eq(0)]
+                    m.next = "IDLE"
+
+        last = _chain(m, factor_unit, factor_chain, begin, "factor")
+        with m.If(last):
+            m.d.sync += [quantise_pending.eq(1), factor_done.eq(1)]
+
+        # Rho's chain, then each matrix's factor straight from its unit to ``factors``.
+        rho = _chain(m, rho_unit, rho_chain, begin, "rho")
+        with m.FSM(name="factors"):
+            with m.State("WAIT_RHO"):
+                with m.If(rho):
+                    m.next = "ISSUE_MATRIX"
             with m.State("ISSUE_MATRIX"):
-                m.d.comb += [scalar.i_stream.valid.eq(1), request.op.eq(ScalarOp.MULTIPLY),
+                request = rho_unit.i_stream.payload
+                m.d.comb += [rho_unit.i_stream.valid.eq(1), request.op.eq(ScalarOp.MULTIPLY),
                              request.a.eq(held), request.b.eq(command.constants[matrix])]
-                with m.If(scalar.i_stream.ready):
+                with m.If(rho_unit.i_stream.ready):
                     m.next = "WAIT_MATRIX"
             with m.State("WAIT_MATRIX"):
-                m.d.comb += [self.factors.valid.eq(scalar.o_stream.valid),
-                             self.factors.payload.eq(scalar.o_stream.payload),
-                             scalar.o_stream.ready.eq(self.factors.ready)]
+                m.d.comb += [self.factors.valid.eq(rho_unit.o_stream.valid),
+                             self.factors.payload.eq(rho_unit.o_stream.payload),
+                             rho_unit.o_stream.ready.eq(self.factors.ready)]
                 with m.If(self.factors.valid & self.factors.ready):
                     m.d.sync += matrix.eq(matrix + 1)
                     with m.If(matrix + 1 < command.count):
                         m.next = "ISSUE_MATRIX"
                     with m.Else():
-                        m.next = "FINISH"
-            # QUANTISE was taken while rho's operations ran; the norm takes commands again once
-            # its pass has issued the last x_q word (which may still wait on o_stream: the next
-            # STATISTICS then holds until it leaves).
-            with m.State("FINISH"):
-                with m.If(~quantise_pending & norm.cmd.ready):
-                    m.next = "IDLE"
+                        m.d.sync += rho_done.eq(1)
+                        m.next = "WAIT_RHO"
         return m
+
+
+def _chain(m, unit, steps, begin, name):
+    """Run ``steps`` on the scalar ``unit`` one after another from the cycle after ``begin``,
+    each result registered where its step says; returns the cycle its last result is taken."""
+    request, last = unit.i_stream.payload, Signal(name=f"{name}_last")
+    with m.FSM(name=name):
+        with m.State("IDLE"):
+            with m.If(begin):
+                m.next = "ISSUE_0"
+        for n, (op, a, b, value, step_exponent, into) in enumerate(steps):
+            with m.State(f"ISSUE_{n}"):
+                m.d.comb += [unit.i_stream.valid.eq(1), request.op.eq(op), request.a.eq(a),
+                             request.b.eq(b), request.value.eq(value),
+                             request.exponent.eq(step_exponent)]
+                with m.If(unit.i_stream.ready):
+                    m.next = f"WAIT_{n}"
+            with m.State(f"WAIT_{n}"):
+                m.d.comb += unit.o_stream.ready.eq(1)
+                with m.If(unit.o_stream.valid):
+                    m.d.sync += into.eq(unit.o_stream.payload)
+                    m.next = f"ISSUE_{n + 1}" if n + 1 < len(steps) else "IDLE"
+                    if n + 1 == len(steps):
+                        m.d.comb += last.eq(1)
+    return last
