@@ -158,6 +158,11 @@ class BitLinearBlock(wiring.Component):
         first GEMV's start, or a ``norm_only`` operation's factor."""
         return NormStage.x_q_cycles(words, self._config.pim.lanes) + 1 + self.factor_wait(words)
 
+    def linear_cycles(self, words, n):
+        """:meth:`hw.linear_stage.LinearStage.cycles` of one matrix of ``n`` rows on a vector of
+        ``words``: from its start to its last beat, both counted."""
+        return self._linear.cycles(words_per_row=words, n=n)
+
     def cycles(self, words, ns):
         """Cycles from a command taken to its last beat offered, both counted, for a vector of
         ``words`` and matrices of ``ns`` rows, with ``o_stream`` ready, the residuals offered,
@@ -165,7 +170,7 @@ class BitLinearBlock(wiring.Component):
         matrix (the linear stage is busy until the group's last beat, wanted or not):
         ``x_q``'s last chunk taken, a cycle to count it and :meth:`factor_wait`, then each
         matrix's :meth:`hw.linear_stage.LinearStage.cycles`, back to back."""
-        return self.factor_cycles(words) + sum(self._linear.cycles(words_per_row=words, n=n) for n in ns)
+        return self.factor_cycles(words) + sum(self.linear_cycles(words, n) for n in ns)
 
     def elaborate(self, platform):
         m = Module()

@@ -205,8 +205,9 @@ class ResidentCore(wiring.Component):
           on it, and each operation's command;
         - ``qkv``, ``o``, ``gate_up``, ``down``: :meth:`BitLinearBlock.cycles` and a cycle for
           its busy to fall (the FFN's latency after gate and up instead: its last word goes to
-          the norm then);
-        - ``rope``: k's pairs then q's, a pair a cycle, and the rotation's latency each;
+          the norm then); ``qkv`` is q's rotation instead where that ends later (from the cycle
+          after q's last beat, a pair a cycle, the rotation's latency, a cycle to note it);
+        - ``rope``: k's pairs, a pair a cycle, and the rotation's latency;
         - ``cache``: a key and a value word a KV head;
         - ``attention``: each head's query handshake, :meth:`Attention.cycles` and its output's
           words into the norm;
@@ -220,13 +221,16 @@ class ResidentCore(wiring.Component):
                                  if name.startswith("layers.0.")}
         linear = {name.rsplit(".", 1)[1]: n for name, n in n.items()}
         layers = model.layers
-        rope_pairs = (model.kv_heads + model.heads) * self._head_dim // 2
+        # q's rotation starts the cycle after its last beat and may outlast k's and v's GEMVs.
+        q_rotated = (block.factor_cycles(hidden_words)
+                     + block.linear_cycles(hidden_words, linear["q_proj"])
+                     + model.hidden // 2 + Rope.LATENCY)
         stages = {
             "embed": 2 + LmHead.EMBED_LATENCY - 1 + model.hidden,
             "loads": layers * (2 * hidden_words + 4),
-            "qkv": layers * (block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
-                                                         linear["v_proj"]]) + 1),
-            "rope": layers * (rope_pairs + 2 * Rope.LATENCY),
+            "qkv": layers * max(block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
+                                                            linear["v_proj"]]) + 1, q_rotated),
+            "rope": layers * (model.kv_heads * self._head_dim // 2 + Rope.LATENCY),
             "cache": layers * 2 * model.kv_heads,
             "attention": layers * model.heads * (
                 1 + self._attention.cycles(position) + self._head_dim // lanes),
@@ -438,6 +442,7 @@ class ResidentCore(wiring.Component):
         m.d.comb += [value.eq(ffn_unit.o_stream.payload.value[i])
                      for i, value in enumerate(widened)]
         ffn_started = Signal()
+        q_in, q_rotated = Signal(), Signal()                # PROJECT: q's beats, its rotation
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -476,7 +481,8 @@ class ResidentCore(wiring.Component):
             with m.State("COMMAND"):
                 m.d.comb += block.cmd.valid.eq(1)
                 with m.If(block.cmd.ready):
-                    m.d.sync += [count.eq(0), out_count.eq(0)]
+                    m.d.sync += [count.eq(0), out_count.eq(0), within.eq(0),
+                                 written_within.eq(0)]
                     with m.Switch(op):
                         with m.Case(_Op.QKV):
                             m.next = "PROJECT"
@@ -487,7 +493,8 @@ class ResidentCore(wiring.Component):
                         with m.Case(_Op.FINAL):
                             m.next = "FINAL_NORM"
             with m.State("PROJECT"):
-                # q, k and v, each a beat at a time into its registers.
+                # q, k and v, each a beat at a time into its registers; q is rotated once its
+                # last beat is in, while k's and v's GEMVs run.
                 m.d.comb += results.ready.eq(1)
                 with m.If(results.valid):
                     with m.Switch(results.payload.matrix):
@@ -495,9 +502,14 @@ class ResidentCore(wiring.Component):
                             with m.Case(number):
                                 m.d.sync += vector.word_select(beat, lanes * PROJECTION_BITS) \
                                     .eq(lows(results.payload.data))
-                with m.If(~block.busy):
+                    with m.If((results.payload.matrix == 0) & (beat == hidden // lanes - 1)):
+                        m.d.sync += q_in.eq(1)
+                with m.If(q_in & ~q_rotated):
+                    with m.If(rotate(q, hidden, count, within, out_count, written_within)):
+                        m.d.sync += q_rotated.eq(1)
+                with m.If(~block.busy & q_rotated):
                     m.d.sync += [count.eq(0), out_count.eq(0), within.eq(0),
-                                 written_within.eq(0)]
+                                 written_within.eq(0), q_in.eq(0), q_rotated.eq(0)]
                     m.next = "ROPE_K"
             with m.State("ROPE_K"):
                 with m.If(rotate(k, kv_heads * head_dim, count, within, out_count,
@@ -518,13 +530,8 @@ class ResidentCore(wiring.Component):
                 with m.If(attention.kv_stream.ready):
                     m.d.sync += head_index.eq(head_index + 1)
                     with m.If(head_index == 2 * kv_heads - 1):
-                        m.d.sync += [count.eq(0), out_count.eq(0), within.eq(0),
-                                     written_within.eq(0)]
-                        m.next = "ROPE_Q"
-            with m.State("ROPE_Q"):
-                with m.If(rotate(q, hidden, count, within, out_count, written_within)):
-                    m.d.sync += [head_index.eq(0), out_count.eq(0)]
-                    m.next = "ATTEND"
+                        m.d.sync += [head_index.eq(0), out_count.eq(0)]
+                        m.next = "ATTEND"
             with m.State("ATTEND"):
                 query = attention.query.payload
                 m.d.comb += [attention.query.valid.eq(1),
