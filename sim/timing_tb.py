@@ -1,11 +1,11 @@
 """cocotb testbench: the device's timing against its cycle model, under a host of any timing.
 
 A random command stream (weights, activations, GEMVs, tiles, GEMMs, bad commands, status and
-counter reads; a resident model's load and GENERATEs where the device has the units) is sent by a host that pauses a random number of cycles before some words and
-refuses response words at random. The host's timing is drawn up front from the seed
-(:class:`sw_driver.cycles.Host`), so the cycle model meets the same host: every response word
-must leave in the cycle the model says, with the value it says, the counters (busy, idle,
-stalled, MACs, words read) included.
+counter reads; a resident model's load and GENERATEs where the device has the units) is sent by a
+host that pauses a random number of cycles before some words and refuses response words at random.
+The host's timing is drawn up front from the seed (:class:`sw_driver.cycles.Host`), so the cycle
+model meets the same host: every response word must leave in the cycle the model says, with the
+value it says, the counters (busy, idle, stalled, MACs, words read) included.
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``commands`` (default 24), ``pause``
 (probability that a word is preceded by a pause, default 0.3), ``backpressure`` (probability of

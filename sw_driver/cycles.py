@@ -1,14 +1,14 @@
 """The device's control, cycle by cycle, against a host of any timing.
 
 :class:`DeviceCycles` steps what decides the device's timing, as :mod:`hw.device`,
-:mod:`hw.streams`, :mod:`hw.pim` and :mod:`hw.array` define it: the controller's FSM and its
-decode and checks, word assembly, the response FIFO with its registered room flags and the two
-result serialisers, the bank group's sequencer and result credit, the array's token credit and
-weight loading, and GENERATE's tokens on the resident core (its cycle model,
-``ResidentCore.token_cycles``). It knows when each command word is taken, when each response word leaves, and
-what every cycle is (busy, idle or stalled), so the counters it reads out are the RTL's. Values
-come from a functional device fed the words it takes (:class:`BehaviouralDevice`); the cycle
-model replaces only the cycle counters, which it alone can know.
+:mod:`hw.streams`, :mod:`hw.pim` and :mod:`hw.array` define it: the controller's FSM and its decode
+and checks, word assembly, the response FIFO with its registered room flags and the two result
+serialisers, the bank group's sequencer and result credit, the array's token credit and weight
+loading, and GENERATE's tokens on the resident core (its cycle model,
+``ResidentCore.token_cycles``). It knows when each command word is taken, when each response word
+leaves, and what every cycle is (busy, idle or stalled), so the counters it reads out are the
+RTL's. Values come from a functional device fed the words it takes (:class:`BehaviouralDevice`);
+the cycle model replaces only the cycle counters, which it alone can know.
 
 The host (:class:`Host`) pauses a number of cycles before offering each command word, keeps it
 offered until it is taken, and takes a response word in every cycle it is ready.

@@ -1,12 +1,12 @@
 """A run's performance without simulating it: the driver's schedule, costed by the timing.
 
-For a device configuration, a model's shapes, ``prompt_tokens`` and ``tokens``, :func:`perf`
-walks the forward passes ``bittern run`` makes (the prompt in one, then a token each), asks the
-driver's :class:`~sw_driver.mapper.Schedule` which commands serve each BitLinear call, and adds
-up their busy cycles (:class:`~sw_driver.timing.CommandTiming`, the RTL's) and their link
-words. In resident mode the two GENERATEs ``bittern run`` sends are costed instead, over the
-resident core's cycle model. The device's cycles do not depend on the values, so the figures are exactly what
-``bittern run`` measures for any prompt of that length, on any backend whose host never waits.
+For a device configuration, a model's shapes, ``prompt_tokens`` and ``tokens``, :func:`perf` walks
+the forward passes ``bittern run`` makes (the prompt in one, then a token each), asks the driver's
+:class:`~sw_driver.mapper.Schedule` which commands serve each BitLinear call, and adds up their
+busy cycles (:class:`~sw_driver.timing.CommandTiming`, the RTL's) and their link words. In resident
+mode the two GENERATEs ``bittern run`` sends are costed instead, over the resident core's cycle
+model. The device's cycles do not depend on the values, so the figures are exactly what ``bittern
+run`` measures for any prompt of that length, on any backend whose host never waits.
 
 Energy is an estimate from the per-operation energies of :data:`ENERGY_PJ` (45 nm ASIC figures),
 scaled by :data:`FPGA_FACTOR` for an FPGA; see the table's sources.

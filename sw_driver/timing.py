@@ -2,10 +2,10 @@
 with a host that sends every word of it back to back and takes every response word at once.
 
 Loads, register reads and rejected commands have a closed form (one cycle per word and one per
-state they pass through), and so has GENERATE, over the resident core's cycle model. GEMV and GEMM depend on the pipelines' credit and the result path;
-their figures come from the cycle model (:class:`sw_driver.cycles.DeviceCycles`, checked against
-the RTL under any host) run once per shape and cached, so a whole model runs at the speed of a
-dictionary lookup per command.
+state they pass through), and so has GENERATE, over the resident core's cycle model. GEMV and GEMM
+depend on the pipelines' credit and the result path; their figures come from the cycle model
+(:class:`sw_driver.cycles.DeviceCycles`, checked against the RTL under any host) run once per shape
+and cached, so a whole model runs at the speed of a dictionary lookup per command.
 """
 
 from functools import lru_cache

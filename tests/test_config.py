@@ -91,7 +91,8 @@ def test_overrides_are_checked_together_in_any_order():
     shape = ["resident.hidden=12", "resident.heads=3", "pim.depth=2048", "resident.layers=6"]
     for assignments in (shape, shape[::-1]):
         resident = apply_overrides(preset("tiny"), assignments).resident
-        assert (resident.hidden, resident.heads, resident.head_dim, resident.layers) == (12, 3, 4, 6)
+        assert (resident.hidden, resident.heads, resident.head_dim,
+                resident.layers) == (12, 3, 4, 6)
     with pytest.raises(ConfigError, match="resident.hidden: this preset has no resident units"):
         apply_overrides(preset("tiny"), ["resident=none", "resident.hidden=8"])
 

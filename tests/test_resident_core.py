@@ -1,9 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """The resident decoder's core (hw/resident_core.py) on Verilator against golden's integer
-decoder (sim/resident_core_tb.py): a random model of the tiny preset's resident shape, and of
-two other shapes on its banks, loaded once, prompts prefilled and decoded greedily, every token and its logit equal
-to ``IntegerModel.forward``'s, one sequence to max_seq, idle on the loads and back-pressure on
-the tokens.
+decoder (sim/resident_core_tb.py): a random model of the tiny preset's resident shape, and of two
+other shapes on its banks, loaded once, prompts prefilled and decoded greedily, every token and its
+logit equal to ``IntegerModel.forward``'s, one sequence to max_seq, idle on the loads and
+back-pressure on the tokens.
 
 (The linter line above: a constructor that rejects its parameters leaves an unused object.)
 """

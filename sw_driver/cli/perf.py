@@ -2,6 +2,7 @@
 ``bittern sweep`` (perf and area over a design space) and ``bittern bench`` (how fast the
 simulated backends run a model)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -130,7 +131,7 @@ BENCH_PROMPT = 'The "while" statement executes '      # 31 bytes of the shipped 
 
 
 def cmd_bench(args):
-    """The same run on the RTL (the compiled harness) and on the behavioural device, each
+    """The same offload run on the RTL (the compiled harness) and on the behavioural device, each
     ``--repeat`` times from a fresh device, the fastest kept: walls, simulated cycles/s, and
     the behavioural device's speed-up. The two must agree on every token and cycle count."""
     from sim.harness import HarnessTransport, build
@@ -140,7 +141,9 @@ def cmd_bench(args):
     from ..tokenizer import decode, encode
     from .inference import RUN_PRESET, _load
 
-    config = config_from(args, RUN_PRESET)
+    # The offload job: the device bittern run --mode offload builds, without the resident
+    # units it never starts.
+    config = dataclasses.replace(config_from(args, RUN_PRESET), resident=None)
     if args.tokens < 1 or args.repeat < 1:
         raise UserError(f"--tokens and --repeat must be at least 1, not {args.tokens} and "
                         f"{args.repeat}")
