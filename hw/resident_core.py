@@ -214,6 +214,9 @@ class ResidentCore(wiring.Component):
         - ``head``: the final norm (a ``norm_only`` operation: its last factor and two cycles),
           x_q's words, the scan's handshake, a row a ``words`` cycles and the head's latency;
           without ``last``, the cycle in which the core goes idle.
+
+        Without ``last`` (a prompt token before the last) the last layer stops after its cache
+        writes: its attention, o, gate and up, and down would feed only that token's logits.
         """
         model, lanes = self._model, self._config.pim.lanes
         hidden_words, ffn_words = model.hidden // lanes, model.ffn // lanes
@@ -225,20 +228,22 @@ class ResidentCore(wiring.Component):
         q_rotated = (block.factor_cycles(hidden_words)
                      + block.linear_cycles(hidden_words, linear["q_proj"])
                      + model.hidden // 2 + Rope.LATENCY)
+        # Without ``last``, the last layer ends with its cache writes.
+        full = layers if last else layers - 1
         stages = {
             "embed": 2 + LmHead.EMBED_LATENCY - 1 + model.hidden,
-            "loads": layers * (2 * hidden_words + 4),
+            "loads": layers * (hidden_words + 1) + full * (hidden_words + 3),
             "qkv": layers * max(block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
                                                             linear["v_proj"]]) + 1, q_rotated),
             "rope": layers * (model.kv_heads * self._head_dim // 2 + Rope.LATENCY),
             "cache": layers * 2 * model.kv_heads,
-            "attention": layers * model.heads * (
+            "attention": full * model.heads * (
                 1 + self._attention.cycles(position) + self._head_dim // lanes),
-            "o": layers * (block.cycles(hidden_words, [linear["o_proj"]]) + 1),
-            "gate_up": layers * (block.cycles(hidden_words, [linear["gate_proj"],
+            "o": full * (block.cycles(hidden_words, [linear["o_proj"]]) + 1),
+            "gate_up": full * (block.cycles(hidden_words, [linear["gate_proj"],
                                                              linear["up_proj"]])
                                  + self._ffn.latency),
-            "down": layers * (block.cycles(ffn_words, [linear["down_proj"]]) + 1),
+            "down": full * (block.cycles(ffn_words, [linear["down_proj"]]) + 1),
         }
         if last:
             norm_only = block.factor_cycles(hidden_words) + 2
@@ -247,6 +252,14 @@ class ResidentCore(wiring.Component):
         else:
             stages["head"] = 1
         return stages
+
+    def placements_read(self, last):
+        """The placements of the matrices a token's GEMVs read, each once: every matrix, but
+        without ``last`` not the last layer's after its keys and values (see
+        :meth:`stage_cycles`)."""
+        skipped = () if last else tuple(f"layers.{self._model.layers - 1}.{name}"
+                                         for name in LINEARS[3:])
+        return [placement for name, placement in self.placements.items() if name not in skipped]
 
     def token_cycles(self, position, last):
         """Cycles of a token at ``position`` (:meth:`stage_cycles`, summed)."""
@@ -531,7 +544,12 @@ class ResidentCore(wiring.Component):
                     m.d.sync += head_index.eq(head_index + 1)
                     with m.If(head_index == 2 * kv_heads - 1):
                         m.d.sync += [head_index.eq(0), out_count.eq(0)]
-                        m.next = "ATTEND"
+                        # A prompt token before the last needs no more than its last layer's
+                        # keys and values: what follows them there feeds only its own logits.
+                        with m.If((layer == model.layers - 1) & ~token.last):
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.next = "ATTEND"
             with m.State("ATTEND"):
                 query = attention.query.payload
                 m.d.comb += [attention.query.valid.eq(1),

@@ -158,15 +158,16 @@ class BehaviouralDevice:
                     self._fail(ErrorCode.BAD_TOKEN)
                     continue
                 self.busy += self.timing.generate(len(prompt), b)
-                self._core_reads(len(prompt) + b - 1)
+                self._core_reads(len(prompt) - 1, last=False)
+                self._core_reads(b, last=True)
                 self._respond(op, b, image_decoder(self.config, self.tensors,
                                                    self.banks).generate(prompt, b))
 
-    def _core_reads(self, tokens):
-        """The bank reads of the resident core's ``tokens`` runs: every matrix once a token,
-        each bank reading its row slots (padding included) and meeting their non-zero
-        weights."""
-        for placement in layout_core(self.config).placements.values():
+    def _core_reads(self, tokens, *, last):
+        """The bank reads of the resident core's ``tokens`` runs (``last`` or not): each
+        matrix a token reads (``ResidentCore.placements_read``) once, each bank reading its
+        row slots (padding included) and meeting their non-zero weights."""
+        for placement in layout_core(self.config).placements_read(last):
             span = self.banks[:, placement.base:placement.base + placement.words]
             self.macs += tokens * int(np.count_nonzero(span))
             for bank in range(self.format.banks):
