@@ -79,8 +79,9 @@ def load_ports(config):
 
 
 class _Op:
-    """The block operations of the layer program (a norm and the BitLinears reading it)."""
-    QKV, O, GATE_UP, DOWN, FINAL = range(5)
+    """The block operations of the layer program (a norm and the BitLinears reading it); KV is
+    QKV without q, for the last layer of a prompt token before the last."""
+    QKV, O, GATE_UP, DOWN, FINAL, KV = range(6)
 
 
 class ResidentCore(wiring.Component):
@@ -215,8 +216,9 @@ class ResidentCore(wiring.Component):
           x_q's words, the scan's handshake, a row a ``words`` cycles and the head's latency;
           without ``last``, the cycle in which the core goes idle.
 
-        Without ``last`` (a prompt token before the last) the last layer stops after its cache
-        writes: its attention, o, gate and up, and down would feed only that token's logits.
+        Without ``last`` (a prompt token before the last) the last layer computes only k and v
+        (its ``qkv`` is the block's two GEMVs) and stops after its cache writes: its query,
+        attention, o, gate and up, and down would feed only that token's logits.
         """
         model, lanes = self._model, self._config.pim.lanes
         hidden_words, ffn_words = model.hidden // lanes, model.ffn // lanes
@@ -230,11 +232,13 @@ class ResidentCore(wiring.Component):
                      + model.hidden // 2 + Rope.LATENCY)
         # Without ``last``, the last layer ends with its cache writes.
         full = layers if last else layers - 1
+        qkv = max(block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
+                                              linear["v_proj"]]) + 1, q_rotated)
+        kv = block.cycles(hidden_words, [linear["k_proj"], linear["v_proj"]]) + 1
         stages = {
             "embed": 2 + LmHead.EMBED_LATENCY - 1 + model.hidden,
             "loads": layers * (hidden_words + 1) + full * (hidden_words + 3),
-            "qkv": layers * max(block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
-                                                            linear["v_proj"]]) + 1, q_rotated),
+            "qkv": full * qkv + (layers - full) * kv,
             "rope": layers * (model.kv_heads * self._head_dim // 2 + Rope.LATENCY),
             "cache": layers * 2 * model.kv_heads,
             "attention": full * model.heads * (
@@ -258,7 +262,7 @@ class ResidentCore(wiring.Component):
         without ``last`` not the last layer's after its keys and values (see
         :meth:`stage_cycles`)."""
         skipped = () if last else tuple(f"layers.{self._model.layers - 1}.{name}"
-                                         for name in LINEARS[3:])
+                                         for name in (LINEARS[0], *LINEARS[3:]))
         return [placement for name, placement in self.placements.items() if name not in skipped]
 
     def token_cycles(self, position, last):
@@ -353,7 +357,7 @@ class ResidentCore(wiring.Component):
         lc, mc = layer_read.data.layer, model_read.data.model
 
         token = Signal(self.start.payload.shape())
-        op = Signal(range(5))
+        op = Signal(range(6))
 
         # The vectors between stages, as registers of whole elements.
         h = Signal(hidden * RESIDUAL_BITS)                  # residual stream
@@ -373,10 +377,10 @@ class ResidentCore(wiring.Component):
                       for i in range(model.layers)]
         words = {_Op.QKV: hidden // pim_lanes, _Op.O: hidden // pim_lanes,
                  _Op.GATE_UP: hidden // pim_lanes, _Op.DOWN: ffn // pim_lanes,
-                 _Op.FINAL: hidden // pim_lanes}
+                 _Op.FINAL: hidden // pim_lanes, _Op.KV: hidden // pim_lanes}
         matrices = {_Op.QKV: (0, 1, 2), _Op.O: (3,), _Op.GATE_UP: (4, 5), _Op.DOWN: (6,),
-                    _Op.FINAL: ()}
-        norm_of = {_Op.QKV: 0, _Op.O: 1, _Op.GATE_UP: 2, _Op.DOWN: 3}
+                    _Op.FINAL: (), _Op.KV: (1, 2)}
+        norm_of = {_Op.QKV: 0, _Op.O: 1, _Op.GATE_UP: 2, _Op.DOWN: 3, _Op.KV: 0}
         cmd = block.cmd.payload
         with m.Switch(op):
             for kind, indices in matrices.items():
@@ -457,6 +461,11 @@ class ResidentCore(wiring.Component):
         ffn_started = Signal()
         q_in, q_rotated = Signal(), Signal()                # PROJECT: q's beats, its rotation
 
+        def first_op(next_layer):
+            """A layer's first operation: KV in the last layer of a prompt token before the
+            last (nothing reads its query), QKV otherwise."""
+            return Mux((next_layer == model.layers - 1) & ~token.last, _Op.KV, _Op.QKV)
+
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.start.ready.eq(1)
@@ -480,7 +489,7 @@ class ResidentCore(wiring.Component):
                     m.d.sync += [h.word_select(count, RESIDUAL_BITS).eq(head.residual.payload),
                                  count.eq(count + 1)]
                     with m.If(count == hidden - 1):
-                        m.d.sync += [count.eq(0), op.eq(_Op.QKV)]
+                        m.d.sync += [count.eq(0), op.eq(first_op(0))]
                         m.next = "LOAD"
             with m.State("LOAD"):
                 # H into the norm's buffer, a word a cycle.
@@ -497,7 +506,7 @@ class ResidentCore(wiring.Component):
                     m.d.sync += [count.eq(0), out_count.eq(0), within.eq(0),
                                  written_within.eq(0)]
                     with m.Switch(op):
-                        with m.Case(_Op.QKV):
+                        with m.Case(_Op.QKV, _Op.KV):
                             m.next = "PROJECT"
                         with m.Case(_Op.O, _Op.DOWN):
                             m.next = "RESIDUAL"
@@ -508,19 +517,22 @@ class ResidentCore(wiring.Component):
             with m.State("PROJECT"):
                 # q, k and v, each a beat at a time into its registers; q is rotated once its
                 # last beat is in, while k's and v's GEMVs run.
+                # (KV's matrices are k and v: its matrix 0 is k.)
+                without_q = op == _Op.KV
                 m.d.comb += results.ready.eq(1)
                 with m.If(results.valid):
-                    with m.Switch(results.payload.matrix):
+                    with m.Switch(results.payload.matrix + without_q):
                         for number, vector in enumerate((q, k, v)):
                             with m.Case(number):
                                 m.d.sync += vector.word_select(beat, lanes * PROJECTION_BITS) \
                                     .eq(lows(results.payload.data))
-                    with m.If((results.payload.matrix == 0) & (beat == hidden // lanes - 1)):
+                    with m.If(~without_q & (results.payload.matrix == 0)
+                              & (beat == hidden // lanes - 1)):
                         m.d.sync += q_in.eq(1)
                 with m.If(q_in & ~q_rotated):
                     with m.If(rotate(q, hidden, count, within, out_count, written_within)):
                         m.d.sync += q_rotated.eq(1)
-                with m.If(~block.busy & q_rotated):
+                with m.If(~block.busy & (q_rotated | without_q)):
                     m.d.sync += [count.eq(0), out_count.eq(0), within.eq(0),
                                  written_within.eq(0), q_in.eq(0), q_rotated.eq(0)]
                     m.next = "ROPE_K"
@@ -597,7 +609,7 @@ class ResidentCore(wiring.Component):
                         m.d.sync += op.eq(_Op.GATE_UP)
                         m.next = "LOAD"
                     with m.Elif(layer != model.layers - 1):
-                        m.d.sync += [op.eq(_Op.QKV), layer.eq(layer + 1)]
+                        m.d.sync += [op.eq(first_op(layer + 1)), layer.eq(layer + 1)]
                         m.next = "LOAD"
                     with m.Elif(token.last):
                         m.d.sync += op.eq(_Op.FINAL)
