@@ -75,7 +75,7 @@ class RunResult:
     text: str
     tokens: list
     prefill_tokens: int
-    prefill_cycles: int | None
+    prefill_cycles: int
     prefill_wall_s: float
     decode_tokens: int
     cycles_per_token: float | None
@@ -122,15 +122,11 @@ def run(transport, hw_config, model_config, weights, prompt_tokens, n_tokens, *,
                              prefill=prefill, progress=progress)
     core = CheckingCore(device_core, weights.linears) if check else device_core
     model = Model(model_config, weights, core=core)
-    counter_read = CommandTiming(hw_config).simple(Opcode.READ_COUNTERS)
+    measured = _meter(accelerator, link, hw_config)
 
     def forward(tokens, start):
         """A forward pass: its logits, working cycles and words moved each way."""
-        before, moved = accelerator.counters(), link.moved()
-        logits = model.forward(tokens, start)
-        moved = link.moved() - moved
-        cycles = (accelerator.counters() - before).cycles_working - counter_read
-        return logits, cycles, moved
+        return measured(lambda: model.forward(tokens, start))
 
     if progress:
         progress(f"prefill: {len(prompt_tokens)} tokens")
@@ -198,15 +194,11 @@ def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_t
         progress("loading the model into the resident units")
     load_resident(accelerator, weights, golden.prepared)
     accelerator.check()
-    counter_read = CommandTiming(hw_config).simple(Opcode.READ_COUNTERS)
+    measured = _meter(accelerator, link, hw_config)
     prompt = [int(token) for token in prompt_tokens]
 
     def generate(count):
-        before, moved = accelerator.counters(), link.moved()
-        tokens = accelerator.generate(prompt, count)
-        moved = link.moved() - moved
-        cycles = (accelerator.counters() - before).cycles_working - counter_read
-        return tokens, cycles, moved
+        return measured(lambda: accelerator.generate(prompt, count))
 
     if progress:
         progress(f"prefill: {len(prompt)} tokens")
@@ -236,6 +228,21 @@ def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_t
         result.first_mismatch = None if result.checked else (
             f"tokens differ: device {generated}, golden's integer decoder {reference}")
     return result
+
+
+def _meter(accelerator, link, hw_config):
+    """A function running ``step()`` on ``accelerator`` and returning ``(its result, the
+    device's working cycles in it, the words it moved each way)``: the counters are read
+    around it, and the read's own cycles are not counted."""
+    counter_read = CommandTiming(hw_config).simple(Opcode.READ_COUNTERS)
+
+    def measured(step):
+        before, moved = accelerator.counters(), link.moved()
+        result = step()
+        moved = link.moved() - moved
+        return result, (accelerator.counters() - before).cycles_working - counter_read, moved
+
+    return measured
 
 
 def _result(hw_config, weights, baud, *, text, tokens, prefill_tokens, prefill_cycles,
