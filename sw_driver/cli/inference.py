@@ -112,43 +112,39 @@ def _load(source, load_model):
         raise UserError(f"cannot load model {source!r}: {error}") from None
 
 
-def _run_behavioural(args, config, model_config, weights, prompt):
-    from ..behavioural import BehaviouralTransport
+def _generate(args, transport, config, model_config, weights, prompt, **measure):
+    """``bittern run``'s generation through ``transport`` in ``args.mode``; ``measure`` goes
+    to the run (``sim_cycles``)."""
     from ..run import run, run_resident
     from ..tokenizer import decode
 
+    common = dict(check=args.check, decode=decode, progress=progress, baud=args.baud, **measure)
     if args.mode == "resident":
-        result = run_resident(BehaviouralTransport(config), config, model_config, weights,
-                              prompt, args.tokens, check=args.check, decode=decode,
-                              progress=progress, baud=args.baud)
-    else:
-        result = run(BehaviouralTransport(config), config, model_config, weights, prompt,
-                     args.tokens, check=args.check, decode=decode, progress=progress,
-                     prefill=args.prefill, baud=args.baud)
-    return result.to_dict()
+        return run_resident(transport, config, model_config, weights, prompt, args.tokens,
+                            **common)
+    return run(transport, config, model_config, weights, prompt, args.tokens,
+               prefill=args.prefill, **common)
+
+
+def _run_behavioural(args, config, model_config, weights, prompt):
+    from ..behavioural import BehaviouralTransport
+
+    return _generate(args, BehaviouralTransport(config), config, model_config, weights,
+                     prompt).to_dict()
 
 
 def _run_serial(args, config, model_config, weights, prompt):
     import serial
 
     from ..driver import DeviceError
-    from ..run import run, run_resident
     from ..serial_link import SerialTransport
-    from ..tokenizer import decode
 
     try:
         transport = SerialTransport.open(args.port, baud=args.baud)
     except (serial.SerialException, ValueError) as error:
         raise UserError(f"cannot open {args.port} at {args.baud} baud: {error}") from None
     try:
-        if args.mode == "resident":
-            result = run_resident(transport, config, model_config, weights, prompt,
-                                  args.tokens, check=args.check, decode=decode,
-                                  progress=progress, baud=args.baud)
-        else:
-            result = run(transport, config, model_config, weights, prompt, args.tokens,
-                         check=args.check, decode=decode, progress=progress,
-                         prefill=args.prefill, baud=args.baud)
+        result = _generate(args, transport, config, model_config, weights, prompt)
     except DeviceError as error:
         raise UserError(f"{error} (board on {args.port}, preset "
                         f"{args.preset or RUN_PRESET})") from None
@@ -161,24 +157,14 @@ def _run_rtl(args, config, model_config, weights, prompt):
     from sim.harness import HarnessTransport, build
 
     from ..driver import DeviceError
-    from ..run import run, run_resident
-    from ..tokenizer import decode
 
     library = build(config, waves=args.waves, progress=progress).path
     trace = library.parent / "waves.vcd" if args.waves else None
     progress("running the model on the RTL (Verilator) ...")
     with HarnessTransport(library, trace=trace) as transport:
         try:
-            if args.mode == "resident":
-                result = run_resident(transport, config, model_config, weights, prompt,
-                                      args.tokens, check=args.check, decode=decode,
-                                      progress=progress, sim_cycles=transport.cycle,
-                                      baud=args.baud)
-            else:
-                result = run(transport, config, model_config, weights, prompt, args.tokens,
-                             check=args.check, decode=decode, progress=progress,
-                             sim_cycles=transport.cycle, prefill=args.prefill,
-                             baud=args.baud)
+            result = _generate(args, transport, config, model_config, weights, prompt,
+                               sim_cycles=transport.cycle)
         except DeviceError as error:
             raise UserError(f"the RTL run failed: {error}") from None
     if trace:
