@@ -82,9 +82,10 @@ def perf(config, model_config, *, prompt_tokens, tokens, prefill="auto", baud, w
     zero_fraction = ZERO_FRACTION if weights is None else (
         sum(int((w.trits == 0).sum()) for w in weights.linears.values())
         / sum(w.trits.size for w in weights.linears.values()))
+    bound = sum(n * k for n, k in shapes.values()) / (config.pim.banks * config.pim.lanes)
     if mode == "resident":
         return _resident(config, model_config, schedule, groups, prompt_tokens, tokens, baud,
-                         zero_fraction)
+                         zero_fraction, bound)
 
     per_layer = []
     for layer in range(model_config.layers):
@@ -103,7 +104,6 @@ def perf(config, model_config, *, prompt_tokens, tokens, prefill="auto", baud, w
         to_device, from_device = schedule.words(group, 1)
         sent, received = sent + to_device, received + from_device
     bank_words = sum(slots * chunks for _, slots, chunks in map(schedule.span, groups))
-    bound = sum(n * k for n, k in shapes.values()) / (config.pim.banks * config.pim.lanes)
     link_name, link_rate = uart_link(baud)
     energy = _energy(schedule, groups, zero_fraction)
     return Perf(
@@ -123,7 +123,7 @@ def perf(config, model_config, *, prompt_tokens, tokens, prefill="auto", baud, w
 
 
 def _resident(config, model_config, schedule, groups, prompt_tokens, tokens, baud,
-              zero_fraction):
+              zero_fraction, bound):
     """:func:`perf` in resident mode, as ``run.run_resident`` measures it: ``GENERATE(prompt,
     1)`` for the prefill, ``GENERATE(prompt, tokens)`` for the rest, each a closed form
     (:meth:`CommandTiming.generate`) over the core's cycle model."""
@@ -137,8 +137,9 @@ def _resident(config, model_config, schedule, groups, prompt_tokens, tokens, bau
     positions = range(prompt_tokens, prompt_tokens + decode_tokens)
     cycles = ((timing.generate(prompt_tokens, tokens) - prefill_cycles) / decode_tokens
               if decode_tokens else None)
-    stages = {stage: sum(core.stage_cycles(p, True)[stage] for p in positions) / decode_tokens
-              for stage in core.stage_cycles(prompt_tokens, True)} if decode_tokens else None
+    decoded = [core.stage_cycles(p, True) for p in positions]
+    stages = ({stage: sum(token[stage] for token in decoded) / decode_tokens
+               for stage in decoded[0]} if decode_tokens else None)
     layer_stages = ("loads", "qkv", "rope", "cache", "attention", "o", "gate_up", "down")
     prompt_stages = [core.stage_cycles(p, p + 1 == prompt_tokens) for p in range(prompt_tokens)]
     per_layer = [{
@@ -155,8 +156,6 @@ def _resident(config, model_config, schedule, groups, prompt_tokens, tokens, bau
     words = ({"to_device": (2 + prompt_tokens) / decode_tokens,
               "from_device": (1 + tokens) / decode_tokens} if decode_tokens else None)
     bank_words = sum(placement.words for placement in core.placements.values())
-    bound = sum(n * k for n, k in linear_shapes(model_config).values()) / (
-        config.pim.banks * config.pim.lanes)
     link_name, link_rate = uart_link(baud)
     energy = _energy(schedule, groups, zero_fraction)
     return Perf(
