@@ -30,10 +30,10 @@ from amaranth.lib import data, enum
 
 from .pe import PE_KINDS
 
-__all__ = ["WORD_BITS", "WORD_BYTES", "Opcode", "ErrorCode", "Tensor", "TENSOR_PORTS", "RESIDENT_OPCODES",
-           "RESIDENT_ERRORS", "HEADER", "STATUS",
-           "STATUS_FLAGS", "STATUS_MAGIC", "Command", "COMMANDS", "ARGUMENT_WORDS",
-           "words_for", "pack_header", "unpack_header", "CommandFormat"]
+__all__ = ["WORD_BITS", "WORD_BYTES", "Opcode", "ErrorCode", "Tensor", "TENSOR_PORTS",
+           "RESIDENT_OPCODES", "RESIDENT_ERRORS", "HEADER", "STATUS", "STATUS_FLAGS",
+           "STATUS_MAGIC", "Command", "COMMANDS", "ARGUMENT_WORDS", "words_for", "pack_header",
+           "unpack_header", "CommandFormat"]
 
 WORD_BITS = 32
 WORD_BYTES = WORD_BITS // 8

@@ -11,7 +11,6 @@ after another, and stay resident.
 
 from dataclasses import dataclass
 
-
 __all__ = ["MappingError", "Placement", "place", "bank_words", "RESIDENT_SHAPE", "resident_fit"]
 
 
@@ -72,8 +71,9 @@ def resident_fit(config, model_cfg):
 
     The units are generated for exactly ``config.resident``'s :data:`RESIDENT_SHAPE`; the KV
     cache holds ``config.resident.max_seq`` positions, which a model's ``max_seq`` may not
-    exceed (the banks hold every BitLinear of that shape: ``Config`` checks it). ``rope_theta`` and
-    ``eps`` are no part of the shape: the host loads the tables and constants made from them.
+    exceed (the banks hold every BitLinear of that shape: ``Config`` checks it).
+    ``rope_theta`` and ``eps`` are no part of the shape: the host loads the tables and constants
+    made from them.
     """
     resident = config.resident
     if resident is None:

@@ -28,7 +28,6 @@ from golden.integer import (EMBEDDING_BITS, GAIN_BITS, PROJECTION_BITS, RESIDUAL
                             WEIGHT_FRACTION_BITS)
 from golden.model import ATTENTION_INPUTS, MLP_INPUTS, linear_shapes, norm_sizes
 
-
 from .attention import Attention, CacheKind
 from .bitlinear_block import BitLinearBlock
 from .dyadic import DYADIC
@@ -222,9 +221,9 @@ class ResidentCore(wiring.Component):
         """
         model, lanes = self._model, self._config.pim.lanes
         hidden_words, ffn_words = model.hidden // lanes, model.ffn // lanes
-        block, n = self._block, {name: shape.n for name, shape in self.placements.items()
-                                 if name.startswith("layers.0.")}
-        linear = {name.rsplit(".", 1)[1]: n for name, n in n.items()}
+        block = self._block
+        linear = {name.rsplit(".", 1)[1]: placement.n for name, placement
+                  in self.placements.items() if name.startswith("layers.0.")}
         layers = model.layers
         # q's rotation starts the cycle after its last beat and may outlast k's and v's GEMVs.
         q_rotated = (block.factor_cycles(hidden_words)
@@ -557,8 +556,9 @@ class ResidentCore(wiring.Component):
                     with m.If(head_index == 2 * kv_heads - 1):
                         m.d.sync += [head_index.eq(0), out_count.eq(0)]
                         # A prompt token before the last needs no more than its last layer's
-                        # keys and values: what follows them there feeds only its own logits.
-                        with m.If((layer == model.layers - 1) & ~token.last):
+                        # keys and values (that layer ran KV): what follows them there feeds
+                        # only its own logits.
+                        with m.If(op == _Op.KV):
                             m.next = "IDLE"
                         with m.Else():
                             m.next = "ATTEND"
