@@ -4,8 +4,9 @@ with a host that sends every word of it back to back and takes every response wo
 Loads, register reads and rejected commands have a closed form (one cycle per word and one per
 state they pass through), and so has GENERATE, over the resident core's cycle model. GEMV and GEMM
 depend on the pipelines' credit and the result path; their figures come from the cycle model
-(:class:`sw_driver.cycles.DeviceCycles`, checked against the RTL under any host) run once per shape
-and cached, so a whole model runs at the speed of a dictionary lookup per command.
+(:class:`sw_driver.cycles.DeviceCycles`, checked against the RTL under any host) run once per
+configuration and shape and cached for the process, so a whole model runs at the speed of a
+dictionary lookup per command, and a second run or a second device pays nothing.
 """
 
 from functools import lru_cache
@@ -26,8 +27,6 @@ class CommandTiming:
     def __init__(self, config):
         self.config = config
         self.format = CommandFormat(config)
-        self.gemv = lru_cache(maxsize=None)(self._gemv)
-        self.gemm = lru_cache(maxsize=None)(self._gemm)
 
     def simple(self, opcode, b=0, a=0):
         """Commands with no pipeline: loads, status and counter reads, NOP."""
@@ -63,23 +62,34 @@ class CommandTiming:
         """A command refused by its argument checks: its argument words and the check."""
         return ARGUMENT_WORDS[opcode] + 1
 
-    def _busy(self, words, *, tile=False):
-        """Busy cycles of ``words`` (one command) from an idle device; with ``tile``, a tile is
-        loaded first (not counted)."""
-        model = DeviceCycles(self.config)
-        if tile:
-            model.feed(self.format.load_tile(np.zeros((self.format.cols, self.format.rows),
-                                                      np.int64)))
-            model.run()
-        before = model.totals["cycles_busy"]
-        model.feed(words)
-        model.run()
-        return model.totals["cycles_busy"] - before
-
-    def _gemv(self, rows, words_per_row):
+    def gemv(self, rows, words_per_row):
         """ARGUMENTS, CHECK (bank command issued), RESPOND, then results until the last beat."""
-        return self._busy(self.format.gemv(0, rows, words_per_row))
+        return _gemv_cycles(self.config, rows, words_per_row)
 
-    def _gemm(self, tokens):
+    def gemm(self, tokens):
         """RESPOND, then tokens in (``token_words`` words each) while results go out."""
-        return self._busy(self.format.gemm([0] * tokens), tile=True)
+        return _gemm_cycles(self.config, tokens)
+
+
+def _busy(config, words, *, tile=False):
+    """Busy cycles of ``words`` (one command) on an idle device of ``config``; with ``tile``, a
+    tile is loaded first (not counted)."""
+    model = DeviceCycles(config)
+    if tile:
+        fmt = model.format
+        model.feed(fmt.load_tile(np.zeros((fmt.cols, fmt.rows), np.int64)))
+        model.run()
+    before = model.totals["cycles_busy"]
+    model.feed(words)
+    model.run()
+    return model.totals["cycles_busy"] - before
+
+
+@lru_cache(maxsize=None)
+def _gemv_cycles(config, rows, words_per_row):
+    return _busy(config, CommandFormat(config).gemv(0, rows, words_per_row))
+
+
+@lru_cache(maxsize=None)
+def _gemm_cycles(config, tokens):
+    return _busy(config, CommandFormat(config).gemm([0] * tokens), tile=True)
