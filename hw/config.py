@@ -147,6 +147,11 @@ class Config:
         if self.resident is not None:
             self._check_resident()
 
+    def offload_only(self):
+        """This device without its resident units (what an offload run builds: it never starts
+        them)."""
+        return dataclasses.replace(self, resident=None)
+
     def _check_resident(self):
         """What the resident units need of the rest of the device: vectors of whole bank words
         (a head's slice too), every BitLinear's K within ``max_k``, and room in the banks for

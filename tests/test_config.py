@@ -77,6 +77,13 @@ def test_config_is_frozen():
         Config().act_bits = 4
 
 
+def test_offload_only_drops_the_resident_units_and_nothing_else():
+    full = preset("ulx3s-85f")
+    offload = full.offload_only()
+    assert full.resident is not None and offload.resident is None
+    assert offload == apply_overrides(full, ["resident=none"])
+
+
 def test_overrides_accept_short_and_dotted_keys():
     config = apply_overrides(preset("ulx3s-85f"), ["resident=none", "rows=3", "pim.lanes=8",
                                                    "clock_mhz=75.5"])

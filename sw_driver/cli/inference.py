@@ -1,7 +1,6 @@
 """``bittern run`` and ``bittern eval``: a language model generating text, through a device or
 with golden's integer decoder on the host, and what the integer decoder costs in accuracy."""
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ def cmd_run(args):
     args.mode = _mode(args, config, model_config)
     if args.mode == "offload":
         # Offload mode never starts the resident units: the device is built without them.
-        config = dataclasses.replace(config, resident=None)
+        config = config.offload_only()
     backends = {"behavioural": _run_behavioural, "rtl": _run_rtl, "serial": _run_serial}
     try:
         report = backends[args.backend](args, config, model_config, weights, prompt)

@@ -2,7 +2,6 @@
 ``bittern sweep`` (perf and area over a design space) and ``bittern bench`` (how fast the
 simulated backends run a model)."""
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -143,7 +142,7 @@ def cmd_bench(args):
 
     # The offload job: the device bittern run --mode offload builds, without the resident
     # units it never starts.
-    config = dataclasses.replace(config_from(args, RUN_PRESET), resident=None)
+    config = config_from(args, RUN_PRESET).offload_only()
     if args.tokens < 1 or args.repeat < 1:
         raise UserError(f"--tokens and --repeat must be at least 1, not {args.tokens} and "
                         f"{args.repeat}")

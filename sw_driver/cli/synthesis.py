@@ -3,7 +3,6 @@
 A build that misses its clock exits with status 1, as a failed tool run does.
 """
 
-import dataclasses
 import json
 
 from .common import UserError, add_config_options, config_from, progress
@@ -108,7 +107,7 @@ def cmd_synth(args):
         # At 32 bank lanes the resident core alone needs more multipliers than the ECP5-85F
         # has (docs/timing.md); a board is the offload device unless asked.
         progress("building the device without its resident units (--resident includes them)")
-        config = dataclasses.replace(config, resident=None)
+        config = config.offload_only()
     result = synth_board(chosen, config, device=DEVICES[args.device], device_name=args.device,
                          baud=args.baud, timeout=args.timeout, rebuild=args.rebuild,
                          progress=progress)
