@@ -330,18 +330,22 @@ async def resident_generation(dut):
     await tb.send(load)
     assert (await tb.status())["error"] == ErrorCode.NONE.value
     rng, generated = tb.np_rng, 0
+
+    async def generate(prompt, count, when=""):
+        """Send a GENERATE and check its one response: golden's tokens, no error."""
+        first = len(tb.responses())
+        await tb.send(fmt.generate(prompt, count))
+        await tb.settle(timeout=50_000)
+        (op, header_, data), = tb.responses()[first:]
+        assert op is Opcode.GENERATE and header_["a"] == ErrorCode.NONE.value
+        want = golden.generate(prompt, count)
+        assert data == want, f"{when}prompt {prompt}: tokens {data}, golden {want}"
+
     cases = [(int(rng.integers(1, 6)), int(rng.integers(1, 6))) for _ in range(2)]
     cases.insert(1, (cfg.max_seq - 2, 3))            # fills max_seq
     for number, (length, count) in enumerate(cases):
         tb.set_flow(0.3 * (number % 2), 0.6 * (number % 2))
-        prompt = rng.integers(0, cfg.vocab, length).tolist()
-        start_index = len(tb.responses())
-        await tb.send(fmt.generate(prompt, count))
-        await tb.settle(timeout=50_000)
-        (op, header_, data), = tb.responses()[start_index:]
-        assert op is Opcode.GENERATE and header_["a"] == ErrorCode.NONE.value
-        want = golden.generate(prompt, count)
-        assert data == want, f"prompt {prompt}: tokens {data}, golden {want}"
+        await generate(rng.integers(0, cfg.vocab, length).tolist(), count)
         generated += count
         await tb.send(fmt.simple(Opcode.READ_COUNTERS))     # the core's cycles and reads
         await tb.settle()
@@ -365,11 +369,7 @@ async def resident_generation(dut):
     assert (await tb.status())["error"] == ErrorCode.NOT_LOADED.value
     await tb.send(fmt.simple(Opcode.CLEAR_ERRORS))
     await tb.send(load)
-    start_index = len(tb.responses())
-    await tb.send(fmt.generate(prompt, count))
-    await tb.settle(timeout=50_000)
-    (_, _, data), = tb.responses()[start_index:]
-    assert data == golden.generate(prompt, count), f"after the reset: tokens {data}"
+    await generate(prompt, count, "after the reset: ")
     REPORT["resident"] = {"sequences": len(cases), "generated": generated,
                           "reset_after_tokens": progress.received - 1}
     write_report(REPORT)
