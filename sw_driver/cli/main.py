@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import warnings
 
 from .common import UserError
 
@@ -45,16 +46,29 @@ def build_parser():
     return parser
 
 
+def _abandon_designs():
+    """Keep quiet about the designs a stopped command leaves half elaborated: at exit Amaranth
+    warns of every component built and never used (UnusedElaboratable), hundreds of lines for
+    a big array, after the one line that says why the command stopped."""
+    if "amaranth" in sys.modules:
+        from amaranth.hdl import UnusedElaboratable
+
+        warnings.filterwarnings("ignore", category=UnusedElaboratable)
+
+
 def main(argv=None):
     """Run the command line; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)
     except KeyboardInterrupt:
+        _abandon_designs()
         print("bittern: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
         from ..flow import ToolError
+
+        _abandon_designs()
 
         if isinstance(error, _user_mistakes()):
             print(f"bittern: error: {error}", file=sys.stderr)
