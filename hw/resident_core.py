@@ -38,13 +38,16 @@ from .placement import place
 from .rope import Rope
 from .words import pack_ints
 
-__all__ = ["NORMS", "LINEARS", "LOAD_PORTS", "ResidentCore", "layout_core", "load_ports"]
+__all__ = ["LAYER_STAGES", "NORMS", "LINEARS", "LOAD_PORTS", "ResidentCore", "layout_core", "load_ports"]
 
 # A layer's norms and BitLinears in the order of its constants record.
 NORMS = ("input_layernorm", "self_attn.attn_sub_norm", "post_attention_layernorm",
          "mlp.ffn_sub_norm")
 LINEARS = tuple(f"self_attn.{name}" for name in ATTENTION_INPUTS + ("o_proj",)) \
     + tuple(f"mlp.{name}" for name in MLP_INPUTS + ("down_proj",))
+
+# The stages of a layer in ResidentCore.stage_cycles, in the order they run.
+LAYER_STAGES = ("loads", "qkv", "rope", "cache", "attention", "o", "gate_up", "down")
 
 _EMBED_SHIFT_MAX = (1 << (EMBED_SHIFT.width - 1)) - 1
 _HEAD_LANES = 128
@@ -220,41 +223,52 @@ class ResidentCore(wiring.Component):
         attention, o, gate and up, and down would feed only that token's logits.
         """
         model, lanes = self._model, self._config.pim.lanes
-        hidden_words, ffn_words = model.hidden // lanes, model.ffn // lanes
-        block = self._block
-        linear = {name.rsplit(".", 1)[1]: placement.n for name, placement
-                  in self.placements.items() if name.startswith("layers.0.")}
-        layers = model.layers
-        # q's rotation starts the cycle after its last beat and may outlast k's and v's GEMVs.
-        q_rotated = (block.factor_cycles(hidden_words)
-                     + block.linear_cycles(hidden_words, linear["q_proj"])
-                     + model.hidden // 2 + Rope.LATENCY)
-        # Without ``last``, the last layer ends with its cache writes.
-        full = layers if last else layers - 1
-        qkv = max(block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
-                                              linear["v_proj"]]) + 1, q_rotated)
-        kv = block.cycles(hidden_words, [linear["k_proj"], linear["v_proj"]]) + 1
-        stages = {
-            "embed": 2 + LmHead.EMBED_LATENCY - 1 + model.hidden,
-            "loads": layers * (hidden_words + 1) + full * (hidden_words + 3),
-            "qkv": full * qkv + (layers - full) * kv,
-            "rope": layers * (model.kv_heads * self._head_dim // 2 + Rope.LATENCY),
-            "cache": layers * 2 * model.kv_heads,
-            "attention": full * model.heads * (
-                1 + self._attention.cycles(position) + self._head_dim // lanes),
-            "o": full * (block.cycles(hidden_words, [linear["o_proj"]]) + 1),
-            "gate_up": full * (block.cycles(hidden_words, [linear["gate_proj"],
-                                                             linear["up_proj"]])
-                                 + self._ffn.latency),
-            "down": full * (block.cycles(ffn_words, [linear["down_proj"]]) + 1),
-        }
+        hidden_words = model.hidden // lanes
+        stages = {"embed": 2 + LmHead.EMBED_LATENCY - 1 + model.hidden,
+                  **dict.fromkeys(LAYER_STAGES, 0)}
+        for layer in self.layer_cycles(position, last):
+            for stage, cycles in layer.items():
+                stages[stage] += cycles
         if last:
-            norm_only = block.factor_cycles(hidden_words) + 2
+            norm_only = self._block.factor_cycles(hidden_words) + 2
             stages["head"] = (hidden_words + 1 + norm_only + model.hidden // self.head_lanes
                               + 1 + model.vocab * self._head.words + self._head.latency)
         else:
             stages["head"] = 1
         return stages
+
+    def layer_cycles(self, position, last):
+        """The layer stages of :meth:`stage_cycles` (``loads`` to ``down``), one dict a layer;
+        without ``last`` the last layer's has only ``loads``, ``qkv`` (k's and v's GEMVs),
+        ``rope`` and ``cache``."""
+        model, lanes = self._model, self._config.pim.lanes
+        hidden_words, ffn_words = model.hidden // lanes, model.ffn // lanes
+        block = self._block
+        linear = {name.rsplit(".", 1)[1]: placement.n for name, placement
+                  in self.placements.items() if name.startswith("layers.0.")}
+        # q's rotation starts the cycle after its last beat and may outlast k's and v's GEMVs.
+        q_rotated = (block.factor_cycles(hidden_words)
+                     + block.linear_cycles(hidden_words, linear["q_proj"])
+                     + model.hidden // 2 + Rope.LATENCY)
+        shared = {"rope": model.kv_heads * self._head_dim // 2 + Rope.LATENCY,
+                  "cache": 2 * model.kv_heads}
+        full = {
+            "loads": 2 * hidden_words + 4,
+            "qkv": max(block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
+                                                   linear["v_proj"]]) + 1, q_rotated),
+            **shared,
+            "attention": model.heads * (1 + self._attention.cycles(position)
+                                        + self._head_dim // lanes),
+            "o": block.cycles(hidden_words, [linear["o_proj"]]) + 1,
+            "gate_up": (block.cycles(hidden_words, [linear["gate_proj"], linear["up_proj"]])
+                        + self._ffn.latency),
+            "down": block.cycles(ffn_words, [linear["down_proj"]]) + 1,
+        }
+        # Without ``last``, the last layer ends with its cache writes.
+        kv_only = {"loads": hidden_words + 1,
+                   "qkv": block.cycles(hidden_words, [linear["k_proj"], linear["v_proj"]]) + 1,
+                   **shared}
+        return [full] * (model.layers - 1) + [full if last else kv_only]
 
     def placements_read(self, last):
         """The placements of the matrices a token's GEMVs read, each once: every matrix, but

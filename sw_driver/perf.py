@@ -140,14 +140,14 @@ def _resident(config, model_config, schedule, groups, prompt_tokens, tokens, bau
     decoded = [core.stage_cycles(p, True) for p in positions]
     stages = ({stage: sum(token[stage] for token in decoded) / decode_tokens
                for stage in decoded[0]} if decode_tokens else None)
-    layer_stages = ("loads", "qkv", "rope", "cache", "attention", "o", "gate_up", "down")
-    prompt_stages = [core.stage_cycles(p, p + 1 == prompt_tokens) for p in range(prompt_tokens)]
+    # Each layer's stages (the embedding and the head belong to none).
+    prompt_layers = [core.layer_cycles(p, p + 1 == prompt_tokens) for p in range(prompt_tokens)]
+    decoded_layers = [core.layer_cycles(p, True) for p in positions]
     per_layer = [{
         "layer": layer,
-        "prefill_cycles": sum(part[s] for part in prompt_stages for s in layer_stages)
-        // model_config.layers,
-        "decode_cycles": (sum(stages[s] for s in layer_stages) / model_config.layers
-                          if decode_tokens else None),
+        "prefill_cycles": sum(sum(token[layer].values()) for token in prompt_layers),
+        "decode_cycles": (sum(sum(token[layer].values()) for token in decoded_layers)
+                          / decode_tokens if decode_tokens else None),
         "energy_nj": _energy(schedule, [g for g in groups
                                         if g[0].startswith(f"layers.{layer}.")],
                              zero_fraction)["total_nj"],

@@ -10,6 +10,7 @@ import pytest
 
 from golden import ModelConfig, ModelWeights
 from hw.config import preset
+from hw.resident_core import layout_core
 from sw_driver.behavioural import BehaviouralTransport
 from sw_driver.perf import ENERGY_PJ, perf
 from sw_driver.resident import model_config as resident_shape
@@ -42,6 +43,7 @@ def test_resident_perf_is_what_a_run_measures():
     config = preset("tiny")
     shape = resident_shape(config)
     weights = ModelWeights.random(shape, seed=4)
+    core = layout_core(config)
     for _ in range(3):
         prompt = [int(t) for t in rng.integers(0, shape.vocab, int(rng.integers(1, 8)))]
         tokens = int(rng.integers(1, shape.max_seq - len(prompt) + 2))
@@ -52,9 +54,15 @@ def test_resident_perf_is_what_a_run_measures():
         assert (predicted.prefill_cycles, predicted.cycles_per_token) == (
             measured.prefill_cycles, measured.cycles_per_token), (prompt, tokens)
         assert predicted.link_words == measured.link_words_per_token, (prompt, tokens)
+        # Every stage but the embedding and the head belongs to a layer.
+        prompt_stages = [core.stage_cycles(p, p + 1 == len(prompt)) for p in range(len(prompt))]
+        assert sum(layer["prefill_cycles"] for layer in predicted.per_layer) == sum(
+            sum(stages.values()) - stages["embed"] - stages["head"] for stages in prompt_stages)
         if tokens > 1:            # a decoded token: the core's stages and GENERATE's start
-            assert sum(predicted.stages.values()) + 1 == pytest.approx(
-                predicted.cycles_per_token)
+            stages = predicted.stages
+            assert sum(stages.values()) + 1 == pytest.approx(predicted.cycles_per_token)
+            assert sum(layer["decode_cycles"] for layer in predicted.per_layer) \
+                == pytest.approx(sum(stages.values()) - stages["embed"] - stages["head"])
 
 
 def test_shipped_model_figures():
