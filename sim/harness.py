@@ -19,6 +19,7 @@ device (docs/design.md, "Simulation speed", has the figures).
 """
 
 import ctypes
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,9 @@ class HarnessTransport(Transport):
     """Words to and from the device in the harness library at ``path`` (:func:`build`),
     simulated in this process from cycle 0.
 
-    ``trace`` names a VCD to write (the library must be built with waves). A transaction in
+    ``trace`` names a VCD to write (the library must be built with waves); ``simulating_s``
+    counts the wall seconds spent in the compiled loop (the rest of a run is Python's). A
+    transaction in
     which no word moves for ``patience`` cycles raises :class:`HarnessHang`: a hung device ends
     the run with a message instead of stalling it. Use as a context manager, or :meth:`close`.
     """
@@ -152,6 +155,7 @@ class HarnessTransport(Transport):
         if trace is not None and not lib.harness_traces():
             raise ValueError(f"{path} was built without waves; it cannot write {trace}")
         self._patience = patience
+        self.simulating_s = 0.0             # wall seconds spent in the compiled loop
         self._sim = lib.harness_open(None if trace is None else str(trace).encode())
 
     def close(self):
@@ -174,8 +178,12 @@ class HarnessTransport(Transport):
         words = np.ascontiguousarray(words, np.uint32)
         out = np.empty(count, np.uint32)
         moved = np.zeros(2, np.uint64)
-        if self._lib.harness_transact(self._sim, words.ctypes.data, len(words), out.ctypes.data,
-                                      count, self._patience, moved.ctypes.data):
+        start = time.perf_counter()
+        hung = self._lib.harness_transact(self._sim, words.ctypes.data, len(words),
+                                          out.ctypes.data, count, self._patience,
+                                          moved.ctypes.data)
+        self.simulating_s += time.perf_counter() - start
+        if hung:
             raise HarnessHang(f"no word moved for {self._patience} cycles, at cycle "
                               f"{self.cycle()}: the harness took {moved[0]} of {len(words)} "
                               f"command words, the device sent {moved[1]} of {count} response "
