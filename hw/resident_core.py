@@ -38,7 +38,8 @@ from .placement import place
 from .rope import Rope
 from .words import pack_ints
 
-__all__ = ["LAYER_STAGES", "NORMS", "LINEARS", "LOAD_PORTS", "ResidentCore", "layout_core", "load_ports"]
+__all__ = ["LAYER_STAGES", "NORMS", "LINEARS", "LOAD_PORTS", "ResidentCore", "layout_core",
+           "load_ports"]
 
 # A layer's norms and BitLinears in the order of its constants record.
 NORMS = ("input_layernorm", "self_attn.attn_sub_norm", "post_attention_layernorm",
@@ -253,6 +254,7 @@ class ResidentCore(wiring.Component):
         shared = {"rope": model.kv_heads * self._head_dim // 2 + Rope.LATENCY,
                   "cache": 2 * model.kv_heads}
         full = {
+            # H into the norm's buffer before QKV and before GATE_UP; the four commands.
             "loads": 2 * hidden_words + 4,
             "qkv": max(block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
                                                    linear["v_proj"]]) + 1, q_rotated),
@@ -265,7 +267,7 @@ class ResidentCore(wiring.Component):
             "down": block.cycles(ffn_words, [linear["down_proj"]]) + 1,
         }
         # Without ``last``, the last layer ends with its cache writes.
-        kv_only = {"loads": hidden_words + 1,
+        kv_only = {"loads": hidden_words + 1,                 # H, and KV's command
                    "qkv": block.cycles(hidden_words, [linear["k_proj"], linear["v_proj"]]) + 1,
                    **shared}
         return [full] * (model.layers - 1) + [full if last else kv_only]
