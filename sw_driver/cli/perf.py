@@ -130,19 +130,19 @@ BENCH_PROMPT = 'The "while" statement executes '      # 31 bytes of the shipped 
 
 
 def cmd_bench(args):
-    """The same offload run on the RTL (the compiled harness) and on the behavioural device, each
+    """The same run on the RTL (the compiled harness) and on the behavioural device, each
     ``--repeat`` times from a fresh device, the fastest kept: walls, simulated cycles/s, and
-    the behavioural device's speed-up. The two must agree on every token and cycle count."""
+    the behavioural device's speed-up. The two must agree on every token and cycle count.
+    ``--mode offload`` (the default) builds the device without its resident units, as
+    ``bittern run --mode offload`` does; ``--mode resident`` runs ``run_resident``."""
     from sim.harness import HarnessTransport, build
 
     from ..behavioural import BehaviouralTransport
-    from ..run import load_model, run
+    from ..run import load_model, run, run_resident
     from ..tokenizer import decode, encode
-    from .inference import RUN_PRESET, _load
+    from .inference import RUN_PRESET, _load, _mode
 
-    # The offload job: the device bittern run --mode offload builds, without the resident
-    # units it never starts.
-    config = config_from(args, RUN_PRESET).offload_only()
+    config = config_from(args, RUN_PRESET)
     if args.tokens < 1 or args.repeat < 1:
         raise UserError(f"--tokens and --repeat must be at least 1, not {args.tokens} and "
                         f"{args.repeat}")
@@ -151,11 +151,17 @@ def cmd_bench(args):
     if not prompt or len(prompt) + args.tokens - 1 > model_config.max_seq:
         raise UserError(f"the prompt needs 1 to {model_config.max_seq - args.tokens + 1} "
                         f"bytes for {args.tokens} tokens, not {len(prompt)}")
+    if _mode(args, config, model_config) == "offload":
+        # The device bittern run --mode offload builds, without the resident units it never
+        # starts.
+        config, generate = config.offload_only(), run
+    else:
+        generate = run_resident
     library = build(config, progress=progress).path
 
     def job(transport, **timing):
-        return run(transport, config, model_config, weights, prompt, args.tokens,
-                   decode=decode, **timing).to_dict()
+        return generate(transport, config, model_config, weights, prompt, args.tokens,
+                        decode=decode, **timing).to_dict()
 
     def on_rtl():
         with HarnessTransport(library) as transport:
@@ -176,15 +182,17 @@ def cmd_bench(args):
     differ = [key for key in ("tokens", "prefill_cycles", "cycles_per_token")
               if rtl[key] != behavioural[key]]
     result = {
-        "preset": args.preset or RUN_PRESET, "model": args.model, "prompt_tokens": len(prompt),
+        "preset": args.preset or RUN_PRESET, "model": args.model, "mode": args.mode,
+        "prompt_tokens": len(prompt),
         "tokens": args.tokens, "repeat": args.repeat, "prefill_cycles": rtl["prefill_cycles"],
         "cycles_per_token": rtl["cycles_per_token"], "rtl_wall_s": rtl["wall_s"],
         "rtl_cycles_per_s": rtl["sim_cycles_per_s"],
         "rtl_simulating_cycles_per_s": rtl["simulating_cycles_per_s"],
         "behavioural_wall_s": behavioural["wall_s"],
         "speedup": rtl["wall_s"] / behavioural["wall_s"], "agree": not differ}
-    print(f"{args.model} on {result['preset']}: {len(prompt)}-token prompt, {args.tokens} "
-          f"tokens, the fastest of {args.repeat} runs each (build and model load excluded)")
+    print(f"{args.model} on {result['preset']}, {args.mode} mode: {len(prompt)}-token prompt, "
+          f"{args.tokens} tokens, the fastest of {args.repeat} runs each (build and model load "
+          f"excluded)")
     print(f"rtl          {rtl['wall_s']:.3f} s wall, {rtl['sim_cycles_per_s']:,.0f} device "
           f"cycles/s simulated ({rtl['simulating_cycles_per_s']:,.0f} in the compiled loop "
           f"alone, without the driver's Python)")
@@ -257,6 +265,9 @@ def add_commands(commands):
     bench.add_argument("--tokens", type=int, default=12, help="tokens generated (default 12)")
     bench.add_argument("--repeat", type=int, default=3,
                        help="runs per backend, the fastest kept (default 3)")
+    bench.add_argument("--mode", choices=("offload", "resident"), default="offload",
+                       help="the run timed (default offload: the device without its resident "
+                            "units)")
     bench.add_argument("--json", action="store_true", help="end with one JSON object")
     add_config_options(bench, default="ulx3s-85f")
     bench.set_defaults(handler=cmd_bench)
