@@ -393,9 +393,10 @@ class Device(wiring.Component):
         """LOAD_TENSOR's data, GENERATE's prompt and its run on the resident core.
 
         GENERATE takes its prompt into a buffer (a token id of ``vocab`` or more fails it with
-        BAD_TOKEN once the prompt is in: nothing runs), sends its response header, then starts
-        the core on each prompt token at positions 0, 1, ... (``last`` on the final one) and on
-        each generated token while more are owed; each greedy token goes into the response
+        BAD_TOKEN once the prompt is in: nothing runs), sends its response header, then offers
+        the core each prompt token at positions 0, 1, ... (``last`` on the final one) as soon
+        as it took the one before (the core takes them ahead), and each generated token while
+        more are owed; each greedy token goes into the response
         FIFO as its own beat, as soon as the core offers it and the FIFO has room.
         """
         model = self._config.resident
@@ -439,8 +440,9 @@ class Device(wiring.Component):
                 m.next = "GENERATE_RUN"
         with m.State("GENERATE_RUN"):
             with m.If(~running_last):
-                with m.If(~core.busy):
-                    m.next = "GENERATE"
+                # The next prompt token is offered at once: the core takes it ahead, while
+                # this one's last layer runs, or once idle.
+                m.next = "GENERATE"
             with m.Else():
                 m.d.comb += core.o_stream.ready.eq(space)
                 with m.If(core.o_stream.valid):

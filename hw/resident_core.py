@@ -198,9 +198,10 @@ class ResidentCore(wiring.Component):
         })
 
     def stage_cycles(self, position, last):
-        """The cycles of a token at ``position`` by stage, from its start taken to the core idle
-        (``last`` false) or its greedy token offered (``last``), without back-pressure on the
-        token: ``{stage: cycles}``, every layer's summed. Each is the FSM's states over the
+        """The cycles of a token at ``position`` by stage, started from IDLE, from its start
+        taken to the core idle (``last`` false, no next start offered) or its greedy token
+        offered (``last``), without back-pressure on the token: ``{stage: cycles}``, every
+        layer's summed (a prompt offered back to back: :meth:`prompt_cycles`). Each is the FSM's states over the
         units' own cycle formulas, one state after another:
 
         - ``embed``: the start, RoPE's and the lookup's handshakes, then the lookup's latency
@@ -271,6 +272,23 @@ class ResidentCore(wiring.Component):
                    "qkv": block.cycles(hidden_words, [linear["k_proj"], linear["v_proj"]]) + 1,
                    **shared}
         return [full] * (model.layers - 1) + [full if last else kv_only]
+
+    def prompt_cycles(self, length):
+        """Cycles of a prompt of ``length`` tokens whose starts are offered back to back (as
+        GENERATE offers them), from the first start taken to the greedy token offered.
+
+        Each token after the first is taken ahead, in its predecessor's last layer: that
+        layer's KV operation (its command, GEMVs, k's rotation and cache writes) runs while
+        the token's embedding is looked up into H. From the last cache write the token takes
+        ROPE_START and EMBED_WAIT (at least two cycles, more if the lookup is still running) to
+        its first LOAD, where from IDLE it takes the ``embed`` stage of :meth:`stage_cycles`.
+        """
+        embed = self.stage_cycles(0, False)["embed"]
+        kv = self.layer_cycles(0, False)[-1]
+        kv_cycles = 1 + kv["qkv"] + kv["rope"] + kv["cache"]
+        ahead = max(1, embed - 2 - kv_cycles)
+        return (sum(self.token_cycles(position, position + 1 == length)
+                    for position in range(length)) - (length - 1) * (embed - ahead))
 
     def placements_read(self, last):
         """The placements of the matrices a token's GEMVs read, each once: every matrix, but
@@ -481,31 +499,53 @@ class ResidentCore(wiring.Component):
             last (nothing reads its query), QKV otherwise."""
             return Mux((next_layer == model.layers - 1) & ~token.last, _Op.KV, _Op.QKV)
 
+        # The embedding lookup runs beside the layer program, into H: a token's own, started
+        # from IDLE, or the next prompt token's, taken ahead while this one's last layer runs
+        # KV (this token's H is in the norm's buffer by then, and nothing reads H again).
+        embed_token = Signal(range(model.vocab))
+        embed_go = Signal()
+        embed_count = Signal(range(hidden))
+        embed_ends = Signal()               # the lookup's last element is written this cycle
+        embedded = Signal()                 # it was written, and LOAD has not started since
+        ahead = Signal()                    # the next token's start is taken, its lookup begun
+        next_token = Signal.like(token)
+        with m.FSM(name="embedder") as embedder:
+            with m.State("IDLE"):
+                with m.If(embed_go):
+                    m.next = "REQUEST"
+            with m.State("REQUEST"):
+                m.d.comb += [head.embed.valid.eq(1), head.embed.payload.token.eq(embed_token),
+                             head.embed.payload.shift.eq(mc.embed_shift)]
+                with m.If(head.embed.ready):
+                    m.next = "RECEIVE"
+            with m.State("RECEIVE"):
+                m.d.comb += head.residual.ready.eq(1)
+                with m.If(head.residual.valid):
+                    m.d.sync += [h.word_select(embed_count, RESIDUAL_BITS)
+                                 .eq(head.residual.payload),
+                                 embed_count.eq(embed_count + 1)]
+                    with m.If(embed_count == hidden - 1):
+                        m.d.comb += embed_ends.eq(1)
+                        m.d.sync += [embed_count.eq(0), embedded.eq(1)]
+                        m.next = "IDLE"
+
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += self.start.ready.eq(1)
                 with m.If(self.start.valid):
-                    m.d.sync += [token.eq(self.start.payload), layer.eq(0), count.eq(0)]
+                    m.d.sync += [token.eq(self.start.payload),
+                                 embed_token.eq(self.start.payload.token), layer.eq(0)]
                     m.next = "ROPE_START"
             with m.State("ROPE_START"):
                 # The position's factors are computed while the token is embedded.
                 m.d.comb += [rope.start.valid.eq(1), rope.start.payload.eq(token.position)]
                 with m.If(rope.start.ready):
-                    m.next = "EMBED"
-            with m.State("EMBED"):
-                m.d.comb += [head.embed.valid.eq(1),
-                             head.embed.payload.token.eq(token.token),
-                             head.embed.payload.shift.eq(mc.embed_shift)]
-                with m.If(head.embed.ready):
-                    m.next = "EMBED_RESIDUAL"
-            with m.State("EMBED_RESIDUAL"):
-                m.d.comb += head.residual.ready.eq(1)
-                with m.If(head.residual.valid):
-                    m.d.sync += [h.word_select(count, RESIDUAL_BITS).eq(head.residual.payload),
-                                 count.eq(count + 1)]
-                    with m.If(count == hidden - 1):
-                        m.d.sync += [count.eq(0), op.eq(first_op(0))]
-                        m.next = "LOAD"
+                    m.d.comb += embed_go.eq(~ahead)
+                    m.next = "EMBED_WAIT"
+            with m.State("EMBED_WAIT"):
+                with m.If(embed_ends | embedded):
+                    m.d.sync += [embedded.eq(0), ahead.eq(0), count.eq(0),
+                                 op.eq(first_op(0))]
+                    m.next = "LOAD"
             with m.State("LOAD"):
                 # H into the norm's buffer, a word a cycle.
                 m.d.comb += [x.valid.eq(1), x.payload.index.eq(count),
@@ -574,7 +614,10 @@ class ResidentCore(wiring.Component):
                         # A prompt token before the last needs no more than its last layer's
                         # keys and values (that layer ran KV): what follows them there feeds
                         # only its own logits.
-                        with m.If(op == _Op.KV):
+                        with m.If((op == _Op.KV) & ahead):
+                            m.d.sync += [token.eq(next_token), layer.eq(0)]
+                            m.next = "ROPE_START"
+                        with m.Elif(op == _Op.KV):
                             m.next = "IDLE"
                         with m.Else():
                             m.next = "ATTEND"
@@ -678,7 +721,16 @@ class ResidentCore(wiring.Component):
                 wiring.connect(m, head.o_stream, wiring.flipped(self.o_stream))
                 with m.If(self.o_stream.valid & self.o_stream.ready):
                     m.next = "IDLE"
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        # The next token is taken ahead in the KV layer's command, GEMVs and k's rotation (not
+        # in its cache writes, which may end in the cycle a start is taken).
+        window = (op == _Op.KV) & ~ahead & embedder.ongoing("IDLE") & (
+            fsm.ongoing("COMMAND") | fsm.ongoing("PROJECT") | fsm.ongoing("ROPE_K"))
+        m.d.comb += [self.start.ready.eq(fsm.ongoing("IDLE") | window),
+                     self.busy.eq(~fsm.ongoing("IDLE"))]
+        with m.If(window & self.start.valid):
+            m.d.sync += [next_token.eq(self.start.payload),
+                         embed_token.eq(self.start.payload.token), ahead.eq(1)]
+            m.d.comb += embed_go.eq(1)
         return m
 
 

@@ -1,14 +1,15 @@
 """cocotb testbench of :class:`hw.resident_core.ResidentCore` on a :class:`hw.pim.PimBankGroup`:
 a random model loaded once (trits into the banks, gains, embedding, row scales, RoPE steps and
-the constants memory), then prompts prefilled token by token and decoded greedily, every
+the constants memory), then prompts prefilled (their starts offered back to back, as GENERATE
+offers them, so that the core takes each ahead) and decoded greedily, every
 generated token and its integer logit against ``golden.integer.IntegerModel`` (``forward`` at
 each position: the token is the arg max of its logits, the logit its value).
 
 Each sequence starts at position 0, so it overwrites the cache of the one before: the core
 keeps no state between sequences but the cache, and attention reads only positions up to the
 token's own. Flow: random idle on the token and load streams and back-pressure on the results
-in the later sequences; the first runs without either, and each of its tokens takes the
-cycles of the core's model (``ResidentCore.token_cycles``).
+in the later sequences; the first runs without either, and its prompt and each decoded token
+take the cycles of the core's model (``ResidentCore.prompt_cycles``, ``token_cycles``).
 
 Parameters (``BITTERN_PARAMS``): ``config`` (with resident units: the model has
 ``config.resident``'s shape), ``seed``, ``tiles`` (sequences); optionally ``prompt`` and
@@ -24,7 +25,6 @@ import numpy as np
 from amaranth import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In
-from cocotb.triggers import ReadOnly, RisingEdge
 
 from golden import IntegerModel, ModelWeights
 from golden.model import ModelConfig, norm_sizes
@@ -134,6 +134,30 @@ class ResidentCoreTB(TB):
             self.rng.shuffle(port_beats)
             await self.sources[port].send(port_beats, self.cycle)
 
+    async def prompt(self, tokens):
+        """Offer a prompt's starts back to back, as GENERATE does (the core takes each one
+        ahead, while the token before it runs its last layer, or once idle): the cycles from
+        the first start taken to the greedy token offered, that token and its logit."""
+        start = self.sources["start"]
+        taken = len(start.accepted_cycles)
+        sending = cocotb.start_soon(start.send(
+            [self.beat("start", token=int(token), position=position,
+                       last=int(position + 1 == len(tokens)))
+             for position, token in enumerate(tokens)], self.cycle))
+        (word,) = await self.sink.receive(1, self.cycle, timeout=TIMEOUT)
+        await sending
+        result = self.layouts["o_stream"].from_bits(word)
+        return (self.sink.beat_cycles[-1] - start.accepted_cycles[taken], int(result.token),
+                int(result.logit))
+
+    def check_prompt_cycles(self, cycles, length, timed):
+        """Without idle or back-pressure, a prompt takes the cycles the core's model says
+        (:meth:`ResidentCore.prompt_cycles`)."""
+        if timed:
+            want = self.core.prompt_cycles(length)
+            assert cycles == want, (f"a prompt of {length} tokens took {cycles} cycles, the "
+                                    f"model says {want}")
+
     def check_cycles(self, cycles, position, last, timed):
         """Without idle or back-pressure, a token takes the cycles the core's model says
         (:meth:`ResidentCore.token_cycles`)."""
@@ -143,27 +167,16 @@ class ResidentCoreTB(TB):
                                     f"the model says {want}: "
                                     f"{self.core.stage_cycles(position, last)}")
 
-    async def token(self, token, position, last):
-        """Run one token: the cycles from its start taken to the core idle (without
-        ``last``), or to its greedy token offered, then that token and its logit."""
+    async def token(self, token, position):
+        """Decode one token: the cycles from its start taken to its greedy token offered, that
+        token and its logit."""
         start = self.sources["start"]
-        await start.send(
-            [self.beat("start", token=int(token), position=position, last=int(last))], self.cycle)
-        begun = start.accepted_cycles[-1]
-        if last:
-            (word,) = await self.sink.receive(1, self.cycle, timeout=TIMEOUT)
-            result = self.layouts["o_stream"].from_bits(word)
-            return self.sink.beat_cycles[-1] - begun, int(result.token), int(result.logit)
-        await RisingEdge(self.dut.clk)
-        while True:
-            await ReadOnly()
-            if not int(self.dut.busy.value):
-                cycles = self.cycle() - begun
-                await RisingEdge(self.dut.clk)
-                return cycles, None, None
-            assert self.cycle() - begun < TIMEOUT, f"token at {position} still busy " \
-                f"after {TIMEOUT} cycles"
-            await RisingEdge(self.dut.clk)
+        await start.send([self.beat("start", token=int(token), position=position, last=1)],
+                         self.cycle)
+        (word,) = await self.sink.receive(1, self.cycle, timeout=TIMEOUT)
+        result = self.layouts["o_stream"].from_bits(word)
+        return (self.sink.beat_cycles[-1] - start.accepted_cycles[-1], int(result.token),
+                int(result.logit))
 
 
 @cocotb.test()
@@ -194,30 +207,27 @@ async def resident_core_matches_golden(dut):
         prompt = rng.integers(0, model.vocab, prompt_length)
         golden.reset()
         logits = golden.forward(prompt, 0)
-        tokens, position, prefill = list(prompt), 0, 0
-        for token in prompt[:-1]:
-            cycles, _, _ = await tb.token(token, position, False)
-            tb.check_cycles(cycles, position, False, timed)
-            prefill += cycles
-            position += 1
+        cycles, got, logit = await tb.prompt(prompt)
+        tb.check_prompt_cycles(cycles, len(prompt), timed)
+        if timed:
+            report["prefill_cycles"].append([len(prompt), cycles])
+        tokens, position = list(prompt), len(prompt) - 1
         while True:
             expected = int(logits.argmax()[-1])
-            cycles, got, logit = await tb.token(tokens[-1], position, True)
-            tb.check_cycles(cycles, position, True, timed)
             assert (got, logit) == (expected, int(logits.values[-1, expected])), \
                 f"sequence {sequence} position {position}: token {got} logit {logit}, " \
                 f"golden token {expected} logit {int(logits.values[-1, expected])}"
             report["generated"] += 1
             dut._log.info(f"position {position}: token {got} after {cycles} cycles")
-            if timed and position + 1 == len(prompt):
-                report["prefill_cycles"].append([len(prompt), prefill + cycles])
-            elif timed:
-                report["decode_cycles"].append([position, cycles])
             position += 1
             tokens.append(got)
             if position == total:
                 break
             logits = golden.forward([got], position)
+            cycles, got, logit = await tb.token(got, position)
+            tb.check_cycles(cycles, position, True, timed)
+            if timed:
+                report["decode_cycles"].append([position, cycles])
         report["sequences"] += 1
         report["tokens"] += position
         report["positions"].append(position)

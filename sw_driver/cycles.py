@@ -5,7 +5,7 @@
 and checks, word assembly, the response FIFO with its registered room flags and the two result
 serialisers, the bank group's sequencer and result credit, the array's token credit and weight
 loading, and GENERATE's tokens on the resident core (its cycle model,
-``ResidentCore.token_cycles``). It knows when each command word is taken, when each response word
+``ResidentCore.prompt_cycles`` and ``token_cycles``). It knows when each command word is taken, when each response word
 leaves, and what every cycle is (busy, idle or stalled), so the counters it reads out are the
 RTL's. Values come from a functional device fed the words it takes (:class:`BehaviouralDevice`);
 the cycle model replaces only the cycle counters, which it alone can know.
@@ -173,24 +173,29 @@ class _Array:
 
 
 class _Core:
-    """:class:`hw.resident_core.ResidentCore` as GENERATE runs it: each token started in the
-    cycle the device offers it (the core is idle then) and done, :meth:`token_cycles` later,
-    when its busy falls or (a ``last`` token) its greedy token is offered."""
+    """:class:`hw.resident_core.ResidentCore` as GENERATE runs it: the prompt's first token
+    started in the cycle the device offers it (the core is idle then), the others taken ahead
+    (the device offers each at once), and the prompt done, :meth:`prompt_cycles` later, when
+    its greedy token is offered; then each decoded token, done :meth:`token_cycles` after its
+    start."""
 
     def __init__(self, config):
         from hw.resident_core import layout_core
 
-        self.token_cycles = layout_core(config).token_cycles
+        core = layout_core(config)
+        self.prompt_cycles, self.token_cycles = core.prompt_cycles, core.token_cycles
         self.prompt_length = self.position = self.generated = self.done = 0
-        self.last = False
 
     def begin(self, prompt_length):
         self.prompt_length, self.position, self.generated = prompt_length, 0, 0
 
     def start(self, cycle):
-        self.last = self.position + 1 >= self.prompt_length
-        self.done = cycle + self.token_cycles(self.position, self.last)
-        self.position += 1
+        if self.position == 0:
+            self.done = cycle + self.prompt_cycles(self.prompt_length)
+            self.position = self.prompt_length
+        else:
+            self.done = cycle + self.token_cycles(self.position, True)
+            self.position += 1
 
 
 class DeviceCycles:
@@ -319,10 +324,7 @@ class DeviceCycles:
             self.core.start(t)
             next_state = "GENERATE_RUN"
         elif state == "GENERATE_RUN":
-            if not self.core.last:
-                if t >= self.core.done:
-                    next_state = "GENERATE"
-            elif t >= self.core.done:
+            if t >= self.core.done:
                 blocked = not space
                 if space:
                     writes.append((self._next_value(), True))

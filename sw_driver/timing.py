@@ -48,15 +48,17 @@ class CommandTiming:
     def generate(self, prompt_length, count):
         """GENERATE of a prompt of ``prompt_length`` tokens and ``count`` more (``count`` 0: its
         prompt refused, BAD_TOKEN): the argument, the check, a cycle a prompt word and one
-        after them; then the response header, each token's start and its run on the core
-        (``ResidentCore.token_cycles``, a greedy token written as it is offered), and two
-        cycles for the last token to leave."""
+        after them; then the response header, the prompt on the core
+        (``ResidentCore.prompt_cycles``: its starts offered back to back) and a cycle, each
+        decoded token's run (``ResidentCore.token_cycles``, a greedy token written as it is
+        offered) and a cycle, and two cycles for the last token to leave."""
         prompt = ARGUMENT_WORDS[Opcode.GENERATE] + 1 + prompt_length + 1
         if not count:
             return prompt
         core = layout_core(self.config)
-        return prompt + 1 + sum(core.token_cycles(position, position + 1 >= prompt_length) + 1
-                                for position in range(prompt_length + count - 1)) + 2
+        return (prompt + 1 + core.prompt_cycles(prompt_length) + 1
+                + sum(core.token_cycles(position, True) + 1
+                      for position in range(prompt_length, prompt_length + count - 1)) + 2)
 
     def rejected_after_arguments(self, opcode):
         """A command refused by its argument checks: its argument words and the check."""
