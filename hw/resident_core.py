@@ -34,7 +34,7 @@ from .dyadic import DYADIC
 from .ffn import FfnInner
 from .head import EMBED_SHIFT, LmHead
 from .norm_stage import X_EXPONENT_BITS, gain_bases
-from .placement import place
+from .placement import MappingError, place
 from .rope import Rope
 from .words import pack_ints
 
@@ -48,7 +48,7 @@ LINEARS = tuple(f"self_attn.{name}" for name in ATTENTION_INPUTS + ("o_proj",)) 
     + tuple(f"mlp.{name}" for name in MLP_INPUTS + ("down_proj",))
 
 # The stages of a layer in ResidentCore.stage_cycles, in the order they run.
-LAYER_STAGES = ("loads", "qkv", "rope", "cache", "attention", "o", "gate_up", "down")
+LAYER_STAGES = ("loads", "qkv", "cache", "attention", "o", "gate_up", "down")
 
 _EMBED_SHIFT_MAX = (1 << (EMBED_SHIFT.width - 1)) - 1
 _HEAD_LANES = 128
@@ -201,8 +201,8 @@ class ResidentCore(wiring.Component):
         """The cycles of a token at ``position`` by stage, started from IDLE, from its start
         taken to the core idle (``last`` false, no next start offered) or its greedy token
         offered (``last``), without back-pressure on the token: ``{stage: cycles}``, every
-        layer's summed (a prompt offered back to back: :meth:`prompt_cycles`). Each is the FSM's states over the
-        units' own cycle formulas, one state after another:
+        layer's summed (a prompt offered back to back: :meth:`prompt_cycles`). Each is the
+        FSM's states over the units' own cycle formulas, one state after another:
 
         - ``embed``: the start, RoPE's and the lookup's handshakes, then the lookup's latency
           and ``hidden`` elements, one a cycle;
@@ -210,9 +210,9 @@ class ResidentCore(wiring.Component):
           on it, and each operation's command;
         - ``qkv``, ``o``, ``gate_up``, ``down``: :meth:`BitLinearBlock.cycles` and a cycle for
           its busy to fall (the FFN's latency after gate and up instead: its last word goes to
-          the norm then); ``qkv`` is q's rotation instead where that ends later (from the cycle
-          after q's last beat, a pair a cycle, the rotation's latency, a cycle to note it);
-        - ``rope``: k's pairs, a pair a cycle, and the rotation's latency;
+          the norm then); ``qkv`` is k's rotation instead where that ends later (q's, then
+          k's, each from the cycle after its last beat or the rotation before it, a pair a
+          cycle, the rotation's latency and a cycle to note it);
         - ``cache``: a key and a value word a KV head;
         - ``attention``: each head's query handshake, :meth:`Attention.cycles` and its output's
           words into the norm;
@@ -221,7 +221,8 @@ class ResidentCore(wiring.Component):
           without ``last``, the cycle in which the core goes idle.
 
         Without ``last`` (a prompt token before the last) the last layer computes only k and v
-        (its ``qkv`` is the block's two GEMVs) and stops after its cache writes: its query,
+        (its ``qkv`` is the block's two GEMVs and k's rotation) and stops after its cache
+        writes: its query,
         attention, o, gate and up, and down would feed only that token's logits.
         """
         model, lanes = self._model, self._config.pim.lanes
@@ -241,25 +242,38 @@ class ResidentCore(wiring.Component):
 
     def layer_cycles(self, position, last):
         """The layer stages of :meth:`stage_cycles` (``loads`` to ``down``), one dict a layer;
-        without ``last`` the last layer's has only ``loads``, ``qkv`` (k's and v's GEMVs),
-        ``rope`` and ``cache``."""
+        without ``last`` the last layer's has only ``loads``, ``qkv`` (k's and v's GEMVs, and
+        k's rotation) and ``cache``."""
         model, lanes = self._model, self._config.pim.lanes
         hidden_words, ffn_words = model.hidden // lanes, model.ffn // lanes
+        # The linear stage's formula holds while a row slot's reads outlast its result beats.
+        banks = self._config.pim.banks
+        if min(hidden_words, ffn_words) * self.lanes < banks:
+            least = -(-banks // self.lanes) * lanes
+            raise MappingError(f"the resident core's cycle model needs resident.hidden and "
+                               f"resident.ffn of at least {least} on this device (a row's "
+                               f"{banks} results leave {self.lanes} a beat), not "
+                               f"{model.hidden} and {model.ffn}")
         block = self._block
         linear = {name.rsplit(".", 1)[1]: placement.n for name, placement
                   in self.placements.items() if name.startswith("layers.0.")}
-        # q's rotation starts the cycle after its last beat and may outlast k's and v's GEMVs.
-        q_rotated = (block.factor_cycles(hidden_words)
-                     + block.linear_cycles(hidden_words, linear["q_proj"])
-                     + model.hidden // 2 + Rope.LATENCY)
-        shared = {"rope": model.kv_heads * self._head_dim // 2 + Rope.LATENCY,
-                  "cache": 2 * model.kv_heads}
+        factor = block.factor_cycles(hidden_words)
+        q_beats, k_beats = (block.linear_cycles(hidden_words, linear[name])
+                            for name in ("q_proj", "k_proj"))
+        k_pairs = model.kv_heads * self._head_dim // 2
+        # A rotation starts the cycle after its vector's last beat (k's: or after q's rotation),
+        # a pair a cycle, then the rotation's latency and a cycle to note it; the GEMVs after
+        # the vector run meanwhile, and the operation ends with the later of the two.
+        q_rotated = factor + q_beats + model.hidden // 2 + Rope.LATENCY
+        k_rotated = max(q_rotated, factor + q_beats + k_beats) + k_pairs + Rope.LATENCY
+        k_alone_rotated = factor + k_beats + k_pairs + Rope.LATENCY
+        cache = 2 * model.kv_heads
         full = {
             # H into the norm's buffer before QKV and before GATE_UP; the four commands.
             "loads": 2 * hidden_words + 4,
             "qkv": max(block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
-                                                   linear["v_proj"]]) + 1, q_rotated),
-            **shared,
+                                                   linear["v_proj"]]) + 1, k_rotated),
+            "cache": cache,
             "attention": model.heads * (1 + self._attention.cycles(position)
                                         + self._head_dim // lanes),
             "o": block.cycles(hidden_words, [linear["o_proj"]]) + 1,
@@ -269,8 +283,9 @@ class ResidentCore(wiring.Component):
         }
         # Without ``last``, the last layer ends with its cache writes.
         kv_only = {"loads": hidden_words + 1,                 # H, and KV's command
-                   "qkv": block.cycles(hidden_words, [linear["k_proj"], linear["v_proj"]]) + 1,
-                   **shared}
+                   "qkv": max(block.cycles(hidden_words, [linear["k_proj"], linear["v_proj"]])
+                              + 1, k_alone_rotated),
+                   "cache": cache}
         return [full] * (model.layers - 1) + [full if last else kv_only]
 
     def prompt_cycles(self, length):
@@ -285,7 +300,7 @@ class ResidentCore(wiring.Component):
         """
         embed = self.stage_cycles(0, False)["embed"]
         kv = self.layer_cycles(0, False)[-1]
-        kv_cycles = 1 + kv["qkv"] + kv["rope"] + kv["cache"]
+        kv_cycles = 1 + kv["qkv"] + kv["cache"]
         ahead = max(1, embed - 2 - kv_cycles)
         return (sum(self.token_cycles(position, position + 1 == length)
                     for position in range(length)) - (length - 1) * (embed - ahead))
@@ -492,7 +507,8 @@ class ResidentCore(wiring.Component):
         m.d.comb += [value.eq(ffn_unit.o_stream.payload.value[i])
                      for i, value in enumerate(widened)]
         ffn_started = Signal()
-        q_in, q_rotated = Signal(), Signal()                # PROJECT: q's beats, its rotation
+        # PROJECT: q's and k's last beats in, and their rotations done.
+        q_in, q_rotated, k_in, k_rotated = Signal(), Signal(), Signal(), Signal()
 
         def first_op(next_layer):
             """A layer's first operation: KV in the last layer of a prompt token before the
@@ -571,30 +587,33 @@ class ResidentCore(wiring.Component):
                             m.next = "FINAL_NORM"
             with m.State("PROJECT"):
                 # q, k and v, each a beat at a time into its registers; q is rotated once its
-                # last beat is in, while k's and v's GEMVs run.
-                # (KV's matrices are k and v: its matrix 0 is k.)
+                # last beat is in, and k after it once its own is, while the GEMVs after them
+                # run. (KV's matrices are k and v: its matrix 0 is k.)
                 without_q = op == _Op.KV
+                vector_index = results.payload.matrix + without_q
                 m.d.comb += results.ready.eq(1)
                 with m.If(results.valid):
-                    with m.Switch(results.payload.matrix + without_q):
+                    with m.Switch(vector_index):
                         for number, vector in enumerate((q, k, v)):
                             with m.Case(number):
                                 m.d.sync += vector.word_select(beat, lanes * PROJECTION_BITS) \
                                     .eq(lows(results.payload.data))
-                    with m.If(~without_q & (results.payload.matrix == 0)
-                              & (beat == hidden // lanes - 1)):
+                    with m.If((vector_index == 0) & (beat == hidden // lanes - 1)):
                         m.d.sync += q_in.eq(1)
+                    with m.If((vector_index == 1) & (beat == kv_heads * head_dim // lanes - 1)):
+                        m.d.sync += k_in.eq(1)
                 with m.If(q_in & ~q_rotated):
                     with m.If(rotate(q, hidden, count, within, out_count, written_within)):
-                        m.d.sync += q_rotated.eq(1)
-                with m.If(~block.busy & (q_rotated | without_q)):
+                        m.d.sync += [q_rotated.eq(1), count.eq(0), out_count.eq(0),
+                                     within.eq(0), written_within.eq(0)]
+                with m.Elif(k_in & (q_rotated | without_q) & ~k_rotated):
+                    with m.If(rotate(k, kv_heads * head_dim, count, within, out_count,
+                                     written_within)):
+                        m.d.sync += k_rotated.eq(1)
+                with m.If(~block.busy & k_rotated):
                     m.d.sync += [count.eq(0), out_count.eq(0), within.eq(0),
-                                 written_within.eq(0), q_in.eq(0), q_rotated.eq(0)]
-                    m.next = "ROPE_K"
-            with m.State("ROPE_K"):
-                with m.If(rotate(k, kv_heads * head_dim, count, within, out_count,
-                                 written_within)):
-                    m.d.sync += head_index.eq(0)
+                                 written_within.eq(0), q_in.eq(0), q_rotated.eq(0),
+                                 k_in.eq(0), k_rotated.eq(0), head_index.eq(0)]
                     m.next = "CACHE"
             with m.State("CACHE"):
                 # Each KV head's rotated key, then its value.
@@ -721,10 +740,10 @@ class ResidentCore(wiring.Component):
                 wiring.connect(m, head.o_stream, wiring.flipped(self.o_stream))
                 with m.If(self.o_stream.valid & self.o_stream.ready):
                     m.next = "IDLE"
-        # The next token is taken ahead in the KV layer's command, GEMVs and k's rotation (not
-        # in its cache writes, which may end in the cycle a start is taken).
+        # The next token is taken ahead in the KV layer's command, and its GEMVs and k's
+        # rotation (not in its cache writes, which may end in the cycle a start is taken).
         window = (op == _Op.KV) & ~ahead & embedder.ongoing("IDLE") & (
-            fsm.ongoing("COMMAND") | fsm.ongoing("PROJECT") | fsm.ongoing("ROPE_K"))
+            fsm.ongoing("COMMAND") | fsm.ongoing("PROJECT"))
         m.d.comb += [self.start.ready.eq(fsm.ongoing("IDLE") | window),
                      self.busy.eq(~fsm.ongoing("IDLE"))]
         with m.If(window & self.start.valid):
