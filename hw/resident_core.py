@@ -211,8 +211,8 @@ class ResidentCore(wiring.Component):
         - ``qkv``, ``o``, ``gate_up``, ``down``: :meth:`BitLinearBlock.cycles` and a cycle for
           its busy to fall (the FFN's latency after gate and up instead: its last word goes to
           the norm then); ``qkv`` is k's rotation instead where that ends later (q's, then
-          k's, each from the cycle after its last beat or the rotation before it, a pair a
-          cycle, the rotation's latency and a cycle to note it);
+          k's, a pair a cycle, each pair once its second element's beat is in, then the
+          rotation's latency: :meth:`_rotated`);
         - ``cache``: a key and a value word a KV head;
         - ``attention``: each head's query handshake, :meth:`Attention.cycles` and its output's
           words into the norm;
@@ -258,15 +258,11 @@ class ResidentCore(wiring.Component):
         linear = {name.rsplit(".", 1)[1]: placement.n for name, placement
                   in self.placements.items() if name.startswith("layers.0.")}
         factor = block.factor_cycles(hidden_words)
-        q_beats, k_beats = (block.linear_cycles(hidden_words, linear[name])
-                            for name in ("q_proj", "k_proj"))
-        k_pairs = model.kv_heads * self._head_dim // 2
-        # A rotation starts the cycle after its vector's last beat (k's: or after q's rotation),
-        # a pair a cycle, then the rotation's latency and a cycle to note it; the GEMVs after
-        # the vector run meanwhile, and the operation ends with the later of the two.
-        q_rotated = factor + q_beats + model.hidden // 2 + Rope.LATENCY
-        k_rotated = max(q_rotated, factor + q_beats + k_beats) + k_pairs + Rope.LATENCY
-        k_alone_rotated = factor + k_beats + k_pairs + Rope.LATENCY
+        q_beats = block.linear_cycles(hidden_words, linear["q_proj"])
+        k_elements = model.kv_heads * self._head_dim
+        q_rotated = self._rotated(0, factor, model.hidden)
+        k_rotated = self._rotated(q_rotated, factor + q_beats, k_elements)
+        k_alone_rotated = self._rotated(0, factor, k_elements)
         cache = 2 * model.kv_heads
         full = {
             # H into the norm's buffer before QKV and before GATE_UP; the four commands.
@@ -287,6 +283,22 @@ class ResidentCore(wiring.Component):
                               + 1, k_alone_rotated),
                    "cache": cache}
         return [full] * (model.layers - 1) + [full if last else kv_only]
+
+    def _rotated(self, after, start, elements):
+        """The cycle a rotation of ``elements`` (whole heads) is noted done, counted like
+        :meth:`BitLinearBlock.cycles`: a pair is offered the cycle after its second element's
+        beat (the vector's GEMV starts after ``start`` cycles, its row ``e``'s beat
+        :meth:`BitLinearBlock.linear_cycles` ``(words, e + 1)`` later) and after the pair
+        before it, the first one after cycle ``after``; then the rotation's latency."""
+        words = self._model.hidden // self._config.pim.lanes
+        half = self._head_dim // 2
+        issued = after
+        for head in range(elements // self._head_dim):
+            for i in range(half):
+                second = head * self._head_dim + i + half
+                issued = max(issued + 1,
+                             start + self._block.linear_cycles(words, second + 1) + 1)
+        return issued + Rope.LATENCY
 
     def prompt_cycles(self, length):
         """Cycles of a prompt of ``length`` tokens whose starts are offered back to back (as
@@ -481,11 +493,13 @@ class ResidentCore(wiring.Component):
 
         # RoPE walks a vector of heads pair by pair: ``index`` is the pair's first element
         # (``head * head_dim + i``), ``within`` its ``i``.
-        def rotate(vector, elements, index, within, written, written_within):
+        # A pair is offered once its second element is in (``filled``: the vector's elements
+        # written so far), so the walk follows the GEMV's beats head by head.
+        def rotate(vector, elements, filled, index, within, written, written_within):
             first = vector.word_select(index, PROJECTION_BITS)
             second = vector.word_select(index + pairs, PROJECTION_BITS)
             rotated = rope.o_stream.payload
-            m.d.comb += [rope.i_stream.valid.eq(index != elements),
+            m.d.comb += [rope.i_stream.valid.eq((index != elements) & (index + pairs < filled)),
                          rope.i_stream.payload.first.eq(first),
                          rope.i_stream.payload.second.eq(second),
                          rope.o_stream.ready.eq(1)]
@@ -507,8 +521,10 @@ class ResidentCore(wiring.Component):
         m.d.comb += [value.eq(ffn_unit.o_stream.payload.value[i])
                      for i, value in enumerate(widened)]
         ffn_started = Signal()
-        # PROJECT: q's and k's last beats in, and their rotations done.
-        q_in, q_rotated, k_in, k_rotated = Signal(), Signal(), Signal(), Signal()
+        # PROJECT: q's and k's elements in, and their rotations done.
+        q_filled = Signal(range(hidden + 1))
+        k_filled = Signal(range(kv_heads * head_dim + 1))
+        q_rotated, k_rotated = Signal(), Signal()
 
         def first_op(next_layer):
             """A layer's first operation: KV in the last layer of a prompt token before the
@@ -586,9 +602,9 @@ class ResidentCore(wiring.Component):
                         with m.Case(_Op.FINAL):
                             m.next = "FINAL_NORM"
             with m.State("PROJECT"):
-                # q, k and v, each a beat at a time into its registers; q is rotated once its
-                # last beat is in, and k after it once its own is, while the GEMVs after them
-                # run. (KV's matrices are k and v: its matrix 0 is k.)
+                # q, k and v, each a beat at a time into its registers; q is rotated as its
+                # pairs come in, then k as its own do, while the GEMVs after them run. (KV's
+                # matrices are k and v: its matrix 0 is k.)
                 without_q = op == _Op.KV
                 vector_index = results.payload.matrix + without_q
                 m.d.comb += results.ready.eq(1)
@@ -598,22 +614,22 @@ class ResidentCore(wiring.Component):
                             with m.Case(number):
                                 m.d.sync += vector.word_select(beat, lanes * PROJECTION_BITS) \
                                     .eq(lows(results.payload.data))
-                    with m.If((vector_index == 0) & (beat == hidden // lanes - 1)):
-                        m.d.sync += q_in.eq(1)
-                    with m.If((vector_index == 1) & (beat == kv_heads * head_dim // lanes - 1)):
-                        m.d.sync += k_in.eq(1)
-                with m.If(q_in & ~q_rotated):
-                    with m.If(rotate(q, hidden, count, within, out_count, written_within)):
+                    for number, filled in ((0, q_filled), (1, k_filled)):
+                        with m.If(vector_index == number):
+                            m.d.sync += filled.eq((beat + 1) * lanes)
+                with m.If(~without_q & ~q_rotated):
+                    with m.If(rotate(q, hidden, q_filled, count, within, out_count,
+                                     written_within)):
                         m.d.sync += [q_rotated.eq(1), count.eq(0), out_count.eq(0),
                                      within.eq(0), written_within.eq(0)]
-                with m.Elif(k_in & (q_rotated | without_q) & ~k_rotated):
-                    with m.If(rotate(k, kv_heads * head_dim, count, within, out_count,
+                with m.Elif(~k_rotated):
+                    with m.If(rotate(k, kv_heads * head_dim, k_filled, count, within, out_count,
                                      written_within)):
                         m.d.sync += k_rotated.eq(1)
                 with m.If(~block.busy & k_rotated):
                     m.d.sync += [count.eq(0), out_count.eq(0), within.eq(0),
-                                 written_within.eq(0), q_in.eq(0), q_rotated.eq(0),
-                                 k_in.eq(0), k_rotated.eq(0), head_index.eq(0)]
+                                 written_within.eq(0), q_filled.eq(0), k_filled.eq(0),
+                                 q_rotated.eq(0), k_rotated.eq(0), head_index.eq(0)]
                     m.next = "CACHE"
             with m.State("CACHE"):
                 # Each KV head's rotated key, then its value.
