@@ -705,11 +705,10 @@ class ResidentCore(wiring.Component):
                     with m.Elif(layer != model.layers - 1):
                         m.d.sync += [op.eq(first_op(layer + 1)), layer.eq(layer + 1)]
                         m.next = "LOAD"
-                    with m.Elif(token.last):
+                    with m.Else():
+                        # Only a last token runs DOWN in the last layer (first_op).
                         m.d.sync += op.eq(_Op.FINAL)
                         m.next = "LOAD"
-                    with m.Else():
-                        m.next = "IDLE"
             with m.State("FFN"):
                 # gate then up, a beat at a time into the FFN; its results, gathered into words,
                 # into the norm's buffer (a word leaves in the cycle the next beat comes in).
