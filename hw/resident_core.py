@@ -227,8 +227,7 @@ class ResidentCore(wiring.Component):
         """
         model, lanes = self._model, self._config.pim.lanes
         hidden_words = model.hidden // lanes
-        stages = {"embed": 2 + LmHead.EMBED_LATENCY - 1 + model.hidden,
-                  **dict.fromkeys(LAYER_STAGES, 0)}
+        stages = {"embed": self._embed_cycles, **dict.fromkeys(LAYER_STAGES, 0)}
         for layer in self.layer_cycles(position, last):
             for stage, cycles in layer.items():
                 stages[stage] += cycles
@@ -240,10 +239,26 @@ class ResidentCore(wiring.Component):
             stages["head"] = 1
         return stages
 
+    @property
+    def _embed_cycles(self):
+        """:meth:`stage_cycles`'s ``embed``: from a start taken in IDLE to the first LOAD."""
+        return 2 + LmHead.EMBED_LATENCY - 1 + self._model.hidden
+
     def layer_cycles(self, position, last):
         """The layer stages of :meth:`stage_cycles` (``loads`` to ``down``), one dict a layer;
         without ``last`` the last layer's has only ``loads``, ``qkv`` (k's and v's GEMVs, and
         k's rotation) and ``cache``."""
+        fixed, kv_only = self._fixed_layer_cycles
+        attention = self._model.heads * (1 + self._attention.cycles(position)
+                                         + self._head_dim // self._config.pim.lanes)
+        full = {stage: attention if stage == "attention" else fixed[stage]
+                for stage in LAYER_STAGES}
+        return [full] * (self._model.layers - 1) + [full if last else dict(kv_only)]
+
+    @functools.cached_property
+    def _fixed_layer_cycles(self):
+        """The stages of :meth:`layer_cycles` that no position changes: a full layer's (all but
+        ``attention``) and a KV operation's."""
         model, lanes = self._model, self._config.pim.lanes
         hidden_words, ffn_words = model.hidden // lanes, model.ffn // lanes
         # The linear stage's formula holds while a row slot's reads outlast its result beats.
@@ -270,8 +285,6 @@ class ResidentCore(wiring.Component):
             "qkv": max(block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
                                                    linear["v_proj"]]) + 1, k_rotated),
             "cache": cache,
-            "attention": model.heads * (1 + self._attention.cycles(position)
-                                        + self._head_dim // lanes),
             "o": block.cycles(hidden_words, [linear["o_proj"]]) + 1,
             "gate_up": (block.cycles(hidden_words, [linear["gate_proj"], linear["up_proj"]])
                         + self._ffn.latency),
@@ -282,7 +295,7 @@ class ResidentCore(wiring.Component):
                    "qkv": max(block.cycles(hidden_words, [linear["k_proj"], linear["v_proj"]])
                               + 1, k_alone_rotated),
                    "cache": cache}
-        return [full] * (model.layers - 1) + [full if last else kv_only]
+        return full, kv_only
 
     def _rotated(self, after, start, elements):
         """The cycle a rotation of ``elements`` (whole heads) is noted done, counted like
@@ -310,8 +323,8 @@ class ResidentCore(wiring.Component):
         ROPE_START and EMBED_WAIT (at least two cycles, more if the lookup is still running) to
         its first LOAD, where from IDLE it takes the ``embed`` stage of :meth:`stage_cycles`.
         """
-        embed = self.stage_cycles(0, False)["embed"]
-        kv = self.layer_cycles(0, False)[-1]
+        embed = self._embed_cycles
+        _, kv = self._fixed_layer_cycles
         kv_cycles = 1 + kv["qkv"] + kv["cache"]
         ahead = max(1, embed - 2 - kv_cycles)
         return (sum(self.token_cycles(position, position + 1 == length)
