@@ -623,13 +623,13 @@ class ResidentCore(wiring.Component):
                 m.d.comb += results.ready.eq(1)
                 with m.If(results.valid):
                     with m.Switch(vector_index):
-                        for number, vector in enumerate((q, k, v)):
+                        for number, (vector, elements_in) in enumerate(
+                                ((q, q_filled), (k, k_filled), (v, None))):
                             with m.Case(number):
                                 m.d.sync += vector.word_select(beat, lanes * PROJECTION_BITS) \
                                     .eq(lows(results.payload.data))
-                    for number, filled in ((0, q_filled), (1, k_filled)):
-                        with m.If(vector_index == number):
-                            m.d.sync += filled.eq((beat + 1) * lanes)
+                                if elements_in is not None:
+                                    m.d.sync += elements_in.eq((beat + 1) * lanes)
                 with m.If(~without_q & ~q_rotated):
                     with m.If(rotate(q, hidden, q_filled, count, within, out_count,
                                      written_within)):

@@ -134,16 +134,17 @@ class ResidentCoreTB(TB):
             self.rng.shuffle(port_beats)
             await self.sources[port].send(port_beats, self.cycle)
 
-    async def prompt(self, tokens):
-        """Offer a prompt's starts back to back, as GENERATE does (the core takes each one
-        ahead, while the token before it runs its last layer, or once idle): the cycles from
-        the first start taken to the greedy token offered, that token and its logit."""
+    async def run(self, tokens, first=0):
+        """Offer starts for ``tokens`` at positions ``first``, ``first + 1``, ... back to back,
+        ``last`` on the final one, as GENERATE does (the core takes a prompt's tokens ahead,
+        while the token before runs its last layer, or once idle): the cycles from the first
+        start taken to the greedy token offered, that token and its logit."""
         start = self.sources["start"]
         taken = len(start.accepted_cycles)
         sending = cocotb.start_soon(start.send(
-            [self.beat("start", token=int(token), position=position,
-                       last=int(position + 1 == len(tokens)))
-             for position, token in enumerate(tokens)], self.cycle))
+            [self.beat("start", token=int(token), position=first + n,
+                       last=int(n + 1 == len(tokens)))
+             for n, token in enumerate(tokens)], self.cycle))
         (word,) = await self.sink.receive(1, self.cycle, timeout=TIMEOUT)
         await sending
         result = self.layouts["o_stream"].from_bits(word)
@@ -158,25 +159,13 @@ class ResidentCoreTB(TB):
             assert cycles == want, (f"a prompt of {length} tokens took {cycles} cycles, the "
                                     f"model says {want}")
 
-    def check_cycles(self, cycles, position, last, timed):
-        """Without idle or back-pressure, a token takes the cycles the core's model says
-        (:meth:`ResidentCore.token_cycles`)."""
+    def check_cycles(self, cycles, position, timed):
+        """Without idle or back-pressure, a decoded token takes the cycles the core's model
+        says (:meth:`ResidentCore.token_cycles`)."""
         if timed:
-            want = self.core.token_cycles(position, last)
-            assert cycles == want, (f"token at {position} (last {last}) took {cycles} cycles, "
-                                    f"the model says {want}: "
-                                    f"{self.core.stage_cycles(position, last)}")
-
-    async def token(self, token, position):
-        """Decode one token: the cycles from its start taken to its greedy token offered, that
-        token and its logit."""
-        start = self.sources["start"]
-        await start.send([self.beat("start", token=int(token), position=position, last=1)],
-                         self.cycle)
-        (word,) = await self.sink.receive(1, self.cycle, timeout=TIMEOUT)
-        result = self.layouts["o_stream"].from_bits(word)
-        return (self.sink.beat_cycles[-1] - start.accepted_cycles[-1], int(result.token),
-                int(result.logit))
+            want = self.core.token_cycles(position, True)
+            assert cycles == want, (f"token at {position} took {cycles} cycles, the model "
+                                    f"says {want}: {self.core.stage_cycles(position, True)}")
 
 
 @cocotb.test()
@@ -207,7 +196,7 @@ async def resident_core_matches_golden(dut):
         prompt = rng.integers(0, model.vocab, prompt_length)
         golden.reset()
         logits = golden.forward(prompt, 0)
-        cycles, got, logit = await tb.prompt(prompt)
+        cycles, got, logit = await tb.run(prompt)
         tb.check_prompt_cycles(cycles, len(prompt), timed)
         if timed:
             report["prefill_cycles"].append([len(prompt), cycles])
@@ -224,8 +213,8 @@ async def resident_core_matches_golden(dut):
             if position == total:
                 break
             logits = golden.forward([got], position)
-            cycles, got, logit = await tb.token(got, position)
-            tb.check_cycles(cycles, position, True, timed)
+            cycles, got, logit = await tb.run([got], position)
+            tb.check_cycles(cycles, position, timed)
             if timed:
                 report["decode_cycles"].append([position, cycles])
         report["sequences"] += 1

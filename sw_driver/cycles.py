@@ -7,8 +7,9 @@ serialisers, the bank group's sequencer and result credit, the array's token cre
 loading, and GENERATE's tokens on the resident core (its cycle model,
 ``ResidentCore.prompt_cycles`` and ``token_cycles``). It knows when each command word is taken,
 when each response word leaves, and what every cycle is (busy, idle or stalled), so the
-counters it reads out are the RTL's. Values come from a functional device fed the words it takes (:class:`BehaviouralDevice`);
-the cycle model replaces only the cycle counters, which it alone can know.
+counters it reads out are the RTL's. Values come from a functional device fed the words it
+takes (:class:`BehaviouralDevice`); the cycle model replaces only the cycle counters, which it
+alone can know.
 
 The host (:class:`Host`) pauses a number of cycles before offering each command word, keeps it
 offered until it is taken, and takes a response word in every cycle it is ready.
