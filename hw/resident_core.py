@@ -321,12 +321,14 @@ class ResidentCore(wiring.Component):
         layer's KV operation (its command, GEMVs, k's rotation and cache writes) runs while
         the token's embedding is looked up into H. From the last cache write the token takes
         ROPE_START and EMBED_WAIT (at least two cycles, more if the lookup is still running) to
-        its first LOAD, where from IDLE it takes the ``embed`` stage of :meth:`stage_cycles`.
+        its first LOAD, where from IDLE it takes the ``embed`` stage of :meth:`stage_cycles`:
+        the predecessor's idle cycle (its ``head`` stage) becomes ROPE_START, and ``embed``
+        becomes ``max(1, embed - 1 - kv)``, ``kv`` the KV operation's cycles from its command.
         """
         embed = self._embed_cycles
         _, kv = self._fixed_layer_cycles
         kv_cycles = 1 + kv["qkv"] + kv["cache"]
-        ahead = max(1, embed - 2 - kv_cycles)
+        ahead = max(1, embed - 1 - kv_cycles)
         return (sum(self.token_cycles(position, position + 1 == length)
                     for position in range(length)) - (length - 1) * (embed - ahead))
 

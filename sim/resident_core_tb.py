@@ -191,8 +191,11 @@ async def resident_core_matches_golden(dut):
         if "prompt" in p:
             prompt_length, total = p["prompt"], p["prompt"] + p["generate"] - 1
         else:
-            total = model.max_seq if sequence == 1 else int(rng.integers(2, model.max_seq))
-            prompt_length = int(rng.integers(1, total))
+            # The timed prompt has a token taken ahead (two or more), where max_seq allows.
+            shortest = 2 if timed and model.max_seq > 3 else 1
+            total = (model.max_seq if sequence == 1
+                     else int(rng.integers(shortest + 1, model.max_seq)))
+            prompt_length = int(rng.integers(shortest, total))
         prompt = rng.integers(0, model.vocab, prompt_length)
         golden.reset()
         logits = golden.forward(prompt, 0)

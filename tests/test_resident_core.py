@@ -57,6 +57,8 @@ def test_resident_core_matches_golden(shape):
     assert report["sequences"] == SEQUENCES and config.resident.max_seq in report["positions"]
     assert report["generated"] >= 2 * SEQUENCES
     assert report["decode_cycles"], "no token was timed"
+    # The timed prompt takes a token ahead, so prompt_cycles' look-ahead branch is checked.
+    assert report["prefill_cycles"][0][0] >= 2, "the timed prompt has one token"
 
 
 def test_the_cycle_model_refuses_a_shape_it_cannot_time():
