@@ -38,8 +38,8 @@ from .placement import MappingError, place
 from .rope import Rope
 from .words import pack_ints
 
-__all__ = ["LAYER_STAGES", "NORMS", "LINEARS", "LOAD_PORTS", "ResidentCore", "layout_core",
-           "load_ports"]
+__all__ = ["LAYER_STAGES", "NORMS", "LINEARS", "LOAD_PORTS", "ResidentCore",
+           "attention_units_for", "layout_core", "load_ports"]
 
 # A layer's norms and BitLinears in the order of its constants record.
 NORMS = ("input_layernorm", "self_attn.attn_sub_norm", "post_attention_layernorm",
@@ -52,6 +52,12 @@ LAYER_STAGES = ("loads", "qkv", "cache", "attention", "o", "gate_up", "down")
 
 _EMBED_SHIFT_MAX = (1 << (EMBED_SHIFT.width - 1)) - 1
 _HEAD_LANES = 128
+
+
+def attention_units_for(kv_heads, most):
+    """The attention units a core builds for ``kv_heads`` given at most ``most``: the largest
+    count up to ``most`` that divides ``kv_heads`` (each unit its share of the KV heads)."""
+    return max(n for n in range(1, most + 1) if not kv_heads % n)
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,6 +112,12 @@ class ResidentCore(wiring.Component):
     lanes : int
         The BitLinear block's results a beat, and the FFN's elements a beat (a power of two
         dividing ``hidden``, ``ffn``, ``kv_heads * head_dim`` and ``pim.lanes``).
+    attention_units : int
+        At most this many :class:`hw.attention.Attention` units, each with its share of the
+        KV heads (its own part of the cache) and their query heads, run a query each at once:
+        the core builds the largest count up to it that divides ``kv_heads``
+        (:attr:`attention_units`). Each unit adds ``head_dim + 2`` multipliers; the cache's
+        block RAM is the same in all.
 
     Members
     -------
@@ -127,12 +139,14 @@ class ResidentCore(wiring.Component):
         The greedy token after a ``last`` token, and its integer logit.
     busy : Out(1)
         A token is running.
+    attention_units : int
+        The attention units built.
     head_lanes : int
         The LM head's products a cycle: the largest multiple of ``pim.lanes`` up to 128 that
         divides ``hidden`` (a row in as few words as that allows).
     """
 
-    def __init__(self, config, *, lanes=4):
+    def __init__(self, config, *, lanes=4, attention_units=2):
         model = config.resident
         if model is None:
             raise ValueError("config.resident is None: the device has no resident units")
@@ -142,15 +156,22 @@ class ResidentCore(wiring.Component):
                     model.hidden, model.ffn, model.kv_heads * head_dim, config.pim.lanes)):
             raise ValueError(f"lanes must be a power of two dividing hidden, ffn, kv_heads x "
                              f"head_dim and pim.lanes, not {lanes!r}")
+        if isinstance(attention_units, bool) or not isinstance(attention_units, int) \
+                or attention_units < 1:
+            raise ValueError(f"attention_units must be a positive integer, not "
+                             f"{attention_units!r}")
         self._config, self._model, self._head_dim, self.lanes = config, model, head_dim, lanes
         # Config keeps hidden, ffn and head_dim multiples of pim.lanes, and room in the banks.
         self.placements = place(linear_shapes(model), config)
         self._block = BitLinearBlock(config, hidden=model.hidden, ffn=model.ffn,
                                      layers=model.layers, out_bits=RESIDUAL_BITS, lanes=lanes)
         self._rope = Rope(config, head_dim=head_dim, max_seq=model.max_seq)
-        self._attention = Attention(config, heads=model.heads, kv_heads=model.kv_heads,
-                                    head_dim=head_dim, max_seq=model.max_seq,
-                                    layers=model.layers)
+        self.attention_units = units = attention_units_for(model.kv_heads, attention_units)
+        self._attentions = [Attention(config, heads=model.heads // units,
+                                      kv_heads=model.kv_heads // units, head_dim=head_dim,
+                                      max_seq=model.max_seq, layers=model.layers)
+                            for _ in range(units)]
+        self._attention = self._attentions[0]
         self._ffn = FfnInner(config, ffn=model.ffn, lanes=lanes)
         # The head reads a whole row in as few words as it can: up to _HEAD_LANES products a
         # cycle, a multiple of the banks' lanes (x_q's chunks) dividing hidden.
@@ -214,8 +235,9 @@ class ResidentCore(wiring.Component):
           k's, a pair a cycle, each pair once its second element's beat is in, then the
           rotation's latency: :meth:`_rotated`);
         - ``cache``: a key and a value word a KV head;
-        - ``attention``: each head's query handshake, :meth:`Attention.cycles` and its output's
-          words into the norm;
+        - ``attention``: a round a query head of each attention unit (``heads /``
+          :attr:`attention_units` rounds): the queries' handshake, :meth:`Attention.cycles`
+          and the outputs' words into the norm, one unit's after another;
         - ``head``: the final norm (a ``norm_only`` operation: its last factor and two cycles),
           x_q's words, the scan's handshake, a row a ``words`` cycles and the head's latency;
           without ``last``, the cycle in which the core goes idle.
@@ -249,8 +271,10 @@ class ResidentCore(wiring.Component):
         without ``last`` the last layer's has only ``loads``, ``qkv`` (k's and v's GEMVs, and
         k's rotation) and ``cache``."""
         fixed, kv_only = self._fixed_layer_cycles
-        attention = self._model.heads * (1 + self._attention.cycles(position)
-                                         + self._head_dim // self._config.pim.lanes)
+        units = self.attention_units
+        attention = self._model.heads // units * (
+            1 + self._attention.cycles(position)
+            + units * (self._head_dim // self._config.pim.lanes))
         full = {stage: attention if stage == "attention" else fixed[stage]
                 for stage in LAYER_STAGES}
         return [full] * (self._model.layers - 1) + [full if last else dict(kv_only)]
@@ -407,7 +431,9 @@ class ResidentCore(wiring.Component):
         hidden, ffn, heads, kv_heads = model.hidden, model.ffn, model.heads, model.kv_heads
         m.submodules.block = block = self._block
         m.submodules.rope = rope = self._rope
-        m.submodules.attention = attention = self._attention
+        units = self.attention_units
+        for number, unit in enumerate(self._attentions):
+            m.submodules[f"attention{number}"] = unit
         m.submodules.ffn = ffn_unit = self._ffn
         m.submodules.head = head = self._head
 
@@ -439,7 +465,16 @@ class ResidentCore(wiring.Component):
         q = Signal(hidden * PROJECTION_BITS)                # query heads, raw then rotated
         k = Signal(kv_heads * head_dim * PROJECTION_BITS)   # key heads, raw then rotated
         v = Signal(kv_heads * head_dim * PROJECTION_BITS)   # value heads
-        attended = Signal(head_dim * RESIDUAL_BITS)         # one head's attention output
+        attended = Signal(units * head_dim * RESIDUAL_BITS)     # a round's outputs, by unit
+        handed = Signal(units)          # the round's queries taken, then outputs taken
+        heads_per_unit, kv_per_unit = heads // units, kv_heads // units
+        head_bits = head_dim * PROJECTION_BITS
+        head_words = head_dim // pim_lanes                  # a head's words in the norm
+        # The norm's word of the round's output word ``count`` in round 0: unit ``count //
+        # head_words``'s first head.
+        round_words = Array(number // head_words * heads_per_unit * head_words
+                            + number % head_words
+                            for number in range(units * head_words))
         ffn_word = Signal(pim_lanes * RESIDUAL_BITS)        # ReLU^2 x up, gathered to a word
 
         count = Signal(range(max(hidden, ffn, heads * head_dim) + 1))   # a phase's own index
@@ -647,17 +682,19 @@ class ResidentCore(wiring.Component):
                                  q_rotated.eq(0), k_rotated.eq(0), head_index.eq(0)]
                     m.next = "CACHE"
             with m.State("CACHE"):
-                # Each KV head's rotated key, then its value.
+                # Each KV head's rotated key, then its value, to the unit holding that head.
                 kv_head = head_index >> 1
-                kv = attention.kv_stream.payload
-                m.d.comb += [attention.kv_stream.valid.eq(1),
-                             kv.layer.eq(layer), kv.position.eq(token.position),
-                             kv.head.eq(kv_head),
-                             kv.kind.eq(Mux(head_index[0], CacheKind.VALUE, CacheKind.KEY)),
-                             kv.data.eq(Mux(head_index[0],
-                                            v.word_select(kv_head, head_dim * PROJECTION_BITS),
-                                            k.word_select(kv_head, head_dim * PROJECTION_BITS)))]
-                with m.If(attention.kv_stream.ready):
+                kv_unit = Array(n // kv_per_unit for n in range(kv_heads))[kv_head]
+                for number, unit in enumerate(self._attentions):
+                    kv = unit.kv_stream.payload
+                    m.d.comb += [unit.kv_stream.valid.eq(kv_unit == number),
+                                 kv.layer.eq(layer), kv.position.eq(token.position),
+                                 kv.head.eq(kv_head - number * kv_per_unit),
+                                 kv.kind.eq(Mux(head_index[0], CacheKind.VALUE, CacheKind.KEY)),
+                                 kv.data.eq(Mux(head_index[0],
+                                                v.word_select(kv_head, head_bits),
+                                                k.word_select(kv_head, head_bits)))]
+                with m.If(Array(unit.kv_stream.ready for unit in self._attentions)[kv_unit]):
                     m.d.sync += head_index.eq(head_index + 1)
                     with m.If(head_index == 2 * kv_heads - 1):
                         m.d.sync += [head_index.eq(0), out_count.eq(0)]
@@ -672,31 +709,43 @@ class ResidentCore(wiring.Component):
                         with m.Else():
                             m.next = "ATTEND"
             with m.State("ATTEND"):
-                query = attention.query.payload
-                m.d.comb += [attention.query.valid.eq(1),
-                             query.layer.eq(layer), query.position.eq(token.position),
-                             query.head.eq(head_index),
-                             query.q.eq(q.word_select(head_index, head_dim * PROJECTION_BITS)),
-                             query.softmax.eq(lc.softmax)]
-                with m.If(attention.query.ready):
+                # A round: query head ``head_index`` of every unit, each unit's own (``handed``
+                # those taken so far).
+                for number, unit in enumerate(self._attentions):
+                    query = unit.query.payload
+                    m.d.comb += [unit.query.valid.eq(~handed[number]),
+                                 query.layer.eq(layer), query.position.eq(token.position),
+                                 query.head.eq(head_index),
+                                 query.q.eq(q.word_select(head_index + number * heads_per_unit,
+                                                          head_bits)),
+                                 query.softmax.eq(lc.softmax)]
+                taken = Cat(unit.query.valid & unit.query.ready for unit in self._attentions)
+                m.d.sync += handed.eq(handed | taken)
+                with m.If((handed | taken).all()):
+                    m.d.sync += handed.eq(0)
                     m.next = "ATTENDED"
             with m.State("ATTENDED"):
-                m.d.comb += attention.o_stream.ready.eq(1)
-                with m.If(attention.o_stream.valid):
-                    m.d.sync += [attended.word_select(i, RESIDUAL_BITS)
-                                 .eq(attention.o_stream.payload[i]) for i in range(head_dim)]
-                    m.d.sync += count.eq(0)
+                for number, unit in enumerate(self._attentions):
+                    m.d.comb += unit.o_stream.ready.eq(~handed[number])
+                    with m.If(unit.o_stream.valid & ~handed[number]):
+                        m.d.sync += [attended.word_select(number * head_dim + i, RESIDUAL_BITS)
+                                     .eq(unit.o_stream.payload[i]) for i in range(head_dim)]
+                arrived = Cat(unit.o_stream.valid for unit in self._attentions)
+                m.d.sync += handed.eq(handed | arrived)
+                with m.If((handed | arrived).all()):
+                    m.d.sync += [handed.eq(0), count.eq(0)]
                     m.next = "ATTENDED_WORDS"
             with m.State("ATTENDED_WORDS"):
-                # The head's output into the norm's buffer, after the heads before it.
-                m.d.comb += [x.valid.eq(1), x.payload.index.eq(out_count),
+                # The round's outputs into the norm's buffer, each head's at its own words.
+                m.d.comb += [x.valid.eq(1),
+                             x.payload.index.eq(round_words[count] + head_index * head_words),
                              x.payload.data.eq(attended.word_select(
                                  count, pim_lanes * RESIDUAL_BITS))]
                 with m.If(x.ready):
-                    m.d.sync += [count.eq(count + 1), out_count.eq(out_count + 1)]
-                    with m.If(count == head_dim // pim_lanes - 1):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == units * head_words - 1):
                         m.d.sync += [count.eq(0), head_index.eq(head_index + 1)]
-                        with m.If(head_index == heads - 1):
+                        with m.If(head_index == heads_per_unit - 1):
                             m.d.sync += op.eq(_Op.O)
                             m.next = "COMMAND"
                         with m.Else():
