@@ -615,16 +615,21 @@ class IntegerModel(Decoder):
         self._keys, self._values = keys, values
         return self._head(h)
 
-    def generate(self, prompt_tokens, n_tokens):
-        """Reset, prefill the prompt, then decode greedily; the ``n_tokens`` new tokens."""
+    def generate(self, prompt_tokens, n_tokens, *, logits=False):
+        """Reset, prefill the prompt, then decode greedily; the ``n_tokens`` new tokens, and
+        with ``logits`` the integer logits (int64 ``(vocab,)``) of the last position run, the
+        ones the last new token is the arg max of (a device's GENERATE read-back)."""
         prompt = self._check_generation(prompt_tokens, n_tokens)
         self.reset()
-        new_tokens = []
+        new_tokens, last = [], None
         if n_tokens:
-            new_tokens.append(int(self.forward(prompt, 0).argmax()[-1]))
+            last = self.forward(prompt, 0)
+            new_tokens.append(int(last.argmax()[-1]))
         while len(new_tokens) < n_tokens:
-            logits = self.forward(new_tokens[-1:], self.position)
-            new_tokens.append(int(logits.argmax()[-1]))
+            last = self.forward(new_tokens[-1:], self.position)
+            new_tokens.append(int(last.argmax()[-1]))
+        if logits:
+            return new_tokens, None if last is None else last.values[-1]
         return new_tokens
 
     def _checker(self, where):

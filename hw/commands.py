@@ -12,8 +12,8 @@ and response (``bittern generate`` writes it out, with this configuration's word
 device's interface page).
 
 A response header has the same layout: ``opcode`` of the command, ``a`` = the sticky error code,
-``b`` = rows (GEMV) or tokens (GEMM) as in the command, or the number of data words that follow
-(READ_STATUS, READ_COUNTERS).
+``b`` = rows (GEMV), tokens (GEMM, GENERATE) or logits (READ_LOGITS) as in the command, or the
+number of data words that follow (READ_STATUS, READ_COUNTERS).
 
 Validation: every header and argument is checked before any data word is taken. A bad command
 sets the sticky error (the first error is kept until ``CLEAR_ERRORS``; ``errors`` counts them all),
@@ -52,6 +52,7 @@ class Opcode(enum.Enum, shape=8):
     CLEAR_ERRORS = 0x08
     LOAD_TENSOR = 0x09
     GENERATE = 0x0A
+    READ_LOGITS = 0x0B
 
 
 class ErrorCode(enum.Enum, shape=8):
@@ -66,6 +67,7 @@ class ErrorCode(enum.Enum, shape=8):
     BAD_TENSOR = 0x08           # LOAD_TENSOR of a tensor not in Tensor
     NOT_LOADED = 0x09           # GENERATE before every resident tensor is loaded to its end
     BAD_TOKEN = 0x0A            # a GENERATE prompt token >= vocab
+    NO_LOGITS = 0x0B            # READ_LOGITS before a GENERATE has finished since reset
 
 
 class Tensor(enum.Enum, shape=8):
@@ -85,8 +87,9 @@ TENSOR_PORTS = {Tensor.GAINS: "gain_stream", Tensor.EMBEDDING: "emb_stream",
 
 # Only a device with resident units (config.resident) knows these opcodes: elsewhere they are
 # UNKNOWN_OPCODE, and these error codes cannot be raised.
-RESIDENT_OPCODES = (Opcode.LOAD_TENSOR, Opcode.GENERATE)
-RESIDENT_ERRORS = (ErrorCode.BAD_TENSOR, ErrorCode.NOT_LOADED, ErrorCode.BAD_TOKEN)
+RESIDENT_OPCODES = (Opcode.LOAD_TENSOR, Opcode.GENERATE, Opcode.READ_LOGITS)
+RESIDENT_ERRORS = (ErrorCode.BAD_TENSOR, ErrorCode.NOT_LOADED, ErrorCode.BAD_TOKEN,
+                   ErrorCode.NO_LOGITS)
 
 
 HEADER = data.StructLayout({"opcode": 8, "a": 8, "b": 16})
@@ -139,6 +142,12 @@ COMMANDS = {command.opcode: command for command in [
             b="tokens", arguments=("prompt",),
             data="prompt token ids, one word each (prompt + tokens - 1 <= max_seq)",
             response="tokens words: each generated token id, sent as soon as it is known"),
+    Command(Opcode.READ_LOGITS, "read back the integer logits the last generated token was "
+            "chosen from (resident units only; once a GENERATE has finished since reset)",
+            b="count",
+            arguments=("addr",),
+            response="count logits of {logit_words} word(s) each, sign-extended, for vocabulary "
+                     "rows addr .. addr + count - 1"),
 ]}
 ARGUMENT_WORDS = {opcode: len(command.arguments) for opcode, command in COMMANDS.items()
                   if command.arguments}
@@ -195,6 +204,9 @@ class CommandFormat:
         self.tensors = _resident_tensors(config) if config.resident else {}
         self.max_seq = config.resident.max_seq if config.resident else 0
         self.vocab = config.resident.vocab if config.resident else 0
+        # READ_LOGITS: a logit's width (golden's) and its words.
+        self.logit_bits = _logit_bits(config) if config.resident else 0
+        self.logit_words = words_for(self.logit_bits)
         self.max_command_words = 1 + 2 + (1 << 16) * max(
             self.weight_word_words, self.act_chunk_words, self.token_words,
             *(words for _, words in self.tensors.values()))
@@ -256,6 +268,18 @@ class CommandFormat:
         """Prefill ``prompt`` (token ids) and generate ``tokens`` more."""
         return [pack_header(Opcode.GENERATE, 0, tokens), len(prompt), *map(int, prompt)]
 
+    def read_logits(self, addr, count):
+        """Read back logits ``addr .. addr + count - 1``."""
+        return [pack_header(Opcode.READ_LOGITS, 0, count), addr]
+
+    def logits(self, words):
+        """READ_LOGITS' response data words as the logits, int64."""
+        width = WORD_BITS * self.logit_words
+        values = [sum(words[i + n] << (WORD_BITS * n) for n in range(self.logit_words))
+                  for i in range(0, len(words), self.logit_words)]
+        return np.array([v - (1 << width) if v >> (width - 1) else v for v in values],
+                        np.int64)
+
     def gemm(self, tokens):
         return [pack_header(Opcode.GEMM, 0, len(tokens)),
                 *[w for token in tokens for w in self.split(token, self.token_words)]]
@@ -267,9 +291,10 @@ class CommandFormat:
 
     # Validation: what the device's decoder decides, in the order it checks ------------------
 
-    def header_error(self, opcode, a, b, *, tile_loaded, loaded=()):
+    def header_error(self, opcode, a, b, *, tile_loaded, loaded=(), logits=False):
         """The :class:`ErrorCode` a header earns (``None``: valid), as the device decodes it;
-        ``loaded`` holds the :class:`Tensor` s loaded to their last item."""
+        ``loaded`` holds the :class:`Tensor` s loaded to their last item, ``logits`` says a
+        GENERATE has finished since reset."""
         if opcode not in _OPCODES or (Opcode(opcode) in RESIDENT_OPCODES and not self.tensors):
             return ErrorCode.UNKNOWN_OPCODE
         opcode = Opcode(opcode)
@@ -279,6 +304,9 @@ class CommandFormat:
         if opcode is Opcode.GENERATE:
             return (ErrorCode.RESERVED_FIELD if a else ErrorCode.BAD_LENGTH if b == 0 else
                     ErrorCode.NOT_LOADED if set(Tensor) - set(loaded) else None)
+        if opcode is Opcode.READ_LOGITS:
+            return (ErrorCode.RESERVED_FIELD if a else ErrorCode.BAD_LENGTH if b == 0 else
+                    None if logits else ErrorCode.NO_LOGITS)
         if opcode is Opcode.WRITE_WEIGHTS:
             return (ErrorCode.BAD_BANK if a >= self.banks else
                     ErrorCode.BAD_LENGTH if b == 0 else None)
@@ -298,6 +326,8 @@ class CommandFormat:
             return ErrorCode.BAD_ADDRESS
         if opcode is Opcode.GENERATE and not 1 <= args[0] <= self.max_seq + 1 - b:
             return ErrorCode.BAD_LENGTH
+        if opcode is Opcode.READ_LOGITS and args[0] + b > self.vocab:
+            return ErrorCode.BAD_ADDRESS
         if opcode is Opcode.GEMV:
             if not 1 <= args[1] <= self.act_words:
                 return ErrorCode.BAD_SHAPE
@@ -312,7 +342,7 @@ class CommandFormat:
                 "weight_word_words": self.weight_word_words,
                 "act_chunk_words": self.act_chunk_words, "tile_row_words": self.tile_row_words,
                 "token_words": self.token_words, "status_words": len(STATUS),
-                "counter_words": len(self.counter_names),
+                "counter_words": len(self.counter_names), "logit_words": self.logit_words,
                 "counters": ", ".join(self.counter_names)}
 
     def data_words(self, opcode, b=0, a=0, args=()):
@@ -329,8 +359,16 @@ class CommandFormat:
     def response_words(self, opcode, b=0):
         """Data words of the response to a valid command (``None``: it sends no response)."""
         return {Opcode.GEMV: b * self.banks, Opcode.GEMM: b * self.cols, Opcode.GENERATE: b,
+                Opcode.READ_LOGITS: b * self.logit_words,
                 Opcode.READ_STATUS: len(STATUS),
                 Opcode.READ_COUNTERS: len(self.counter_names)}.get(opcode)
+
+
+def _logit_bits(config):
+    """The width of the resident core's logits (golden's ``logit`` width)."""
+    from .resident_core import layout_core
+
+    return len(layout_core(config).logit)
 
 
 def _resident_tensors(config):

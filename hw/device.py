@@ -26,7 +26,7 @@ import operator
 from functools import reduce
 from types import SimpleNamespace
 
-from amaranth import Array, Cat, Const, Module, Mux, Shape, Signal
+from amaranth import Array, Cat, Const, Module, Mux, Shape, Signal, signed
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -176,6 +176,7 @@ class Device(wiring.Component):
         # LOAD_TENSOR: each tensor's items into its port of the core, at ``addr``.
         tensors_in = {}
         loaded = Signal(len(Tensor))        # each tensor loaded to its last item
+        have_logits = Signal()              # a GENERATE has finished since reset
         if resident:
             for tensor, name in TENSOR_PORTS.items():
                 port = getattr(core, name)
@@ -242,7 +243,7 @@ class Device(wiring.Component):
                                  results_left.eq(incoming.b), no_results.eq(incoming.b == 0)]
                     self._decode(m, incoming, reject=reject, tile_loaded=tile_loaded,
                                  registers=registers, response_words=b,
-                                 all_loaded=loaded.all())
+                                 all_loaded=loaded.all(), have_logits=have_logits)
 
             with m.State("ARGUMENTS"):
                 m.d.comb += i.ready.eq(1)
@@ -276,6 +277,8 @@ class Device(wiring.Component):
                                 m.d.sync += [remaining.eq(args[0]), no_items.eq(0),
                                              addr.eq(0), bad_token.eq(0)]
                                 m.next = "PROMPT"
+                            with m.Case(Opcode.READ_LOGITS):
+                                m.next = "RESPOND"
                 with m.Elif(checks.too_far | (checks.product > checks.room)):
                     reject(ErrorCode.BAD_ADDRESS)
                 with m.Else():
@@ -315,6 +318,7 @@ class Device(wiring.Component):
                                       completes=checks.completes, no_items=no_items,
                                       remaining=remaining, addr=addr, args=args,
                                       bad_token=bad_token, generating=generating,
+                                      have_logits=have_logits,
                                       reject=reject, response=response, space=space,
                                       blocked=blocked, writers=writers, fsm=fsm)
 
@@ -332,6 +336,8 @@ class Device(wiring.Component):
                             with m.Case(Opcode.GENERATE):
                                 m.d.sync += generating.eq(1)
                                 m.next = "GENERATE"
+                            with m.Case(Opcode.READ_LOGITS):
+                                m.next = "LOGITS"
                         with m.Default():
                             m.d.comb += registers.take.eq(1)
                             m.next = "REGISTERS"
@@ -388,9 +394,11 @@ class Device(wiring.Component):
         return buffer
 
     def _resident_states(self, m, *, core, prompt, i, a, b, feed, tensors_in, loaded, completes,
-                         no_items, remaining, addr, args, bad_token, generating, reject,
+                         no_items, remaining, addr, args, bad_token, generating, have_logits,
+                         reject,
                          response, space, blocked, writers, fsm):
-        """LOAD_TENSOR's data, GENERATE's prompt and its run on the resident core.
+        """LOAD_TENSOR's data, GENERATE's prompt and its run on the resident core, and
+        READ_LOGITS' words.
 
         GENERATE takes its prompt into a buffer (a token id of ``vocab`` or more fails it with
         BAD_TOKEN once the prompt is in: nothing runs), sends its response header, then offers
@@ -398,6 +406,7 @@ class Device(wiring.Component):
         as it took the one before (the core takes them ahead), and each generated token while
         more are owed; each greedy token goes into the response
         FIFO as its own beat, as soon as the core offers it and the FIFO has room.
+        READ_LOGITS, after its response header, writes a word a cycle while the FIFO has room.
         """
         model = self._config.resident
         with m.State("LOAD_TENSOR"):
@@ -451,7 +460,7 @@ class Device(wiring.Component):
                         m.d.sync += [last_token.eq(core.o_stream.payload.token),
                                      generated.eq(generated + 1)]
                         with m.If(generated == b - 1):
-                            m.d.sync += generating.eq(0)
+                            m.d.sync += [generating.eq(0), have_logits.eq(1)]
                             m.next = "GEMV_RESULTS"         # until the last word has left
                         with m.Else():
                             m.next = "GENERATE"
@@ -459,6 +468,25 @@ class Device(wiring.Component):
                         Cat(core.o_stream.payload.token, Const(0, WORD_BITS
                                                                - len(core.o_stream.payload.token)),
                             Const(1, 1))))
+
+        # READ_LOGITS: logit ``addr`` from the core, sign-extended, a word at a time. The
+        # core's read address is the row the next cycle sends, so its logit is always there.
+        words = self._format.logit_words
+        logit = Signal(signed(WORD_BITS * words))
+        part = Signal(range(words))
+        row_sent = space & (part == words - 1)
+        m.d.comb += logit.eq(core.logit)
+        with m.State("LOGITS"):
+            m.d.comb += [response.w_en.eq(space), blocked.eq(~space)]
+            with m.If(space):
+                m.d.sync += part.eq(part + 1)
+                with m.If(part == words - 1):
+                    m.d.sync += [part.eq(0), addr.eq(addr + 1), remaining.eq(remaining - 1)]
+                    with m.If(remaining == 1):
+                        m.next = "FETCH"
+        m.d.comb += core.logit_addr.eq(Mux(fsm.ongoing("LOGITS") & row_sent, addr + 1, addr))
+        writers.append((fsm.ongoing("LOGITS"),
+                        Cat(logit.word_select(part, WORD_BITS), Const(0, 1))))
 
     def _checks_layout(self):
         fmt = self._format
@@ -488,12 +516,14 @@ class Device(wiring.Component):
         limit = Mux(opcode == Opcode.LOAD_ACTS.value, fmt.act_words, fmt.depth)
         limits = [fmt.depth, fmt.act_words]
         if fmt.tensors:
-            # LOAD_TENSOR: the tensor's items; GENERATE: ``prompt + count - 1 <= max_seq``.
+            # LOAD_TENSOR: the tensor's items; GENERATE: ``prompt + count - 1 <= max_seq``;
+            # READ_LOGITS: the vocabulary.
             items = [items for items, _ in fmt.tensors.values()]
             limit = Mux(opcode == Opcode.LOAD_TENSOR.value,
                         Array(items + [0] * ((1 << 8) - len(items)))[tensor],
-                        Mux(opcode == Opcode.GENERATE.value, fmt.max_seq + 1, limit))
-            limits += [*items, fmt.max_seq + 1]
+                        Mux(opcode == Opcode.GENERATE.value, fmt.max_seq + 1,
+                            Mux(opcode == Opcode.READ_LOGITS.value, fmt.vocab, limit)))
+            limits += [*items, fmt.max_seq + 1, fmt.vocab]
         rows = count[:Shape.cast(range(fmt.depth + 1)).width]
         words_per_row = word[:Shape.cast(range(fmt.act_words + 1)).width]
         span = Shape.cast(range(max(limits) + 1)).width
@@ -534,7 +564,8 @@ class Device(wiring.Component):
                 checks.product.eq(rows * words_per_row),
             ]
 
-    def _decode(self, m, h, *, reject, tile_loaded, registers, response_words, all_loaded):
+    def _decode(self, m, h, *, reject, tile_loaded, registers, response_words, all_loaded,
+                have_logits):
         """Header checks and dispatch, in the order of :meth:`CommandFormat.header_error`."""
         fmt = self._format
         with m.Switch(h.opcode):
@@ -553,6 +584,15 @@ class Device(wiring.Component):
                         reject(ErrorCode.BAD_LENGTH)
                     with m.Elif(~all_loaded):
                         reject(ErrorCode.NOT_LOADED)
+                    with m.Else():
+                        m.next = "ARGUMENTS"
+                with m.Case(Opcode.READ_LOGITS):
+                    with m.If(h.a != 0):
+                        reject(ErrorCode.RESERVED_FIELD)
+                    with m.Elif(h.b == 0):
+                        reject(ErrorCode.BAD_LENGTH)
+                    with m.Elif(~have_logits):
+                        reject(ErrorCode.NO_LOGITS)
                     with m.Else():
                         m.next = "ARGUMENTS"
             with m.Case(Opcode.WRITE_WEIGHTS):

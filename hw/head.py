@@ -80,6 +80,9 @@ class LmHead(wiring.Component):
         -8 to 31 (:data:`EMBED_SHIFT`).
     residual : Out(stream.Signature(signed(32)))
         The token's residual stream, element ``0`` to ``hidden - 1``.
+    logit_addr : In(range(vocab));  logit : Out(signed(logit_bits))
+        The last scan's logit of row ``logit_addr``, the cycle after (each scan writes every
+        row's logit into a memory of its own as it goes; read it between scans).
     """
 
     EMBED_LATENCY = 7
@@ -108,6 +111,8 @@ class LmHead(wiring.Component):
             "embed": In(stream.Signature(data.StructLayout({
                 "token": range(vocab), "shift": EMBED_SHIFT}))),
             "residual": Out(stream.Signature(signed(RESIDUAL_BITS))),
+            "logit_addr": In(range(vocab)),
+            "logit": Out(signed(self.logit_bits)),
         })
 
     @property
@@ -262,6 +267,14 @@ class LmHead(wiring.Component):
         logit = Signal(signed(self.logit_bits), reset_less=True)
         logit_control = Signal.like(control)
         m.d.sync += [logit.eq((high << low_bits) + low), logit_control.eq(product_control)]
+
+        # Every row's logit, for a read-back of the scan's.
+        m.submodules.logits = logits = Memory(shape=signed(self.logit_bits), depth=vocab,
+                                              init=[])
+        logit_write, logit_read = logits.write_port(), logits.read_port()
+        m.d.comb += [logit_write.en.eq(logit_control.valid),
+                     logit_write.addr.eq(logit_control.row), logit_write.data.eq(logit),
+                     logit_read.addr.eq(self.logit_addr), self.logit.eq(logit_read.data)]
 
         best = self.o_stream.payload
         have = Signal()             # a row has been compared in this scan

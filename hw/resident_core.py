@@ -137,6 +137,9 @@ class ResidentCore(wiring.Component):
                                              "position": range(max_seq), "last": 1})))
     o_stream : Out(stream.Signature(StructLayout({"token": range(vocab), "logit": ...})))
         The greedy token after a ``last`` token, and its integer logit.
+    logit_addr : In(range(vocab));  logit : Out(signed(...))
+        The last ``last`` token's logits, read back (:class:`hw.head.LmHead`'s, row
+        ``logit_addr``'s the cycle after); read them while the core is idle.
     busy : Out(1)
         A token is running.
     attention_units : int
@@ -215,6 +218,8 @@ class ResidentCore(wiring.Component):
             "start": In(stream.Signature(data.StructLayout({
                 "token": range(model.vocab), "position": range(model.max_seq), "last": 1}))),
             "o_stream": Out(self._head.signature.members["o_stream"].signature),
+            "logit_addr": self._head.signature.members["logit_addr"],
+            "logit": self._head.signature.members["logit"],
             "busy": Out(1),
         })
 
@@ -438,6 +443,7 @@ class ResidentCore(wiring.Component):
         m.submodules.head = head = self._head
 
         # Loads pass through to the units; the constants memory is the core's own.
+        m.d.comb += [head.logit_addr.eq(self.logit_addr), self.logit.eq(head.logit)]
         for port, unit in (("gain_stream", block), ("emb_stream", head),
                            ("scale_stream", head), ("step_stream", rope)):
             wiring.connect(m, wiring.flipped(getattr(self, port)), getattr(unit, port))

@@ -78,8 +78,9 @@ def impossible_errors(fmt):
     return {code.name: "the device has no resident units" for code in RESIDENT_ERRORS}
 
 
-# A valid GENERATE needs every resident tensor loaded to its end, which random commands do not
-# do: the device testbench's resident_generation runs these.
+# A valid GENERATE needs every resident tensor loaded to its end, and READ_LOGITS a GENERATE
+# finished (its arguments are checked only then), which random commands do not do: the device
+# testbench's resident_generation runs these.
 _NEEDS_A_MODEL = "needs a whole model loaded (the device testbench's resident_generation)"
 
 
@@ -93,6 +94,8 @@ def _impossible(label, code, *, resident):
         return "the device has no resident units"
     if command.opcode is Opcode.GENERATE and code in (ErrorCode.NONE, ErrorCode.BAD_TOKEN):
         return _NEEDS_A_MODEL
+    if command.opcode is Opcode.READ_LOGITS and code in (ErrorCode.NONE, ErrorCode.BAD_ADDRESS):
+        return _NEEDS_A_MODEL
     return {
         ErrorCode.UNKNOWN_OPCODE: "the opcode is known",
         ErrorCode.RESERVED_FIELD: "0" not in (command.a, command.b) and "no field must be 0",
@@ -105,6 +108,7 @@ def _impossible(label, code, *, resident):
         ErrorCode.BAD_TENSOR: command.a != "tensor" and "it names no tensor",
         ErrorCode.NOT_LOADED: command.opcode is not Opcode.GENERATE and "it runs no model",
         ErrorCode.BAD_TOKEN: command.opcode is not Opcode.GENERATE and "it takes no prompt",
+        ErrorCode.NO_LOGITS: command.opcode is not Opcode.READ_LOGITS and "it reads no logits",
     }.get(code) or None
 
 

@@ -309,9 +309,11 @@ async def resident_generation(dut):
     GENERATE are unknown opcodes. With them: a random model of the resident shape loaded with
     WRITE_WEIGHTS and LOAD_TENSOR (every resident tensor in one command, in a random order)
     generates golden's tokens for random prompts, one of them filling max_seq, under idle and
-    back-pressure on the tokens; a prompt token past the vocabulary and a prompt too long are
-    refused (BAD_TOKEN, BAD_LENGTH) and the next GENERATE still works; a reset while tokens
-    flow leaves nothing loaded, and after a reload the tokens are golden's again. Every response
+    back-pressure on the tokens, and READ_LOGITS reads back golden's logits of the last
+    position; a prompt token past the vocabulary, a prompt too long and logits past the
+    vocabulary are refused (BAD_TOKEN, BAD_LENGTH, BAD_ADDRESS) and the next GENERATE still
+    works; a reset while tokens flow leaves nothing loaded and no logits to read (NOT_LOADED,
+    NO_LOGITS), and after a reload the tokens are golden's again. Every response
     word is also the behavioural device's, which decodes the image the device holds; the
     counters read after each GENERATE too (MACs and words read always, the busy cycles of the
     first, whose host never waits: the core's cycle model)."""
@@ -332,14 +334,26 @@ async def resident_generation(dut):
     rng, generated = tb.np_rng, 0
 
     async def generate(prompt, count, when=""):
-        """Send a GENERATE and check its one response: golden's tokens, no error."""
+        """Send a GENERATE and check its one response: golden's tokens, no error; then read
+        back the logits of its last position from a random row (all of them half the time)
+        and check them too."""
         first = len(tb.responses())
         await tb.send(fmt.generate(prompt, count))
         await tb.settle(timeout=50_000)
         (op, header_, data), = tb.responses()[first:]
         assert op is Opcode.GENERATE and header_["a"] == ErrorCode.NONE.value
-        want = golden.generate(prompt, count)
+        want, logits = golden.generate(prompt, count, logits=True)
         assert data == want, f"{when}prompt {prompt}: tokens {data}, golden {want}"
+        row = int(rng.integers(0, cfg.vocab)) if rng.random() < 0.5 else 0
+        first = len(tb.responses())
+        await tb.send(fmt.read_logits(row, cfg.vocab - row))
+        await tb.settle()
+        (op, header_, data), = tb.responses()[first:]
+        assert op is Opcode.READ_LOGITS and header_["a"] == ErrorCode.NONE.value
+        got = fmt.logits(data)
+        assert (got == logits[row:]).all(), (
+            f"{when}prompt {prompt}: logits from row {row} {got.tolist()}, golden "
+            f"{logits[row:].tolist()}")
 
     cases = [(int(rng.integers(1, 6)), int(rng.integers(1, 6))) for _ in range(2)]
     cases.insert(1, (cfg.max_seq - 2, 3))            # fills max_seq
@@ -351,7 +365,8 @@ async def resident_generation(dut):
         await tb.settle()
         if number == 0:
             for words, code in ((fmt.generate([cfg.vocab], 1), ErrorCode.BAD_TOKEN),
-                                (fmt.generate([0] * cfg.max_seq, 2), ErrorCode.BAD_LENGTH)):
+                                (fmt.generate([0] * cfg.max_seq, 2), ErrorCode.BAD_LENGTH),
+                                (fmt.read_logits(cfg.vocab - 1, 2), ErrorCode.BAD_ADDRESS)):
                 await tb.send(words)
                 assert (await tb.status())["error"] == code.value
                 await tb.send(fmt.simple(Opcode.CLEAR_ERRORS))
@@ -365,9 +380,11 @@ async def resident_generation(dut):
         f"reset in GENERATE did not catch it generating: {progress}")
     tb.set_flow(0.0, 0.0)
     assert await tb.status() == CLEAN_STATUS
-    await tb.send(fmt.generate(prompt, 1))
-    assert (await tb.status())["error"] == ErrorCode.NOT_LOADED.value
-    await tb.send(fmt.simple(Opcode.CLEAR_ERRORS))
+    for words, code in ((fmt.generate(prompt, 1), ErrorCode.NOT_LOADED),
+                        (fmt.read_logits(0, 1), ErrorCode.NO_LOGITS)):
+        await tb.send(words)
+        assert (await tb.status())["error"] == code.value
+        await tb.send(fmt.simple(Opcode.CLEAR_ERRORS))
     await tb.send(load)
     await generate(prompt, count, "after the reset: ")
     REPORT["resident"] = {"sequences": len(cases), "generated": generated,

@@ -224,7 +224,8 @@ def bad_commands(fmt):
 
 
 def _resident_bad_commands(fmt):
-    """The resident opcodes' bad commands on a device with resident units, none loaded."""
+    """The resident opcodes' bad commands on a device with resident units, none loaded and
+    nothing generated."""
     items = fmt.tensors[Tensor.ROPE_STEPS][0]
     return [
         ([header(Opcode.LOAD_TENSOR, len(Tensor), 1)], ErrorCode.BAD_TENSOR),
@@ -234,6 +235,9 @@ def _resident_bad_commands(fmt):
         ([header(Opcode.GENERATE, 1, 1)], ErrorCode.RESERVED_FIELD),
         ([header(Opcode.GENERATE, 0, 0)], ErrorCode.BAD_LENGTH),
         ([header(Opcode.GENERATE, 0, 1)], ErrorCode.NOT_LOADED),   # refused at its header
+        ([header(Opcode.READ_LOGITS, 1, 1)], ErrorCode.RESERVED_FIELD),
+        ([header(Opcode.READ_LOGITS, 0, 0)], ErrorCode.BAD_LENGTH),
+        ([header(Opcode.READ_LOGITS, 0, 1)], ErrorCode.NO_LOGITS),     # refused at its header
     ]
 
 

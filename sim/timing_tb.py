@@ -1,8 +1,9 @@
 """cocotb testbench: the device's timing against its cycle model, under a host of any timing.
 
 A random command stream (weights, activations, GEMVs, tiles, GEMMs, bad commands, status and
-counter reads; a resident model's load and GENERATEs where the device has the units) is sent by a
-host that pauses a random number of cycles before some words and refuses response words at random.
+counter reads; a resident model's load, GENERATEs and logit reads where the device has the units)
+is sent by a host that pauses a random number of cycles before some words and refuses response
+words at random.
 The host's timing is drawn up front from the seed (:class:`sw_driver.cycles.Host`), so the cycle
 model meets the same host: every response word must leave in the cycle the model says, with the
 value it says, the counters (busy, idle, stalled, MACs, words read) included.
@@ -29,8 +30,9 @@ from sw_driver.cycles import DeviceCycles, Host
 def command_stream(fmt, rng, count):
     """``count`` random commands' words: loads and GEMVs, tiles and GEMMs, bad commands and
     register reads, ending with a counter read; on a device with resident units, a random
-    model loaded and GENERATEs of short prompts (the GEMVs after the load write over some of
-    its matrices, which both sides then read)."""
+    model loaded and GENERATEs of short prompts, each followed by a read-back of a random span
+    of its logits (the GEMVs after the load write over some of its matrices, which both sides
+    then read)."""
     words, kinds, resident = [], ["gemv", "gemm", "bad", "status", "counters"], bool(fmt.tensors)
     if resident:
         load, golden = stimulus.resident_model(fmt.config, seed=int(rng.integers(1 << 16)))
@@ -42,6 +44,8 @@ def command_stream(fmt, rng, count):
         if kind == "generate":
             prompt = rng.integers(0, golden.cfg.vocab, int(rng.integers(1, 4))).tolist()
             words += fmt.generate(prompt, int(rng.integers(1, 4)))
+            row = int(rng.integers(0, fmt.vocab))       # and a read-back of its logits
+            words += fmt.read_logits(row, int(rng.integers(1, fmt.vocab - row + 1)))
         elif kind == "gemv":
             words_per_row = int(rng.integers(1, min(fmt.act_words, 4) + 1))
             rows = int(rng.integers(1, min(6, fmt.depth // words_per_row) + 1))

@@ -48,7 +48,10 @@ class BehaviouralDevice:
             self.banks = np.zeros((fmt.banks, fmt.depth, fmt.lanes), np.int8)
             self.acts = np.zeros((fmt.act_words, fmt.lanes), np.int8)
             self.tensors = {tensor: [0] * items for tensor, (items, _) in fmt.tensors.items()}
+            # The core's logits memory: the last GENERATE's last position.
+            self.logits = np.zeros(fmt.vocab, np.int64)
         self.loaded = set()             # the tensors loaded to their last item
+        self.have_logits = False        # a GENERATE has finished since reset
         self.tile = np.zeros((fmt.rows, fmt.cols), np.int64)       # tile[k, n]
         self.tile_loaded = False
         self.error = ErrorCode.NONE.value
@@ -101,7 +104,7 @@ class BehaviouralDevice:
             self.idle += 1                      # the cycle the header is decoded in
             op, a, b = header["opcode"], header["a"], header["b"]
             problem = fmt.header_error(op, a, b, tile_loaded=self.tile_loaded,
-                                       loaded=self.loaded)
+                                       loaded=self.loaded, logits=self.have_logits)
             if problem:
                 self._fail(problem)
                 continue
@@ -160,8 +163,15 @@ class BehaviouralDevice:
                 self.busy += self.timing.generate(len(prompt), b)
                 self._core_reads(len(prompt) - 1, last=False)
                 self._core_reads(b, last=True)
-                self._respond(op, b, image_decoder(self.config, self.tensors,
-                                                   self.banks).generate(prompt, b))
+                tokens, self.logits = image_decoder(self.config, self.tensors,
+                                                    self.banks).generate(prompt, b, logits=True)
+                self.have_logits = True
+                self._respond(op, b, tokens)
+            elif op is Opcode.READ_LOGITS:
+                words = fmt.logit_words
+                self._respond(op, b, [(int(logit) >> (WORD_BITS * n)) & _MASK
+                                      for logit in self.logits[args[0]:args[0] + b]
+                                      for n in range(words)])
 
     def _core_reads(self, tokens, *, last):
         """The bank reads of the resident core's ``tokens`` runs (``last`` or not): each

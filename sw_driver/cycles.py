@@ -226,6 +226,8 @@ class DeviceCycles:
         self.sending_rows = self.sending_tokens = False
         self.tile_loaded = False
         self.loaded, self.completes, self.prompt = set(), False, []
+        self.logit_part = 0                 # READ_LOGITS: the logit's words sent
+        self.have_logits = False            # a GENERATE has finished
         self.core = _Core(config) if config.resident else None
         self.chunks = {"weight": 0, "act": 0, "tile": 0, "token": 0, "tensor": 0}
         self.register = 0
@@ -318,6 +320,8 @@ class DeviceCycles:
                 elif opcode is Opcode.GENERATE:
                     self.core.begin(len(self.prompt))
                     next_state = "GENERATE"
+                elif opcode is Opcode.READ_LOGITS:
+                    next_state = "LOGITS"
                 else:
                     self._take_register()
                     next_state = "REGISTERS"
@@ -330,8 +334,18 @@ class DeviceCycles:
                 if space:
                     writes.append((self._next_value(), True))
                     self.core.generated += 1
+                    self.have_logits |= self.core.generated == self.header["b"]
                     next_state = ("GEMV_RESULTS" if self.core.generated == self.header["b"]
                                   else "GENERATE")
+        elif state == "LOGITS":             # a word a cycle while the FIFO has room
+            blocked = not space
+            if space:
+                writes.append((self._next_value(), False))
+                self.logit_part += 1
+                if self.logit_part == fmt.logit_words:
+                    self.logit_part, self.remaining = 0, self.remaining - 1
+                    if self.remaining == 0:
+                        next_state = "FETCH"
         elif state == "GEMV_RESULTS":
             if self.results_left == 0:
                 next_state = "FETCH"
@@ -392,7 +406,7 @@ class DeviceCycles:
         self.header, self.args = header, []
         opcode, a, b = header["opcode"], header["a"], header["b"]
         if self.format.header_error(opcode, a, b, tile_loaded=self.tile_loaded,
-                                    loaded=self.loaded):
+                                    loaded=self.loaded, logits=self.have_logits):
             return "FETCH"
         opcode = Opcode(opcode)
         self.remaining = self.format.rows if opcode is Opcode.LOAD_TILE else b
@@ -422,6 +436,9 @@ class DeviceCycles:
         if opcode is Opcode.GENERATE:
             self.remaining, self.prompt = self.args[0], []
             return "PROMPT", None
+        if opcode is Opcode.READ_LOGITS:
+            self.logit_part = 0
+            return "RESPOND", None
         if opcode is Opcode.WRITE_WEIGHTS:
             return "WRITE_WEIGHTS", None
         if opcode is Opcode.LOAD_ACTS:

@@ -80,9 +80,10 @@ class Accelerator:
     def _respond(self, words, opcode, count):
         out = self.transport.transact(words, count + 1)
         header = unpack_header(out[0])
-        # The response header repeats the opcode, and GEMV's rows or GEMM's tokens (``b``), or
-        # counts the data words that follow.
-        owed = unpack_header(words[0])["b"] if opcode in (Opcode.GEMV, Opcode.GEMM) else count
+        # The response header repeats the opcode, and GEMV's rows, GEMM's tokens or
+        # READ_LOGITS' logits (``b``), or counts the data words that follow.
+        owed = (unpack_header(words[0])["b"]
+                if opcode in (Opcode.GEMV, Opcode.GEMM, Opcode.READ_LOGITS) else count)
         if (header["opcode"], header["b"]) != (opcode.value, owed):
             how = self.transport.resynchronise()
             raise DeviceError(f"expected a {opcode.name} response, got header {out[0]:#010x}"
@@ -147,6 +148,17 @@ class Accelerator:
         """Prefill ``prompt`` (token ids) on the resident units and generate ``tokens``
         greedily: their ids."""
         return self._respond(self.format.generate(prompt, tokens), Opcode.GENERATE, tokens)
+
+    def read_logits(self):
+        """The integer logits the last generated token was chosen from (int64 ``(vocab,)``),
+        read back in commands of at most :attr:`MAX_ITEMS`."""
+        fmt, parts = self.format, []
+        for start in range(0, fmt.vocab, self.MAX_ITEMS):
+            count = min(self.MAX_ITEMS, fmt.vocab - start)
+            parts.append(fmt.logits(self._respond(fmt.read_logits(start, count),
+                                                  Opcode.READ_LOGITS,
+                                                  count * fmt.logit_words)))
+        return np.concatenate(parts)
 
     def load_tile(self, w_t):
         """Load a ``(cols, rows)`` tile of weights (``w_t[n, k]``) into the array."""

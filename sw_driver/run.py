@@ -177,8 +177,9 @@ def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_t
     two: ``GENERATE(prompt, 1)`` gives the prefill's cycles (the prompt's last token includes
     the LM head's scan); ``GENERATE(prompt, n_tokens)`` gives the text, and its cycles less the
     prefill's, per decoded token, give decode's. Link words a decoded token are that second
-    command's words each way over its decoded tokens. ``check`` compares the tokens with
-    golden's integer decoder (the device exposes only its tokens).
+    command's words each way over its decoded tokens. ``check`` compares the tokens, and the
+    logits the last one was chosen from (read back after the figures are taken), with golden's
+    integer decoder.
     """
     from golden import IntegerModel
 
@@ -210,6 +211,7 @@ def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_t
     decode_start = time.perf_counter()
     generated, cycles, moved = generate(n_tokens)
     end = time.perf_counter()
+    logits = accelerator.read_logits() if check else None
     accelerator.check()
 
     decoded = n_tokens - 1
@@ -223,10 +225,15 @@ def run_resident(transport, hw_config, model_config, weights, prompt_tokens, n_t
                (end - decode_start) * decoded / n_tokens),
         calls={"generate": 2})
     if check:
-        reference = golden.generate(prompt, n_tokens)
-        result.checked = reference == generated
-        result.first_mismatch = None if result.checked else (
-            f"tokens differ: device {generated}, golden's integer decoder {reference}")
+        reference, reference_logits = golden.generate(prompt, n_tokens, logits=True)
+        rows = np.flatnonzero(logits != reference_logits)
+        result.checked = reference == generated and not rows.size
+        result.first_mismatch = (
+            f"tokens differ: device {generated}, golden's integer decoder {reference}"
+            if reference != generated else
+            f"the last position's logits differ in {rows.size} of {len(logits)} rows, first "
+            f"row {rows[0]}: device {logits[rows[0]]}, golden's integer decoder "
+            f"{reference_logits[rows[0]]}" if rows.size else None)
     return result
 
 

@@ -29,7 +29,7 @@ class CommandTiming:
         self.format = CommandFormat(config)
 
     def simple(self, opcode, b=0, a=0):
-        """Commands with no pipeline: loads, status and counter reads, NOP."""
+        """Commands with no pipeline: loads, status, counter and logit reads, NOP."""
         fmt = self.format
         if opcode is Opcode.LOAD_TENSOR:
             return ARGUMENT_WORDS[opcode] + 1 + b * fmt.tensors[Tensor(a)][1] + 1
@@ -43,6 +43,8 @@ class CommandTiming:
             return 1 + len(STATUS)
         if opcode is Opcode.READ_COUNTERS:
             return 1 + len(fmt.counter_names)
+        if opcode is Opcode.READ_LOGITS:          # the argument, the check, the header
+            return ARGUMENT_WORDS[opcode] + 2 + b * fmt.logit_words
         return 0
 
     def generate(self, prompt_length, count):

@@ -56,3 +56,29 @@ def test_gemm_before_a_tile_is_refused_then_works():
     out = device.feed(fmt.load_tile(w_t)
                       + fmt.gemm(pack_ints(x_q, 8)))
     assert [CommandFormat.signed(w) for w in out[1:]] == bitlinear_int(x_q, w_t)[0].tolist()
+
+
+def test_logits_are_read_back_only_after_a_generate():
+    """READ_LOGITS: NO_LOGITS until a GENERATE has finished since reset (the memory has no
+    power-on value), then golden's logits of the last generated token, from any row; a span
+    past the vocabulary is BAD_ADDRESS."""
+    from sim.stimulus import resident_model
+
+    device = BehaviouralDevice(CONFIG)
+    fmt = device.format
+    load, golden = resident_model(CONFIG, seed=3)
+    assert device.feed(load + fmt.read_logits(0, 1)) == []
+    assert device.error == ErrorCode.NO_LOGITS.value
+    device.feed(fmt.simple(Opcode.CLEAR_ERRORS))
+    tokens, logits = golden.generate([5, 9], 3, logits=True)
+    assert device.feed(fmt.generate([5, 9], 3))[1:] == tokens
+    out = device.feed(fmt.read_logits(7, fmt.vocab - 7))
+    assert unpack_header(out[0]) == {"opcode": Opcode.READ_LOGITS.value, "a": 0,
+                                     "b": fmt.vocab - 7}
+    np.testing.assert_array_equal(fmt.logits(out[1:]), logits[7:])
+    assert len(out) == 1 + (fmt.vocab - 7) * fmt.logit_words
+    assert device.feed(fmt.read_logits(fmt.vocab - 1, 2)) == []
+    assert device.error == ErrorCode.BAD_ADDRESS.value
+    device.reset()
+    device.feed(fmt.read_logits(0, 1))
+    assert device.error == ErrorCode.NO_LOGITS.value

@@ -342,6 +342,11 @@ def test_greedy_generation_is_the_one_shot_argmax(weights):
     logits = IntegerModel(CFG, weights).forward(prompt + new[:-1], 0)
     assert logits.argmax()[len(prompt) - 1:].tolist() == new
     assert model.generate(prompt, 3) == new[:3] and model.generate(prompt, 0) == []
+    # The read-back logits are the last position's: the ones the last new token came from.
+    tokens, last = model.generate(prompt, 3, logits=True)
+    assert tokens == new[:3]
+    np.testing.assert_array_equal(last, logits.values[len(prompt) + 1])
+    assert model.generate(prompt, 0, logits=True) == ([], None)
 
 
 def test_argmax_takes_the_lowest_index_among_ties():

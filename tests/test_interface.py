@@ -102,7 +102,8 @@ def test_metadata_ports_come_from_the_signature(generated):
     assert sorted(names) == sorted(name.strip() for name in module.split(","))
     assert meta["ports"] == ports(Device(CONFIG))
     assert meta["commands"]["argument_words"] == {"WRITE_WEIGHTS": 1, "LOAD_ACTS": 1, "GEMV": 2,
-                                                  "LOAD_TENSOR": 1, "GENERATE": 1}
+                                                  "LOAD_TENSOR": 1, "GENERATE": 1,
+                                                  "READ_LOGITS": 1}
 
 
 def test_interface_page_describes_every_command(generated):

@@ -53,7 +53,8 @@ def cmd_run(args):
     for line in _figures(report, config):
         print(line)
     if args.check:
-        agreed = ("every token equals golden's integer decoder" if args.mode == "resident"
+        agreed = ("every token, and the last position's logits read back, equal golden's "
+                  "integer decoder" if args.mode == "resident"
                   else "every BitLinear and token equal golden")
         print("check: " + (agreed if report["checked"]
                            else f"MISMATCH: {report['first_mismatch']}"))
