@@ -1,11 +1,12 @@
 """RMSNorm and activation quantisation of the integer decoder, ``lanes`` elements a cycle
 (``golden.integer.norm_statistics`` and ``quantize``, bit for bit).
 
-A vector sits in the unit's buffer (with its gains). STATISTICS reads it twice: the first pass
-finds the shift that takes ``|x|`` to at most ``2**14`` (``bit_length`` of the largest ``|x|``
-is that of the OR of every ``|x|``, so no comparisons are needed); the second shifts ``x``,
-multiplies by the gain and gathers the shift of ``u = g x``, the largest and smallest ``u`` and
-the sum of squares. The unit offers them as :class:`NormStatistics`; a sequencer turns the peak
+A vector sits in the unit's buffer (with its gains). STATISTICS needs the shift that takes
+``|x|`` to at most ``2**14`` (``bit_length`` of the largest ``|x|`` is that of the OR of every
+``|x|``, so no comparisons are needed): the OR of each word's ``|x|`` is kept as the word is
+written, so STATISTICS only ORs the vector's words' and reads the vector once, shifting ``x``,
+multiplying by the gain and gathering the shift of ``u = g x``, the largest and smallest ``u``
+and the sum of squares. The unit offers them as :class:`NormStatistics`; a sequencer turns the peak
 into ``127 / peak`` (and the sums into ``rho``) with :class:`hw.dyadic.ScalarUnit`, then sends
 QUANTISE with that factor, and the third pass streams out ``x_q``, one word of ``lanes`` int8 a
 cycle. The shifted ``u``'s extremes come from the unshifted ones because rounding half up is
@@ -31,16 +32,18 @@ _GAINED_BITS = GAIN_BITS + NORM_INPUT_BITS + 1  # g x
 _U_BITS = SHIFTED_BITS + 2                      # |u| <= 2**16 after its shift, signed
 
 # The pipeline's stages, each a register under the pipeline's advance (see elaborate): a word is
-# read (1), registered in fabric (2), x's rounding half added and |x| taken (3), x shifted and
-# the OR of |x| (4); u = g x and x squared (5), u's half added and |u| taken (6), u shifted and
-# the OR of |u| (7); u's extremes come from a comparison tree on stage 5, one level a stage. The
-# quantise product (8), its half added (9), shifted (10) and clipped: x_q (11). A rounding shift
-# in one stage (a carry chain then a barrel shifter) is too slow for 100 MHz on the ECP5.
-_X_WORD, _OR_X, _U, _OR_U, _X_Q = 2, 4, 5, 7, 11
+# read (1), registered in fabric (2), x's rounding half added (3), x shifted (4); u = g x and x
+# squared (5), u's half added and |u| taken (6), u shifted and the OR of |u| (7); u's extremes
+# come from a comparison tree on stage 5, one level a stage. The quantise product (8), its half
+# added (9), shifted (10) and clipped: x_q (11). A rounding shift in one stage (a carry chain
+# then a barrel shifter) is too slow for 100 MHz on the ECP5. A written word's OR of |x| takes
+# three stages of its own: the word, |x|, the OR.
+_X_WORD, _U, _OR_U, _X_Q = 2, 5, 7, 11
+_SETTLE = 3     # STATISTICS taken to its first word issued: the ORs gathered, then the shift
 
 
 class NormOp(enum.Enum, shape=1):
-    STATISTICS = 0          # two passes; then the statistics are offered
+    STATISTICS = 0          # one pass; then the statistics are offered
     QUANTISE = 1            # one pass with the command's factor; x_q words are offered
 
 
@@ -67,7 +70,8 @@ class NormQuantizer(wiring.Component):
                                                              "data": lanes elements})))
         The vector and its gains, word ``index`` holding elements ``index * lanes + i``; lanes
         past the vector's length must hold 0 in ``x``. Gain words are addressed in
-        ``range(gain_words)``. Taken only while no command runs.
+        ``range(gain_words)``. Taken only while no command runs and none is offered (a word
+        written in the cycle before a STATISTICS is taken is still counted in its shift).
     cmd : In(stream.Signature(StructLayout({"op": NormOp, "words": range(words + 1),
                                            "gain_base": range(gain_words),
                                            "factor": DYADIC})))
@@ -123,19 +127,19 @@ class NormQuantizer(wiring.Component):
 
     @staticmethod
     def statistics_latency(words, lanes):
-        """Cycles from a STATISTICS of ``words`` taken to its statistics offered: each pass
-        issues a word a cycle; its last word reaches the pass's last accumulator
-        (:meth:`_pass_ends`) that many stages later; each pass's end takes a cycle to register
-        and one to act on; then three cycles for the rounded extremes and the peak, and one to
-        offer."""
-        return 2 * words + sum(NormQuantizer._pass_ends(lanes)) + 6
+        """Cycles from a STATISTICS of ``words`` taken to its statistics offered: the written
+        words' ORs gathered and the shift set (:data:`_SETTLE` cycles), then the pass issues a
+        word a cycle; its last word reaches the last accumulator (:meth:`_pass_end`) that many
+        stages later; the pass's end takes a cycle to register and is acted on in it; then
+        three cycles for the rounded extremes and the peak, and one to offer."""
+        return _SETTLE + words + NormQuantizer._pass_end(lanes) + 5
 
     @staticmethod
-    def _pass_ends(lanes):
-        """The stages of pass 1's and pass 2's last accumulators: the OR of ``|x|``; the latest
-        of u's extremes (a comparison tree registered every level), the OR of ``|u|`` and the
-        sum of squares (an :class:`hw.pim.AdderTree`)."""
-        return _OR_X, max(_U + (lanes - 1).bit_length(), _OR_U, _U + AdderTree.latency_for(lanes))
+    def _pass_end(lanes):
+        """The stage of the pass's last accumulator: the latest of u's extremes (a comparison
+        tree registered every level), the OR of ``|u|`` and the sum of squares (an
+        :class:`hw.pim.AdderTree`)."""
+        return max(_U + (lanes - 1).bit_length(), _OR_U, _U + AdderTree.latency_for(lanes))
 
     def elaborate(self, platform):
         m = Module()
@@ -148,13 +152,34 @@ class NormQuantizer(wiring.Component):
         running = Signal()          # a command has been taken and not finished
         for memory, port in ((x_buffer, self.x_stream), (gains, self.gain_stream)):
             write = memory.write_port()
-            m.d.comb += [port.ready.eq(~running), write.en.eq(port.valid & ~running),
+            m.d.comb += [port.ready.eq(~running & ~self.cmd.valid), write.en.eq(port.valid
+                                                                        & port.ready),
                          write.addr.eq(port.payload.index), write.data.eq(port.payload.data)]
+
+        # Each written word's OR of |x| (a rewritten word replaces its own): the word, |x|,
+        # then the OR into the word's register, three stages after the write.
+        def lanes_of(shape, name):
+            return Signal(data.ArrayLayout(shape, lanes), name=name, reset_less=True)
+
+        written = [Signal(data.StructLayout({"valid": 1, "index": range(words)}),
+                          name=f"written{n}") for n in range(2)]
+        in_word = lanes_of(signed(self._in_bits), "in_word")
+        in_abs = lanes_of(unsigned(self._in_bits), "in_abs")
+        word_or = [Signal(self._in_bits, name=f"word_or{n}") for n in range(words)]
+        m.d.sync += [written[0].valid.eq(self.x_stream.valid & self.x_stream.ready),
+                     written[0].index.eq(self.x_stream.payload.index), written[1].eq(written[0]),
+                     in_word.eq(self.x_stream.payload.data),
+                     *(in_abs[n].eq(abs(in_word[n])) for n in range(lanes))]
+        with m.If(written[1].valid):
+            with m.Switch(written[1].index):
+                for n in range(words):
+                    with m.Case(n):
+                        m.d.sync += word_or[n].eq(_or_all(in_abs[i] for i in range(lanes)))
 
         # Every stage moves together, and waits while an x_q word is refused.
         advance = ~self.o_stream.valid | self.o_stream.ready
         command = Signal.like(self.cmd.payload)
-        passes = Signal(2)          # the pass being issued: 1, 2 (STATISTICS) or 3 (QUANTISE)
+        passes = Signal(2)          # the pass being issued: 2 (STATISTICS) or 3 (QUANTISE)
         issuing = Signal()
         addr = Signal(range(words))
         shift = Signal.like(self.stats.payload.shift)
@@ -173,7 +198,7 @@ class NormQuantizer(wiring.Component):
         # which hold still during a pass. The sum of squares leaves its adder tree
         # ``sums.latency`` cycles after stage _U; only STATISTICS uses it, and nothing stalls
         # then (no x_q word is waiting).
-        stages = max(_X_Q, *self._pass_ends(lanes))
+        stages = max(_X_Q, self._pass_end(lanes))
         c = {n: Signal(control, name=f"control{n}") for n in range(1, stages + 1)}
         product_bits = _U_BITS + MANTISSA_BITS + 1
         right = Signal(range(product_bits + 2))     # QUANTISE's rounding shift
@@ -181,14 +206,9 @@ class NormQuantizer(wiring.Component):
         half_u = register_half(m, gained_shift, _GAINED_BITS, "half_u")
         half_product = register_half(m, right, product_bits + 1, "half_product")
 
-        def lanes_of(shape, name):
-            return Signal(data.ArrayLayout(shape, lanes), name=name, reset_less=True)
-
         x_word = lanes_of(signed(self._in_bits), "x_word")
         x_biased = lanes_of(signed(self._in_bits + 2), "x_biased")
-        abs_x = lanes_of(unsigned(self._in_bits), "abs_x")
         x_shifted = lanes_of(signed(_SHIFTED_X_BITS), "x_shifted")
-        or_x_word = Signal(self._in_bits, reset_less=True)
         gain = {n: Signal(gain_layout, name=f"gain{n}", reset_less=True)
                 for n in range(_X_WORD, _U)}
         u = lanes_of(signed(_GAINED_BITS), "u")
@@ -204,14 +224,12 @@ class NormQuantizer(wiring.Component):
         with m.If(advance):
             m.d.sync += [c[1].eq(issued), gain[_X_WORD].eq(gain_read.data),
                          x_word.eq(x_read.data),
-                         or_x_word.eq(_or_all(abs_x[n] for n in range(lanes))),
                          or_u.eq(_or_all(abs_u[n] for n in range(lanes))),
                          self.o_stream.valid.eq(c[_X_Q - 1].valid & (c[_X_Q - 1]["pass"] == 3))]
             m.d.sync += [c[n].eq(c[n - 1]) for n in range(2, stages + 1)]
             m.d.sync += [gain[n].eq(gain[n - 1]) for n in range(_X_WORD + 1, _U)]
             for n in range(lanes):
                 m.d.sync += [
-                    abs_x[n].eq(abs(x_word[n])),
                     u[n].eq(gain[_U - 1][n] * x_shifted[n]),
                     square[n].eq(x_shifted[n] * x_shifted[n]),
                     abs_u[n].eq(abs(u[n])),
@@ -231,8 +249,8 @@ class NormQuantizer(wiring.Component):
             m.d.comb += sums.i[n].eq(square[n])
         at_sum = delayed(m, c[_U], sums.latency, "sum")
 
-        # Accumulators over a pass's words, each at its operand's stage: the OR of |x| (pass 1);
-        # the OR of |u|, u's extremes and the sum of squares (pass 2).
+        # Accumulators over the pass's words, each at its operand's stage: the OR of |u|, u's
+        # extremes and the sum of squares. ``or_x``: the vector's words' ORs of |x|.
         or_x = Signal(self._in_bits)
         or_u_all = Signal(_GAINED_BITS)
         u_largest = Signal(signed(_GAINED_BITS))
@@ -242,8 +260,6 @@ class NormQuantizer(wiring.Component):
         def at(stage, pass_):
             return advance & c[stage].valid & (c[stage]["pass"] == pass_)
 
-        with m.If(at(_OR_X, 1)):
-            m.d.sync += or_x.eq(Mux(c[_OR_X].first, 0, or_x) | or_x_word)
         with m.If(at(_OR_U, 2)):
             m.d.sync += or_u_all.eq(Mux(c[_OR_U].first, 0, or_u_all) | or_u)
         with m.If(at(extremes_stage, 2)):
@@ -254,11 +270,8 @@ class NormQuantizer(wiring.Component):
             ]
         with m.If(at_sum.valid & (at_sum["pass"] == 2)):
             m.d.sync += sum_squares.eq(Mux(at_sum.first, 0, sum_squares) + sums.o)
-        end_1, end_2 = self._pass_ends(lanes)
-        m.d.sync += pass_done.eq(
-            at(end_1, 1) & c[end_1].last
-            | at(end_2, 2) & c[end_2].last
-            | at(_X_Q - 1, 3) & c[_X_Q - 1].last)
+        end = self._pass_end(lanes)
+        m.d.sync += pass_done.eq(at(end, 2) & c[end].last | at(_X_Q - 1, 3) & c[_X_Q - 1].last)
 
         # The extremes rounded by the gained shift: the half added (ROUND), then shifted
         # (SHIFT); then the peak. These registers run every cycle: the extremes and the shift
@@ -280,10 +293,23 @@ class NormQuantizer(wiring.Component):
                     quantise = self.cmd.payload.op == NormOp.QUANTISE
                     exponent = self.cmd.payload.factor.exponent
                     m.d.sync += [command.eq(self.cmd.payload), running.eq(1), addr.eq(0),
-                                 issuing.eq(1), passes.eq(Mux(quantise, 3, 1)),
+                                 issuing.eq(quantise), passes.eq(Mux(quantise, 3, 2)),
                                  right.eq(Mux(exponent < -(product_bits + 1), product_bits + 1,
                                               Mux(exponent < 0, -exponent, 0)))]
-                    m.next = "ISSUE"
+                    with m.If(quantise):
+                        m.next = "ISSUE"
+                    with m.Else():
+                        m.next = "SETTLE"
+            with m.State("SETTLE"):
+                # A word written in the cycle before the command reaches its OR register now.
+                m.next = "GATHER"
+            with m.State("GATHER"):
+                m.d.sync += or_x.eq(_or_all(Mux(command.words > n, word_or[n], 0)
+                                            for n in range(words)))
+                m.next = "SHIFT_X"
+            with m.State("SHIFT_X"):
+                m.d.sync += [shift.eq(_excess(or_x, NORM_INPUT_BITS)), issuing.eq(1)]
+                m.next = "ISSUE"
             with m.State("ISSUE"):
                 with m.If(advance):
                     m.d.sync += addr.eq(addr + 1)
@@ -293,10 +319,6 @@ class NormQuantizer(wiring.Component):
             with m.State("DRAIN"):
                 with m.If(pass_done):
                     with m.Switch(passes):
-                        with m.Case(1):
-                            m.d.sync += [shift.eq(_excess(or_x, NORM_INPUT_BITS)), passes.eq(2),
-                                         issuing.eq(1)]
-                            m.next = "ISSUE"
                         with m.Case(2):
                             m.d.sync += gained_shift.eq(_excess(or_u_all, SHIFTED_BITS))
                             m.next = "ROUND"
