@@ -33,7 +33,7 @@ from .bitlinear_block import BitLinearBlock
 from .dyadic import DYADIC
 from .ffn import FfnInner
 from .head import EMBED_SHIFT, LmHead
-from .norm_stage import X_EXPONENT_BITS, gain_bases
+from .norm_stage import X_EXPONENT_BITS, NormStage, gain_bases
 from .placement import MappingError, place
 from .rope import Rope
 from .words import pack_ints
@@ -243,9 +243,10 @@ class ResidentCore(wiring.Component):
         - ``attention``: a round a query head of each attention unit (``heads /``
           :attr:`attention_units` rounds): the queries' handshake, :meth:`Attention.cycles`
           and the outputs' words into the norm, one unit's after another;
-        - ``head``: the final norm (a ``norm_only`` operation: its last factor and two cycles),
-          x_q's words, the scan's handshake, a row a ``words`` cycles and the head's latency;
-          without ``last``, the cycle in which the core goes idle.
+        - ``head``: the final norm (a ``norm_only`` operation, until its last ``x_q`` word is
+          taken: the head needs no factor), x_q's words, the scan's handshake, a row a
+          ``words`` cycles and the head's latency; without ``last``, the cycle in which the
+          core goes idle.
 
         Without ``last`` (a prompt token before the last) the last layer computes only k and v
         (its ``qkv`` is the block's two GEMVs and k's rotation) and stops after its cache
@@ -259,8 +260,8 @@ class ResidentCore(wiring.Component):
             for stage, cycles in layer.items():
                 stages[stage] += cycles
         if last:
-            norm_only = self._block.factor_cycles(hidden_words) + 2
-            stages["head"] = (hidden_words + 1 + norm_only + model.hidden // self.head_lanes
+            x_q = NormStage.x_q_cycles(hidden_words, self._config.pim.lanes)
+            stages["head"] = (hidden_words + 1 + x_q + model.hidden // self.head_lanes
                               + 1 + model.vocab * self._head.words + self._head.latency)
         else:
             stages["head"] = 1
@@ -805,7 +806,9 @@ class ResidentCore(wiring.Component):
                     with m.If(filled == pim_lanes // lanes - 1):
                         m.d.sync += [filled.eq(0), word_full.eq(1)]
             with m.State("FINAL_NORM"):
-                with m.If(~block.busy):
+                # The head needs x_q alone (the token's scale cannot change the arg max): the
+                # block takes its factor by itself, long before the next token's command.
+                with m.If(chunk.valid & to_head & (chunk.payload.addr == hidden // pim_lanes - 1)):
                     m.next = "HEAD_WORDS"
             with m.State("HEAD_WORDS"):
                 head_lanes = self.head_lanes
