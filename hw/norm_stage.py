@@ -4,12 +4,14 @@ the ``dyadic_mul(rho, constant)`` of ``golden.integer.rescale``, bit for bit).
 
 A stage is built from units and has its own small control FSM, so that a sequencer starts it
 with one operation. This one holds a :class:`hw.norm.NormQuantizer` (whose gain memory keeps
-every norm of the model, each at its own base word: :func:`gain_bases`) and two
+every norm of the model, each at its own base word: :func:`gain_bases`) and three
 :class:`hw.dyadic.ScalarUnit`. An operation runs STATISTICS; then, side by side, one scalar
 unit turns the peak into ``127 * rcp(max(peak, 1))`` (NORMALISE, RECIPROCAL, MULTIPLY by
 ``dyadic(127)``, golden's ``quantize_factor``), after which QUANTISE streams ``x_q``, and the
-other computes ``rho`` (step 4 of ``norm_quantize``) and the factors ``rho * constant_m`` of up
-to three matrices (q, k, v; gate, up; o; down; the head). The next GEMV waits for both.
+other computes ``rho`` (step 4 of ``norm_quantize``: the sum of squares' dyadic, plus
+``eps_k``, its reciprocal square root, times the peak's dyadic, which the third makes
+meanwhile) and the factors ``rho * constant_m`` of up to three matrices (q, k, v; gate, up; o;
+down; the head). The next GEMV waits for both.
 """
 
 from types import SimpleNamespace
@@ -34,8 +36,10 @@ MATRICES = max(len(ATTENTION_INPUTS), len(MLP_INPUTS))     # BitLinears sharing 
 X_EXPONENT_BITS = EXPONENT_BITS - 2
 
 _FACTOR_STEPS = (ScalarOp.NORMALISE, ScalarOp.RECIPROCAL, ScalarOp.MULTIPLY)
-_RHO_STEPS = (ScalarOp.NORMALISE, ScalarOp.NORMALISE, ScalarOp.ADD, ScalarOp.RSQRT,
-              ScalarOp.MULTIPLY)
+_RHO_STEPS = (ScalarOp.NORMALISE, ScalarOp.ADD, ScalarOp.RSQRT, ScalarOp.MULTIPLY)
+# The peak's dyadic for rho's last step, on a unit of its own beside rho's first three (never
+# longer than they are, so it sets no cycle).
+_PEAK_STEPS = (ScalarOp.NORMALISE,)
 
 
 def gain_bases(*, hidden, ffn, layers, lanes):
@@ -149,7 +153,8 @@ class NormStage(wiring.Component):
     def factor_cycles(words, matrix, lanes):
         """Cycles from a command taken to factor ``matrix`` (from 0) offered, each factor before
         it taken when offered: the statistics as for ``x_q``, then, on rho's own scalar unit
-        beside the factor's, rho's five operations and ``matrix + 1`` multiplies."""
+        beside the factor's, rho's four operations (the peak's dyadic made beside them) and
+        ``matrix + 1`` multiplies."""
         return (NormQuantizer.statistics_latency(words, lanes) + _steps_cycles(_RHO_STEPS)
                 + (matrix + 1) * _steps_cycles((ScalarOp.MULTIPLY,)))
 
@@ -157,10 +162,12 @@ class NormStage(wiring.Component):
         m = Module()
         m.submodules.norm = norm = self._norm
         stats_layout = norm.stats.payload.shape()
-        # Two scalar units, so that rho's chain runs beside the factor's instead of after it;
-        # the factor's normalises only the peak, a narrower value than the sum of squares.
-        m.submodules.factor_unit = factor_unit = ScalarUnit(
-            value_bits=max(len(norm.stats.payload.peak), MANTISSA_BITS))
+        # Three scalar units, so that rho's chain runs beside the factor's instead of after it,
+        # and the peak's dyadic for rho beside rho's first steps; the factor's and the peak's
+        # normalise only the peak, a narrower value than the sum of squares.
+        peak_bits = max(len(norm.stats.payload.peak), MANTISSA_BITS)
+        m.submodules.factor_unit = factor_unit = ScalarUnit(value_bits=peak_bits)
+        m.submodules.peak_unit = peak_unit = ScalarUnit(value_bits=peak_bits)
         m.submodules.rho_unit = rho_unit = ScalarUnit(
             value_bits=max(len(norm.stats.payload.sum_squares), MANTISSA_BITS))
 
@@ -203,8 +210,8 @@ class NormStage(wiring.Component):
                                                          "exponent": int(act_max.exponent)}),
              0, 0, factor),
         ]
+        peak_chain = [(ScalarOp.NORMALISE, zero, zero, stats.peak, peak_exponent, peak)]
         rho_chain = [
-            (ScalarOp.NORMALISE, zero, zero, stats.peak, peak_exponent, peak),
             (ScalarOp.NORMALISE, zero, zero, stats.sum_squares, 2 * exponent, held),
             (ScalarOp.ADD, held, command.eps_k, 0, 0, held),
             (ScalarOp.RSQRT, held, zero, 0, 0, held),
@@ -212,6 +219,8 @@ class NormStage(wiring.Component):
         ]
         assert tuple(step[0] for step in factor_chain) == _FACTOR_STEPS
         assert tuple(step[0] for step in rho_chain) == _RHO_STEPS
+        assert tuple(step[0] for step in peak_chain) == _PEAK_STEPS
+        assert _steps_cycles(_PEAK_STEPS) <= _steps_cycles(_RHO_STEPS[:-1])
         matrix = Signal(range(MATRICES))
 
         # The operation: STATISTICS, then both chains from the cycle after the statistics are
@@ -243,7 +252,9 @@ class NormStage(wiring.Component):
         with m.If(last):
             m.d.sync += [quantise_pending.eq(1), factor_done.eq(1)]
 
-        # Rho's chain, then each matrix's factor straight from its unit to ``factors``.
+        # Rho's chain (the peak's dyadic beside it), then each matrix's factor straight from its
+        # unit to ``factors``.
+        _chain(m, peak_unit, peak_chain, begin, "peak")
         rho = _chain(m, rho_unit, rho_chain, begin, "rho")
         with m.FSM(name="factors"):
             with m.State("WAIT_RHO"):
