@@ -215,7 +215,8 @@ class CommandFormat:
 
     @staticmethod
     def split(value, words):
-        """A non-negative ``value`` as ``words`` 32-bit words, least significant first."""
+        """``value`` as ``words`` 32-bit words, least significant first (a negative one in
+        two's complement, sign-extended)."""
         return [(value >> (WORD_BITS * i)) & 0xFFFF_FFFF for i in range(words)]
 
     @staticmethod

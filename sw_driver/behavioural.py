@@ -168,10 +168,8 @@ class BehaviouralDevice:
                 self.have_logits = True
                 self._respond(op, b, tokens)
             elif op is Opcode.READ_LOGITS:
-                words = fmt.logit_words
-                self._respond(op, b, [(int(logit) >> (WORD_BITS * n)) & _MASK
-                                      for logit in self.logits[args[0]:args[0] + b]
-                                      for n in range(words)])
+                self._respond(op, b, [word for logit in self.logits[args[0]:args[0] + b]
+                                      for word in fmt.split(int(logit), fmt.logit_words)])
 
     def _core_reads(self, tokens, *, last):
         """The bank reads of the resident core's ``tokens`` runs (``last`` or not): each
