@@ -36,7 +36,8 @@ class BitLinearBlock(wiring.Component):
     operation's GEMVs run). The ``x_q`` words go to the group's activation buffer as chunks
     0, 1, ...; matrix ``m``'s GEMV (words ``base .. base + rows * words - 1`` of every bank,
     ``words`` chunks a row: K is the vector's length) is started with factor ``m`` once every
-    chunk has been taken by the group and matrix ``m - 1``'s last result has left. The
+    chunk has been taken by the group and the linear stage takes it (matrix ``m - 1``'s GEMV
+    command is with the group: the group reads the matrices back to back). The
     sequencer keeps ``1 <= words``, ``rows >= 1`` and ``1 <= n <= rows * banks`` for each of
     the ``count`` matrices, and the weights placed as ``hw.placement`` places them.
 
@@ -48,11 +49,11 @@ class BitLinearBlock(wiring.Component):
 
     Cycles (:meth:`cycles`), with ``o_stream`` ready, the residuals offered and the group idle
     and taking chunks: the first GEMV starts when both its factor is offered and ``x_q`` is
-    written, in the cycle after its last chunk; each later one the cycle after the previous
-    matrix's last beat (its factor waits by then). The linear stage takes its factor with its
-    start, so the first GEMV waits for it: :meth:`factor_wait` cycles after ``x_q`` is
-    complete (rho's scalar chain is longer than a short vector's QUANTISE pass). The block
-    takes its next command two cycles after its last beat is taken.
+    written, in the cycle after its last chunk; each later one as :meth:`gemv_starts` counts.
+    The linear stage takes its factor with its start, so the first GEMV waits for it:
+    :meth:`factor_wait` cycles after ``x_q`` is complete (rho's scalar chain is longer than a
+    short vector's QUANTISE pass). The block takes its next command two cycles after its last
+    beat is taken.
 
     Parameters
     ----------
@@ -163,14 +164,31 @@ class BitLinearBlock(wiring.Component):
         ``words``: from its start to its last beat, both counted."""
         return self._linear.cycles(words_per_row=words, n=n)
 
+    def gemv_starts(self, words, ns):
+        """For matrices of ``ns`` rows on a vector of ``words``, the cycle (from the command
+        taken, 0) before each GEMV's command is taken, from which its results take
+        :meth:`linear_cycles`, without back-pressure, with the group idle and no row slot past
+        ``n``: the first start once its factor is taken (:meth:`factor_cycles`); each later
+        one as soon as the GEMV before it is with the group, or its factor is offered
+        (:attr:`NormStage.FACTOR_INTERVAL` after the one before is taken); each GEMV command
+        then with the one before's last read (:meth:`LinearStage.command_cycle`)."""
+        banks = self._config.pim.banks
+        start = self.factor_cycles(words)
+        command = LinearStage.command_cycle(start)
+        commands = [command]
+        for n in ns[:-1]:
+            start = max(command + 1, start + NormStage.FACTOR_INTERVAL)
+            command = LinearStage.command_cycle(start, (command, -(-n // banks) * words))
+            commands.append(command)
+        return [command - 1 for command in commands]
+
     def cycles(self, words, ns):
         """Cycles from a command taken to its last beat offered, both counted, for a vector of
         ``words`` and matrices of ``ns`` rows, with ``o_stream`` ready, the residuals offered,
         the group idle, ``words >= banks / lanes`` and no row slot past ``n`` but in the last
-        matrix (the linear stage is busy until the group's last beat, wanted or not):
-        ``x_q``'s last chunk taken, a cycle to count it and :meth:`factor_wait`, then each
-        matrix's :meth:`hw.linear_stage.LinearStage.cycles`, back to back."""
-        return self.factor_cycles(words) + sum(self.linear_cycles(words, n) for n in ns)
+        matrix (the linear stage is busy until the group's last beat, wanted or not): the last
+        matrix's :meth:`gemv_starts` and :meth:`linear_cycles`."""
+        return self.gemv_starts(words, ns)[-1] + self.linear_cycles(words, ns[-1])
 
     def elaborate(self, platform):
         m = Module()
@@ -226,7 +244,6 @@ class BitLinearBlock(wiring.Component):
             start.factor.eq(norm.factors.payload),
         ]
         with m.If(norm.factors.valid & norm.factors.ready):
-            m.d.sync += current.eq(matrix)
             with m.If(matrix + 1 == op.norm.count):
                 m.d.sync += started.eq(1)
             with m.Else():
@@ -235,6 +252,11 @@ class BitLinearBlock(wiring.Component):
         with m.If(self.busy & started & ~linear.busy):
             m.d.sync += self.busy.eq(0)
 
+        # The results leave matrix after matrix: the tag moves on after each one's last beat.
+        with m.If(linear.o_stream.valid & linear.o_stream.ready & linear.o_stream.payload.last):
+            m.d.sync += current.eq(current + 1)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += current.eq(0)
         m.d.comb += [
             self.o_stream.valid.eq(linear.o_stream.valid),
             self.o_stream.payload.matrix.eq(current),

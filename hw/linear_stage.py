@@ -13,7 +13,7 @@ residual beats and rescales in an :class:`hw.epilogue.Epilogue`.
 """
 
 from amaranth import Cat, Module, Mux, Signal, signed
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.integer import PROJECTION_BITS
@@ -28,15 +28,18 @@ __all__ = ["LinearStage"]
 class LinearStage(wiring.Component):
     """One BitLinear per ``start``: its GEMV issued, its ``n`` results rescaled by the start's
     factor, the residual added when ``add_residual``, offered ``lanes`` rows a beat in row
-    order.
+    order; starts run one after another, their GEMVs back to back.
 
-    ``start`` is taken while the stage is idle (not :attr:`busy`). The stage then offers the
-    GEMV ``(base, rows, words_per_row)`` on ``cmd_stream``, takes the ``rows`` result beats on
-    ``acc_stream`` and offers ``ceil(n / lanes)`` beats on ``o_stream``; the beat with
-    ``index`` ``i`` holds rows ``i .. i + lanes - 1``, and its lanes at or past ``n`` are 0.
-    The stage is idle again the cycle after its last beat is taken and every result beat has
-    been taken from the bank group. The sequencer keeps ``rows >= 1``, ``words_per_row >= 1``
-    and ``1 <= n <= rows * banks``; results past ``n`` are dropped, whole beats of them too.
+    ``start`` is taken once the previous start's GEMV command is with the bank group and fewer
+    than :attr:`QUEUE` operations wait (at once when the stage is idle). The stage then offers
+    the GEMV ``(base, rows, words_per_row)`` on ``cmd_stream`` (the bank group takes it with
+    the previous GEMV's last read), takes the ``rows`` result beats on ``acc_stream`` and
+    offers ``ceil(n / lanes)`` beats on ``o_stream`` after the previous start's; the beat with
+    ``index`` ``i`` holds rows ``i .. i + lanes - 1``, its lanes at or past ``n`` are 0, and
+    ``last`` marks the start's last beat. :attr:`busy` falls the cycle after the last beat of
+    every start taken is taken and every result beat has been taken from the bank group. The
+    sequencer keeps ``rows >= 1``, ``words_per_row >= 1`` and ``1 <= n <= rows * banks``;
+    results past ``n`` are dropped, whole beats of them too.
 
     Residuals: when ``add_residual``, ``r_stream`` must supply ``ceil(n / lanes)`` beats, beat
     ``j`` holding the residual elements of rows ``j * lanes .. j * lanes + lanes - 1`` (lanes at
@@ -49,13 +52,14 @@ class LinearStage(wiring.Component):
     ``o_stream`` holds the epilogue, then fills the skid buffer, then stalls the bank group,
     whose credits keep every result; none is dropped.
 
-    Cycles, with ``o_stream`` ready and the residuals offered: a start taken in cycle ``s``
-    offers its GEMV in ``s + 1`` (taken then by an idle bank group), whose beat for row slot
-    ``j`` leaves the group in ``s + 1 + (j + 1) * words_per_row + latency`` (the group's
-    latency); its first part is offered :attr:`LATENCY` cycles after it is taken, and a split
-    beat's further parts one a cycle after that. The stage keeps up with the banks when
+    Cycles, with ``o_stream`` ready and the residuals offered: a GEMV command taken in cycle
+    ``c`` (:meth:`command_cycle`) has its beat for row slot ``j`` leave the group in
+    ``c + (j + 1) * words_per_row + latency`` (the group's latency); its first part is
+    offered :attr:`LATENCY` cycles after it is taken, and a split beat's further parts one a
+    cycle after that. The stage keeps up with the banks when
     ``words_per_row >= banks / lanes`` (always when gathering): :meth:`cycles` is then the
-    count from the start taken to the last beat offered.
+    count from the cycle before the command is taken (the start's, for an idle group) to the
+    last beat offered.
 
     Parameters
     ----------
@@ -82,14 +86,15 @@ class LinearStage(wiring.Component):
         From the bank group's ``o_stream``. Taken only while a GEMV's beats are due.
     r_stream : In(stream.Signature(ArrayLayout(signed(out_bits), lanes)))
         Residual elements, in row order.
-    o_stream : Out(stream.Signature(StructLayout({"index": range(depth * banks),
+    o_stream : Out(stream.Signature(StructLayout({"index": range(depth * banks), "last": 1,
                                                  "data": ArrayLayout(signed(out_bits), lanes)})))
-        Results: ``index`` is the beat's first row.
+        Results: ``index`` is the beat's first row within its start's, ``last`` its last beat.
     busy : Out(1)
-        A start has been taken and its last beat has not.
+        A start has been taken and its last beat has not, or result beats are due.
     """
 
     LATENCY = 1 + Epilogue.LATENCY      # a result beat taken to its first part offered
+    QUEUE = 3                           # started operations waiting to be regrouped
 
     def __init__(self, config, *, out_bits=PROJECTION_BITS, lanes=4):
         banks = config.pim.banks
@@ -112,7 +117,7 @@ class LinearStage(wiring.Component):
             "acc_stream": In(stream.Signature(PimBankGroup.layouts(config)["o_stream"])),
             "r_stream": In(stream.Signature(results)),
             "o_stream": Out(stream.Signature(data.StructLayout({
-                "index": range(rows), "data": results}))),
+                "index": range(rows), "last": 1, "data": results}))),
             "busy": Out(1),
         })
 
@@ -125,12 +130,25 @@ class LinearStage(wiring.Component):
         ready, the residuals offered, an idle bank group and ``words_per_row >= banks / lanes``:
         the GEMV's reads up to the last row slot within ``n``, the group's latency, the
         command's register, :attr:`LATENCY`, and a split beat's parts within ``n`` after its
-        first."""
+        first. A start whose GEMV waits for the one before it counts from the cycle before its
+        command is taken (:meth:`command_cycle`)."""
         banks = self._config.pim.banks
         slots = -(-n // banks)
         parts = -(-(n - (slots - 1) * banks) // self.lanes) if self.lanes < banks else 1
         return (2 + slots * words_per_row + PimBankGroup.latency_for(self._config)
                 + self.LATENCY + parts - 1)
+
+    @staticmethod
+    def command_cycle(start, previous=None):
+        """The cycle the bank group takes a start's GEMV command, the start taken in cycle
+        ``start``: the next, or, while the GEMV before it runs (its command taken in cycle
+        ``c`` to read ``r`` words, ``previous = (c, r)``), the cycle of that one's last read,
+        ``c + r``. Without back-pressure the bank group reads every cycle from its first
+        command to its last."""
+        if previous is None:
+            return start + 1
+        taken, reads = previous
+        return max(start + 1, taken + reads)
 
     def elaborate(self, platform):
         m = Module()
@@ -138,35 +156,56 @@ class LinearStage(wiring.Component):
         acc_bits = self._config.acc_bits
         m.submodules.epilogue = epilogue = Epilogue(self._config, out_bits=self._out_bits,
                                                     lanes=lanes)
-        n_shape = self.start.payload.n.shape()
+        start = self.start.payload
+        n_shape = start.n.shape()
+        started = self.start.valid & self.start.ready
 
-        # The operation: registered from the start, fixed until the stage is idle.
-        op = Signal(self.start.payload.shape())
-        issuing = Signal()              # the GEMV waits on cmd_stream
-        accepting = Signal()            # result beats are due from the bank group
-        rows_left = Signal.like(self.start.payload.rows)
-        outputs_done = Signal()
+        # Operations in flight, oldest first: one queue for the regrouping of result beats,
+        # one for the output count, both written with the start. A start is taken once the
+        # previous GEMV command is with the bank group, so the group reads one matrix after
+        # another without a gap while earlier results drain through the epilogue.
+        op_layout = data.StructLayout({"rows": start.rows.shape(), "n": n_shape,
+                                       "factor": DYADIC, "add_residual": 1})
+        m.submodules.ops = ops = fifo.SyncFIFO(width=op_layout.size, depth=self.QUEUE)
+        m.submodules.counts = counts = fifo.SyncFIFO(width=n_shape.width, depth=self.QUEUE)
         m.d.comb += [
-            self.start.ready.eq(~self.busy),
+            ops.w_en.eq(started),
+            ops.w_data.eq(Cat(start.rows, start.n, start.factor, start.add_residual)),
+            counts.w_en.eq(started),
+            counts.w_data.eq(start.n),
+        ]
+
+        # The GEMV command: registered from the start, offered until the bank group takes it.
+        command = Signal(self.cmd_stream.payload.shape())
+        issuing = Signal()
+        m.d.comb += [
+            self.start.ready.eq(~issuing & ops.w_rdy & counts.w_rdy),
             self.cmd_stream.valid.eq(issuing),
-            self.cmd_stream.payload.base.eq(op.base),
-            self.cmd_stream.payload.rows.eq(op.rows),
-            self.cmd_stream.payload.words_per_row.eq(op.words_per_row),
+            self.cmd_stream.payload.eq(command),
         ]
         with m.If(self.cmd_stream.ready):
             m.d.sync += issuing.eq(0)
+        with m.If(started):
+            m.d.sync += [issuing.eq(1), command.base.eq(start.base), command.rows.eq(start.rows),
+                         command.words_per_row.eq(start.words_per_row)]
+
+        # Result beats due from the bank group, over every operation in flight. Its ready is
+        # two flip-flops' AND (the bank group's ready fans out to every bank).
+        # (At most QUEUE + 1 operations are in flight: the queues' and the one leaving.)
+        due = Signal(range((self.QUEUE + 1) * self._config.pim.depth + 1))
+        accepting = Signal()
+        held_valid, spare_valid = Signal(), Signal()
+        m.d.comb += self.acc_stream.ready.eq(accepting & ~spare_valid)
+        arrived = self.acc_stream.valid & self.acc_stream.ready
+        due_next = due + Mux(started, start.rows, 0) - arrived
+        m.d.sync += [due.eq(due_next), accepting.eq(due_next != 0)]
 
         # The skid buffer: ``held`` is the beat being regrouped; ``spare`` takes a beat that
         # arrives while ``held`` stays, and the next beat waits in the bank group until it
-        # empties. ``acc_stream.ready`` is then two flip-flops' AND.
+        # empties.
         held = Signal(self.acc_stream.payload.shape(), reset_less=True)
         spare = Signal.like(held, reset_less=True)
-        held_valid, spare_valid = Signal(), Signal()
         consume = Signal()              # ``held`` leaves this cycle
-        m.d.comb += self.acc_stream.ready.eq(accepting & ~spare_valid)
-        arrived = self.acc_stream.valid & self.acc_stream.ready
-        with m.If(arrived):
-            m.d.sync += [rows_left.eq(rows_left - 1), accepting.eq(rows_left != 1)]
         with m.If(consume | ~held_valid):
             m.d.sync += held_valid.eq(spare_valid | arrived)
             with m.If(spare_valid):
@@ -176,6 +215,19 @@ class LinearStage(wiring.Component):
         with m.Elif(arrived):
             m.d.sync += [spare.eq(self.acc_stream.payload), spare_valid.eq(1)]
 
+        # The operation whose beats are regrouped: loaded from the queue when the one before
+        # has consumed its last beat, in that cycle, so its first beat follows without a gap.
+        op = Signal(op_layout)
+        active = Signal()
+        beats_left = Signal.like(op.rows)
+        op_done = consume & (beats_left == 1)
+        load = ops.r_rdy & (~active | op_done)
+        m.d.comb += ops.r_en.eq(load)
+        with m.If(consume):
+            m.d.sync += beats_left.eq(beats_left - 1)
+        with m.If(op_done):
+            m.d.sync += active.eq(0)
+
         # Regrouping into the epilogue's beats. ``remaining``: rows from the offered beat's
         # first to n (0 once past n); its lanes from ``remaining`` on are padding, zeroed.
         remaining = Signal(n_shape)
@@ -183,6 +235,7 @@ class LinearStage(wiring.Component):
         accs = Signal(data.ArrayLayout(signed(acc_bits), lanes))
         offered = offer & (~op.add_residual | self.r_stream.valid)
         taken = offered & epilogue.i_stream.ready
+        present = held_valid & active
         with m.If(taken):
             m.d.sync += remaining.eq(Mux(remaining > lanes, remaining - lanes, 0))
         if lanes <= banks:
@@ -196,10 +249,10 @@ class LinearStage(wiring.Component):
                     with m.Case(p):
                         m.d.comb += accs.eq(Cat(held[p * lanes + i] for i in range(lanes)))
             m.d.comb += [
-                offer.eq(held_valid & wanted),
-                consume.eq(held_valid & ~wanted | taken & (part == parts - 1)),
+                offer.eq(present & wanted),
+                consume.eq(present & ~wanted | taken & (part == parts - 1)),
             ]
-            with m.If(held_valid & ~wanted):
+            with m.If(present & ~wanted):
                 m.d.sync += part.eq(0)
             with m.Elif(taken):
                 m.d.sync += part.eq(Mux(part == parts - 1, 0, part + 1))
@@ -220,19 +273,27 @@ class LinearStage(wiring.Component):
                     m.d.comb += accs[lane].eq(held[b] if s == groups - 1 else
                                               Mux(slot == s, held[b], gathered[lane]))
             m.d.comb += [
-                offer.eq(held_valid & wanted & closes),
-                consume.eq(held_valid & (~wanted | ~closes | taken)),
+                offer.eq(present & wanted & closes),
+                consume.eq(present & (~wanted | ~closes | taken)),
             ]
-            with m.If(held_valid & wanted & ~closes):
+            with m.If(present & wanted & ~closes):
                 m.d.sync += slot.eq(slot + 1)
                 for s in range(groups - 1):
                     with m.If(slot == s):
                         m.d.sync += [gathered[s * banks + b].eq(held[b]) for b in range(banks)]
             with m.If(taken):
                 m.d.sync += slot.eq(0)
-            with m.If(held_valid & wanted & (~closes | taken)):
+            with m.If(present & wanted & (~closes | taken)):
                 m.d.sync += beat_remaining.eq(Mux(beat_remaining > banks,
                                                   beat_remaining - banks, 0))
+        with m.If(load):
+            queued = op_layout(ops.r_data)
+            m.d.sync += [op.eq(queued), active.eq(1), beats_left.eq(queued.rows),
+                         remaining.eq(queued.n)]
+            if lanes > banks:
+                m.d.sync += [beat_remaining.eq(queued.n), slot.eq(0)]
+            else:
+                m.d.sync += part.eq(0)
 
         # Into the epilogue, with the residuals when they are added.
         m.d.comb += [
@@ -248,33 +309,37 @@ class LinearStage(wiring.Component):
                     Mux(inside & op.add_residual, self.r_stream.payload[i], 0)),
             ]
 
-        # Out: the beats in row order, counted to n.
+        # Out: each operation's beats in row order, counted to its n (the head of ``counts``,
+        # loaded when the operation before has left).
         index = Signal.like(self.o_stream.payload.index)
         out_remaining = Signal(n_shape)
+        out_active = Signal()
+        moved = self.o_stream.valid & self.o_stream.ready
+        last = out_remaining <= lanes
         m.d.comb += [
             self.o_stream.valid.eq(epilogue.o_stream.valid),
             self.o_stream.payload.data.eq(epilogue.o_stream.payload),
             self.o_stream.payload.index.eq(index),
+            self.o_stream.payload.last.eq(last),
             epilogue.o_stream.ready.eq(self.o_stream.ready),
         ]
-        last_taken = self.o_stream.valid & self.o_stream.ready & (out_remaining <= lanes)
-        with m.If(self.o_stream.valid & self.o_stream.ready):
+        with m.If(moved):
             m.d.sync += [index.eq(index + lanes), out_remaining.eq(out_remaining - lanes)]
-        with m.If(last_taken):
-            m.d.sync += outputs_done.eq(1)
+        with m.If(moved & last):
+            m.d.sync += out_active.eq(0)
+        out_load = counts.r_rdy & (~out_active | moved & last)
+        m.d.comb += counts.r_en.eq(out_load)
+        with m.If(out_load):
+            m.d.sync += [out_active.eq(1), index.eq(0), out_remaining.eq(counts.r_data)]
 
-        with m.If(self.busy & (outputs_done | last_taken) & ~accepting & ~held_valid
-                  & ~spare_valid):
+        # Busy from a start until its last beat has left and every result beat has been taken
+        # from the bank group (a row slot past n too).
+        in_flight = Signal(range(self.QUEUE + 2))
+        finished = moved & last
+        m.d.sync += in_flight.eq(in_flight + started - finished)
+        with m.If(self.busy & ((in_flight == 0) | (in_flight == 1) & finished) & ~accepting
+                  & ~held_valid & ~spare_valid & ~issuing):
             m.d.sync += self.busy.eq(0)
-        with m.If(self.start.valid & self.start.ready):
-            start = self.start.payload
-            m.d.sync += [
-                op.eq(start), self.busy.eq(1), issuing.eq(1), accepting.eq(1),
-                rows_left.eq(start.rows), outputs_done.eq(0), remaining.eq(start.n),
-                index.eq(0), out_remaining.eq(start.n),
-            ]
-            if lanes > banks:
-                m.d.sync += [beat_remaining.eq(start.n), slot.eq(0)]
-            else:
-                m.d.sync += part.eq(0)
+        with m.If(started):
+            m.d.sync += self.busy.eq(1)
         return m

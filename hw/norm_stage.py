@@ -105,6 +105,9 @@ class NormStage(wiring.Component):
         (exponents within +-200).
     """
 
+    # From a factor taken to the next one offered: its multiply on rho's unit.
+    FACTOR_INTERVAL = _steps_cycles((ScalarOp.MULTIPLY,))
+
     def __init__(self, config, *, hidden, ffn, layers, lanes=None):
         lanes = config.pim.lanes if lanes is None else lanes
         for name, value in (("hidden", hidden), ("ffn", ffn), ("layers", layers),
@@ -156,7 +159,7 @@ class NormStage(wiring.Component):
         beside the factor's, rho's four operations (the peak's dyadic made beside them) and
         ``matrix + 1`` multiplies."""
         return (NormQuantizer.statistics_latency(words, lanes) + _steps_cycles(_RHO_STEPS)
-                + (matrix + 1) * _steps_cycles((ScalarOp.MULTIPLY,)))
+                + (matrix + 1) * NormStage.FACTOR_INTERVAL)
 
     def elaborate(self, platform):
         m = Module()

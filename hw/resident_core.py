@@ -302,12 +302,13 @@ class ResidentCore(wiring.Component):
         block = self._block
         linear = {name.rsplit(".", 1)[1]: placement.n for name, placement
                   in self.placements.items() if name.startswith("layers.0.")}
-        factor = block.factor_cycles(hidden_words)
-        q_beats = block.linear_cycles(hidden_words, linear["q_proj"])
+        q_start, k_start, _ = block.gemv_starts(hidden_words, [linear["q_proj"],
+                                                               linear["k_proj"],
+                                                               linear["v_proj"]])
         k_elements = model.kv_heads * self._head_dim
-        q_rotated = self._rotated(0, factor, model.hidden)
-        k_rotated = self._rotated(q_rotated, factor + q_beats, k_elements)
-        k_alone_rotated = self._rotated(0, factor, k_elements)
+        q_rotated = self._rotated(0, q_start, model.hidden)
+        k_rotated = self._rotated(q_rotated, k_start, k_elements)
+        k_alone_rotated = self._rotated(0, block.factor_cycles(hidden_words), k_elements)
         cache = 2 * model.kv_heads
         full = {
             # H into the norm's buffer before QKV and before GATE_UP; the four commands.

@@ -191,8 +191,8 @@ class LinearStageTB(TB):
                 scaled = scaled + residual[:n]
             padded = np.zeros(beats * lanes, np.int64)
             padded[:n] = scaled
-            expected += [(j * lanes, padded[j * lanes:(j + 1) * lanes].tolist())
-                         for j in range(beats)]
+            expected += [(j * lanes, int(j == beats - 1),
+                          padded[j * lanes:(j + 1) * lanes].tolist()) for j in range(beats)]
             beat_counts.append(beats)
             starts.append(self.start_payload(base, slots, words_per_row, n, factor, add))
             self.report["residual_starts"] += add
@@ -217,29 +217,31 @@ class LinearStageTB(TB):
         assert idle, "busy after every beat was taken and the last GEMV's reads"
 
         layout = self.layouts["o_stream"]
-        for number, (beat, (index, data)) in enumerate(zip(got, expected)):
+        for number, (beat, (index, last, data)) in enumerate(zip(got, expected)):
             view = layout.from_bits(beat)
             values = [int(view.data[i]) for i in range(lanes)]
-            assert (int(view.index), values) == (index, data), (
+            assert (int(view.index), int(view.last), values) == (index, last, data), (
                 f"beat {number} (K {k}, matrices {matrices}): got index {int(view.index)} "
-                f"{values}, golden index {index} {data}")
+                f"last {int(view.last)} {values}, golden index {index} last {last} {data}")
             assert max(abs(v) for v in data) < 1 << (self.out_bits - 1)
-        if timed:
+        if timed and words_per_row * lanes >= self.banks:   # the stage keeps up with the banks
             ends = np.cumsum(beat_counts) - 1 + first_beat
             accepted = self.starts.accepted_cycles[first_start:]
+            previous = None         # the last GEMV command's cycle and reads
             for op, ((n, _, slots), end) in enumerate(zip(matrices, ends)):
-                # Idle the cycle after the last beat left, unless a row slot past n is read.
-                if op + 1 < len(matrices) and slots == -(-n // self.banks):
-                    assert accepted[op + 1] == self.sink.beat_cycles[end] + 1, \
-                        f"start {op + 1} taken in cycle {accepted[op + 1]}, not the one after " \
-                        f"the last beat ({self.sink.beat_cycles[end]})"
+                command = LinearStage.command_cycle(accepted[op], previous)
+                if previous is not None:
+                    # Taken as soon as the GEMV before it is with the bank group.
+                    assert accepted[op] == previous[0] + 1, \
+                        f"start {op} taken in cycle {accepted[op]}, not the one after the " \
+                        f"previous GEMV command ({previous[0]})"
                     self.report["back_to_back"] += 1
-                if words_per_row * lanes < self.banks:  # the stage is slower than the banks
-                    continue
-                cycles = self.sink.beat_cycles[end] - accepted[op] + 1
+                previous = (command, slots * words_per_row)
+                cycles = self.sink.beat_cycles[end] - command + 2
                 formula = self.stage.cycles(words_per_row=words_per_row, n=n)
                 assert cycles == formula, (f"start {op} (n {n}, words_per_row "
-                                           f"{words_per_row}): {cycles} cycles, not {formula}")
+                                           f"{words_per_row}): {cycles} cycles from the one "
+                                           f"before its GEMV command, not {formula}")
                 self.report["timed"] += 1
                 self.report["cycles"].append(cycles)
         self.report["starts"] += len(matrices)

@@ -61,8 +61,13 @@ def test_cycles():
     assert block.factor_wait(3) == NormStage.factor_cycles(3, 0, 4) \
         - NormStage.x_q_cycles(3, 4) - 1 > 0
     assert block.factor_wait(40) == 0
-    assert block.cycles(40, [5, 3]) == NormStage.x_q_cycles(40, 4) + 1 \
-        + linear.cycles(words_per_row=40, n=5) + linear.cycles(words_per_row=40, n=3)
+    # The second GEMV's reads follow the first's 3 row slots of 40 words without a gap.
+    first = NormStage.x_q_cycles(40, 4) + 1
+    assert block.gemv_starts(40, [5, 3]) == [first, first + 3 * 40]
+    assert block.cycles(40, [5, 3]) == first + 3 * 40 + linear.cycles(words_per_row=40, n=3)
+    # A GEMV of 3 reads ends before the next factor: that start waits for its multiply.
+    first = block.factor_cycles(3)
+    assert block.gemv_starts(3, [1, 1]) == [first, first + NormStage.FACTOR_INTERVAL]
     shipped = elaborated(preset("ulx3s-85f"), hidden=128, ffn=384, layers=2)
     assert (shipped.factor_wait(4), shipped.factor_wait(12)) == (2, 0)
 

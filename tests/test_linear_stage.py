@@ -38,6 +38,12 @@ def test_cycles():
     assert split.cycles(words_per_row=3, n=6) == 2 + 3 * 3 + 5 + LinearStage.LATENCY + 1
 
 
+def test_a_gemv_command_waits_for_the_last_read_of_the_one_before():
+    assert LinearStage.command_cycle(10) == 11                   # an idle bank group
+    assert LinearStage.command_cycle(10, previous=(9, 24)) == 33
+    assert LinearStage.command_cycle(10, previous=(9, 1)) == 11  # the start came after it
+
+
 def test_parameters_are_checked():
     tiny = preset("tiny")
     with pytest.raises(ValueError, match=r"lanes must be a divisor or a multiple of banks \(2\) "
