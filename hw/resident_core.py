@@ -168,7 +168,10 @@ class ResidentCore(wiring.Component):
         self.placements = place(linear_shapes(model), config)
         self._block = BitLinearBlock(config, hidden=model.hidden, ffn=model.ffn,
                                      layers=model.layers, out_bits=RESIDUAL_BITS, lanes=lanes)
-        self._rope = Rope(config, head_dim=head_dim, max_seq=model.max_seq)
+        # q's and k's rotations, each on a unit of its own, so that k's pairs need not wait
+        # behind q's (the rotation of a vector runs a pair a cycle, slower than its beats).
+        self._ropes = tuple(Rope(config, head_dim=head_dim, max_seq=model.max_seq)
+                            for _ in range(2))
         self.attention_units = units = attention_units_for(model.kv_heads, attention_units)
         self._attentions = [Attention(config, heads=model.heads // units,
                                       kv_heads=model.kv_heads // units, head_dim=head_dim,
@@ -204,7 +207,7 @@ class ResidentCore(wiring.Component):
         self.constants_layout = data.UnionLayout({"layer": self.layer_layout,
                                                   "model": self.model_layout})
         members = {**self._block.signature.members, **self._head.signature.members,
-                   **self._rope.signature.members}
+                   **self._ropes[0].signature.members}
         super().__init__({
             "gain_stream": members["gain_stream"],
             "emb_stream": members["emb_stream"],
@@ -236,9 +239,9 @@ class ResidentCore(wiring.Component):
           on it, and each operation's command;
         - ``qkv``, ``o``, ``gate_up``, ``down``: :meth:`BitLinearBlock.cycles` and a cycle for
           its busy to fall (the FFN's latency after gate and up instead: its last word goes to
-          the norm then); ``qkv`` is k's rotation instead where that ends later (q's, then
-          k's, a pair a cycle, each pair once its second element's beat is in, then the
-          rotation's latency: :meth:`_rotated`);
+          the norm then); ``qkv`` is q's or k's rotation instead where that ends later (each
+          on its RoPE unit, a pair a cycle, each pair once its second element's beat is in,
+          then the rotation's latency: :meth:`_rotated`);
         - ``cache``: a key and a value word a KV head;
         - ``attention``: a round a query head of each attention unit (``heads /``
           :attr:`attention_units` rounds): the queries' handshake, :meth:`Attention.cycles`
@@ -306,15 +309,15 @@ class ResidentCore(wiring.Component):
                                                                linear["k_proj"],
                                                                linear["v_proj"]])
         k_elements = model.kv_heads * self._head_dim
-        q_rotated = self._rotated(0, q_start, model.hidden)
-        k_rotated = self._rotated(q_rotated, k_start, k_elements)
-        k_alone_rotated = self._rotated(0, block.factor_cycles(hidden_words), k_elements)
+        q_rotated = self._rotated(q_start, model.hidden)
+        k_rotated = self._rotated(k_start, k_elements)
+        k_alone_rotated = self._rotated(block.factor_cycles(hidden_words), k_elements)
         cache = 2 * model.kv_heads
         full = {
             # H into the norm's buffer before QKV and before GATE_UP; the four commands.
             "loads": 2 * hidden_words + 4,
             "qkv": max(block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
-                                                   linear["v_proj"]]) + 1, k_rotated),
+                                                   linear["v_proj"]]) + 1, q_rotated, k_rotated),
             "cache": cache,
             "o": block.cycles(hidden_words, [linear["o_proj"]]) + 1,
             "gate_up": (block.cycles(hidden_words, [linear["gate_proj"], linear["up_proj"]])
@@ -328,15 +331,15 @@ class ResidentCore(wiring.Component):
                    "cache": cache}
         return full, kv_only
 
-    def _rotated(self, after, start, elements):
-        """The cycle a rotation of ``elements`` (whole heads) is noted done, counted like
-        :meth:`BitLinearBlock.cycles`: a pair is offered the cycle after its second element's
-        beat (the vector's GEMV starts after ``start`` cycles, its row ``e``'s beat
-        :meth:`BitLinearBlock.linear_cycles` ``(words, e + 1)`` later) and after the pair
-        before it, the first one after cycle ``after``; then the rotation's latency."""
+    def _rotated(self, start, elements):
+        """The cycle a rotation of ``elements`` (whole heads) on its RoPE unit is noted done,
+        counted like :meth:`BitLinearBlock.cycles`: a pair is offered the cycle after its
+        second element's beat (the vector's GEMV starts after ``start`` cycles, its row ``e``'s
+        beat :meth:`BitLinearBlock.linear_cycles` ``(words, e + 1)`` later) and after the pair
+        before it; then the rotation's latency."""
         words = self._model.hidden // self._config.pim.lanes
         half = self._head_dim // 2
-        issued = after
+        issued = 0
         for head in range(elements // self._head_dim):
             for i in range(half):
                 second = head * self._head_dim + i + half
@@ -437,7 +440,7 @@ class ResidentCore(wiring.Component):
         pim_lanes = config.pim.lanes
         hidden, ffn, heads, kv_heads = model.hidden, model.ffn, model.heads, model.kv_heads
         m.submodules.block = block = self._block
-        m.submodules.rope = rope = self._rope
+        m.submodules.rope_q, m.submodules.rope_k = ropes = self._ropes
         units = self.attention_units
         for number, unit in enumerate(self._attentions):
             m.submodules[f"attention{number}"] = unit
@@ -447,8 +450,15 @@ class ResidentCore(wiring.Component):
         # Loads pass through to the units; the constants memory is the core's own.
         m.d.comb += [head.logit_addr.eq(self.logit_addr), self.logit.eq(head.logit)]
         for port, unit in (("gain_stream", block), ("emb_stream", head),
-                           ("scale_stream", head), ("step_stream", rope)):
+                           ("scale_stream", head)):
             wiring.connect(m, wiring.flipped(getattr(self, port)), getattr(unit, port))
+        # Both RoPE units take every phase step (they take them alike: while not busy).
+        m.d.comb += self.step_stream.ready.eq(ropes[0].step_stream.ready
+                                              & ropes[1].step_stream.ready)
+        for rope in ropes:
+            m.d.comb += [rope.step_stream.valid.eq(self.step_stream.valid
+                                                   & self.step_stream.ready),
+                         rope.step_stream.payload.eq(self.step_stream.payload)]
         wiring.connect(m, block.cmd_stream, wiring.flipped(self.cmd_stream))
         wiring.connect(m, wiring.flipped(self.acc_stream), block.acc_stream)
         m.submodules.constants = constants = Memory(
@@ -553,7 +563,7 @@ class ResidentCore(wiring.Component):
         # (``head * head_dim + i``), ``within`` its ``i``.
         # A pair is offered once its second element is in (``filled``: the vector's elements
         # written so far), so the walk follows the GEMV's beats head by head.
-        def rotate(vector, elements, filled, index, within, written, written_within):
+        def rotate(rope, vector, elements, filled, index, within, written, written_within):
             first = vector.word_select(index, PROJECTION_BITS)
             second = vector.word_select(index + pairs, PROJECTION_BITS)
             rotated = rope.o_stream.payload
@@ -573,6 +583,10 @@ class ResidentCore(wiring.Component):
             return done
 
         within, written_within = Signal(range(pairs)), Signal(range(pairs))
+        # k's walk, beside q's (``count``, ``within``, ``out_count``, ``written_within``).
+        k_index, k_written = Signal(range(kv_heads * head_dim + 1)), \
+            Signal(range(kv_heads * head_dim + 1))
+        k_within, k_written_within = Signal(range(pairs)), Signal(range(pairs))
         filled = Signal(range(pim_lanes // lanes))          # FFN beats in ffn_word
         word_full = Signal()
         widened = [Signal(signed(RESIDUAL_BITS), name=f"inner{i}") for i in range(lanes)]
@@ -627,8 +641,9 @@ class ResidentCore(wiring.Component):
                     m.next = "ROPE_START"
             with m.State("ROPE_START"):
                 # The position's factors are computed while the token is embedded.
-                m.d.comb += [rope.start.valid.eq(1), rope.start.payload.eq(token.position)]
-                with m.If(rope.start.ready):
+                m.d.comb += [rope.start.payload.eq(token.position) for rope in ropes]
+                m.d.comb += [rope.start.valid.eq(1) for rope in ropes]
+                with m.If(ropes[0].start.ready & ropes[1].start.ready):
                     m.d.comb += embed_go.eq(~ahead)
                     m.next = "EMBED_WAIT"
             with m.State("EMBED_WAIT"):
@@ -649,7 +664,8 @@ class ResidentCore(wiring.Component):
                 m.d.comb += block.cmd.valid.eq(1)
                 with m.If(block.cmd.ready):
                     m.d.sync += [count.eq(0), out_count.eq(0), within.eq(0),
-                                 written_within.eq(0)]
+                                 written_within.eq(0), k_index.eq(0), k_written.eq(0),
+                                 k_within.eq(0), k_written_within.eq(0)]
                     with m.Switch(op):
                         with m.Case(_Op.QKV, _Op.KV):
                             m.next = "PROJECT"
@@ -660,9 +676,9 @@ class ResidentCore(wiring.Component):
                         with m.Case(_Op.FINAL):
                             m.next = "FINAL_NORM"
             with m.State("PROJECT"):
-                # q, k and v, each a beat at a time into its registers; q is rotated as its
-                # pairs come in, then k as its own do, while the GEMVs after them run. (KV's
-                # matrices are k and v: its matrix 0 is k.)
+                # q, k and v, each a beat at a time into its registers; q and k are rotated
+                # as their pairs come in, each on its RoPE unit, while the GEMVs after them
+                # run. (KV's matrices are k and v: its matrix 0 is k.)
                 without_q = op == _Op.KV
                 vector_index = results.payload.matrix + without_q
                 m.d.comb += results.ready.eq(1)
@@ -676,15 +692,14 @@ class ResidentCore(wiring.Component):
                                 if elements_in is not None:
                                     m.d.sync += elements_in.eq((beat + 1) * lanes)
                 with m.If(~without_q & ~q_rotated):
-                    with m.If(rotate(q, hidden, q_filled, count, within, out_count,
+                    with m.If(rotate(ropes[0], q, hidden, q_filled, count, within, out_count,
                                      written_within)):
-                        m.d.sync += [q_rotated.eq(1), count.eq(0), out_count.eq(0),
-                                     within.eq(0), written_within.eq(0)]
-                with m.Elif(~k_rotated):
-                    with m.If(rotate(k, kv_heads * head_dim, k_filled, count, within, out_count,
-                                     written_within)):
+                        m.d.sync += q_rotated.eq(1)
+                with m.If(~k_rotated):
+                    with m.If(rotate(ropes[1], k, kv_heads * head_dim, k_filled, k_index,
+                                     k_within, k_written, k_written_within)):
                         m.d.sync += k_rotated.eq(1)
-                with m.If(~block.busy & k_rotated):
+                with m.If(~block.busy & k_rotated & (q_rotated | without_q)):
                     m.d.sync += [count.eq(0), out_count.eq(0), within.eq(0),
                                  written_within.eq(0), q_filled.eq(0), k_filled.eq(0),
                                  q_rotated.eq(0), k_rotated.eq(0), head_index.eq(0)]
