@@ -9,14 +9,13 @@ scale; the largest logit wins, the lowest index among equals. The token's own sc
 times the head's constant) is positive and common to every row, so it cannot change the arg max
 and the unit does not apply it.
 
-A lookup reads the token's row one word at a time and offers its elements one a cycle:
-``shift_round(embedding[token][j] * row_scale[token], shift)``, int32. Elements, not words,
-although the norm takes ``lanes`` elements a cycle: the residual stream is kept where the
-epilogue writes it one element a cycle anyway (its results after o_proj and down, its residual
-input), and the norm reads it from there; one element a cycle needs one rounding shifter, where
-a word a cycle would need one a lane (about 290 LUT4-eq each) for a step that runs once a
-token. The product is lane 0's multiplier (8 x 8 in a scan, 8 x 18 in a lookup: one MULT18X18D
-either way), fed the word's element by a ``lanes``-to-1 select.
+A lookup reads the token's row one word at a time and offers its elements ``embed_lanes`` a
+cycle: ``shift_round(embedding[token][j] * row_scale[token], shift)``, int32. The residual
+stream takes them where the epilogue writes its results, ``embed_lanes`` (the core's 4) a
+beat, not a word a cycle: each lane needs a rounding shifter (about 290 LUT4-eq) and a
+multiplier, and a decoded token waits for its lookup. The products are the first
+``embed_lanes`` lanes' multipliers (8 x 8 in a scan, 8 x 18 in a lookup: one MULT18X18D either
+way), each fed its element of the word by a select over the word's lane groups.
 """
 
 from amaranth import Module, Mux, Signal, signed
@@ -48,9 +47,9 @@ class LmHead(wiring.Component):
     looks one row up.
 
     Rows are read one ``lanes``-wide word a cycle, so a scan takes ``vocab x words`` cycles plus
-    :attr:`latency`. A lookup offers ``hidden`` elements one a cycle, the first
-    :attr:`EMBED_LATENCY` cycles after it is taken; its pipeline holds whole while an element
-    is refused. One operation runs at a time: ``start`` and ``embed`` are taken only while
+    :attr:`latency`. A lookup offers ``hidden`` elements ``embed_lanes`` a cycle, the first
+    :attr:`EMBED_LATENCY` cycles after it is taken; its pipeline holds whole while a beat is
+    refused. One operation runs at a time: ``start`` and ``embed`` are taken only while
     neither runs nor waits to be read (a ``start`` offered with an ``embed`` goes first), and
     so are writes to the activation, the embedding and the scales.
 
@@ -62,6 +61,8 @@ class LmHead(wiring.Component):
         The model's width and vocabulary.
     lanes : int
         Products a cycle.
+    embed_lanes : int
+        Elements a lookup offers a cycle: a divisor of ``lanes`` and of ``hidden``.
 
     Members
     -------
@@ -78,8 +79,8 @@ class LmHead(wiring.Component):
     embed : In(stream.Signature(StructLayout({"token": range(vocab), "shift": EMBED_SHIFT})))
         A token to look up, and the model's ``row_scale_fraction - residual_fraction``, from
         -8 to 31 (:data:`EMBED_SHIFT`).
-    residual : Out(stream.Signature(signed(32)))
-        The token's residual stream, element ``0`` to ``hidden - 1``.
+    residual : Out(stream.Signature(ArrayLayout(signed(32), embed_lanes)))
+        The token's residual stream, elements ``0`` to ``hidden - 1``, in order.
     logit_addr : In(range(vocab));  logit : Out(signed(logit_bits))
         The last scan's logit of row ``logit_addr``, the cycle after (each scan writes every
         row's logit into a memory of its own as it goes; read it between scans).
@@ -87,12 +88,17 @@ class LmHead(wiring.Component):
 
     EMBED_LATENCY = 7
 
-    def __init__(self, config, *, hidden, vocab, lanes=None):
+    def __init__(self, config, *, hidden, vocab, lanes=None, embed_lanes=1):
         lanes = config.pim.lanes if lanes is None else lanes
-        for name, value in (("hidden", hidden), ("vocab", vocab), ("lanes", lanes)):
+        for name, value in (("hidden", hidden), ("vocab", vocab), ("lanes", lanes),
+                            ("embed_lanes", embed_lanes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if lanes % embed_lanes or hidden % embed_lanes:
+            raise ValueError(f"embed_lanes must divide lanes ({lanes}) and hidden ({hidden}), "
+                             f"not {embed_lanes}")
         self._hidden, self._vocab, self._lanes = hidden, vocab, lanes
+        self.embed_lanes = embed_lanes
         self._words = -(-hidden // lanes)
         word = data.ArrayLayout(signed(EMBEDDING_BITS), lanes)
         # golden.integer's logit_dot and logit widths.
@@ -110,7 +116,8 @@ class LmHead(wiring.Component):
                 "token": range(vocab), "logit": signed(self.logit_bits)}))),
             "embed": In(stream.Signature(data.StructLayout({
                 "token": range(vocab), "shift": EMBED_SHIFT}))),
-            "residual": Out(stream.Signature(signed(RESIDUAL_BITS))),
+            "residual": Out(stream.Signature(data.ArrayLayout(signed(RESIDUAL_BITS),
+                                                              embed_lanes))),
             "logit_addr": In(range(vocab)),
             "logit": Out(signed(self.logit_bits)),
         })
@@ -121,6 +128,12 @@ class LmHead(wiring.Component):
         return self._words
 
     @property
+    def embed_cycles(self):
+        """Cycles after a lookup is taken that its last beat is offered, without
+        back-pressure."""
+        return self.EMBED_LATENCY + self._hidden // self.embed_lanes - 1
+
+    @property
     def latency(self):
         """Cycles from a scan's last read to its result offered."""
         return 8 + AdderTree.latency_for(self._lanes)
@@ -128,6 +141,7 @@ class LmHead(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lanes, words, vocab = self._lanes, self._words, self._vocab
+        embed_lanes = self.embed_lanes
         word = data.ArrayLayout(signed(EMBEDDING_BITS), lanes)
         m.submodules.embedding = embedding = Memory(shape=word, depth=vocab * words, init=[])
         m.submodules.activation = activation = Memory(shape=word, depth=words, init=[])
@@ -150,7 +164,7 @@ class LmHead(wiring.Component):
 
         # The scan: one embedding word a cycle, its activation word and its row's scale read
         # with it. A lookup: its row's words, each read once and held for its lanes' elements,
-        # one a cycle, and its row's scale.
+        # ``embed_lanes`` a cycle (``lane``: the first's), and its row's scale.
         running = Signal()          # a scan is reading
         lookup = Signal()           # from a lookup's start until its last element is taken
         issuing = Signal()          # a lookup is reading
@@ -160,8 +174,8 @@ class LmHead(wiring.Component):
         lane = Signal(range(lanes))
         last_column = column == words - 1
         final = last_column & (row == vocab - 1)
-        lookup_end = last_column & (lane == (self._hidden - 1) % lanes)
-        word_end = (lane == lanes - 1) | lookup_end
+        lookup_end = last_column & (lane == (self._hidden - 1) % lanes - (embed_lanes - 1))
+        word_end = (lane == lanes - embed_lanes) | lookup_end
         # A lookup's shift, from -8 to 31, as one right shift of the product moved left by 9,
         # then rounding half up: (floor(p 2**(1 - shift)) + 1) >> 1. An increment, and no
         # decoder for the half.
@@ -181,7 +195,7 @@ class LmHead(wiring.Component):
             with m.If(final):
                 m.d.sync += running.eq(0)
         with m.Elif(issuing & advance):
-            m.d.sync += lane.eq(Mux(word_end, 0, lane + 1))
+            m.d.sync += lane.eq(Mux(word_end, 0, lane + embed_lanes))
             with m.If(word_end):
                 m.d.sync += [addr.eq(addr + 1), column.eq(column + 1)]
             with m.If(lookup_end):
@@ -200,22 +214,24 @@ class LmHead(wiring.Component):
         # Cycle 1: the reads' data. Cycle 2: the words in registers (a DP16KD without its
         # output register delivers its word late in the cycle; the lane select and the
         # multiplexers after it would follow it). Cycle 3: operands registered. Cycle 4: the
-        # products. Lane 0 takes a lookup's element (the word's lane the lookup is at; 0 in a
-        # scan) and the row's scale in place of the activation. Cycle 5: a lookup's product
-        # shifted right. Cycle 6: rounded and offered. The shift and the increment each take
-        # a cycle: together, a barrel shifter and a carry chain.
+        # products. Lane j < embed_lanes takes a lookup's element (the word's lane
+        # ``lane + j``; lane j in a scan) and the row's scale in place of the activation.
+        # Cycle 5: a lookup's products shifted right. Cycle 6: rounded and offered. The shift
+        # and the increment each take a cycle: together, a barrel shifter and a carry chain.
         with_data = delayed(m, control, 2, "read")
         looked_up = [Signal.like(issued, name=f"lookup{n}") for n in range(1, 6)]
         word_e = Signal(word, reset_less=True)
         word_x = Signal(word, reset_less=True)
         word_scale = Signal(MANTISSA_BITS, reset_less=True)
         operand_e = Signal(word, reset_less=True)
-        operand_x = [Signal(_SCALE_OPERAND if n == 0 else signed(EMBEDDING_BITS),
+        operand_x = [Signal(_SCALE_OPERAND if n < embed_lanes else signed(EMBEDDING_BITS),
                             name=f"operand_x{n}", reset_less=True) for n in range(lanes)]
-        products = [Signal(signed(_EMBED_PRODUCT_BITS if n == 0 else 2 * EMBEDDING_BITS),
+        products = [Signal(signed(_EMBED_PRODUCT_BITS if n < embed_lanes
+                                  else 2 * EMBEDDING_BITS),
                            name=f"product{n}", reset_less=True) for n in range(lanes)]
-        # The product moved left by EMBED_LEFT_MAX + 1, shifted right by up to 39.
-        moved = Signal(signed(_EMBED_PRODUCT_BITS + EMBED_LEFT_MAX + 1), reset_less=True)
+        # The products moved left by EMBED_LEFT_MAX + 1, shifted right by up to 39.
+        moved = [Signal(signed(_EMBED_PRODUCT_BITS + EMBED_LEFT_MAX + 1), name=f"moved{n}",
+                        reset_less=True) for n in range(embed_lanes)]
         tree = m.submodules.tree = AdderTree(count=lanes, magnitude=_PRODUCT_MAGNITUDE)
         last_taken = Signal()
         with m.If(advance):
@@ -225,13 +241,16 @@ class LmHead(wiring.Component):
                 word_e.eq(emb_read.data), word_x.eq(x_read.data),
                 word_scale.eq(scale_read.data),
                 operand_e.eq(word_e),
-                operand_e[0].eq(word_e[looked_up[1].lane]),
-                operand_x[0].eq(Mux(lookup, word_scale, word_x[0])),
-                *(operand_x[n].eq(word_x[n]) for n in range(1, lanes)),
+                *(operand_e[n].eq(word_e[looked_up[1].lane + n]) for n in range(embed_lanes)),
+                *(operand_x[n].eq(Mux(lookup, word_scale, word_x[n]))
+                  for n in range(embed_lanes)),
+                *(operand_x[n].eq(word_x[n]) for n in range(embed_lanes, lanes)),
                 *(products[n].eq(operand_e[n] * operand_x[n]) for n in range(lanes)),
-                moved.eq((products[0] << (EMBED_LEFT_MAX + 1)) >> right),
+                *(moved[n].eq((products[n] << (EMBED_LEFT_MAX + 1)) >> right)
+                  for n in range(embed_lanes)),
                 self.residual.valid.eq(looked_up[4].valid),
-                self.residual.payload.eq((moved + 1) >> 1),
+                *(self.residual.payload[n].eq((moved[n] + 1) >> 1)
+                  for n in range(embed_lanes)),
                 last_taken.eq(looked_up[4].last),
             ]
         with m.If(self.residual.valid & self.residual.ready & last_taken):

@@ -110,8 +110,9 @@ class ResidentCore(wiring.Component):
         (``rope_theta`` and ``eps`` reach it only through the loaded steps and constants), and
         its bank group holds every matrix (:func:`hw.placement.place`).
     lanes : int
-        The BitLinear block's results a beat, and the FFN's elements a beat (a power of two
-        dividing ``hidden``, ``ffn``, ``kv_heads * head_dim`` and ``pim.lanes``).
+        The BitLinear block's results a beat, the FFN's elements a beat and the embedding
+        lookup's (a power of two dividing ``hidden``, ``ffn``, ``kv_heads * head_dim`` and
+        ``pim.lanes``).
     attention_units : int
         At most this many :class:`hw.attention.Attention` units, each with its share of the
         KV heads (its own part of the cache) and their query heads, run a query each at once:
@@ -184,8 +185,9 @@ class ResidentCore(wiring.Component):
         self.head_lanes = max(n for n in range(config.pim.lanes, model.hidden + 1,
                                                config.pim.lanes)
                               if not model.hidden % n and n <= max(_HEAD_LANES, config.pim.lanes))
+        # A lookup offers as many elements a cycle as the linear stage's beats hold.
         self._head = LmHead(config, hidden=model.hidden, vocab=model.vocab,
-                            lanes=self.head_lanes)
+                            lanes=self.head_lanes, embed_lanes=lanes)
         self.bases = self._block.bases
 
         softmax = self._attention.signature.members["query"].signature.members["payload"] \
@@ -234,7 +236,7 @@ class ResidentCore(wiring.Component):
         FSM's states over the units' own cycle formulas, one state after another:
 
         - ``embed``: the start, RoPE's and the lookup's handshakes, then the lookup's latency
-          and ``hidden`` elements, one a cycle;
+          and ``hidden`` elements, :attr:`lanes` a cycle;
         - ``loads``: H into the norm's buffer, a bank word a cycle, before each block operation
           on it, and each operation's command;
         - ``qkv``, ``o``, ``gate_up``, ``down``: :meth:`BitLinearBlock.cycles` and a cycle for
@@ -273,7 +275,7 @@ class ResidentCore(wiring.Component):
     @property
     def _embed_cycles(self):
         """:meth:`stage_cycles`'s ``embed``: from a start taken in IDLE to the first LOAD."""
-        return 2 + LmHead.EMBED_LATENCY - 1 + self._model.hidden
+        return 2 + self._head.embed_cycles
 
     def layer_cycles(self, position, last):
         """The layer stages of :meth:`stage_cycles` (``loads`` to ``down``), one dict a layer;
@@ -608,7 +610,7 @@ class ResidentCore(wiring.Component):
         # KV (this token's H is in the norm's buffer by then, and nothing reads H again).
         embed_token = Signal(range(model.vocab))
         embed_go = Signal()
-        embed_count = Signal(range(hidden))
+        embed_count = Signal(range(hidden // lanes))       # the lookup's beats into H
         embed_ends = Signal()               # the lookup's last element is written this cycle
         embedded = Signal()                 # it was written, and LOAD has not started since
         ahead = Signal()                    # the next token's start is taken, its lookup begun
@@ -625,10 +627,10 @@ class ResidentCore(wiring.Component):
             with m.State("RECEIVE"):
                 m.d.comb += head.residual.ready.eq(1)
                 with m.If(head.residual.valid):
-                    m.d.sync += [h.word_select(embed_count, RESIDUAL_BITS)
+                    m.d.sync += [h.word_select(embed_count, lanes * RESIDUAL_BITS)
                                  .eq(head.residual.payload),
                                  embed_count.eq(embed_count + 1)]
-                    with m.If(embed_count == hidden - 1):
+                    with m.If(embed_count == hidden // lanes - 1):
                         m.d.comb += embed_ends.eq(1)
                         m.d.sync += [embed_count.eq(0), embedded.eq(1)]
                         m.next = "IDLE"

@@ -13,7 +13,7 @@ model can need) to 31 (every product rounded to 0), back to back under idle and 
 while a scan is offered at the same time: the two must take turns, and both match golden.
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (rounds), ``options``
-(``hidden``, ``vocab``, optional ``lanes``).
+(``hidden``, ``vocab``, optional ``lanes`` and ``embed_lanes``).
 """
 
 import cocotb
@@ -39,6 +39,7 @@ class HeadTB(TB):
         self.hidden, self.vocab = options["hidden"], options["vocab"]
         self.lanes = self.layouts["x_stream"]["data"].shape.length
         self.words = unit.words
+        self.embed_lanes = unit.embed_lanes
         self.np_rng = np.random.default_rng(seed)
         self.x = StreamSource(dut, "x_stream", rng=self.rng)
         self.emb = StreamSource(dut, "emb_stream", rng=self.rng)
@@ -81,10 +82,10 @@ class HeadTB(TB):
         sender = cocotb.start_soon(self.embed.send(
             [self.embed_layout.const({"token": int(t), "shift": int(n)}).as_bits()
              for t, n in zip(tokens, shifts)], self.cycle))
-        beats = await self.residual.receive(len(tokens) * self.hidden, self.cycle,
-                                            timeout=self.vocab * self.words + 200)
+        beats = await self.residual.receive(len(tokens) * self.hidden // self.embed_lanes,
+                                            self.cycle, timeout=self.vocab * self.words + 200)
         await sender
-        return [int(v) for v in unpack_ints(beats, RESIDUAL_BITS, 1)[:, 0]]
+        return [int(v) for v in unpack_ints(beats, RESIDUAL_BITS, self.embed_lanes).ravel()]
 
 
 def _expected(x_q, embedding, scales):
@@ -186,5 +187,6 @@ async def lookup_rounds(tb, rounds, report):
         report["left_shifts"] += sum(n < 0 for n in shifts)
         report["right_shifts"] += sum(n > 0 for n in shifts)
         if round_ == 0:
-            report["cycles_per_embed"] = (tb.residual.beat_cycles[tb.hidden - 1]
-                                          - tb.embed.accepted_cycles[0])
+            report["cycles_per_embed"] = (
+                tb.residual.beat_cycles[tb.hidden // tb.embed_lanes - 1]
+                - tb.embed.accepted_cycles[0])

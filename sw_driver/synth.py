@@ -173,8 +173,9 @@ register_area_unit(AreaUnit("ffn", "resident decoder's FFN inner product relu(ga
                             lambda config, device: FfnInner(config, ffn=384, lanes=4),
                             lanes=lambda config: 4))
 register_area_unit(AreaUnit("head", "resident decoder's LM head, arg max and embedding lookup "
-                                    "(shipped model's shape, a bank's lanes)",
-                            lambda config, device: LmHead(config, hidden=128, vocab=256),
+                                    "(shipped model's shape, a bank's lanes, 4 lookup lanes)",
+                            lambda config, device: LmHead(config, hidden=128, vocab=256,
+                                                          embed_lanes=4),
                             lanes=lambda config: config.pim.lanes))
 register_area_unit(AreaUnit("norm-stage", "resident decoder's norm stage: RMSNorm, x_q, rho and "
                                           "the factors (shipped model's shape, 32 lanes)",
