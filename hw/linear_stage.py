@@ -168,9 +168,12 @@ class LinearStage(wiring.Component):
                                        "factor": DYADIC, "add_residual": 1})
         m.submodules.ops = ops = fifo.SyncFIFO(width=op_layout.size, depth=self.QUEUE)
         m.submodules.counts = counts = fifo.SyncFIFO(width=n_shape.width, depth=self.QUEUE)
+        entry = Signal(op_layout)
         m.d.comb += [
+            *(getattr(entry, name).eq(getattr(start, name))
+              for name in ("rows", "n", "factor", "add_residual")),
             ops.w_en.eq(started),
-            ops.w_data.eq(Cat(start.rows, start.n, start.factor, start.add_residual)),
+            ops.w_data.eq(entry),
             counts.w_en.eq(started),
             counts.w_data.eq(start.n),
         ]
@@ -189,9 +192,9 @@ class LinearStage(wiring.Component):
             m.d.sync += [issuing.eq(1), command.base.eq(start.base), command.rows.eq(start.rows),
                          command.words_per_row.eq(start.words_per_row)]
 
-        # Result beats due from the bank group, over every operation in flight. Its ready is
-        # two flip-flops' AND (the bank group's ready fans out to every bank).
-        # (At most QUEUE + 1 operations are in flight: the queues' and the one leaving.)
+        # Result beats due from the bank group, over every operation in flight (at most
+        # QUEUE + 1: the queues' and the one leaving). ``acc_stream.ready`` is two flip-flops'
+        # AND (the bank group's ready fans out to every bank).
         due = Signal(range((self.QUEUE + 1) * self._config.pim.depth + 1))
         accepting = Signal()
         held_valid, spare_valid = Signal(), Signal()
