@@ -237,8 +237,8 @@ class ResidentCore(wiring.Component):
 
         - ``embed``: the start, RoPE's and the lookup's handshakes, then the lookup's latency
           and ``hidden`` elements, :attr:`lanes` a cycle;
-        - ``loads``: H into the norm's buffer, a bank word a cycle, before each block operation
-          on it, and each operation's command;
+        - ``loads``: each operation's command, and in the first layer H into the norm's buffer,
+          a bank word a cycle (o and down write their H there as it is made);
         - ``qkv``, ``o``, ``gate_up``, ``down``: :meth:`BitLinearBlock.cycles` and a cycle for
           its busy to fall (the FFN's latency after gate and up instead: its last word goes to
           the norm then); ``qkv`` is q's or k's rotation instead where that ends later (each
@@ -248,10 +248,10 @@ class ResidentCore(wiring.Component):
         - ``attention``: a round a query head of each attention unit (``heads /``
           :attr:`attention_units` rounds): the queries' handshake, :meth:`Attention.cycles`
           and the outputs' words into the norm, one unit's after another;
-        - ``head``: the final norm (a ``norm_only`` operation, until its last ``x_q`` word is
-          taken: the head needs no factor), x_q's words, the scan's handshake, a row a
-          ``words`` cycles and the head's latency; without ``last``, the cycle in which the
-          core goes idle.
+        - ``head``: the final norm's command and the norm (a ``norm_only`` operation, until
+          its last ``x_q`` word is taken: the head needs no factor), x_q's words, the scan's
+          handshake, a row a ``words`` cycles and the head's latency; without ``last``, the
+          cycle in which the core goes idle.
 
         Without ``last`` (a prompt token before the last) the last layer computes only k and v
         (its ``qkv`` is the block's two GEMVs and k's rotation) and stops after its cache
@@ -266,7 +266,7 @@ class ResidentCore(wiring.Component):
                 stages[stage] += cycles
         if last:
             x_q = NormStage.x_q_cycles(hidden_words, self._config.pim.lanes)
-            stages["head"] = (hidden_words + 1 + x_q + model.hidden // self.head_lanes
+            stages["head"] = (1 + x_q + model.hidden // self.head_lanes
                               + 1 + model.vocab * self._head.words + self._head.latency)
         else:
             stages["head"] = 1
@@ -288,7 +288,12 @@ class ResidentCore(wiring.Component):
             + units * (self._head_dim // self._config.pim.lanes))
         full = {stage: attention if stage == "attention" else fixed[stage]
                 for stage in LAYER_STAGES}
-        return [full] * (self._model.layers - 1) + [full if last else dict(kv_only)]
+        layers = [full] * (self._model.layers - 1) + [full if last else kv_only]
+        # Only the first layer loads H into the norm's buffer: after it, each o and down writes
+        # its H there as it goes.
+        load = self._model.hidden // self._config.pim.lanes
+        return [dict(layers[0], loads=layers[0]["loads"] + load)] + [dict(layer)
+                                                                    for layer in layers[1:]]
 
     @functools.cached_property
     def _fixed_layer_cycles(self):
@@ -316,8 +321,8 @@ class ResidentCore(wiring.Component):
         k_alone_rotated = self._rotated(block.factor_cycles(hidden_words), k_elements)
         cache = 2 * model.kv_heads
         full = {
-            # H into the norm's buffer before QKV and before GATE_UP; the four commands.
-            "loads": 2 * hidden_words + 4,
+            # The four commands (and in the first layer H into the norm's buffer: layer_cycles).
+            "loads": 4,
             "qkv": max(block.cycles(hidden_words, [linear["q_proj"], linear["k_proj"],
                                                    linear["v_proj"]]) + 1, q_rotated, k_rotated),
             "cache": cache,
@@ -327,7 +332,7 @@ class ResidentCore(wiring.Component):
             "down": block.cycles(ffn_words, [linear["down_proj"]]) + 1,
         }
         # Without ``last``, the last layer ends with its cache writes.
-        kv_only = {"loads": hidden_words + 1,                 # H, and KV's command
+        kv_only = {"loads": 1,                                # KV's command
                    "qkv": max(block.cycles(hidden_words, [linear["k_proj"], linear["v_proj"]])
                               + 1, k_alone_rotated),
                    "cache": cache}
@@ -472,7 +477,9 @@ class ResidentCore(wiring.Component):
                      const_write.data.eq(self.const_stream.payload.data)]
 
         layer = Signal(range(model.layers))
-        layer_read = constants.read_port()
+        # The layer's constants are read without a register: a layer's first command follows
+        # the previous layer's last write of H in the cycle after ``layer`` moves on.
+        layer_read = constants.read_port(domain="comb")
         model_read = constants.read_port()
         m.d.comb += [layer_read.addr.eq(layer), model_read.addr.eq(model.layers)]
         lc, mc = layer_read.data.layer, model_read.data.model
@@ -591,6 +598,8 @@ class ResidentCore(wiring.Component):
         k_within, k_written_within = Signal(range(pairs)), Signal(range(pairs))
         filled = Signal(range(pim_lanes // lanes))          # FFN beats in ffn_word
         word_full = Signal()
+        h_word_full = Signal()                              # word h_word of H is to be copied
+        h_word = Signal(range(hidden // pim_lanes))
         widened = [Signal(signed(RESIDUAL_BITS), name=f"inner{i}") for i in range(lanes)]
         m.d.comb += [value.eq(ffn_unit.o_stream.payload.value[i])
                      for i, value in enumerate(widened)]
@@ -777,27 +786,35 @@ class ResidentCore(wiring.Component):
                             m.next = "ATTEND"
             with m.State("RESIDUAL"):
                 # o or down, plus H, into H; H's old beats go to the block as they are needed.
+                # Each word of the new H also goes to the norm's buffer the cycle after its last
+                # beat (the norm is between operations by then), so the next operation, whose
+                # norm reads H, starts without a LOAD.
                 m.d.comb += [block.r_stream.valid.eq(count != hidden // lanes),
                              block.r_stream.payload.eq(
                                  h.word_select(count, lanes * RESIDUAL_BITS)),
-                             results.ready.eq(1)]
+                             results.ready.eq(~h_word_full | x.ready),
+                             x.valid.eq(h_word_full), x.payload.index.eq(h_word),
+                             x.payload.data.eq(h.word_select(h_word, pim_lanes * RESIDUAL_BITS))]
+                with m.If(x.valid & x.ready):
+                    m.d.sync += h_word_full.eq(0)
                 with m.If(block.r_stream.valid & block.r_stream.ready):
                     m.d.sync += count.eq(count + 1)
-                with m.If(results.valid):
+                with m.If(results.valid & results.ready):
                     m.d.sync += h.word_select(beat, lanes * RESIDUAL_BITS) \
                         .eq(results.payload.data)
-                with m.If(~block.busy):
+                    with m.If(beat % (pim_lanes // lanes) == pim_lanes // lanes - 1):
+                        m.d.sync += [h_word_full.eq(1),
+                                     h_word.eq(beat // (pim_lanes // lanes))]
+                with m.If(~block.busy & ~h_word_full):
                     m.d.sync += count.eq(0)
+                    m.next = "COMMAND"
                     with m.If(op == _Op.O):
                         m.d.sync += op.eq(_Op.GATE_UP)
-                        m.next = "LOAD"
                     with m.Elif(layer != model.layers - 1):
                         m.d.sync += [op.eq(first_op(layer + 1)), layer.eq(layer + 1)]
-                        m.next = "LOAD"
                     with m.Else():
                         # Only a last token runs DOWN in the last layer (first_op).
                         m.d.sync += op.eq(_Op.FINAL)
-                        m.next = "LOAD"
             with m.State("FFN"):
                 # gate then up, a beat at a time into the FFN; its results, gathered into words,
                 # into the norm's buffer (a word leaves in the cycle the next beat comes in).
