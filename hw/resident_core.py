@@ -288,12 +288,12 @@ class ResidentCore(wiring.Component):
             + units * (self._head_dim // self._config.pim.lanes))
         full = {stage: attention if stage == "attention" else fixed[stage]
                 for stage in LAYER_STAGES}
-        layers = [full] * (self._model.layers - 1) + [full if last else kv_only]
+        layers = [dict(full) for _ in range(self._model.layers - 1)]
+        layers.append(dict(full if last else kv_only))
         # Only the first layer loads H into the norm's buffer: after it, each o and down writes
         # its H there as it goes.
-        load = self._model.hidden // self._config.pim.lanes
-        return [dict(layers[0], loads=layers[0]["loads"] + load)] + [dict(layer)
-                                                                    for layer in layers[1:]]
+        layers[0]["loads"] += self._model.hidden // self._config.pim.lanes
+        return layers
 
     @functools.cached_property
     def _fixed_layer_cycles(self):
@@ -596,7 +596,8 @@ class ResidentCore(wiring.Component):
         k_index, k_written = Signal(range(kv_heads * head_dim + 1)), \
             Signal(range(kv_heads * head_dim + 1))
         k_within, k_written_within = Signal(range(pairs)), Signal(range(pairs))
-        filled = Signal(range(pim_lanes // lanes))          # FFN beats in ffn_word
+        beats_a_word = pim_lanes // lanes                   # the block's beats in a bank word
+        filled = Signal(range(beats_a_word))                # FFN beats in ffn_word
         word_full = Signal()
         h_word_full = Signal()                              # word h_word of H is to be copied
         h_word = Signal(range(hidden // pim_lanes))
@@ -652,8 +653,8 @@ class ResidentCore(wiring.Component):
                     m.next = "ROPE_START"
             with m.State("ROPE_START"):
                 # The position's factors are computed while the token is embedded.
-                m.d.comb += [rope.start.payload.eq(token.position) for rope in ropes]
-                m.d.comb += [rope.start.valid.eq(1) for rope in ropes]
+                for rope in ropes:
+                    m.d.comb += [rope.start.valid.eq(1), rope.start.payload.eq(token.position)]
                 with m.If(ropes[0].start.ready & ropes[1].start.ready):
                     m.d.comb += embed_go.eq(~ahead)
                     m.next = "EMBED_WAIT"
@@ -802,9 +803,8 @@ class ResidentCore(wiring.Component):
                 with m.If(results.valid & results.ready):
                     m.d.sync += h.word_select(beat, lanes * RESIDUAL_BITS) \
                         .eq(results.payload.data)
-                    with m.If(beat % (pim_lanes // lanes) == pim_lanes // lanes - 1):
-                        m.d.sync += [h_word_full.eq(1),
-                                     h_word.eq(beat // (pim_lanes // lanes))]
+                    with m.If(beat % beats_a_word == beats_a_word - 1):
+                        m.d.sync += [h_word_full.eq(1), h_word.eq(beat // beats_a_word)]
                 with m.If(~block.busy & ~h_word_full):
                     m.d.sync += count.eq(0)
                     m.next = "COMMAND"
@@ -838,7 +838,7 @@ class ResidentCore(wiring.Component):
                     m.d.sync += [ffn_word.word_select(filled, lanes * RESIDUAL_BITS)
                                  .eq(Cat(*widened)),
                                  filled.eq(filled + 1), shift.eq(inner.payload.shift)]
-                    with m.If(filled == pim_lanes // lanes - 1):
+                    with m.If(filled == beats_a_word - 1):
                         m.d.sync += [filled.eq(0), word_full.eq(1)]
             with m.State("FINAL_NORM"):
                 # The head needs x_q alone (the token's scale cannot change the arg max): the
