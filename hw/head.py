@@ -12,10 +12,10 @@ and the unit does not apply it.
 A lookup reads the token's row one word at a time and offers its elements ``embed_lanes`` a
 cycle: ``shift_round(embedding[token][j] * row_scale[token], shift)``, int32. The residual
 stream takes them where the epilogue writes its results, ``embed_lanes`` (the core's 4) a
-beat, not a word a cycle: each lane needs a rounding shifter (about 290 LUT4-eq), and four
-a cycle already cut a decoded token's wait for its lookup to a third. The products are the first
-``embed_lanes`` lanes' multipliers (8 x 8 in a scan, 8 x 18 in a lookup: one MULT18X18D either
-way), each fed its element of the word by a select over the word's lane groups.
+beat, not a word a cycle: each lane needs a rounding shifter (about 290 LUT4-eq), and H is
+written a beat at a time anyway. The products are the first ``embed_lanes`` lanes'
+multipliers (8 x 8 in a scan, 8 x 18 in a lookup: one MULT18X18D either way), each fed its
+element of the word by a select over the word's lane groups.
 """
 
 from amaranth import Module, Mux, Signal, signed
