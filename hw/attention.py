@@ -1,5 +1,5 @@
 """Attention of the integer decoder, with the KV cache in block RAM (``golden.integer.attention``
-for one query and one head, bit for bit).
+for one query position and one or more query heads of a KV head, bit for bit).
 
 The cache holds, for every layer, position and KV head, a key (after RoPE) and a value of
 ``head_dim`` int16 elements, one word each; the sequencer writes them. A query is one head's
@@ -18,12 +18,12 @@ query, so the unit keeps no table of them). The unit runs four passes:
    value, accumulated per element; then the vector is offered.
 
 Passes 1 and 4 never overlap, so they share the ``head_dim`` multipliers (``q[d] x K[s][d]``,
-then ``weight x V[s][d]``): ``head_dim + 2`` multipliers in all, where golden's multiplier
-count (``score`` and ``weighted_sum`` per element) would be ``2 head_dim + 2``. The query heads
-of a KV group read the same keys; a unit taking them together would read each key once for all
-of them, at ``group`` times the multipliers, where one head at a time shares them between the
-passes instead. A query carries its vector with its position, head and constants, so that one
-transfer starts it and no order between two streams has to be kept.
+then ``weight x V[s][d]``): ``head_dim + 2`` multipliers a query head of a pass, where golden's
+multiplier count (``score`` and ``weighted_sum`` per element) would be ``2 head_dim + 2``. The
+query heads of a KV group read the same keys: ``heads_per_pass`` of them together cost that
+many times the multipliers and take the cycles of one. A query carries its vectors with its
+position, heads and constants, so that one transfer starts it and no order between two streams
+has to be kept.
 """
 
 from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
@@ -65,7 +65,7 @@ class _Pass(enum.Enum, shape=2):
 
 
 class Attention(wiring.Component):
-    """One query head at a time against the KV cache.
+    """``heads_per_pass`` query heads of a KV head at a time against the KV cache.
 
     A query taken in cycle ``c`` has its output offered in cycle ``c + cycles(pos)``, with
     ``cycles(pos) = 3 (pos + 1) + latency`` (:meth:`cycles`): passes 1, 2 and 4 read one
@@ -87,7 +87,10 @@ class Attention(wiring.Component):
     heads, kv_heads : int
         Query heads and KV heads; query head ``h`` reads KV head ``h // (heads / kv_heads)``.
     head_dim : int
-        Elements a head (even, as RoPE's pairs need): products a cycle.
+        Elements a head (even, as RoPE's pairs need).
+    heads_per_pass : int
+        Query heads a query holds, all of one KV head (a divisor of ``heads / kv_heads``): the
+        unit makes ``heads_per_pass x head_dim`` products a cycle.
     max_seq : int
         Positions the cache holds per layer.
     layers : int
@@ -100,24 +103,29 @@ class Attention(wiring.Component):
                                                   "head": range(kv_heads), "kind": CacheKind,
                                                   "data": ArrayLayout(signed(16), head_dim)})))
         Cache writes: one key or value word.
-    query : In(stream.Signature(StructLayout({"layer", "position", "head": range(heads),
-                                             "q": ArrayLayout(signed(16), head_dim),
+    query : In(stream.Signature(StructLayout({"layer", "position",
+                                             "head": range(heads / heads_per_pass),
+                                             "q": ArrayLayout(ArrayLayout(signed(16), head_dim),
+                                                              heads_per_pass),
                                              "softmax": StructLayout({"gap_limit",
                                                                       "gap_shift",
                                                                       "scale": DYADIC})})))
-        A query head's vector, its position and the layer's SoftmaxScale. ``gap_limit`` is at
+        Query heads ``head x heads_per_pass + j``'s vectors ``q[j]``, their position and the
+        layer's SoftmaxScale. ``gap_limit`` is at
         most ``2**score_bits - 1`` (a larger limit never binds, as no gap reaches it: the
         sequencer saturates it).
-    o_stream : Out(stream.Signature(ArrayLayout(signed(attention_out bits), head_dim)))
-        ``sum_s weight_s V[s]``, golden's ``out`` for this head (real value
-        ``out * 2**-(15 + v fraction)``).
+    o_stream : Out(stream.Signature(ArrayLayout(ArrayLayout(signed(attention_out bits),
+                                                            head_dim), heads_per_pass)))
+        ``sum_s weight_s V[s]`` of each of the query's heads, golden's ``out`` for that head
+        (real value ``out * 2**-(15 + v fraction)``).
     formats : golden.integer.IntegerFormats
         Golden's widths for this shape.
     score_bits : int
         Width of a score (and of a gap, unsigned).
     """
 
-    def __init__(self, config, *, heads, kv_heads, head_dim, max_seq, layers):
+    def __init__(self, config, *, heads, kv_heads, head_dim, max_seq, layers,
+                 heads_per_pass=1):
         for name, value in (("heads", heads), ("max_seq", max_seq), ("layers", layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
@@ -128,8 +136,13 @@ class Attention(wiring.Component):
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 \
                 or head_dim % 2:
             raise ValueError(f"head_dim must be an even integer of at least 2, not {head_dim!r}")
+        group = heads // kv_heads
+        if isinstance(heads_per_pass, bool) or not isinstance(heads_per_pass, int) \
+                or not 1 <= heads_per_pass <= group or group % heads_per_pass:
+            raise ValueError(f"heads_per_pass must be a divisor of heads / kv_heads ({group}) "
+                             f"in [1, {group}], not {heads_per_pass!r}")
         self._heads, self._kv_heads, self._head_dim = heads, kv_heads, head_dim
-        self._max_seq, self._layers = max_seq, layers
+        self._max_seq, self._layers, self.heads_per_pass = max_seq, layers, heads_per_pass
         # Golden's formats for this shape (hidden and ffn do not enter attention's widths).
         self.formats = integer_formats(ModelConfig(
             hidden=heads * head_dim, layers=layers, heads=heads, kv_heads=kv_heads,
@@ -141,13 +154,15 @@ class Attention(wiring.Component):
                 "layer": range(layers), "position": range(max_seq), "head": range(kv_heads),
                 "kind": CacheKind, "data": word}))),
             "query": In(stream.Signature(data.StructLayout({
-                "layer": range(layers), "position": range(max_seq), "head": range(heads),
-                "q": word,
+                "layer": range(layers), "position": range(max_seq),
+                "head": range(heads // heads_per_pass),
+                "q": data.ArrayLayout(word, heads_per_pass),
                 "softmax": data.StructLayout({
                     "gap_limit": unsigned(self.score_bits),
                     "gap_shift": range(self.score_bits + 1), "scale": DYADIC})}))),
-            "o_stream": Out(stream.Signature(data.ArrayLayout(
-                signed(self.formats.widths["attention_out"].bits), head_dim))),
+            "o_stream": Out(stream.Signature(data.ArrayLayout(data.ArrayLayout(
+                signed(self.formats.widths["attention_out"].bits), head_dim),
+                heads_per_pass))),
         })
 
     @property
@@ -166,7 +181,8 @@ class Attention(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         widths, tables = self.formats.widths, build_tables()
-        head_dim, max_seq = self._head_dim, self._max_seq
+        head_dim, max_seq, per_pass = self._head_dim, self._max_seq, self.heads_per_pass
+        heads = range(per_pass)             # the query's heads, each with a lane of its own
         word = data.ArrayLayout(signed(PROJECTION_BITS), head_dim)
 
         # The cache's address is Cat(kind, KV head, layer, position): a scan's addresses are
@@ -175,9 +191,9 @@ class Attention(wiring.Component):
         layer_bits = (self._layers - 1).bit_length()
         row_bits = 1 + head_bits + layer_bits
         m.submodules.cache = cache = Memory(shape=word, depth=max_seq << row_bits, init=[])
-        # Pass 1's scores, each replaced by its p in pass 2.
-        m.submodules.buffer = buffer = Memory(shape=signed(self.score_bits), depth=max_seq,
-                                              init=[])
+        # Pass 1's scores, each replaced by its p in pass 2: a word holds every head's.
+        m.submodules.buffer = buffer = Memory(
+            shape=data.ArrayLayout(signed(self.score_bits), per_pass), depth=max_seq, init=[])
         entries, entry_bits = self.formats.tables["exp2"]
         m.submodules.exp2 = exp2 = Memory(shape=entry_bits, depth=entries,
                                           init=[int(v) for v in tables.exp2])
@@ -195,12 +211,13 @@ class Attention(wiring.Component):
 
         command = Signal.like(self.query.payload)
         kv_head = Signal(range(self._kv_heads))
-        group = self._heads // self._kv_heads
+        passes_a_kv_head = self._heads // self._kv_heads // per_pass
         taken = self.query.valid & self.query.ready
         m.d.comb += self.query.ready.eq(~running & ~self.o_stream.valid)
         with m.If(taken):
             m.d.sync += [command.eq(self.query.payload),
-                         kv_head.eq(Array(h // group for h in range(self._heads))[
+                         kv_head.eq(Array(h // passes_a_kv_head
+                                          for h in range(self._heads // per_pass))[
                              self.query.payload.head])]
 
         # Issue: one position a cycle of the pass in ``step``, 0 .. pos.
@@ -230,135 +247,155 @@ class Attention(wiring.Component):
         # it (a DP16KD without its output register delivers it late in the cycle).
         buffer_read, buffer_write = buffer.read_port(), buffer.write_port()
         cache_read = cache.read_port()
-        exp2_read, reciprocal_read = exp2.read_port(), reciprocal.read_port()
         m.d.comb += buffer_read.addr.eq(index)
         fetched = Signal.like(buffer_read.data, reset_less=True)    # stage 2: passes 2 and 4
         m.d.sync += fetched.eq(buffer_read.data)
         # The cache is read in stage 4 of passes 1 (keys) and 4 (values): its word arrives in
-        # stage 5 with pass 4's weight.
+        # stage 5 with pass 4's weights.
         m.d.comb += cache_read.addr.eq(Cat(stages[4].step == _Pass.OUTPUT, kv_head,
                                            command.layer, stages[4].index))
 
         # The shared products, passes 1 and 4: q[d] or the weight times the cache word's
-        # element, operands in stage 6, products in stage 7 (_PRODUCTS).
-        weight = Signal(widths["weight"].bits, reset_less=True)
+        # element, a row of them a head, operands in stage 6, products in stage 7 (_PRODUCTS).
+        weight = [Signal(widths["weight"].bits, name=f"weight{j}", reset_less=True)
+                  for j in heads]
         coefficient_bits = max(PROJECTION_BITS, widths["weight"].bits + 1)
-        coefficient = Signal(data.ArrayLayout(signed(coefficient_bits), head_dim),
+        coefficient = Signal(data.ArrayLayout(data.ArrayLayout(signed(coefficient_bits),
+                                                               head_dim), per_pass),
                              reset_less=True)
         element = Signal(word, reset_less=True)
-        products = Signal(data.ArrayLayout(signed(coefficient_bits + PROJECTION_BITS),
-                                           head_dim), reset_less=True)
+        products = Signal(data.ArrayLayout(data.ArrayLayout(
+            signed(coefficient_bits + PROJECTION_BITS), head_dim), per_pass), reset_less=True)
         output = stages[5].step == _Pass.OUTPUT
-        for d in range(head_dim):
-            m.d.sync += [coefficient[d].eq(Mux(output, weight, command.q[d])),
-                         element[d].eq(cache_read.data[d]),
-                         products[d].eq(coefficient[d] * element[d])]
+        m.d.sync += element.eq(cache_read.data)
+        for j in heads:
+            for d in range(head_dim):
+                m.d.sync += [coefficient[j][d].eq(Mux(output, weight[j], command.q[j][d])),
+                             products[j][d].eq(coefficient[j][d] * element[d])]
 
-        # Pass 1: the tree's sum is registered as the score, in stage _PRODUCTS + tree latency
-        # + 1 (the tree's terms are as wide as q[d] x K[s][d] needs; pass 4's wider products go
-        # to the accumulators).
-        tree = m.submodules.tree = AdderTree(count=head_dim, magnitude=_PRODUCT_MAGNITUDE)
-        for d in range(head_dim):
-            m.d.comb += tree.i[d].eq(products[d])
-        score = Signal.like(tree.o, reset_less=True)
-        m.d.sync += score.eq(tree.o)
-        scored = delayed(m, stages[_PRODUCTS], tree.latency + 1, "scored")
-        top = Signal(signed(self.score_bits), reset_less=True)
+        # Pass 1: each head's tree sum is registered as its score, in stage _PRODUCTS + tree
+        # latency + 1 (the tree's terms are as wide as q[d] x K[s][d] needs; pass 4's wider
+        # products go to the accumulators).
+        score = Signal.like(buffer_write.data, reset_less=True)
+        for j in heads:
+            tree = m.submodules[f"tree{j}"] = AdderTree(count=head_dim,
+                                                        magnitude=_PRODUCT_MAGNITUDE)
+            m.d.comb += [tree.i[d].eq(products[j][d]) for d in range(head_dim)]
+            m.d.sync += score[j].eq(tree.o)
+            latency = tree.latency
+        scored = delayed(m, stages[_PRODUCTS], latency + 1, "scored")
+        top = Signal.like(score, reset_less=True)
         scoring = scored.valid & (scored.step == _Pass.SCORES)
 
-        # Pass 2: stage 2 the score, 3 the gap, 4 the clipped gap, 5 plus the half, 6 shifted,
-        # 7 times the scale, 8 plus t's half, 9 and 10 t's right and left shifts (t, the exp2
-        # ROM's address), 11 t's octave, 12 the table's entry and the octave's half, 13 plus the
-        # half, 14 (_PROBABILITY) p. The shifts' amounts and halves come from the query's
-        # constants, registered long before the pass starts. From octave EXP2_TABLE_BITS + 2 on,
-        # exp2_lookup is 0, and so is the biased entry (of entry_bits + 1 = EXP2_TABLE_BITS + 2
-        # bits) shifted that far: p needs no cut of its own.
+        # Pass 2, a lane a head: stage 2 the score, 3 the gap, 4 the clipped gap, 5 plus the
+        # half, 6 shifted, 7 times the scale, 8 plus t's half, 9 and 10 t's right and left
+        # shifts (t, the exp2 ROM's address), 11 t's octave, 12 the table's entry and the
+        # octave's half, 13 plus the half, 14 (_PROBABILITY) p. The shifts' amounts and halves
+        # come from the query's constants, registered long before the pass starts. From octave
+        # EXP2_TABLE_BITS + 2 on, exp2_lookup is 0, and so is the biased entry (of entry_bits +
+        # 1 = EXP2_TABLE_BITS + 2 bits) shifted that far: p needs no cut of its own.
         softmax = command.softmax
-        gap = Signal(self.score_bits, reset_less=True)
-        clipped = Signal(self.score_bits, reset_less=True)
-        gap_biased = Signal(self.score_bits + 1, reset_less=True)
-        shifted = Signal(widths["gap_shifted"].bits, reset_less=True)
-        scaled = Signal(widths["gap_shifted"].bits + MANTISSA_BITS, reset_less=True)
-        t_biased = Signal(len(scaled) + 1, reset_less=True)
-        t_right_shifted = Signal(widths["exponent"].bits, reset_less=True)
-        t = Signal(widths["exponent"].bits, reset_less=True)
-        entry_bits = self.formats.tables["exp2"][1]
-        entry = Signal(entry_bits, reset_less=True)
-        entry_biased = Signal(entry_bits + 1, reset_less=True)
-        p = Signal(widths["probability"].bits, reset_less=True)
-        total = Signal(widths["probability_sum"].bits, reset_less=True)
         exponent = softmax.scale.exponent
+        shifted_bits = widths["gap_shifted"].bits
+        scaled_bits = shifted_bits + MANTISSA_BITS
+        t_bits = widths["exponent"].bits
         # A right shift beyond the product's width rounds every value to 0, as one of its
         # width + 1 does; a left shift beyond t's width leaves nothing of t.
-        limit = len(scaled) + 1
+        limit = scaled_bits + 1
         t_right = Signal(range(limit + 1), reset_less=True)
-        t_left = Signal(range(len(t) + 1), reset_less=True)
+        t_left = Signal(range(t_bits + 1), reset_less=True)
         m.d.sync += [t_right.eq(Mux(exponent < -limit, limit, Mux(exponent < 0, -exponent, 0))),
-                     t_left.eq(Mux(exponent > len(t), len(t), Mux(exponent > 0, exponent, 0)))]
-        gap_half = register_half(m, softmax.gap_shift, len(clipped), "gap_half")
-        t_half = register_half(m, t_right, len(scaled), "t_half")
-        octave = delayed(m, t[EXP2_FRACTION_BITS:], 1, "octave")           # stage 11
-        entry_half = register_half(m, octave, entry_bits, "entry_half")   # stage 12
-        octaves = delayed(m, octave, 2, "octave_held")                    # stages 12 and 13
-        m.d.sync += [
-            gap.eq(top - fetched),
-            clipped.eq(Mux(gap > softmax.gap_limit, softmax.gap_limit, gap)),
-            scaled.eq(shifted * softmax.scale.mantissa),
-            entry.eq(exp2_read.data),
-        ]
-        rounding_shift(m, clipped, half=gap_half, right=softmax.gap_shift, biased=gap_biased,
-                       right_shifted=shifted)
-        rounding_shift(m, scaled, half=t_half, right=t_right, biased=t_biased,
-                       right_shifted=t_right_shifted, left=t_left, left_shifted=t)
-        rounding_shift(m, entry, half=entry_half, right=octaves, biased=entry_biased,
-                       right_shifted=p)
-        m.d.comb += exp2_read.addr.eq(t[:EXP2_FRACTION_BITS])
-        with m.If(at(_PROBABILITY, _Pass.PROBABILITIES)):
-            m.d.sync += total.eq(Mux(stages[_PROBABILITY].first, 0, total) + p)
+                     t_left.eq(Mux(exponent > t_bits, t_bits, Mux(exponent > 0, exponent, 0)))]
+        gap_half = register_half(m, softmax.gap_shift, self.score_bits, "gap_half")
+        t_half = register_half(m, t_right, scaled_bits, "t_half")
+        entry_bits = self.formats.tables["exp2"][1]
+        p = Signal(data.ArrayLayout(widths["probability"].bits, per_pass), reset_less=True)
+        total = [Signal(widths["probability_sum"].bits, name=f"total{j}", reset_less=True)
+                 for j in heads]
+        for j in heads:
+            def lane(name, width, j=j):
+                return Signal(width, name=f"{name}{j}", reset_less=True)
+            gap, clipped = lane("gap", self.score_bits), lane("clipped", self.score_bits)
+            gap_biased, shifted = lane("gap_biased", self.score_bits + 1), \
+                lane("shifted", shifted_bits)
+            scaled, t_biased = lane("scaled", scaled_bits), lane("t_biased", scaled_bits + 1)
+            t_right_shifted, t = lane("t_right_shifted", t_bits), lane("t", t_bits)
+            entry, entry_biased = lane("entry", entry_bits), lane("entry_biased",
+                                                                   entry_bits + 1)
+            exp2_read = exp2.read_port()
+            octave = delayed(m, t[EXP2_FRACTION_BITS:], 1, f"octave{j}")           # stage 11
+            entry_half = register_half(m, octave, entry_bits, f"entry_half{j}")   # stage 12
+            octaves = delayed(m, octave, 2, f"octave_held{j}")                # stages 12, 13
+            m.d.sync += [
+                gap.eq(top[j] - fetched[j]),
+                clipped.eq(Mux(gap > softmax.gap_limit, softmax.gap_limit, gap)),
+                scaled.eq(shifted * softmax.scale.mantissa),
+                entry.eq(exp2_read.data),
+            ]
+            rounding_shift(m, clipped, half=gap_half, right=softmax.gap_shift,
+                           biased=gap_biased, right_shifted=shifted)
+            rounding_shift(m, scaled, half=t_half, right=t_right, biased=t_biased,
+                           right_shifted=t_right_shifted, left=t_left, left_shifted=t)
+            rounding_shift(m, entry, half=entry_half, right=octaves, biased=entry_biased,
+                           right_shifted=p[j])
+            m.d.comb += exp2_read.addr.eq(t[:EXP2_FRACTION_BITS])
+            with m.If(at(_PROBABILITY, _Pass.PROBABILITIES)):
+                m.d.sync += total[j].eq(Mux(stages[_PROBABILITY].first, 0, total[j]) + p[j])
 
         # Both passes write the buffer: scores in pass 1, then p over them in pass 2 (the
         # entries written lag the entries read, so no score is lost).
         m.d.comb += [
             buffer_write.en.eq(scoring | at(_PROBABILITY, _Pass.PROBABILITIES)),
             buffer_write.addr.eq(Mux(scoring, scored.index, stages[_PROBABILITY].index)),
-            buffer_write.data.eq(Mux(scoring, score, p)),
         ]
-        with m.If(scoring):
-            m.d.sync += top.eq(Mux(scored.first | (score > top), score, top))
+        for j in heads:
+            m.d.comb += buffer_write.data[j].eq(Mux(scoring, score[j], p[j]))
+            with m.If(scoring):
+                m.d.sync += top[j].eq(Mux(scored.first | (score[j] > top[j]), score[j],
+                                          top[j]))
 
-        # Pass 3 (_NORMALISE states): the sum's bit length, the shift and its half, the half
-        # added, the shift, then the dyadic (the largest score's p is 2**16, so the sum has at
-        # least 17 bits and is rounded right, never shifted left). The reciprocal ROM's word
-        # is registered, two cycles after the mantissa, in time for pass 4's stage 2.
-        total_bits = Signal(range(len(total) + 1), reset_less=True)
-        normalise_shift = Signal(range(len(total) + 1), reset_less=True)
-        total_biased = Signal(len(total) + 1, reset_less=True)
-        rounded = Signal(MANTISSA_BITS + 1, reset_less=True)
-        mantissa = Signal(MANTISSA_BITS, reset_less=True)
-        weight_right = Signal(range(_RECIPROCAL_EXPONENT + len(total)), reset_less=True)
-        rcp = Signal.like(reciprocal_read.data, reset_less=True)
-        m.d.comb += reciprocal_read.addr.eq(mantissa[MANTISSA_BITS - 1 - len(
-            reciprocal_read.addr):MANTISSA_BITS - 1])
-        m.d.sync += rcp.eq(reciprocal_read.data)
-        carry = rounded[MANTISSA_BITS]
-
-        # Pass 4: stage 2 p, 3 p x rcp, 4 plus the half, 5 the weight (with the value word);
-        # stage 7 (_PRODUCTS) the products, accumulated.
-        weighted = Signal(widths["probability_product"].bits, reset_less=True)
-        weighted_biased = Signal(len(weighted) + 1, reset_less=True)
-        weight_half = register_half(m, weight_right, len(weighted), "weight_half")
-        m.d.sync += weighted.eq(fetched[:len(p)] * rcp)
-        rounding_shift(m, weighted, half=weight_half, right=weight_right,
-                       biased=weighted_biased, right_shifted=weight)
+        # Pass 3 (_NORMALISE states), a lane a head: the sum's bit length, the shift and its
+        # half, the half added, the shift, then the dyadic (the largest score's p is 2**16, so
+        # the sum has at least 17 bits and is rounded right, never shifted left). The
+        # reciprocal ROM's word is registered, two cycles after the mantissa, in time for pass
+        # 4's stage 2. Pass 4: stage 2 p, 3 p x rcp, 4 plus the half, 5 the weight (with the
+        # value word); stage 7 (_PRODUCTS) the products, accumulated.
+        sum_bits = len(total[0])
+        total_bits = [Signal(range(sum_bits + 1), name=f"total_bits{j}", reset_less=True)
+                      for j in heads]
+        normalise_shift = [Signal(range(sum_bits + 1), name=f"normalise_shift{j}",
+                                  reset_less=True) for j in heads]
+        rounded = [Signal(MANTISSA_BITS + 1, name=f"rounded{j}", reset_less=True)
+                   for j in heads]
+        mantissa = [Signal(MANTISSA_BITS, name=f"mantissa{j}", reset_less=True) for j in heads]
+        weight_right = [Signal(range(_RECIPROCAL_EXPONENT + sum_bits), name=f"weight_right{j}",
+                               reset_less=True) for j in heads]
+        for j in heads:
+            reciprocal_read = reciprocal.read_port()
+            rcp = Signal.like(reciprocal_read.data, name=f"rcp{j}", reset_less=True)
+            m.d.comb += reciprocal_read.addr.eq(mantissa[j][
+                MANTISSA_BITS - 1 - len(reciprocal_read.addr):MANTISSA_BITS - 1])
+            m.d.sync += rcp.eq(reciprocal_read.data)
+            weighted = Signal(widths["probability_product"].bits, name=f"weighted{j}",
+                              reset_less=True)
+            weighted_biased = Signal(len(weighted) + 1, name=f"weighted_biased{j}",
+                                     reset_less=True)
+            weight_half = register_half(m, weight_right[j], len(weighted), f"weight_half{j}")
+            m.d.sync += weighted.eq(fetched[j][:len(p[j])] * rcp)
+            rounding_shift(m, weighted, half=weight_half, right=weight_right[j],
+                           biased=weighted_biased, right_shifted=weight[j])
         out = self.o_stream.payload
         with m.If(at(_PRODUCTS, _Pass.OUTPUT)):
-            for d in range(head_dim):
-                m.d.sync += out[d].eq(Mux(stages[_PRODUCTS].first, 0, out[d]) + products[d])
+            for j in heads:
+                for d in range(head_dim):
+                    m.d.sync += out[j][d].eq(Mux(stages[_PRODUCTS].first, 0, out[j][d])
+                                             + products[j][d])
             with m.If(stages[_PRODUCTS].last):
                 m.d.sync += [self.o_stream.valid.eq(1), running.eq(0)]
         with m.If(self.o_stream.valid & self.o_stream.ready):
             m.d.sync += self.o_stream.valid.eq(0)
 
+        normalise_half = []
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(taken):
@@ -372,12 +409,14 @@ class Attention(wiring.Component):
                 with m.If(at(_PROBABILITY, _Pass.PROBABILITIES) & stages[_PROBABILITY].last):
                     m.next = "LENGTH"
             with m.State("LENGTH"):
-                m.d.sync += total_bits.eq(bit_length(total))
+                m.d.sync += [total_bits[j].eq(bit_length(total[j])) for j in heads]
                 m.next = "SHIFT"
             with m.State("SHIFT"):
-                shift = (total_bits - MANTISSA_BITS).as_unsigned()
-                m.d.sync += normalise_shift.eq(shift)
-                normalise_half = register_half(m, shift, len(total), "normalise_half")
+                for j in heads:
+                    shift = (total_bits[j] - MANTISSA_BITS).as_unsigned()
+                    m.d.sync += normalise_shift[j].eq(shift)
+                    normalise_half.append(register_half(m, shift, sum_bits,
+                                                        f"normalise_half{j}"))
                 m.next = "BIAS"
             with m.State("BIAS"):
                 m.next = "ROUND"
@@ -386,18 +425,23 @@ class Attention(wiring.Component):
             with m.State("DYADIC"):
                 # golden.fixedpoint.dyadic: a rounding up to 2**17 adds a bit. The weight's
                 # shift is -(reciprocal exponent + 15), the reciprocal exponent -33 - e.
-                m.d.sync += [
-                    mantissa.eq(Mux(carry, rounded >> 1, rounded)),
-                    weight_right.eq(_RECIPROCAL_EXPONENT - WEIGHT_FRACTION_BITS
-                                    + normalise_shift + carry),
-                    issuing.eq(1), step.eq(_Pass.OUTPUT),
-                ]
+                for j in heads:
+                    carry = rounded[j][MANTISSA_BITS]
+                    m.d.sync += [
+                        mantissa[j].eq(Mux(carry, rounded[j] >> 1, rounded[j])),
+                        weight_right[j].eq(_RECIPROCAL_EXPONENT - WEIGHT_FRACTION_BITS
+                                           + normalise_shift[j] + carry),
+                    ]
+                m.d.sync += [issuing.eq(1), step.eq(_Pass.OUTPUT)]
                 m.next = "OUTPUT"
             with m.State("OUTPUT"):
                 with m.If(at(_PRODUCTS, _Pass.OUTPUT) & stages[_PRODUCTS].last):
                     m.next = "IDLE"
         # The sum's half added (BIAS) and its shift (ROUND) run every cycle: the sum, its shift
         # and half hold still from SHIFT on, and only DYADIC reads the result.
-        rounding_shift(m, total, half=normalise_half, right=normalise_shift,
-                       biased=total_biased, right_shifted=rounded)
+        for j in heads:
+            rounding_shift(m, total[j], half=normalise_half[j], right=normalise_shift[j],
+                           biased=Signal(sum_bits + 1, name=f"total_biased{j}",
+                                         reset_less=True),
+                           right_shifted=rounded[j])
         return m

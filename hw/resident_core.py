@@ -39,7 +39,7 @@ from .rope import Rope
 from .words import pack_ints
 
 __all__ = ["LAYER_STAGES", "NORMS", "LINEARS", "LOAD_PORTS", "ResidentCore",
-           "attention_units_for", "layout_core", "load_ports"]
+           "largest_divisor", "layout_core", "load_ports"]
 
 # A layer's norms and BitLinears in the order of its constants record.
 NORMS = ("input_layernorm", "self_attn.attn_sub_norm", "post_attention_layernorm",
@@ -54,10 +54,11 @@ _EMBED_SHIFT_MAX = (1 << (EMBED_SHIFT.width - 1)) - 1
 _HEAD_LANES = 128
 
 
-def attention_units_for(kv_heads, most):
-    """The attention units a core builds for ``kv_heads`` given at most ``most``: the largest
-    count up to ``most`` that divides ``kv_heads`` (each unit its share of the KV heads)."""
-    return max(n for n in range(1, most + 1) if not kv_heads % n)
+def largest_divisor(count, most):
+    """The largest divisor of ``count`` up to ``most``: the attention units a core builds for
+    ``count`` KV heads (each unit its share of them), and the query heads of a KV head that a
+    unit takes a pass."""
+    return max(n for n in range(1, most + 1) if not count % n)
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,8 +118,12 @@ class ResidentCore(wiring.Component):
         At most this many :class:`hw.attention.Attention` units, each with its share of the
         KV heads (its own part of the cache) and their query heads, run a query each at once:
         the core builds the largest count up to it that divides ``kv_heads``
-        (:attr:`attention_units`). Each unit adds ``head_dim + 2`` multipliers; the cache's
-        block RAM is the same in all.
+        (:attr:`attention_units`). Each unit adds ``heads_per_pass x (head_dim + 2)``
+        multipliers; the cache's block RAM is the same in all.
+    heads_per_pass : int
+        At most this many query heads of a KV head in one query of a unit, which reads each
+        key and value once for all of them: the largest divisor of ``heads / kv_heads`` up to
+        it (:attr:`heads_per_pass`).
 
     Members
     -------
@@ -143,14 +148,14 @@ class ResidentCore(wiring.Component):
         ``logit_addr``'s the cycle after); read them while the core is idle.
     busy : Out(1)
         A token is running.
-    attention_units : int
-        The attention units built.
+    attention_units, heads_per_pass : int
+        The attention units built, and the query heads each takes a pass.
     head_lanes : int
         The LM head's products a cycle: the largest multiple of ``pim.lanes`` up to 128 that
         divides ``hidden`` (a row in as few words as that allows).
     """
 
-    def __init__(self, config, *, lanes=4, attention_units=2):
+    def __init__(self, config, *, lanes=4, attention_units=2, heads_per_pass=2):
         model = config.resident
         if model is None:
             raise ValueError("config.resident is None: the device has no resident units")
@@ -160,10 +165,10 @@ class ResidentCore(wiring.Component):
                     model.hidden, model.ffn, model.kv_heads * head_dim, config.pim.lanes)):
             raise ValueError(f"lanes must be a power of two dividing hidden, ffn, kv_heads x "
                              f"head_dim and pim.lanes, not {lanes!r}")
-        if isinstance(attention_units, bool) or not isinstance(attention_units, int) \
-                or attention_units < 1:
-            raise ValueError(f"attention_units must be a positive integer, not "
-                             f"{attention_units!r}")
+        for name, value in (("attention_units", attention_units),
+                            ("heads_per_pass", heads_per_pass)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
         self._config, self._model, self._head_dim, self.lanes = config, model, head_dim, lanes
         # Config keeps hidden, ffn and head_dim multiples of pim.lanes, and room in the banks.
         self.placements = place(linear_shapes(model), config)
@@ -173,10 +178,12 @@ class ResidentCore(wiring.Component):
         # behind q's (the rotation of a vector runs a pair a cycle, slower than its beats).
         self._ropes = tuple(Rope(config, head_dim=head_dim, max_seq=model.max_seq)
                             for _ in range(2))
-        self.attention_units = units = attention_units_for(model.kv_heads, attention_units)
+        self.attention_units = units = largest_divisor(model.kv_heads, attention_units)
+        self.heads_per_pass = largest_divisor(model.heads // model.kv_heads, heads_per_pass)
         self._attentions = [Attention(config, heads=model.heads // units,
                                       kv_heads=model.kv_heads // units, head_dim=head_dim,
-                                      max_seq=model.max_seq, layers=model.layers)
+                                      max_seq=model.max_seq, layers=model.layers,
+                                      heads_per_pass=self.heads_per_pass)
                             for _ in range(units)]
         self._attention = self._attentions[0]
         self._ffn = FfnInner(config, ffn=model.ffn, lanes=lanes)
@@ -245,9 +252,10 @@ class ResidentCore(wiring.Component):
           on its RoPE unit, a pair a cycle, each pair once its second element's beat is in,
           then the rotation's latency: :meth:`_rotated`);
         - ``cache``: a key and a value word a KV head;
-        - ``attention``: a round a query head of each attention unit (``heads /``
-          :attr:`attention_units` rounds): the queries' handshake, :meth:`Attention.cycles`
-          and the outputs' words into the norm, one unit's after another;
+        - ``attention``: a round a query of each attention unit (:attr:`heads_per_pass`
+          query heads; ``heads / (attention_units x heads_per_pass)`` rounds): the queries'
+          handshake, :meth:`Attention.cycles` and the outputs' words into the norm, one unit's
+          after another;
         - ``head``: the final norm's command and the norm (a ``norm_only`` operation, until
           its last ``x_q`` word is taken: the head needs no factor), x_q's words, the scan's
           handshake, a row a ``words`` cycles and the head's latency; without ``last``, the
@@ -283,9 +291,9 @@ class ResidentCore(wiring.Component):
         k's rotation) and ``cache``."""
         fixed, kv_only = self._fixed_layer_cycles
         units = self.attention_units
-        attention = self._model.heads // units * (
+        attention = self._model.heads // units // self.heads_per_pass * (
             1 + self._attention.cycles(position)
-            + units * (self._head_dim // self._config.pim.lanes))
+            + units * self.heads_per_pass * (self._head_dim // self._config.pim.lanes))
         full = {stage: attention if stage == "attention" else fixed[stage]
                 for stage in LAYER_STAGES}
         layers = [dict(full) for _ in range(self._model.layers - 1)]
@@ -492,16 +500,20 @@ class ResidentCore(wiring.Component):
         q = Signal(hidden * PROJECTION_BITS)                # query heads, raw then rotated
         k = Signal(kv_heads * head_dim * PROJECTION_BITS)   # key heads, raw then rotated
         v = Signal(kv_heads * head_dim * PROJECTION_BITS)   # value heads
-        attended = Signal(units * head_dim * RESIDUAL_BITS)     # a round's outputs, by unit
+        per_pass = self.heads_per_pass
+        # A round's outputs, by unit, then by the unit's query head.
+        attended = Signal(units * per_pass * head_dim * RESIDUAL_BITS)
         handed = Signal(units)          # the round's queries taken, then outputs taken
         heads_per_unit, kv_per_unit = heads // units, kv_heads // units
         head_bits = head_dim * PROJECTION_BITS
         head_words = head_dim // pim_lanes                  # a head's words in the norm
-        # The norm's word of the round's output word ``count`` in round 0: unit ``count //
-        # head_words``'s first head.
-        round_words = Array(number // head_words * heads_per_unit * head_words
-                            + number % head_words
-                            for number in range(units * head_words))
+        pass_words = per_pass * head_words                  # a query's output words
+        rounds = heads_per_unit // per_pass                 # a unit's queries a layer
+        # The norm's word of the round's output word ``count`` in round 0: word ``count %
+        # pass_words`` of unit ``count // pass_words``'s first query.
+        round_words = Array(number // pass_words * heads_per_unit * head_words
+                            + number % pass_words
+                            for number in range(units * pass_words))
         ffn_word = Signal(pim_lanes * RESIDUAL_BITS)        # ReLU^2 x up, gathered to a word
 
         count = Signal(range(max(hidden, ffn, heads * head_dim) + 1))   # a phase's own index
@@ -744,15 +756,15 @@ class ResidentCore(wiring.Component):
                         with m.Else():
                             m.next = "ATTEND"
             with m.State("ATTEND"):
-                # A round: query head ``head_index`` of every unit, each unit's own (``handed``
-                # those taken so far).
+                # A round: query ``head_index`` of every unit (its query heads ``head_index x
+                # per_pass`` on), each unit's own (``handed`` those taken so far).
                 for number, unit in enumerate(self._attentions):
                     query = unit.query.payload
                     m.d.comb += [unit.query.valid.eq(~handed[number]),
                                  query.layer.eq(layer), query.position.eq(token.position),
                                  query.head.eq(head_index),
-                                 query.q.eq(q.word_select(head_index + number * heads_per_unit,
-                                                          head_bits)),
+                                 query.q.eq(q.word_select(head_index + number * rounds,
+                                                          per_pass * head_bits)),
                                  query.softmax.eq(lc.softmax)]
                 taken = Cat(unit.query.valid & unit.query.ready for unit in self._attentions)
                 m.d.sync += handed.eq(handed | taken)
@@ -763,8 +775,10 @@ class ResidentCore(wiring.Component):
                 for number, unit in enumerate(self._attentions):
                     m.d.comb += unit.o_stream.ready.eq(~handed[number])
                     with m.If(unit.o_stream.valid & ~handed[number]):
-                        m.d.sync += [attended.word_select(number * head_dim + i, RESIDUAL_BITS)
-                                     .eq(unit.o_stream.payload[i]) for i in range(head_dim)]
+                        m.d.sync += [attended.word_select((number * per_pass + j) * head_dim + i,
+                                                          RESIDUAL_BITS)
+                                     .eq(unit.o_stream.payload[j][i])
+                                     for j in range(per_pass) for i in range(head_dim)]
                 arrived = Cat(unit.o_stream.valid for unit in self._attentions)
                 m.d.sync += handed.eq(handed | arrived)
                 with m.If((handed | arrived).all()):
@@ -773,14 +787,14 @@ class ResidentCore(wiring.Component):
             with m.State("ATTENDED_WORDS"):
                 # The round's outputs into the norm's buffer, each head's at its own words.
                 m.d.comb += [x.valid.eq(1),
-                             x.payload.index.eq(round_words[count] + head_index * head_words),
+                             x.payload.index.eq(round_words[count] + head_index * pass_words),
                              x.payload.data.eq(attended.word_select(
                                  count, pim_lanes * RESIDUAL_BITS))]
                 with m.If(x.ready):
                     m.d.sync += count.eq(count + 1)
-                    with m.If(count == units * head_words - 1):
+                    with m.If(count == units * pass_words - 1):
                         m.d.sync += [count.eq(0), head_index.eq(head_index + 1)]
-                        with m.If(head_index == heads_per_unit - 1):
+                        with m.If(head_index == rounds - 1):
                             m.d.sync += op.eq(_Op.O)
                             m.next = "COMMAND"
                         with m.Else():

@@ -1,22 +1,24 @@
 """cocotb testbench of :class:`hw.attention.Attention`, checked against
-``golden.integer.attention`` for one query (T = 1) at ``start_pos = pos`` over the cache's
-rows ``0 .. pos``, every output element compared.
+``golden.integer.attention`` for one query position (T = 1) at ``start_pos = pos`` over the
+cache's rows ``0 .. pos``, every output element of every head of a query compared.
 
 The cache of every layer is filled with random int16 keys and values of every magnitude, some
 words all at an extreme, and rows are rewritten while queries run (the unit must hold the
 writes off until the query's reads are done). Queries come at position 0,
-the last position and random ones, for random layers and heads, with the softmax constants of
+the last position and random ones, for random layers and passes (``heads_per_pass`` query
+heads of a KV head each), with the softmax constants of
 ``golden.integer.softmax_scale`` for score fractions from -5 to 32 (so that small ones cut
 most gaps off, p = 0, and large ones keep fine weights; the largest need their gap limit
-saturated to the unit's field). A query is random, or equal to a visible key (a big peak), or
-zero (every score equal: uniform weights). Golden runs with its width checks
+saturated to the unit's field). Each head's vector is random, or equal to a visible key (a big
+peak, each head its own key), or zero (every score equal: uniform weights). Golden runs with its width checks
 (``integer_formats(...).check`` for this shape): queries are drawn in [-32767, 32767] and
 cache words in the whole int16 range, which golden's ``score`` width holds. Queries and cache
 writes run under random idle, outputs under random back-pressure; without back-pressure, the
 cycles from a query taken to its output offered must be ``Attention.cycles(pos)``.
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (queries per flow setting),
-``options`` (``heads``, ``kv_heads``, ``head_dim``, ``max_seq``, ``layers``).
+``options`` (``heads``, ``kv_heads``, ``head_dim``, ``max_seq``, ``layers``,
+``heads_per_pass``).
 """
 
 import itertools
@@ -59,6 +61,7 @@ class AttentionTB(TB):
                         for port in ("kv_stream", "query", "o_stream")}
         o = p["options"]
         self.heads, self.kv_heads, self.head_dim = o["heads"], o["kv_heads"], o["head_dim"]
+        self.per_pass = self.unit.heads_per_pass
         self.max_seq, self.layers = o["max_seq"], o["layers"]
         gap_field = self.layouts["query"]["softmax"].shape["gap_limit"].shape
         self.gap_limit_max = (1 << gap_field.width) - 1
@@ -81,8 +84,9 @@ class AttentionTB(TB):
                 "data": word.tolist()}).as_bits())
         await self.writes.send(payloads, self.cycle)
 
-    def golden(self, layer, position, head, q, softmax):
-        """Golden's output for query head ``head`` and what it computed on the way."""
+    def golden(self, layer, position, heads, q, softmax):
+        """Golden's outputs for query heads ``heads`` (vectors ``q``, one a head) and what it
+        computed on the way for them."""
         seen = {}
         formats = self.unit.formats
 
@@ -91,21 +95,21 @@ class AttentionTB(TB):
             return seen[name]
 
         queries = np.zeros((1, self.heads, self.head_dim), np.int64)
-        queries[0, head] = q
+        queries[0, heads] = q
         rows = slice(0, position + 1)
         out = attention(queries, self.cache[CacheKind.KEY][layer, rows],
                         self.cache[CacheKind.VALUE][layer, rows], position, softmax,
                         self.tables, check)
-        span = slice(head * self.head_dim, (head + 1) * self.head_dim)
-        return (out[0, span], seen["score_gap"][head, 0], seen["probability"][head, 0],
-                seen["weight"][head, 0])
+        out = out[0].reshape(self.heads, self.head_dim)
+        return (out[heads], seen["score_gap"][heads, 0], seen["probability"][heads, 0],
+                seen["weight"][heads, 0])
 
-    async def query(self, layer, position, head, q, softmax, rows=()):
-        """Send a query, then offer cache writes at ``rows`` while it runs (the unit holds
-        them off until its reads are done); returns its output and the cycles from taken to
-        offered."""
+    async def query(self, layer, position, pass_, q, softmax, rows=()):
+        """Send pass ``pass_``'s query (its heads' vectors ``q``), then offer cache writes at
+        ``rows`` while it runs (the unit holds them off until its reads are done); returns its
+        outputs, a row a head, and the cycles from taken to offered."""
         await self.queries.send([self.layouts["query"].const({
-            "layer": layer, "position": position, "head": head, "q": q.tolist(),
+            "layer": layer, "position": position, "head": pass_, "q": q.tolist(),
             "softmax": {"gap_limit": min(softmax.gap_limit, self.gap_limit_max),
                         "gap_shift": softmax.gap_shift,
                         "scale": {"mantissa": int(softmax.scale.mantissa),
@@ -114,7 +118,8 @@ class AttentionTB(TB):
         writer = cocotb.start_soon(self.write(rows))
         (beat,) = await self.out.receive(1, self.cycle, timeout=self.unit.cycles(position) + 50)
         await writer
-        out = [int(v) for v in self.layouts["o_stream"].from_bits(beat)]
+        out = np.array([[int(v) for v in head]
+                        for head in self.layouts["o_stream"].from_bits(beat)])
         return out, self.out.beat_cycles[-1] - self.queries.accepted_cycles[-1]
 
 
@@ -135,36 +140,40 @@ async def attention_matches_golden(dut):
         tb.out.backpressure = backpressure
         for n in range(p["tiles"]):
             layer = int(rng.integers(0, tb.layers))
-            head = int(rng.integers(0, tb.heads))
+            pass_ = int(rng.integers(0, tb.heads // tb.per_pass))
+            heads = [pass_ * tb.per_pass + j for j in range(tb.per_pass)]
             position = [0, tb.max_seq - 1, int(rng.integers(0, tb.max_seq))][n % 3]
             kind = kinds[(n // 3 + knob) % 3]
+            kv_head = heads[0] // (tb.heads // tb.kv_heads)
             if kind == "random":
-                q = _vector(rng, tb.head_dim, -_HIGH)
+                q = [_vector(rng, tb.head_dim, -_HIGH) for _ in heads]
             elif kind == "peak":
-                kv_head = head // (tb.heads // tb.kv_heads)
-                key = tb.cache[CacheKind.KEY][layer, int(rng.integers(0, position + 1)), kv_head]
-                q = np.maximum(key, -_HIGH)
+                q = [np.maximum(tb.cache[CacheKind.KEY][
+                    layer, int(rng.integers(0, position + 1)), kv_head], -_HIGH) for _ in heads]
             else:
-                q = np.zeros(tb.head_dim, np.int64)
+                q = [np.zeros(tb.head_dim, np.int64) for _ in heads]
+            q = np.array(q)
             softmax = softmax_scale(tb.head_dim, int(rng.choice(SCORE_FRACTIONS)))
-            want, gap, probability, weight = tb.golden(layer, position, head, q, softmax)
+            want, gap, probability, weight = tb.golden(layer, position, heads, q, softmax)
             rows = []
             if n % 4 == 3:          # the sequencer writes new rows, offered during the query
                 rows = [(int(rng.integers(0, tb.layers)), int(rng.integers(0, tb.max_seq)),
                          int(rng.integers(0, tb.kv_heads)), cache_kind)
                         for cache_kind in CacheKind for _ in range(2)]
-            out, cycles = await tb.query(layer, position, head, q, softmax, rows)
+            out, cycles = await tb.query(layer, position, pass_, q, softmax, rows)
             number = report["queries"]
-            bad = [d for d in range(tb.head_dim) if out[d] != want[d]]
-            assert not bad, (
-                f"query {number} (layer {layer}, position {position}, head {head}, "
-                f"{kind}, {softmax}): out[{bad[0]}] = {out[bad[0]]}, golden {want[bad[0]]}; "
-                f"{len(bad)} differ; got {out}, golden {want.tolist()}")
+            for j, head in enumerate(heads):
+                bad = [d for d in range(tb.head_dim) if out[j, d] != want[j, d]]
+                assert not bad, (
+                    f"query {number} (layer {layer}, position {position}, head {head}, "
+                    f"{kind}, {softmax}): out[{bad[0]}] = {out[j, bad[0]]}, golden "
+                    f"{want[j, bad[0]]}; {len(bad)} differ; got {out[j].tolist()}, golden "
+                    f"{want[j].tolist()}")
             report["queries"] += 1
             report["clipped"] += bool(np.any(gap > softmax.gap_limit))
             report["cut_off"] += bool(np.any(probability == 0))
-            report["fine"] += len(set(weight[weight > 0].tolist())) >= 2
-            report["uniform"] += int(position > 0 and np.all(weight == weight[0]))
+            report["fine"] += any(len(set(w[w > 0].tolist())) >= 2 for w in weight)
+            report["uniform"] += int(position > 0 and any(np.all(w == w[0]) for w in weight))
             report["peaks"] += kind == "peak"
             report["saturated_limits"] += softmax.gap_limit > tb.gap_limit_max
             if backpressure == 0:

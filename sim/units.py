@@ -52,8 +52,10 @@ UNITS = {unit.name: unit for unit in [
          "RoPE of the resident decoder (factors, rotation; the shipped model's shape)",
          options={"head_dim": 32, "max_seq": 256}),
     Unit("attention", "hw.attention:Attention", "sim.attention_tb",
-         "attention with the KV cache of the resident decoder (the shipped model's shape)",
-         options={"heads": 4, "kv_heads": 2, "head_dim": 32, "max_seq": 256, "layers": 2}),
+         "attention with the KV cache of the resident decoder (the shipped model's shape, both "
+         "query heads of a KV head a pass)",
+         options={"heads": 4, "kv_heads": 2, "head_dim": 32, "max_seq": 256, "layers": 2,
+                  "heads_per_pass": 2}),
     Unit("linear-stage", "sim.linear_stage_tb:LinearStageTop", "sim.linear_stage_tb",
          "linear stage of the resident decoder (GEMV on the bank group, rescale, residual)",
          options={"out_bits": 16, "lanes": 4}),

@@ -185,9 +185,11 @@ register_area_unit(AreaUnit("norm-stage", "resident decoder's norm stage: RMSNor
 register_area_unit(AreaUnit("rope", "resident decoder's RoPE (shipped model's shape)",
                             lambda config, device: Rope(config, head_dim=32, max_seq=256)))
 register_area_unit(AreaUnit("attention", "resident decoder's attention with its KV cache (shipped "
-                                         "model's shape, head_dim lanes)",
+                                         "model's shape, head_dim lanes, both query heads of "
+                                         "a KV head a pass)",
                             lambda config, device: Attention(config, heads=4, kv_heads=2,
-                                                             head_dim=32, max_seq=256, layers=2),
+                                                             head_dim=32, max_seq=256, layers=2,
+                                                             heads_per_pass=2),
                             lanes=lambda config: 32))
 register_area_unit(AreaUnit("linear-stage", "resident decoder's linear stage without the bank "
                                             "group (int32 results, 4 lanes)",

@@ -14,7 +14,7 @@ import pytest
 
 from hw.config import apply_overrides, preset
 from hw.placement import MappingError
-from hw.resident_core import ResidentCore, attention_units_for, layout_core
+from hw.resident_core import ResidentCore, largest_divisor, layout_core
 from sim.units import simulate
 
 SEQUENCES = 3
@@ -82,27 +82,31 @@ def test_the_core_needs_resident_units_that_fit_the_banks():
         ResidentCore(tiny, lanes=3)
     with pytest.raises(ValueError, match="attention_units must be a positive integer, not 0"):
         ResidentCore(tiny, attention_units=0)
+    with pytest.raises(ValueError, match="heads_per_pass must be a positive integer, not 0"):
+        ResidentCore(tiny, heads_per_pass=0)
 
 
 @pytest.mark.parametrize("kv_heads, most, built", [(1, 2, 1), (2, 2, 2), (4, 3, 2),
                                                    (3, 2, 1), (4, 4, 4), (6, 4, 3)])
 def test_the_core_builds_the_most_attention_units_that_share_the_kv_heads(kv_heads, most,
                                                                           built):
-    assert attention_units_for(kv_heads, most) == built
+    assert largest_divisor(kv_heads, most) == built
 
 
-@pytest.mark.parametrize("kv_heads, built", [(1, 1), (2, 2), (3, 1), (4, 2)])
-def test_attention_takes_a_round_a_query_head_of_each_unit(kv_heads, built):
-    """Each unit holds its share of the KV heads and their query heads: attention is
-    ``heads / units`` rounds a layer, each the units' queries, one head's cycles and every
+@pytest.mark.parametrize("kv_heads, built, per_pass", [(1, 1, 2), (2, 2, 2), (3, 1, 2),
+                                                        (4, 2, 1)])
+def test_attention_takes_a_round_a_query_of_each_unit(kv_heads, built, per_pass):
+    """Each unit holds its share of the KV heads and their query heads, and takes up to two
+    query heads of a KV head a query (as many as divide the group): attention is ``heads /
+    (units x per_pass)`` rounds a layer, each the units' queries, one query's cycles and every
     unit's output words."""
     config = apply_overrides(preset("tiny"), ["resident.heads=12",
                                               f"resident.kv_heads={kv_heads}",
                                               "resident.hidden=48", "resident.layers=1",
                                               "resident.ffn=8", "pim.depth=4096"])
     core = layout_core(config)
-    assert core.attention_units == built
+    assert (core.attention_units, core.heads_per_pass) == (built, per_pass)
     model = config.resident
     head_words = model.head_dim // config.pim.lanes
-    assert core.stage_cycles(5, True)["attention"] == model.heads // built * (
-        1 + core._attention.cycles(5) + built * head_words)
+    assert core.stage_cycles(5, True)["attention"] == model.heads // (built * per_pass) * (
+        1 + core._attention.cycles(5) + built * per_pass * head_words)
