@@ -148,8 +148,8 @@ class BitLinearBlock(wiring.Component):
     def factor_wait(self, words):
         """Cycles the first GEMV of an operation on a vector of ``words`` waits for its factor
         after ``x_q`` is complete (without back-pressure): rho's operations and a multiply
-        against the factor's operations and QUANTISE's pass. 2 for the shipped model's hidden
-        (4 words at 32 lanes), 0 for its ffn (12 words)."""
+        against the factor's operations and QUANTISE's pass. 9 for the shipped model's hidden
+        (4 words at 32 lanes), 1 for its ffn (12 words)."""
         lanes = self._config.pim.lanes
         return max(0, NormStage.factor_cycles(words, 0, lanes)
                    - NormStage.x_q_cycles(words, lanes) - 1)

@@ -4,7 +4,8 @@ A dyadic is ``mantissa * 2**exponent`` with an unsigned :data:`MANTISSA_BITS`-bi
 ``[2**16, 2**17)``, or 0 with exponent 0 (:mod:`golden.fixedpoint`, whose functions define every
 result bit for bit). :class:`ScalarUnit` computes one operation at a time: normalising an
 integer, a product, a sum, a reciprocal square root and a reciprocal, the last two from the
-tables of :func:`golden.fixedpoint.build_tables` in ROM. The resident decoder needs a handful of
+tables of :func:`golden.fixedpoint.build_tables` in ROM (the reciprocal's times a constant the
+unit is built with, so that ``127 / peak`` is one step). The resident decoder needs a handful of
 these a token (a norm's reciprocal and rsqrt, each BitLinear's factor), so the unit is small and
 sequential: one 17 x 17 multiply (a MULT18X18D). Every rounding shift is spread over stages
 (the shift amounts, the barrel shift, the rounding's increment) and the normalisation finds the
@@ -17,12 +18,14 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from golden.fixedpoint import MANTISSA_BITS, RECIPROCAL_INDEX_BITS, build_tables
+from golden.fixedpoint import (MANTISSA_BITS, RECIPROCAL_INDEX_BITS, Dyadic, build_tables,
+                               dyadic_mul)
 
 __all__ = ["EXPONENT_BITS", "DYADIC", "ScalarOp", "ScalarUnit", "bit_length"]
 
 EXPONENT_BITS = 12              # exponents in [-2048, 2047]: the decoder's stay within +-200
 DYADIC = data.StructLayout({"mantissa": MANTISSA_BITS, "exponent": signed(EXPONENT_BITS)})
+_ONE = Dyadic(1 << (MANTISSA_BITS - 1), 1 - MANTISSA_BITS)
 
 
 class ScalarOp(enum.Enum, shape=3):
@@ -30,7 +33,7 @@ class ScalarOp(enum.Enum, shape=3):
     MULTIPLY = 1                # dyadic_mul(a, b)
     ADD = 2                     # dyadic_add(a, b)
     RSQRT = 3                   # dyadic_rsqrt(a)
-    RECIPROCAL = 4              # dyadic_reciprocal(a)
+    RECIPROCAL = 4              # dyadic_mul(scale, dyadic_reciprocal(a)): the unit's scale
 
 
 def bit_length(value):
@@ -97,6 +100,10 @@ class ScalarUnit(wiring.Component):
     ----------
     value_bits : int
         Width of the unsigned integer NORMALISE takes, in ``[17, 62]``.
+    reciprocal_scale : golden.fixedpoint.Dyadic
+        The constant RECIPROCAL multiplies by, non-zero: 1 (``Dyadic(2**16, -16)``, which
+        leaves ``dyadic_reciprocal`` as it is) by default. Its products with every entry of the
+        reciprocal table are in the ROM, so the scaled reciprocal costs one table read.
 
     Members
     -------
@@ -108,12 +115,16 @@ class ScalarUnit(wiring.Component):
         Results.
     """
 
-    def __init__(self, *, value_bits):
+    def __init__(self, *, value_bits, reciprocal_scale=_ONE):
         if isinstance(value_bits, bool) or not isinstance(value_bits, int) \
                 or not MANTISSA_BITS <= value_bits <= 62:
             raise ValueError(f"value_bits must be an integer in [{MANTISSA_BITS}, 62], "
                              f"not {value_bits!r}")
-        self._value_bits = value_bits
+        mantissa, exponent = (int(v) for v in reciprocal_scale)
+        if not (1 << (MANTISSA_BITS - 1)) <= mantissa < 1 << MANTISSA_BITS:
+            raise ValueError(f"reciprocal_scale must be a non-zero dyadic (mantissa in "
+                             f"[2**16, 2**17)), not {reciprocal_scale!r}")
+        self._value_bits, self._scale = value_bits, Dyadic(mantissa, exponent)
         super().__init__({
             "i_stream": In(stream.Signature(data.StructLayout({
                 "op": ScalarOp, "a": DYADIC, "b": DYADIC, "value": value_bits,
@@ -144,9 +155,19 @@ class ScalarUnit(wiring.Component):
         tables = build_tables()
         m.submodules.rsqrt = rsqrt = Memory(shape=MANTISSA_BITS, depth=len(tables.rsqrt),
                                             init=[int(v) for v in tables.rsqrt])
+        # The scaled reciprocal of a mantissa-table entry r at a's exponent e is golden's
+        # dyadic_mul(scale, Dyadic(r, -33 - e)): the mantissa and exponent of dyadic_mul(scale,
+        # Dyadic(r, 0)), then -33 - e. The ROM holds each entry's mantissa and its exponent
+        # above the least of them.
+        scaled = dyadic_mul(self._scale, Dyadic(tables.reciprocal, 0))
+        least = int(scaled.exponent.min())
+        offset_bits = max(1, int(scaled.exponent.max()) - least).bit_length()
+        reciprocal_entry = data.StructLayout({"mantissa": MANTISSA_BITS,
+                                              "offset": offset_bits})
         m.submodules.reciprocal = reciprocal = Memory(
-            shape=MANTISSA_BITS, depth=len(tables.reciprocal),
-            init=[int(v) for v in tables.reciprocal])
+            shape=reciprocal_entry, depth=len(tables.reciprocal),
+            init=[{"mantissa": int(v), "offset": int(e) - least}
+                  for v, e in zip(scaled.mantissa, scaled.exponent)])
         rsqrt_read, reciprocal_read = rsqrt.read_port(), reciprocal.read_port()
 
         command = Signal.like(self.i_stream.payload)
@@ -175,8 +196,10 @@ class ScalarUnit(wiring.Component):
             reciprocal_read.addr.eq((a.mantissa >> 6) - (1 << RECIPROCAL_INDEX_BITS)),
         ]
         table_word = Signal(MANTISSA_BITS)
-        m.d.sync += table_word.eq(Mux(op == ScalarOp.RSQRT, rsqrt_read.data,
-                                      reciprocal_read.data))
+        reciprocal_offset = Signal.like(reciprocal_read.data.offset)
+        m.d.sync += [table_word.eq(Mux(op == ScalarOp.RSQRT, rsqrt_read.data,
+                                       reciprocal_read.data.mantissa)),
+                     reciprocal_offset.eq(reciprocal_read.data.offset)]
 
         # ADD's alignment: both mantissas to the larger exponent less 17 (the other's if one is
         # zero), rounded; the sum is NORMALISE'd from there.
@@ -252,7 +275,8 @@ class ScalarUnit(wiring.Component):
                                  self.o_stream.payload.exponent.eq(-25 - (a.exponent >> 1))]
                 with m.Case(ScalarOp.RECIPROCAL):
                     m.d.sync += [self.o_stream.payload.mantissa.eq(table_word),
-                                 self.o_stream.payload.exponent.eq(-33 - a.exponent)]
+                                 self.o_stream.payload.exponent.eq(
+                                     least - 33 - a.exponent + reciprocal_offset)]
                 with m.Default():
                     m.d.sync += self.o_stream.payload.eq(result)
         return m

@@ -6,8 +6,10 @@ A stage is built from units and has its own small control FSM, so that a sequenc
 with one operation. This one holds a :class:`hw.norm.NormQuantizer` (whose gain memory keeps
 every norm of the model, each at its own base word: :func:`gain_bases`) and three
 :class:`hw.dyadic.ScalarUnit`. An operation runs STATISTICS; then, side by side, one scalar
-unit turns the peak into ``127 * rcp(max(peak, 1))`` (NORMALISE, RECIPROCAL, MULTIPLY by
-``dyadic(127)``, golden's ``quantize_factor``), after which QUANTISE streams ``x_q``, and the
+unit turns the peak into ``127 * rcp(max(peak, 1))`` (NORMALISE, then RECIPROCAL on a unit
+whose reciprocal ROM is scaled by ``dyadic(127)``: golden's ``quantize_factor``, whose multiply
+by ``dyadic(127)`` rounds a product of the table entry alone), after which QUANTISE streams
+``x_q``, and the
 other computes ``rho`` (step 4 of ``norm_quantize``: the sum of squares' dyadic, plus
 ``eps_k``, its reciprocal square root, times the peak's dyadic, which the third makes
 meanwhile) and the factors ``rho * constant_m`` of up to three matrices (q, k, v; gate, up; o;
@@ -20,7 +22,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.fixedpoint import MANTISSA_BITS, dyadic
+from golden.fixedpoint import MANTISSA_BITS, Dyadic, dyadic
 from golden.integer import ACT_MAX
 from golden.model import ATTENTION_INPUTS, MLP_INPUTS, norm_sizes
 
@@ -35,7 +37,7 @@ MATRICES = max(len(ATTENTION_INPUTS), len(MLP_INPUTS))     # BitLinears sharing 
 # peak's within +-1,100 with a gained shift up to 14), whatever the vector.
 X_EXPONENT_BITS = EXPONENT_BITS - 2
 
-_FACTOR_STEPS = (ScalarOp.NORMALISE, ScalarOp.RECIPROCAL, ScalarOp.MULTIPLY)
+_FACTOR_STEPS = (ScalarOp.NORMALISE, ScalarOp.RECIPROCAL)
 _RHO_STEPS = (ScalarOp.NORMALISE, ScalarOp.ADD, ScalarOp.RSQRT, ScalarOp.MULTIPLY)
 # The peak's dyadic for rho's last step, on a unit of its own beside rho's first three (never
 # longer than they are, so it sets no cycle).
@@ -147,7 +149,7 @@ class NormStage(wiring.Component):
     @staticmethod
     def x_q_cycles(words, lanes):
         """Cycles from a command taken to its last ``x_q`` word offered, without back-pressure:
-        STATISTICS, its statistics taken, the factor's three scalar operations, then QUANTISE
+        STATISTICS, its statistics taken, the factor's two scalar operations, then QUANTISE
         (taken the cycle after the factor) and its ``words``."""
         return (NormQuantizer.statistics_latency(words, lanes) + _steps_cycles(_FACTOR_STEPS)
                 + NormQuantizer.QUANTISE_LATENCY + words)
@@ -169,7 +171,10 @@ class NormStage(wiring.Component):
         # and the peak's dyadic for rho beside rho's first steps; the factor's and the peak's
         # normalise only the peak, a narrower value than the sum of squares.
         peak_bits = max(len(norm.stats.payload.peak), MANTISSA_BITS)
-        m.submodules.factor_unit = factor_unit = ScalarUnit(value_bits=peak_bits)
+        act_max = dyadic(ACT_MAX)
+        m.submodules.factor_unit = factor_unit = ScalarUnit(
+            value_bits=peak_bits, reciprocal_scale=Dyadic(int(act_max.mantissa),
+                                                          int(act_max.exponent)))
         m.submodules.peak_unit = peak_unit = ScalarUnit(value_bits=peak_bits)
         m.submodules.rho_unit = rho_unit = ScalarUnit(
             value_bits=max(len(norm.stats.payload.sum_squares), MANTISSA_BITS))
@@ -201,17 +206,13 @@ class NormStage(wiring.Component):
             m.d.sync += quantise_pending.eq(0)
 
         # The chains, each (operation, a, b, value, exponent, where its result goes).
-        reciprocal = Signal(DYADIC)         # the factor's chain so far
+        reciprocal = Signal(DYADIC)         # the peak's dyadic, for its scaled reciprocal
         held = Signal(DYADIC)               # rho's chain so far; rho from its last step
         peak = Signal(DYADIC)               # the peak's dyadic
         zero = 0
-        act_max = dyadic(ACT_MAX)
         factor_chain = [
             (ScalarOp.NORMALISE, zero, zero, Mux(stats.peak == 0, 1, stats.peak), 0, reciprocal),
-            (ScalarOp.RECIPROCAL, reciprocal, zero, 0, 0, reciprocal),
-            (ScalarOp.MULTIPLY, reciprocal, DYADIC.const({"mantissa": int(act_max.mantissa),
-                                                         "exponent": int(act_max.exponent)}),
-             0, 0, factor),
+            (ScalarOp.RECIPROCAL, reciprocal, zero, 0, 0, factor),
         ]
         peak_chain = [(ScalarOp.NORMALISE, zero, zero, stats.peak, peak_exponent, peak)]
         rho_chain = [

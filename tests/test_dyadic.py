@@ -47,10 +47,10 @@ def _expected(op, a, b, value, exponent):
             ScalarOp.RECIPROCAL: lambda: dyadic_reciprocal(a, TABLES)}[op]()
 
 
-def _run(commands):
-    """Run ``commands`` (op, a, b, value, exponent) through a unit; returns (results, cycles
-    from each command taken to its result offered)."""
-    dut = ScalarUnit(value_bits=VALUE_BITS)
+def _run(commands, **options):
+    """Run ``commands`` (op, a, b, value, exponent) through a unit built with ``options``;
+    returns (results, cycles from each command taken to its result offered)."""
+    dut = ScalarUnit(value_bits=VALUE_BITS, **options)
     results, latencies = [], []
 
     async def testbench(ctx):
@@ -101,9 +101,28 @@ def test_every_operation_is_golden_bit_for_bit(op):
     assert set(latencies) == {ScalarUnit.latency_of(op)}
 
 
-def test_value_bits_is_checked():
+@pytest.mark.parametrize("scale", [dyadic(np.int64(127)), Dyadic(np.int64((1 << 17) - 1),
+                                                                   np.int64(-40))])
+def test_a_scaled_reciprocal_is_golden_s_product_with_the_reciprocal(scale):
+    """RECIPROCAL on a unit built with a scale (the norm's ``127 / peak``) is golden's
+    ``dyadic_mul(scale, dyadic_reciprocal(a))``, one rounding of the table entry's product,
+    for every table entry and odd and extreme exponents, at the table read's latency."""
+    mantissas = (np.arange(1 << 10) << 6) + (1 << 16) + np.arange(1 << 10) % 64
+    exponents = np.arange(1 << 10) % 301 - 150
+    commands = [(ScalarOp.RECIPROCAL, Dyadic(np.int64(m), np.int64(e)), dyadic(0), 0, 0)
+                for m, e in zip(mantissas, exponents)]
+    results, latencies = _run(commands, reciprocal_scale=scale)
+    for (_, a, *_), got in zip(commands, results):
+        want = dyadic_mul(scale, dyadic_reciprocal(a, TABLES))
+        assert got == (int(want.mantissa), int(want.exponent)), a
+    assert set(latencies) == {ScalarUnit.latency_of(ScalarOp.RECIPROCAL)}
+
+
+def test_value_bits_and_the_scale_are_checked():
     with pytest.raises(ValueError, match=r"^value_bits must be an integer in \[17, 62\], not 8$"):
         ScalarUnit(value_bits=8)
+    with pytest.raises(ValueError, match=r"reciprocal_scale must be a non-zero dyadic"):
+        ScalarUnit(value_bits=VALUE_BITS, reciprocal_scale=dyadic(0))
 
 
 def test_scalar_unit_on_verilator_under_idle_and_back_pressure():
