@@ -35,9 +35,10 @@ class BitLinearBlock(wiring.Component):
     norm stage is between operations, so a parent may write the next vector while this
     operation's GEMVs run). The ``x_q`` words go to the group's activation buffer as chunks
     0, 1, ...; matrix ``m``'s GEMV (words ``base .. base + rows * words - 1`` of every bank,
-    ``words`` chunks a row: K is the vector's length) is started with factor ``m`` once every
-    chunk has been taken by the group and the linear stage takes it (matrix ``m - 1``'s GEMV
-    command is with the group: the group reads the matrices back to back). The
+    ``words`` chunks a row: K is the vector's length) is started once every chunk has been
+    taken by the group, factor ``m`` is due or taken, and the linear stage takes it (matrix
+    ``m - 1``'s GEMV command is with the group: the group reads the matrices back to back);
+    factor ``m`` follows it to the linear stage. The
     sequencer keeps ``1 <= words``, ``rows >= 1`` and ``1 <= n <= rows * banks`` for each of
     the ``count`` matrices, and the weights placed as ``hw.placement`` places them.
 
@@ -48,12 +49,12 @@ class BitLinearBlock(wiring.Component):
     none for the others.
 
     Cycles (:meth:`cycles`), with ``o_stream`` ready, the residuals offered and the group idle
-    and taking chunks: the first GEMV starts when both its factor is offered and ``x_q`` is
-    written, in the cycle after its last chunk; each later one as :meth:`gemv_starts` counts.
-    The linear stage takes its factor with its start, so the first GEMV waits for it:
-    :meth:`factor_wait` cycles after ``x_q`` is complete (rho's scalar chain is longer than a
-    short vector's QUANTISE pass). The block takes its next command two cycles after its last
-    beat is taken.
+    and taking chunks: the first GEMV starts once ``x_q`` is written (the cycle after its last
+    chunk) and its factor is due (:attr:`NormStage.factor_due`: rho's scalar chain is longer
+    than a short vector's QUANTISE pass, and the factor's multiply ends during the GEMV's
+    first reads); each later one as :meth:`gemv_starts` counts. The factors go to the linear
+    stage as they are offered. The block takes its next command two cycles after its last beat
+    is taken.
 
     Parameters
     ----------
@@ -145,19 +146,15 @@ class BitLinearBlock(wiring.Component):
         """The norm stage's gain bases (:func:`hw.norm_stage.gain_bases`)."""
         return self._norm.bases
 
-    def factor_wait(self, words):
-        """Cycles the first GEMV of an operation on a vector of ``words`` waits for its factor
-        after ``x_q`` is complete (without back-pressure): rho's operations and a multiply
-        against the factor's operations and QUANTISE's pass. 9 for the shipped model's hidden
-        (4 words at 32 lanes), 1 for its ffn (12 words)."""
+    def first_start(self, words):
+        """The cycle (from the command taken, 0) the first GEMV of an operation on a vector of
+        ``words`` is started, without back-pressure: once ``x_q`` is complete and its factor is
+        due (:attr:`NormStage.FACTOR_INTERVAL` less one before it is offered). 54 for the
+        shipped model's hidden (4 words at 32 lanes, x_q complete at 51, its factor offered at
+        60), 67 for its ffn (12 words, x_q the later)."""
         lanes = self._config.pim.lanes
-        return max(0, NormStage.factor_cycles(words, 0, lanes)
-                   - NormStage.x_q_cycles(words, lanes) - 1)
-
-    def factor_cycles(self, words):
-        """Cycles from a command taken to its first factor taken (without back-pressure): the
-        first GEMV's start, or a ``norm_only`` operation's factor."""
-        return NormStage.x_q_cycles(words, self._config.pim.lanes) + 1 + self.factor_wait(words)
+        return max(NormStage.x_q_cycles(words, lanes) + 1,
+                   NormStage.factor_cycles(words, 0, lanes) - NormStage.FACTOR_INTERVAL + 1)
 
     def linear_cycles(self, words, n):
         """:meth:`hw.linear_stage.LinearStage.cycles` of one matrix of ``n`` rows on a vector of
@@ -168,16 +165,26 @@ class BitLinearBlock(wiring.Component):
         """For matrices of ``ns`` rows on a vector of ``words``, the cycle (from the command
         taken, 0) before each GEMV's command is taken, from which its results take
         :meth:`linear_cycles`, without back-pressure, with the group idle and no row slot past
-        ``n``: the first start once its factor is taken (:meth:`factor_cycles`); each later
-        one as soon as the GEMV before it is with the group, or its factor is offered
-        (:attr:`NormStage.FACTOR_INTERVAL` after the one before is taken); each GEMV command
-        then with the one before's last read (:meth:`LinearStage.command_cycle`)."""
-        banks = self._config.pim.banks
-        start = self.factor_cycles(words)
+        ``n``: the first at :meth:`first_start`; each later one as soon as the GEMV before it
+        is with the group and its factor is due (each factor is taken as it is offered, the
+        next offered :attr:`NormStage.FACTOR_INTERVAL` later); each GEMV command then with the
+        one before's last read (:meth:`LinearStage.command_cycle`).
+
+        A factor due when its GEMV starts reaches the linear stage before the GEMV's first
+        results when ``words`` plus the group's latency is at least ``FACTOR_INTERVAL - 1``
+        (always on the presets: the latency is 5 or more); a shape below that is refused."""
+        banks, lanes = self._config.pim.banks, self._config.pim.lanes
+        if words + PimBankGroup.latency_for(self._config) < NormStage.FACTOR_INTERVAL - 1:
+            raise ValueError(f"the block's cycle model needs words + the bank group's latency "
+                             f"of at least {NormStage.FACTOR_INTERVAL - 1}, not {words} + "
+                             f"{PimBankGroup.latency_for(self._config)}")
+        start = self.first_start(words)
         command = LinearStage.command_cycle(start)
         commands = [command]
-        for n in ns[:-1]:
-            start = max(command + 1, start + NormStage.FACTOR_INTERVAL)
+        for matrix, n in enumerate(ns[:-1], 1):
+            due = (NormStage.factor_cycles(words, matrix, lanes)
+                   - NormStage.FACTOR_INTERVAL + 1)
+            start = max(command + 1, due)
             command = LinearStage.command_cycle(start, (command, -(-n // banks) * words))
             commands.append(command)
         return [command - 1 for command in commands]
@@ -227,27 +234,38 @@ class BitLinearBlock(wiring.Component):
         with m.If(self.chunk_stream.valid & self.chunk_stream.ready):
             m.d.sync += written.eq(written + 1)
 
-        # Factor m starts matrix m, once every chunk is in the buffer: the group takes no chunk
-        # while a GEMV runs, so a GEMV started earlier would read the previous vector's. A
-        # norm_only operation takes its factors and starts nothing.
+        # Matrix m starts once every chunk is in the buffer (the group takes no chunk while a
+        # GEMV runs, so a GEMV started earlier would read the previous vector's) and its factor
+        # is due or taken: the factor then reaches the linear stage before the GEMV's first
+        # results (:meth:`gemv_starts`). Factors go to the linear stage as they come; a
+        # norm_only operation takes its factors itself and starts nothing.
         placement = op.matrices[matrix]
-        launch = self.busy & ~started & (written == op.norm.words)
+        factors_taken = Signal(range(MATRICES + 1))
+        factor_here = (factors_taken > matrix) | (factors_taken == matrix) & norm.factor_due
+        launch = self.busy & ~started & ~op.norm_only & (written == op.norm.words) & factor_here
         start = linear.start.payload
         m.d.comb += [
-            linear.start.valid.eq(launch & norm.factors.valid & ~op.norm_only),
-            norm.factors.ready.eq(launch & (linear.start.ready | op.norm_only)),
+            linear.start.valid.eq(launch),
             start.base.eq(placement.base),
             start.rows.eq(placement.rows),
             start.words_per_row.eq(op.norm.words),
             start.n.eq(placement.n),
             start.add_residual.eq(placement.add_residual),
-            start.factor.eq(norm.factors.payload),
+            linear.factors.valid.eq(norm.factors.valid & self.busy & ~op.norm_only),
+            linear.factors.payload.eq(norm.factors.payload),
+            norm.factors.ready.eq(self.busy & (op.norm_only | linear.factors.ready)),
         ]
         with m.If(norm.factors.valid & norm.factors.ready):
+            m.d.sync += factors_taken.eq(factors_taken + 1)
+            with m.If(op.norm_only & (factors_taken + 1 == op.norm.count)):
+                m.d.sync += started.eq(1)
+        with m.If(linear.start.valid & linear.start.ready):
             with m.If(matrix + 1 == op.norm.count):
                 m.d.sync += started.eq(1)
             with m.Else():
                 m.d.sync += matrix.eq(matrix + 1)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += factors_taken.eq(0)
         # The linear stage is busy from the cycle after its start until its last beat is taken.
         with m.If(self.busy & started & ~linear.busy):
             m.d.sync += self.busy.eq(0)

@@ -30,6 +30,11 @@ class LinearStage(wiring.Component):
     factor, the residual added when ``add_residual``, offered ``lanes`` rows a beat in row
     order; starts run one after another, their GEMVs back to back.
 
+    A start's factor comes on ``factors``, in start order, and may follow its start: the GEMV
+    runs meanwhile, and its results wait for the factor (then the bank group, as under
+    back-pressure). ``factors`` is taken whenever fewer than :attr:`QUEUE` factors wait, so a
+    parent can offer each as soon as it is computed.
+
     ``start`` is taken once the previous start's GEMV command is with the bank group and fewer
     than :attr:`QUEUE` operations wait (at once when the stage is idle). The stage then offers
     the GEMV ``(base, rows, words_per_row)`` on ``cmd_stream`` (the bank group takes it with
@@ -52,7 +57,8 @@ class LinearStage(wiring.Component):
     ``o_stream`` holds the epilogue, then fills the skid buffer, then stalls the bank group,
     whose credits keep every result; none is dropped.
 
-    Cycles, with ``o_stream`` ready and the residuals offered: a GEMV command taken in cycle
+    Cycles, with ``o_stream`` ready, the residuals offered and each factor taken in time (by
+    the cycle ``words_per_row + latency`` after its start): a GEMV command taken in cycle
     ``c`` (:meth:`command_cycle`) has its beat for row slot ``j`` leave the group in
     ``c + (j + 1) * words_per_row + latency`` (the group's latency); its first part is
     offered :attr:`LATENCY` cycles after it is taken, and a split beat's further parts one a
@@ -77,9 +83,11 @@ class LinearStage(wiring.Component):
     -------
     start : In(stream.Signature(StructLayout({"base": range(depth), "rows": range(depth + 1),
                                              "words_per_row": range(act_words + 1),
-                                             "n": range(depth * banks + 1), "factor": DYADIC,
+                                             "n": range(depth * banks + 1),
                                              "add_residual": 1})))
-        One BitLinear: its GEMV, its output rows, its factor ``dyadic_mul(rho, constant)``.
+        One BitLinear: its GEMV and its output rows.
+    factors : In(stream.Signature(DYADIC))
+        Each start's factor ``dyadic_mul(rho, constant)``, in start order.
     cmd_stream : Out(stream.Signature(PimBankGroup.layouts(config)["cmd_stream"]))
         To the bank group's ``cmd_stream``.
     acc_stream : In(stream.Signature(ArrayLayout(signed(acc_bits), banks)))
@@ -112,7 +120,8 @@ class LinearStage(wiring.Component):
             "start": In(stream.Signature(data.StructLayout({
                 "base": range(depth), "rows": range(depth + 1),
                 "words_per_row": range(config.act_words + 1), "n": range(rows + 1),
-                "factor": DYADIC, "add_residual": 1}))),
+                "add_residual": 1}))),
+            "factors": In(stream.Signature(DYADIC)),
             "cmd_stream": Out(stream.Signature(PimBankGroup.layouts(config)["cmd_stream"])),
             "acc_stream": In(stream.Signature(PimBankGroup.layouts(config)["o_stream"])),
             "r_stream": In(stream.Signature(results)),
@@ -161,17 +170,23 @@ class LinearStage(wiring.Component):
         started = self.start.valid & self.start.ready
 
         # Operations in flight, oldest first: one queue for the regrouping of result beats,
-        # one for the output count, both written with the start. A start is taken once the
-        # previous GEMV command is with the bank group, so the group reads one matrix after
-        # another without a gap while earlier results drain through the epilogue.
+        # one for the output count, both written with the start, and one for the factors,
+        # written as they come. A start is taken once the previous GEMV command is with the
+        # bank group, so the group reads one matrix after another without a gap while earlier
+        # results drain through the epilogue.
         op_layout = data.StructLayout({"rows": start.rows.shape(), "n": n_shape,
-                                       "factor": DYADIC, "add_residual": 1})
+                                       "add_residual": 1})
         m.submodules.ops = ops = fifo.SyncFIFO(width=op_layout.size, depth=self.QUEUE)
         m.submodules.counts = counts = fifo.SyncFIFO(width=n_shape.width, depth=self.QUEUE)
+        m.submodules.factor_queue = factor_queue = fifo.SyncFIFO(width=DYADIC.size,
+                                                                 depth=self.QUEUE)
         entry = Signal(op_layout)
         m.d.comb += [
+            factor_queue.w_en.eq(self.factors.valid),
+            factor_queue.w_data.eq(self.factors.payload),
+            self.factors.ready.eq(factor_queue.w_rdy),
             *(getattr(entry, name).eq(getattr(start, name))
-              for name in ("rows", "n", "factor", "add_residual")),
+              for name in ("rows", "n", "add_residual")),
             ops.w_en.eq(started),
             ops.w_data.eq(entry),
             counts.w_en.eq(started),
@@ -218,14 +233,16 @@ class LinearStage(wiring.Component):
         with m.Elif(arrived):
             m.d.sync += [spare.eq(self.acc_stream.payload), spare_valid.eq(1)]
 
-        # The operation whose beats are regrouped: loaded from the queue when the one before
-        # has consumed its last beat, in that cycle, so its first beat follows without a gap.
+        # The operation whose beats are regrouped: loaded from the queues, with its factor,
+        # when the one before has consumed its last beat, in that cycle, so its first beat
+        # follows without a gap.
         op = Signal(op_layout)
+        factor = Signal(DYADIC)
         active = Signal()
         beats_left = Signal.like(op.rows)
         op_done = consume & (beats_left == 1)
-        load = ops.r_rdy & (~active | op_done)
-        m.d.comb += ops.r_en.eq(load)
+        load = ops.r_rdy & factor_queue.r_rdy & (~active | op_done)
+        m.d.comb += [ops.r_en.eq(load), factor_queue.r_en.eq(load)]
         with m.If(consume):
             m.d.sync += beats_left.eq(beats_left - 1)
         with m.If(op_done):
@@ -291,8 +308,8 @@ class LinearStage(wiring.Component):
                                                   beat_remaining - banks, 0))
         with m.If(load):
             queued = op_layout(ops.r_data)
-            m.d.sync += [op.eq(queued), active.eq(1), beats_left.eq(queued.rows),
-                         remaining.eq(queued.n)]
+            m.d.sync += [op.eq(queued), factor.eq(factor_queue.r_data), active.eq(1),
+                         beats_left.eq(queued.rows), remaining.eq(queued.n)]
             if lanes > banks:
                 m.d.sync += [beat_remaining.eq(queued.n), slot.eq(0)]
             else:
@@ -301,7 +318,7 @@ class LinearStage(wiring.Component):
         # Into the epilogue, with the residuals when they are added.
         m.d.comb += [
             epilogue.i_stream.valid.eq(offered),
-            epilogue.i_stream.payload.factor.eq(op.factor),
+            epilogue.i_stream.payload.factor.eq(factor),
             self.r_stream.ready.eq(offer & op.add_residual & epilogue.i_stream.ready),
         ]
         for i in range(lanes):

@@ -105,6 +105,9 @@ class NormStage(wiring.Component):
         ``count`` factors an operation, ``rho * constants[m]`` for ``m`` in order. Their
         exponents stay within :data:`hw.dyadic.EXPONENT_BITS` for the decoder's constants
         (exponents within +-200).
+    factor_due : Out(1)
+        The next factor is being computed or offered: it is offered within
+        :attr:`FACTOR_INTERVAL` cycles of the first cycle this is high.
     """
 
     # From a factor taken to the next one offered: its multiply on rho's unit.
@@ -130,6 +133,7 @@ class NormStage(wiring.Component):
                 "constants": data.ArrayLayout(DYADIC, MATRICES)}))),
             "o_stream": Out(stream.Signature(norm.o_stream.payload.shape())),
             "factors": Out(stream.Signature(DYADIC)),
+            "factor_due": Out(1),
         })
 
     @property
@@ -266,12 +270,14 @@ class NormStage(wiring.Component):
                     m.next = "ISSUE_MATRIX"
             with m.State("ISSUE_MATRIX"):
                 request = rho_unit.i_stream.payload
-                m.d.comb += [rho_unit.i_stream.valid.eq(1), request.op.eq(ScalarOp.MULTIPLY),
+                m.d.comb += [self.factor_due.eq(1),
+                             rho_unit.i_stream.valid.eq(1), request.op.eq(ScalarOp.MULTIPLY),
                              request.a.eq(held), request.b.eq(command.constants[matrix])]
                 with m.If(rho_unit.i_stream.ready):
                     m.next = "WAIT_MATRIX"
             with m.State("WAIT_MATRIX"):
-                m.d.comb += [self.factors.valid.eq(rho_unit.o_stream.valid),
+                m.d.comb += [self.factor_due.eq(1),
+                             self.factors.valid.eq(rho_unit.o_stream.valid),
                              self.factors.payload.eq(rho_unit.o_stream.payload),
                              rho_unit.o_stream.ready.eq(self.factors.ready)]
                 with m.If(self.factors.valid & self.factors.ready):

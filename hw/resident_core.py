@@ -326,7 +326,7 @@ class ResidentCore(wiring.Component):
         k_elements = model.kv_heads * self._head_dim
         q_rotated = self._rotated(q_start, model.hidden)
         k_rotated = self._rotated(k_start, k_elements)
-        k_alone_rotated = self._rotated(block.factor_cycles(hidden_words), k_elements)
+        k_alone_rotated = self._rotated(block.first_start(hidden_words), k_elements)
         cache = 2 * model.kv_heads
         full = {
             # The four commands (and in the first layer H into the norm's buffer: layer_cycles).

@@ -18,7 +18,7 @@ a residual (random, garbage past ``n``).
 
 Flow: random idle on the vector, gain, command and residual streams, back-pressure on the
 results, and a ``hold`` that keeps x_q chunks from the bank group (as the device's offload
-commands would), so that x_q is complete after the first factor as well as before it. With
+commands would), so that x_q is complete after the first factor is due as well as before. With
 none of them, the cycles from an operation's command to its last beat must equal
 :meth:`BitLinearBlock.cycles` (when no matrix but the last reads a row slot past its ``n``),
 and the block must be idle two cycles after its last beat (when none does).

@@ -7,11 +7,13 @@ of that K at different bases (placed as ``hw.placement`` places them: row ``r`` 
 ``r % banks`` at slot ``r // banks``; the rows past ``n`` up to the last slot hold random trits
 too, so that a padding result that is not dropped shows), then runs one start a matrix back to
 back, each with its factor drawn so that the results fill ``out_bits`` (as the epilogue's
-testbench draws them) and half of them with a residual (random elements in range; the lanes
+testbench draws them) and sent on ``factors`` beside the starts (under idle, often after its
+start: the results wait for it), and half of them with a residual (random elements in range; the lanes
 past ``n`` in a residual beat are garbage, which must be ignored). Shapes: ``n`` of every
 remainder modulo ``banks`` and ``lanes``, K of any length up to ``max_k`` (one batch a flow
 setting has K = max_k), and now and then a GEMV with a whole row slot past ``n``. Everything
-runs under random idle (starts and residuals) and back-pressure (results); with neither, every
+runs under random idle (starts, factors and residuals) and back-pressure (results); with
+neither, every
 start that keeps up with the banks is timed against :meth:`LinearStage.cycles`.
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (batches per flow setting),
@@ -65,7 +67,8 @@ class LinearStageTop(wiring.Component):
         super().__init__({
             "w_stream": In(stream.Signature(layouts["w_stream"])),
             "x_stream": In(stream.Signature(layouts["x_stream"])),
-            **{name: members[name] for name in ("start", "r_stream", "o_stream", "busy")},
+            **{name: members[name] for name in ("start", "factors", "r_stream", "o_stream",
+                                                 "busy")},
         })
 
     @property
@@ -81,6 +84,7 @@ class LinearStageTop(wiring.Component):
         wiring.connect(m, wiring.flipped(self.w_stream), pim.w_stream)
         wiring.connect(m, wiring.flipped(self.x_stream), pim.x_stream)
         wiring.connect(m, wiring.flipped(self.start), stage.start)
+        wiring.connect(m, wiring.flipped(self.factors), stage.factors)
         wiring.connect(m, wiring.flipped(self.r_stream), stage.r_stream)
         wiring.connect(m, stage.o_stream, wiring.flipped(self.o_stream))
         m.d.comb += self.busy.eq(stage.busy)
@@ -103,15 +107,17 @@ class LinearStageTB(TB):
             config.pim.depth
         self.lanes, self.out_bits = self.stage.lanes, p["options"]["out_bits"]
         self.layouts = {port: payload_layout(top, port)
-                        for port in ("w_stream", "x_stream", "start", "r_stream", "o_stream")}
+                        for port in ("w_stream", "x_stream", "start", "factors", "r_stream",
+                                     "o_stream")}
         self.np_rng = np.random.default_rng(p["seed"])
         self.weights = StreamSource(dut, "w_stream", rng=self.rng)
         self.chunks = StreamSource(dut, "x_stream", rng=self.rng)
         self.starts = StreamSource(dut, "start", rng=self.rng)
+        self.factors = StreamSource(dut, "factors", rng=self.rng)
         self.residuals = StreamSource(dut, "r_stream", rng=self.rng)
         self.sink = StreamSink(dut, "o_stream", rng=self.rng)
         self.report = {"starts": 0, "residual_starts": 0, "beats": 0, "elements": 0,
-                       "padded_slots": 0, "max_k_starts": 0, "timed": 0,
+                       "padded_slots": 0, "max_k_starts": 0, "timed": 0, "late_factors": 0,
                        "back_to_back": 0, "cycles": []}
 
     async def load_x(self, x_q):
@@ -158,11 +164,14 @@ class LinearStageTB(TB):
             base += (slots + gap) * words_per_row
         return k, words_per_row, matrices
 
-    def start_payload(self, base, slots, words_per_row, n, factor, add):
+    def start_payload(self, base, slots, words_per_row, n, add):
         return self.layouts["start"].const({
             "base": base, "rows": slots, "words_per_row": words_per_row, "n": n,
-            "factor": {"mantissa": int(factor.mantissa), "exponent": int(factor.exponent)},
             "add_residual": int(add)}).as_bits()
+
+    def factor_payload(self, factor):
+        return self.layouts["factors"].const({"mantissa": int(factor.mantissa),
+                                              "exponent": int(factor.exponent)}).as_bits()
 
     async def batch(self, max_k, timed):
         """Load one batch, run its starts back to back, check every beat (and the cycles)."""
@@ -170,7 +179,7 @@ class LinearStageTB(TB):
         k, words_per_row, matrices = self.draw_batch(max_k)
         x_q = self.random_x(k)
         await self.load_x(x_q)
-        starts, residual_beats, expected, beat_counts = [], [], [], []
+        starts, factors, residual_beats, expected, beat_counts = [], [], [], [], []
         for n, base, slots in matrices:
             w_t = self.random_trits(slots * self.banks, k)
             await self.load_matrix(w_t, base)
@@ -194,18 +203,22 @@ class LinearStageTB(TB):
             expected += [(j * lanes, int(j == beats - 1),
                           padded[j * lanes:(j + 1) * lanes].tolist()) for j in range(beats)]
             beat_counts.append(beats)
-            starts.append(self.start_payload(base, slots, words_per_row, n, factor, add))
+            starts.append(self.start_payload(base, slots, words_per_row, n, add))
+            factors.append(self.factor_payload(factor))
             self.report["residual_starts"] += add
             self.report["padded_slots"] += slots > -(-n // self.banks)
             self.report["max_k_starts"] += k == self.config.max_k
             self.report["elements"] += n
         first_start = len(self.starts.accepted_cycles)
+        first_factor = len(self.factors.accepted_cycles)
         first_beat = len(self.sink.beat_cycles)
         start_sender = cocotb.start_soon(self.starts.send(starts, self.cycle))
+        factor_sender = cocotb.start_soon(self.factors.send(factors, self.cycle))
         residual_sender = cocotb.start_soon(self.residuals.send(residual_beats, self.cycle))
         got = await self.sink.receive(len(expected), self.cycle,
                                       timeout=40 * (words_per_row + 40))
         await start_sender
+        await factor_sender
         await residual_sender
         # The last GEMV may still read a row slot past n; then nothing more may come out.
         drain = 2 * words_per_row + PimBankGroup.latency_for(self.config) + LinearStage.LATENCY
@@ -244,6 +257,12 @@ class LinearStageTB(TB):
                                            f"before its GEMV command, not {formula}")
                 self.report["timed"] += 1
                 self.report["cycles"].append(cycles)
+        # Factors taken after their GEMV's first results left the bank group.
+        late = PimBankGroup.latency_for(self.config) + words_per_row
+        self.report["late_factors"] += sum(
+            factor > start + late for start, factor in zip(
+                self.starts.accepted_cycles[first_start:],
+                self.factors.accepted_cycles[first_factor:]))
         self.report["starts"] += len(matrices)
         self.report["beats"] += len(expected)
 
@@ -255,9 +274,11 @@ async def linear_stage_matches_golden(dut):
     await tb.reset()
     for idle, backpressure in FLOW_KNOBS:
         tb.weights.pause = tb.chunks.pause = tb.starts.pause = tb.residuals.pause = idle
+        tb.factors.pause = 0.9 if idle else 0.0     # often after their results
         tb.sink.backpressure = backpressure
         timed = not idle and not backpressure
         for number in range(p["tiles"]):
             await tb.batch(max_k=number == 0, timed=timed)
     assert tb.report["timed"] > 0 and tb.report["padded_slots"] > 0
+    assert tb.report["late_factors"] > 0
     write_report(tb.report)

@@ -62,7 +62,7 @@ UNITS = {unit.name: unit for unit in [
     Unit("bitlinear-block", "sim.bitlinear_block_tb:BitLinearBlockTop", "sim.bitlinear_block_tb",
          "a norm and the BitLinears that read it on the bank group, the resident decoder's layer "
          "program step (a small model: K not a multiple of the banks' lanes)",
-         options={"hidden": 26, "ffn": 90, "layers": 1, "out_bits": 32, "lanes": 4}),
+         options={"hidden": 18, "ffn": 90, "layers": 1, "out_bits": 32, "lanes": 4}),
     Unit("resident-core", "sim.resident_core_tb:ResidentCoreTop", "sim.resident_core_tb",
          "the resident decoder's core: a random model of the preset's resident shape through "
          "every stage, prefill and greedy decode", resident=True),
