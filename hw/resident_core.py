@@ -175,9 +175,11 @@ class ResidentCore(wiring.Component):
         self._block = BitLinearBlock(config, hidden=model.hidden, ffn=model.ffn,
                                      layers=model.layers, out_bits=RESIDUAL_BITS, lanes=lanes)
         # q's and k's rotations, each on a unit of its own, so that k's pairs need not wait
-        # behind q's (the rotation of a vector runs a pair a cycle, slower than its beats).
-        self._ropes = tuple(Rope(config, head_dim=head_dim, max_seq=model.max_seq)
-                            for _ in range(2))
+        # behind q's; two pairs a cycle where a head's pairs divide (a GEMV delivers
+        # ``banks / words`` elements a cycle: 4 on the shipped shape, two pairs' worth).
+        self._rope_lanes = 2 if head_dim % 4 == 0 else 1
+        self._ropes = tuple(Rope(config, head_dim=head_dim, max_seq=model.max_seq,
+                                 lanes=self._rope_lanes) for _ in range(2))
         self.attention_units = units = largest_divisor(model.kv_heads, attention_units)
         self.heads_per_pass = largest_divisor(model.heads // model.kv_heads, heads_per_pass)
         self._attentions = [Attention(config, heads=model.heads // units,
@@ -348,15 +350,15 @@ class ResidentCore(wiring.Component):
 
     def _rotated(self, start, elements):
         """The cycle a rotation of ``elements`` (whole heads) on its RoPE unit is noted done,
-        counted like :meth:`BitLinearBlock.cycles`: a pair is offered the cycle after its
-        second element's beat (the vector's GEMV starts after ``start`` cycles, its row ``e``'s
-        beat :meth:`BitLinearBlock.linear_cycles` ``(words, e + 1)`` later) and after the pair
-        before it; then the rotation's latency."""
+        counted like :meth:`BitLinearBlock.cycles`: a beat of pairs is offered the cycle after
+        its last second element's beat (the vector's GEMV starts after ``start`` cycles, its
+        row ``e``'s beat :meth:`BitLinearBlock.linear_cycles` ``(words, e + 1)`` later) and
+        after the beat before it; then the rotation's latency."""
         words = self._model.hidden // self._config.pim.lanes
-        half = self._head_dim // 2
+        half, step = self._head_dim // 2, self._rope_lanes
         issued = 0
         for head in range(elements // self._head_dim):
-            for i in range(half):
+            for i in range(step - 1, half, step):
                 second = head * self._head_dim + i + half
                 issued = max(issued + 1,
                              start + self._block.linear_cycles(words, second + 1) + 1)
@@ -580,27 +582,35 @@ class ResidentCore(wiring.Component):
             """A beat's results as int16 (q, k, v, gate and up: golden's projection width)."""
             return Cat(*(values[i][:PROJECTION_BITS] for i in range(lanes)))
 
-        # RoPE walks a vector of heads pair by pair: ``index`` is the pair's first element
-        # (``head * head_dim + i``), ``within`` its ``i``.
-        # A pair is offered once its second element is in (``filled``: the vector's elements
-        # written so far), so the walk follows the GEMV's beats head by head.
+        # RoPE walks a vector of heads ``rope_lanes`` pairs a beat: ``index`` is the beat's
+        # first element (``head * head_dim + i``), ``within`` its ``i``. A beat is offered
+        # once its last second element is in (``filled``: the vector's elements written so
+        # far), so the walk follows the GEMV's beats head by head.
+        rope_lanes = self._rope_lanes
+
         def rotate(rope, vector, elements, filled, index, within, written, written_within):
-            first = vector.word_select(index, PROJECTION_BITS)
-            second = vector.word_select(index + pairs, PROJECTION_BITS)
             rotated = rope.o_stream.payload
-            m.d.comb += [rope.i_stream.valid.eq((index != elements) & (index + pairs < filled)),
-                         rope.i_stream.payload.first.eq(first),
-                         rope.i_stream.payload.second.eq(second),
+            m.d.comb += [rope.i_stream.valid.eq((index != elements)
+                                                & (index + rope_lanes - 1 + pairs < filled)),
                          rope.o_stream.ready.eq(1)]
+            for lane in range(rope_lanes):
+                m.d.comb += [
+                    rope.i_stream.payload[lane].first.eq(
+                        vector.word_select(index + lane, PROJECTION_BITS)),
+                    rope.i_stream.payload[lane].second.eq(
+                        vector.word_select(index + lane + pairs, PROJECTION_BITS))]
             with m.If(rope.i_stream.valid & rope.i_stream.ready):
-                _advance(m, index, within, pairs)
+                _advance(m, index, within, pairs, rope_lanes)
             done = Signal()
             with m.If(rope.o_stream.valid):
-                m.d.sync += [vector.word_select(written, PROJECTION_BITS).eq(rotated.first),
-                             vector.word_select(written + pairs, PROJECTION_BITS)
-                             .eq(rotated.second)]
-                _advance(m, written, written_within, pairs)
-                m.d.comb += done.eq(written + pairs + 1 == elements)
+                for lane in range(rope_lanes):
+                    m.d.sync += [
+                        vector.word_select(written + lane, PROJECTION_BITS)
+                        .eq(rotated[lane].first),
+                        vector.word_select(written + lane + pairs, PROJECTION_BITS)
+                        .eq(rotated[lane].second)]
+                _advance(m, written, written_within, pairs, rope_lanes)
+                m.d.comb += done.eq(written + pairs + rope_lanes == elements)
             return done
 
         within, written_within = Signal(range(pairs)), Signal(range(pairs))
@@ -890,12 +900,13 @@ class ResidentCore(wiring.Component):
         return m
 
 
-def _advance(m, index, within, pairs):
-    """The next pair of a walk over whole heads (``index`` its first element)."""
-    with m.If(within == pairs - 1):
-        m.d.sync += [index.eq(index + pairs + 1), within.eq(0)]
+def _advance(m, index, within, pairs, step):
+    """The next beat of ``step`` pairs of a walk over whole heads (``index`` its first
+    element)."""
+    with m.If(within == pairs - step):
+        m.d.sync += [index.eq(index + pairs + step), within.eq(0)]
     with m.Else():
-        m.d.sync += [index.eq(index + 1), within.eq(within + 1)]
+        m.d.sync += [index.eq(index + step), within.eq(within + step)]
 
 
 def _dyadic(value):

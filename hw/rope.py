@@ -1,6 +1,6 @@
 """Rotary position embedding of the integer decoder: one token's sine and cosine factors, then
-its heads rotated one pair a cycle (``golden.integer.rope_factors`` and ``apply_rope``, bit for
-bit).
+its heads rotated ``lanes`` pairs a cycle (``golden.integer.rope_factors`` and ``apply_rope``,
+bit for bit).
 
 For pair ``i`` of a head (elements ``i`` and ``i + head_dim / 2``, the rotate-half layout) and
 the token's ``position``: the phase ``position * step[i] mod 2**32`` (turns, 32 fraction bits)
@@ -38,16 +38,17 @@ class Rope(wiring.Component):
     taken is rotated.
 
     ``start`` takes a position and computes its ``head_dim / 2`` (cos, sin) pairs into a
-    buffer, one a cycle: :attr:`factor_cycles` cycles from the start taken until the first pair
-    can be taken. Then ``i_stream`` takes one (first, second) pair a cycle, pair index ``i``
-    counting ``0 .. head_dim / 2 - 1`` and wrapping (so any number of whole heads, q's and k's
-    alike), and ``o_stream`` offers each rotated pair :attr:`LATENCY` cycles later; the
-    pipeline holds whole while a result is refused. A pair is rotated by the factors of the
-    last position started before it was taken: a start taken in the same cycle as a pair
-    applies from the next pair on, and restarts the pair index at 0.
+    buffer, one a cycle: :attr:`factor_cycles` cycles from the start taken until the first
+    pairs can be taken. Then ``i_stream`` takes a beat of ``lanes`` (first, second) pairs a
+    cycle, pair indices ``i .. i + lanes - 1`` with ``i`` counting ``0, lanes, ..`` to
+    ``head_dim / 2`` and wrapping (so any number of whole heads, q's and k's alike), and
+    ``o_stream`` offers each beat rotated :attr:`LATENCY` cycles later; the pipeline holds
+    whole while a result is refused. A pair is rotated by the factors of the last position
+    started before it was taken: a start taken in the same cycle as a beat applies from the
+    next beat on, and restarts the pair index at 0.
 
     The phase multiply is ``position x 32`` bits as two 18 x 18 products (golden's
-    ``rope_phase``), the rotation four ``16 x 18``-bit products (golden's ``rope``). The
+    ``rope_phase``), the rotation four ``16 x 18``-bit products a lane (golden's ``rope``). The
     quarter-sine table's first 1024 entries are a ROM with two read ports (cos and sin); its
     last entry, ``2**16``, is a constant.
 
@@ -59,6 +60,8 @@ class Rope(wiring.Component):
         Elements a head: even, at least 2.
     max_seq : int
         Positions: ``0 .. max_seq - 1``, ``1 <= max_seq <= 2**17``.
+    lanes : int
+        Pairs a beat, a divisor of ``head_dim / 2``.
 
     Members
     -------
@@ -68,9 +71,12 @@ class Rope(wiring.Component):
         no factors are being computed.
     start : In(stream.Signature(range(max_seq)))
         A token's position. Taken while no factors are being computed.
-    i_stream : In(stream.Signature(StructLayout({"first": signed(16), "second": signed(16)})))
-        Elements ``i`` and ``i + head_dim / 2`` of a head. Taken once the factors are ready.
-    o_stream : Out(stream.Signature(StructLayout({"first": signed(16), "second": signed(16)})))
+    i_stream : In(stream.Signature(ArrayLayout(StructLayout({"first": signed(16),
+                                                             "second": signed(16)}), lanes)))
+        Lane ``j``: elements ``i + j`` and ``i + j + head_dim / 2`` of a head. Taken once the
+        factors are ready.
+    o_stream : Out(stream.Signature(ArrayLayout(StructLayout({"first": signed(16),
+                                                              "second": signed(16)}), lanes)))
     """
 
     LATENCY = 3                 # a pair taken to its rotation offered
@@ -78,26 +84,30 @@ class Rope(wiring.Component):
     # stages after its issue (products, phase, addresses, ROM read, word, sign, write).
     FACTOR_LATENCY = 8
 
-    def __init__(self, config, *, head_dim, max_seq):
+    def __init__(self, config, *, head_dim, max_seq, lanes=1):
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 \
                 or head_dim % 2:
             raise ValueError(f"head_dim must be an even integer >= 2, not {head_dim!r}")
         if isinstance(max_seq, bool) or not isinstance(max_seq, int) \
                 or not 1 <= max_seq <= _MAX_SEQ:
             raise ValueError(f"max_seq must be an integer in [1, {_MAX_SEQ}], not {max_seq!r}")
+        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1 \
+                or (head_dim // 2) % lanes:
+            raise ValueError(f"lanes must be a positive divisor of head_dim / 2 "
+                             f"({head_dim // 2}), not {lanes!r}")
         self._pairs = head_dim // 2
-        self._max_seq = max_seq
+        self._max_seq, self.lanes = max_seq, lanes
         super().__init__({
             "step_stream": In(stream.Signature(data.StructLayout({
                 "addr": range(self._pairs), "data": unsigned(PHASE_BITS)}))),
             "start": In(stream.Signature(range(max_seq))),
-            "i_stream": In(stream.Signature(PAIR)),
-            "o_stream": Out(stream.Signature(PAIR)),
+            "i_stream": In(stream.Signature(data.ArrayLayout(PAIR, lanes))),
+            "o_stream": Out(stream.Signature(data.ArrayLayout(PAIR, lanes))),
         })
 
     @property
     def factor_cycles(self):
-        """Cycles from a start taken to the first pair that can be taken: ``head_dim / 2 +
+        """Cycles from a start taken to the first beat that can be taken: ``head_dim / 2 +
         FACTOR_LATENCY``."""
         return self._pairs + self.FACTOR_LATENCY
 
@@ -187,38 +197,39 @@ class Rope(wiring.Component):
             m.d.sync += [busy.eq(0), ready.eq(1)]
 
         # The rotation: every stage moves together, and waits while a result is refused.
+        lanes = self.lanes
         advance = ~self.o_stream.valid | self.o_stream.ready
         taken = self.i_stream.valid & self.i_stream.ready
         m.d.comb += self.i_stream.ready.eq(advance & ready)
-        pair = Signal(range(pairs))
+        pair = Signal(range(pairs))         # the beat's first pair index
         with m.If(started):
             m.d.sync += pair.eq(0)
         with m.Elif(taken):
-            m.d.sync += pair.eq(Mux(pair == pairs - 1, 0, pair + 1))
-        factor_read = factors.read_port(domain="comb")
-        m.d.comb += factor_read.addr.eq(pair)
+            m.d.sync += pair.eq(Mux(pair == pairs - lanes, 0, pair + lanes))
 
-        # Stage 1: the pair and its factors. Stage 2: the four products. Stage 3: the sums,
-        # rounded.
-        operand = Signal(PAIR, reset_less=True)
-        factor = Signal(_FACTORS, reset_less=True)
-        product_bits = PROJECTION_BITS + FACTOR_BITS
-        products = [Signal(signed(product_bits), name=name, reset_less=True)
-                    for name in ("first_cos", "second_sin", "second_cos", "first_sin")]
+        # Stage 1: the pairs and their factors. Stage 2: the four products a lane. Stage 3:
+        # the sums, rounded.
         valid = Signal(2)
         half = 1 << (SINE_BITS - 1)
+        product_bits = PROJECTION_BITS + FACTOR_BITS
         with m.If(advance):
-            m.d.sync += [
-                operand.eq(self.i_stream.payload), factor.eq(factor_read.data),
-                valid.eq(Cat(taken, valid[0])),
-                products[0].eq(operand.first * factor.cos),
-                products[1].eq(operand.second * factor.sin),
-                products[2].eq(operand.second * factor.cos),
-                products[3].eq(operand.first * factor.sin),
-                self.o_stream.valid.eq(valid[1]),
-                self.o_stream.payload.first.eq(
-                    (products[0] - products[1] + half) >> SINE_BITS),
-                self.o_stream.payload.second.eq(
-                    (products[2] + products[3] + half) >> SINE_BITS),
-            ]
+            m.d.sync += [valid.eq(Cat(taken, valid[0])), self.o_stream.valid.eq(valid[1])]
+        for lane in range(lanes):
+            factor_read = factors.read_port(domain="comb")
+            m.d.comb += factor_read.addr.eq(pair + lane)
+            operand = Signal(PAIR, name=f"operand{lane}", reset_less=True)
+            factor = Signal(_FACTORS, name=f"factor{lane}", reset_less=True)
+            products = [Signal(signed(product_bits), name=f"{name}{lane}", reset_less=True)
+                        for name in ("first_cos", "second_sin", "second_cos", "first_sin")]
+            result = self.o_stream.payload[lane]
+            with m.If(advance):
+                m.d.sync += [
+                    operand.eq(self.i_stream.payload[lane]), factor.eq(factor_read.data),
+                    products[0].eq(operand.first * factor.cos),
+                    products[1].eq(operand.second * factor.sin),
+                    products[2].eq(operand.second * factor.cos),
+                    products[3].eq(operand.first * factor.sin),
+                    result.first.eq((products[0] - products[1] + half) >> SINE_BITS),
+                    result.second.eq((products[2] + products[3] + half) >> SINE_BITS),
+                ]
         return m

@@ -3,14 +3,14 @@ and ``apply_rope`` (with golden's width checks of a model of the unit's shape).
 
 Each round loads phase steps (``golden.integer.rope_steps`` for a few ``rope_theta``, or random
 32-bit steps), then streams tokens back to back: a position (0, 1, ``max_seq - 1`` and random
-ones), then one to six heads of int16 pairs (the last one sometimes cut short: the next start
-restarts the pair index). Elements are drawn with the extremes -32768 and 32767 on purpose; a
+ones), then one to six heads of int16 pairs, ``lanes`` pairs a beat (the last head sometimes
+cut short by whole beats: the next start restarts the pair index). Elements are drawn with the extremes -32768 and 32767 on purpose; a
 pair whose rotation golden's ``projection`` check rejects (an extreme rotated off an axis
 leaves int16: no model the decoder accepts produces it) is drawn again. Everything runs under
 random idle and back-pressure.
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (tokens a round),
-``options`` (``head_dim``, ``max_seq``).
+``options`` (``head_dim``, ``max_seq``, ``lanes``).
 """
 
 import itertools
@@ -41,6 +41,7 @@ class RopeTB(TB):
         self.head_dim, self.max_seq = p["options"]["head_dim"], p["options"]["max_seq"]
         self.pairs = self.head_dim // 2
         unit = Rope(config, **p["options"])
+        self.lanes = unit.lanes
         self.factor_cycles = unit.factor_cycles
         self.layouts = {port: payload_layout(unit, port)
                         for port in ("step_stream", "i_stream", "o_stream")}
@@ -94,14 +95,16 @@ class RopeTB(TB):
         return values
 
     def pair_payloads(self, x):
-        return [self.layouts["i_stream"].const({"first": int(x[0, h, i]),
-                                                "second": int(x[0, h, i + self.pairs])}
-                                               ).as_bits()
-                for h in range(x.shape[1]) for i in range(self.pairs)]
+        """The beats of ``x``'s heads, ``lanes`` pairs each."""
+        return [self.layouts["i_stream"].const([
+            {"first": int(x[0, h, i + j]), "second": int(x[0, h, i + j + self.pairs])}
+            for j in range(self.lanes)]).as_bits()
+            for h in range(x.shape[1]) for i in range(0, self.pairs, self.lanes)]
 
     def results(self, beats):
+        """The pairs of the result beats, in order."""
         return [(int(r.first), int(r.second))
-                for r in map(self.layouts["o_stream"].from_bits, beats)]
+                for beat in map(self.layouts["o_stream"].from_bits, beats) for r in beat]
 
     def draw_positions(self, count):
         positions = [0, 1, self.max_seq - 1] + list(self.np_rng.integers(0, self.max_seq, count))
@@ -130,13 +133,13 @@ def _step_sets(tb):
 @cocotb.test()
 async def rope_matches_golden(dut):
     """Every rotation against golden; with no idle and no back-pressure, also the timing: a
-    token's first pair taken ``factor_cycles`` after its start, its pairs one a cycle, each
+    token's first beat taken ``factor_cycles`` after its start, its beats one a cycle, each
     offered ``LATENCY`` cycles after it was taken."""
     p = params()
     tb = RopeTB(dut, p)
     await tb.reset()
     report = {"pairs": 0, "tokens": 0, "extremes": 0, "positions": set(), "step_sets": 0,
-              "cut_heads": 0, "token_pairs": [], "token_cycles": []}
+              "cut_heads": 0, "token_beats": [], "token_cycles": []}
     for (idle, backpressure), (kind, steps) in itertools.product(FLOW_KNOBS, _step_sets(tb)):
         for source in (tb.steps, tb.start, tb.source):
             source.pause = idle
@@ -151,17 +154,19 @@ async def rope_matches_golden(dut):
             x = tb.draw_heads(int(tb.np_rng.integers(1, MAX_HEADS + 1)), cos, sin)
             rotated = expected_pairs(x, apply_rope(x, cos, sin, tb.check), tb.pairs)
             payloads = tb.pair_payloads(x)
-            if tb.pairs > 1 and tb.np_rng.random() < 0.2:
+            beats_a_head = tb.pairs // tb.lanes
+            if beats_a_head > 1 and tb.np_rng.random() < 0.2:
                 # The token ends within its last head: the next start restarts the pair index.
-                count = len(payloads) - int(tb.np_rng.integers(1, tb.pairs))
-                payloads, rotated = payloads[:count], rotated[:count]
+                count = len(payloads) - int(tb.np_rng.integers(1, beats_a_head))
+                payloads, rotated = payloads[:count], rotated[:count * tb.lanes]
                 report["cut_heads"] += 1
             expected += rotated
             tokens.append((position, payloads))
             report["extremes"] += int(np.sum((x == _LOW) | (x == _HIGH)))
             report["positions"].add(position)
         driver = cocotb.start_soon(_drive(tb, tokens))
-        beats = await tb.sink.receive(len(expected), tb.cycle, timeout=200 + tb.factor_cycles)
+        beats = await tb.sink.receive(len(expected) // tb.lanes, tb.cycle,
+                                      timeout=200 + tb.factor_cycles)
         await driver
         got = tb.results(beats)
         bad = [n for n, (g, e) in enumerate(zip(got, expected)) if g != e]
@@ -181,8 +186,8 @@ async def rope_matches_golden(dut):
 
 
 def _check_timing(tb, tokens, report):
-    """Pairs taken one a cycle from ``factor_cycles`` after their start, offered ``LATENCY``
-    later; each token's cycles (start to the next start) go into ``report``."""
+    """Beats taken one a cycle from ``factor_cycles`` after their start, offered ``LATENCY``
+    later; each token's beats and cycles (start to the next start) go into ``report``."""
     taken, left = tb.source.accepted_cycles, tb.sink.beat_cycles
     starts = tb.start.accepted_cycles
     assert [b - a for a, b in zip(taken, left)] == [Rope.LATENCY] * len(taken)
@@ -190,10 +195,10 @@ def _check_timing(tb, tokens, report):
     for n, (started, (_, payloads)) in enumerate(zip(starts, tokens)):
         count = len(payloads)
         assert taken[first] - started == tb.factor_cycles, (
-            f"token {n}: first pair taken {taken[first] - started} cycles after its start, "
+            f"token {n}: first beat taken {taken[first] - started} cycles after its start, "
             f"not {tb.factor_cycles}")
         assert taken[first:first + count] == list(range(taken[first], taken[first] + count))
         first += count
         if n + 1 < len(starts):
-            report["token_pairs"].append(count)
+            report["token_beats"].append(count)
             report["token_cycles"].append(starts[n + 1] - started)

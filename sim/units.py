@@ -49,8 +49,8 @@ UNITS = {unit.name: unit for unit in [
          "LM head and greedy choice of the resident decoder (the shipped model's shape)",
          options={"hidden": 128, "vocab": 256}),
     Unit("rope", "hw.rope:Rope", "sim.rope_tb",
-         "RoPE of the resident decoder (factors, rotation; the shipped model's shape)",
-         options={"head_dim": 32, "max_seq": 256}),
+         "RoPE of the resident decoder (factors, rotation; the shipped model's shape, two "
+         "pairs a beat)", options={"head_dim": 32, "max_seq": 256, "lanes": 2}),
     Unit("attention", "hw.attention:Attention", "sim.attention_tb",
          "attention with the KV cache of the resident decoder (the shipped model's shape, both "
          "query heads of a KV head a pass)",

@@ -182,8 +182,10 @@ register_area_unit(AreaUnit("norm-stage", "resident decoder's norm stage: RMSNor
                             lambda config, device: NormStage(config, hidden=128, ffn=384,
                                                              layers=2, lanes=32),
                             lanes=lambda config: 32))
-register_area_unit(AreaUnit("rope", "resident decoder's RoPE (shipped model's shape)",
-                            lambda config, device: Rope(config, head_dim=32, max_seq=256)))
+register_area_unit(AreaUnit("rope", "resident decoder's RoPE (shipped model's shape, two pairs "
+                                    "a beat)",
+                            lambda config, device: Rope(config, head_dim=32, max_seq=256,
+                                                        lanes=2)))
 register_area_unit(AreaUnit("attention", "resident decoder's attention with its KV cache (shipped "
                                          "model's shape, head_dim lanes, both query heads of "
                                          "a KV head a pass)",

@@ -33,16 +33,16 @@ SHAPES = {
 }
 
 
-# On ulx3s-85f's banks, the branches of the cycle model tiny's two banks never reach (32-lane
-# builds of a few minutes each: make test-slow): the next prompt token's lookup outlasting the
+# On ulx3s-85f's banks (32-lane builds of a few minutes each: make test-slow): the branch of
+# the cycle model tiny's two banks never reach, the next prompt token's lookup outlasting the
 # KV operation it runs beside (one KV head makes k's and v's GEMVs short, hidden 256 the lookup
-# long); and q's and k's rotations outlasting a full layer's GEMVs (four KV heads: k's 64 pairs).
+# long); and four KV heads (two a unit, k's 64 pairs rotated two a cycle under the GEMVs).
 SLOW_SHAPES = {
     "lookup-bound": ["resident.hidden=256", "resident.heads=8", "resident.kv_heads=1",
                      "resident.layers=1", "resident.ffn=128", "resident.vocab=64",
                      "resident.max_seq=8"],
-    "rotation-bound": ["resident.kv_heads=4", "resident.layers=1", "resident.ffn=128",
-                       "resident.vocab=64", "resident.max_seq=8"],
+    "four-kv-heads": ["resident.kv_heads=4", "resident.layers=1", "resident.ffn=128",
+                      "resident.vocab=64", "resident.max_seq=8"],
 }
 
 
