@@ -11,7 +11,7 @@ commands): a parent connects :attr:`BitLinearBlock.chunk_stream` to the group's 
 word it offers is the group's activation chunk of the same index, written as it leaves.
 """
 
-from amaranth import Module, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -238,7 +238,7 @@ class BitLinearBlock(wiring.Component):
         # GEMV runs, so a GEMV started earlier would read the previous vector's) and its factor
         # is due or taken: the factor then reaches the linear stage before the GEMV's first
         # results (:meth:`gemv_starts`). Factors go to the linear stage as they come; a
-        # norm_only operation takes its factors itself and starts nothing.
+        # norm_only operation takes its factors itself once x_q has left, and starts nothing.
         placement = op.matrices[matrix]
         factors_taken = Signal(range(MATRICES + 1))
         factor_here = (factors_taken > matrix) | (factors_taken == matrix) & norm.factor_due
@@ -253,7 +253,8 @@ class BitLinearBlock(wiring.Component):
             start.add_residual.eq(placement.add_residual),
             linear.factors.valid.eq(norm.factors.valid & self.busy & ~op.norm_only),
             linear.factors.payload.eq(norm.factors.payload),
-            norm.factors.ready.eq(self.busy & (op.norm_only | linear.factors.ready)),
+            norm.factors.ready.eq(self.busy & Mux(op.norm_only, written == op.norm.words,
+                                                  linear.factors.ready)),
         ]
         with m.If(norm.factors.valid & norm.factors.ready):
             m.d.sync += factors_taken.eq(factors_taken + 1)

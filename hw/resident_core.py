@@ -251,8 +251,8 @@ class ResidentCore(wiring.Component):
         - ``qkv``, ``o``, ``gate_up``, ``down``: :meth:`BitLinearBlock.cycles` and a cycle for
           its busy to fall (the FFN's latency after gate and up instead: its last word goes to
           the norm then); ``qkv`` is q's or k's rotation instead where that ends later (each
-          on its RoPE unit, a pair a cycle, each pair once its second element's beat is in,
-          then the rotation's latency: :meth:`_rotated`);
+          on its RoPE unit, a beat of pairs a cycle, each beat once its last second element's
+          beat is in, then the rotation's latency: :meth:`_rotated`);
         - ``cache``: a key and a value word a KV head;
         - ``attention``: a round a query of each attention unit (:attr:`heads_per_pass`
           query heads; ``heads / (attention_units x heads_per_pass)`` rounds): the queries'
