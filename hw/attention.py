@@ -282,8 +282,7 @@ class Attention(wiring.Component):
                                                         magnitude=_PRODUCT_MAGNITUDE)
             m.d.comb += [tree.i[d].eq(products[j][d]) for d in range(head_dim)]
             m.d.sync += score[j].eq(tree.o)
-            latency = tree.latency
-        scored = delayed(m, stages[_PRODUCTS], latency + 1, "scored")
+        scored = delayed(m, stages[_PRODUCTS], AdderTree.latency_for(head_dim) + 1, "scored")
         top = Signal.like(score, reset_less=True)
         scoring = scored.valid & (scored.step == _Pass.SCORES)
 
@@ -312,16 +311,17 @@ class Attention(wiring.Component):
         p = Signal(data.ArrayLayout(widths["probability"].bits, per_pass), reset_less=True)
         total = [Signal(widths["probability_sum"].bits, name=f"total{j}", reset_less=True)
                  for j in heads]
+        def lane(name, width, j):
+            return Signal(width, name=f"{name}{j}", reset_less=True)
+
         for j in heads:
-            def lane(name, width, j=j):
-                return Signal(width, name=f"{name}{j}", reset_less=True)
-            gap, clipped = lane("gap", self.score_bits), lane("clipped", self.score_bits)
-            gap_biased, shifted = lane("gap_biased", self.score_bits + 1), \
-                lane("shifted", shifted_bits)
-            scaled, t_biased = lane("scaled", scaled_bits), lane("t_biased", scaled_bits + 1)
-            t_right_shifted, t = lane("t_right_shifted", t_bits), lane("t", t_bits)
-            entry, entry_biased = lane("entry", entry_bits), lane("entry_biased",
-                                                                   entry_bits + 1)
+            gap, clipped = lane("gap", self.score_bits, j), lane("clipped", self.score_bits, j)
+            gap_biased = lane("gap_biased", self.score_bits + 1, j)
+            shifted = lane("shifted", shifted_bits, j)
+            scaled, t_biased = lane("scaled", scaled_bits, j), lane("t_biased", scaled_bits + 1, j)
+            t_right_shifted, t = lane("t_right_shifted", t_bits, j), lane("t", t_bits, j)
+            entry, entry_biased = lane("entry", entry_bits, j), lane("entry_biased",
+                                                                      entry_bits + 1, j)
             exp2_read = exp2.read_port()
             octave = delayed(m, t[EXP2_FRACTION_BITS:], 1, f"octave{j}")           # stage 11
             entry_half = register_half(m, octave, entry_bits, f"entry_half{j}")   # stage 12

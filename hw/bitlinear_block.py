@@ -212,6 +212,7 @@ class BitLinearBlock(wiring.Component):
         matrix = Signal(range(MATRICES))                # the next matrix to start
         current = Signal(range(MATRICES))               # the matrix whose results leave
         started = Signal()                              # every matrix has started
+        factors_taken = Signal(range(MATRICES + 1))     # by the linear stage, or a norm_only op
 
         # The command: the norm's part goes straight to the norm stage.
         m.d.comb += [
@@ -221,7 +222,7 @@ class BitLinearBlock(wiring.Component):
         ]
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [op.eq(self.cmd.payload), self.busy.eq(1), written.eq(0),
-                         matrix.eq(0), started.eq(0)]
+                         matrix.eq(0), started.eq(0), factors_taken.eq(0)]
 
         # x_q word i is chunk i of the activation buffer.
         m.d.comb += [
@@ -240,7 +241,6 @@ class BitLinearBlock(wiring.Component):
         # results (:meth:`gemv_starts`). Factors go to the linear stage as they come; a
         # norm_only operation takes its factors itself once x_q has left, and starts nothing.
         placement = op.matrices[matrix]
-        factors_taken = Signal(range(MATRICES + 1))
         factor_here = (factors_taken > matrix) | (factors_taken == matrix) & norm.factor_due
         launch = self.busy & ~started & ~op.norm_only & (written == op.norm.words) & factor_here
         start = linear.start.payload
@@ -265,8 +265,6 @@ class BitLinearBlock(wiring.Component):
                 m.d.sync += started.eq(1)
             with m.Else():
                 m.d.sync += matrix.eq(matrix + 1)
-        with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += factors_taken.eq(0)
         # The linear stage is busy from the cycle after its start until its last beat is taken.
         with m.If(self.busy & started & ~linear.busy):
             m.d.sync += self.busy.eq(0)

@@ -22,7 +22,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.fixedpoint import MANTISSA_BITS, Dyadic, dyadic
+from golden.fixedpoint import MANTISSA_BITS, dyadic
 from golden.integer import ACT_MAX
 from golden.model import ATTENTION_INPUTS, MLP_INPUTS, norm_sizes
 
@@ -176,9 +176,8 @@ class NormStage(wiring.Component):
         # normalise only the peak, a narrower value than the sum of squares.
         peak_bits = max(len(norm.stats.payload.peak), MANTISSA_BITS)
         act_max = dyadic(ACT_MAX)
-        m.submodules.factor_unit = factor_unit = ScalarUnit(
-            value_bits=peak_bits, reciprocal_scale=Dyadic(int(act_max.mantissa),
-                                                          int(act_max.exponent)))
+        m.submodules.factor_unit = factor_unit = ScalarUnit(value_bits=peak_bits,
+                                                            reciprocal_scale=act_max)
         m.submodules.peak_unit = peak_unit = ScalarUnit(value_bits=peak_bits)
         m.submodules.rho_unit = rho_unit = ScalarUnit(
             value_bits=max(len(norm.stats.payload.sum_squares), MANTISSA_BITS))

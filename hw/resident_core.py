@@ -177,11 +177,13 @@ class ResidentCore(wiring.Component):
         # q's and k's rotations, each on a unit of its own, so that k's pairs need not wait
         # behind q's; two pairs a cycle where a head's pairs divide (a GEMV delivers
         # ``banks / words`` elements a cycle: 4 on the shipped shape, two pairs' worth).
-        self._rope_lanes = 2 if head_dim % 4 == 0 else 1
+        self._rope_lanes = largest_divisor(head_dim // 2, 2)
         self._ropes = tuple(Rope(config, head_dim=head_dim, max_seq=model.max_seq,
                                  lanes=self._rope_lanes) for _ in range(2))
         self.attention_units = units = largest_divisor(model.kv_heads, attention_units)
         self.heads_per_pass = largest_divisor(model.heads // model.kv_heads, heads_per_pass)
+        # Each unit's queries a layer, one a round.
+        self._rounds = model.heads // units // self.heads_per_pass
         self._attentions = [Attention(config, heads=model.heads // units,
                                       kv_heads=model.kv_heads // units, head_dim=head_dim,
                                       max_seq=model.max_seq, layers=model.layers,
@@ -293,7 +295,7 @@ class ResidentCore(wiring.Component):
         k's rotation) and ``cache``."""
         fixed, kv_only = self._fixed_layer_cycles
         units = self.attention_units
-        attention = self._model.heads // units // self.heads_per_pass * (
+        attention = self._rounds * (
             1 + self._attention.cycles(position)
             + units * self.heads_per_pass * (self._head_dim // self._config.pim.lanes))
         full = {stage: attention if stage == "attention" else fixed[stage]
@@ -510,7 +512,7 @@ class ResidentCore(wiring.Component):
         head_bits = head_dim * PROJECTION_BITS
         head_words = head_dim // pim_lanes                  # a head's words in the norm
         pass_words = per_pass * head_words                  # a query's output words
-        rounds = heads_per_unit // per_pass                 # a unit's queries a layer
+        rounds = self._rounds
         # The norm's word of the round's output word ``count`` in round 0: word ``count %
         # pass_words`` of unit ``count // pass_words``'s first query.
         round_words = Array(number // pass_words * heads_per_unit * head_words
