@@ -2,7 +2,6 @@
 
 import argparse
 import sys
-import warnings
 
 from .common import UserError
 
@@ -49,11 +48,16 @@ def build_parser():
 def _abandon_designs():
     """Keep quiet about the designs a stopped command leaves half elaborated: at exit Amaranth
     warns of every component built and never used (UnusedElaboratable), hundreds of lines for
-    a big array, after the one line that says why the command stopped."""
+    a big array, after the one line that says why the command stopped.
+
+    A warnings filter is not enough: an interrupt that lands inside a component's constructor
+    leaves an object whose finaliser fails before it reaches the warning. So this turns back
+    on the class-wide silence Amaranth keeps until elaboration starts, which every finaliser
+    checks first."""
     if "amaranth" in sys.modules:
         from amaranth.hdl import UnusedElaboratable
 
-        warnings.filterwarnings("ignore", category=UnusedElaboratable)
+        UnusedElaboratable._MustUse__silence = True
 
 
 def main(argv=None):
