@@ -14,7 +14,8 @@ row slot past ``n``), loaded at consecutive bases with gaps (``golden.trits.pack
 ``hw.placement`` places them; padding rows random). Each matrix's constant is a random
 dyadic scaled so that its results fill from a few bits to their whole width (int16 without a
 residual, as q, k, v, gate and up; int32 with one, as o and down); about half the matrices add
-a residual (random, garbage past ``n``).
+a residual (random, garbage past ``n``). The last operation of each flow setting is a
+``norm_only`` one (the LM head's norm): 1 to 3 random constants, no matrix.
 
 Flow: random idle on the vector, gain, command and residual streams, back-pressure on the
 results, and a ``hold`` that keeps x_q chunks from the bank group (as the device's offload
@@ -22,6 +23,13 @@ commands would), so that x_q is complete after the first factor is due as well a
 none of them, the cycles from an operation's command to its last beat must equal
 :meth:`BitLinearBlock.cycles` (when no matrix but the last reads a row slot past its ``n``),
 and the block must be idle two cycles after its last beat (when none does).
+
+Every operation's ``x_q`` must reach the group as chunks ``0 .. words - 1``, equal to golden's.
+A ``norm_only`` operation must give no result and stay busy until its last chunk has left and
+its factors are taken; without idle or hold, its last chunk leaves
+:meth:`NormStage.x_q_cycles` after its command (what the core's head stage counts on) and the
+block is idle two cycles after its last factor is taken, each factor taken once offered and
+``x_q`` has left.
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (operations per flow setting),
 ``options`` (``hidden``, ``ffn``, ``layers``, ``out_bits``, ``lanes``; ``hidden`` even, as
@@ -32,7 +40,7 @@ import cocotb
 import numpy as np
 from amaranth import Module
 from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In
+from amaranth.lib.wiring import In, Out
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from golden import IntegerWeights, ModelWeights, integer_formats
@@ -43,7 +51,7 @@ from golden.model import norm_sizes
 from hw.bitlinear_block import BitLinearBlock
 from hw.config import Config
 from hw.dyadic import EXPONENT_BITS
-from hw.norm_stage import MATRICES
+from hw.norm_stage import MATRICES, NormStage
 from hw.pim import PimBankGroup
 from sim.linear_stage_tb import weight_beats
 from sim.norm_stage_tb import (draw_vector, draw_x_exponent, dyadic_fields, random_gains,
@@ -57,8 +65,8 @@ FLOW_KNOBS = [(0.0, 0.0, 0.0), (0.0, 0.0, 0.8), (0.3, 0.5, 0.0), (0.3, 0.9, 0.5)
 
 class BitLinearBlockTop(wiring.Component):
     """A :class:`BitLinearBlock` on a :class:`PimBankGroup`, as a parent will connect them, with
-    the group's weight port exposed for loading and ``hold``, which keeps chunks from the group
-    while high."""
+    the group's weight port exposed for loading, ``hold``, which keeps chunks from the group
+    while high, and ``chunk``, the chunk the group takes when ``chunk_taken``."""
 
     def __init__(self, config, **options):
         self._config = config
@@ -67,6 +75,8 @@ class BitLinearBlockTop(wiring.Component):
         super().__init__({
             "w_stream": In(stream.Signature(PimBankGroup.layouts(config)["w_stream"])),
             "hold": In(1),
+            "chunk_taken": Out(1),
+            "chunk": Out(PimBankGroup.layouts(config)["x_stream"]),
             **{name: members[name] for name in ("x_stream", "gain_stream", "cmd", "r_stream",
                                                 "o_stream", "busy")},
         })
@@ -85,6 +95,8 @@ class BitLinearBlockTop(wiring.Component):
             pim.x_stream.payload.eq(block.chunk_stream.payload),
             pim.x_stream.valid.eq(block.chunk_stream.valid & ~self.hold),
             block.chunk_stream.ready.eq(pim.x_stream.ready & ~self.hold),
+            self.chunk_taken.eq(pim.x_stream.valid & pim.x_stream.ready),
+            self.chunk.eq(block.chunk_stream.payload),
         ]
         wiring.connect(m, wiring.flipped(self.w_stream), pim.w_stream)
         for port in ("x_stream", "gain_stream", "cmd", "r_stream"):
@@ -130,12 +142,67 @@ class BitLinearBlockTB(TB):
         self.sink = StreamSink(dut, "o_stream", rng=self.rng)
         self.hold = 0.0
         dut.hold.value = 0
+        self.chunks = []                    # (cycle, addr, data) of every chunk the group took
         cocotb.start_soon(self.drive_hold())
+        cocotb.start_soon(self.watch_chunks())
 
     async def drive_hold(self):
         while True:
             await RisingEdge(self.dut.clk)
             self.dut.hold.value = int(self.hold > 0 and self.rng.random() < self.hold)
+
+    async def watch_chunks(self):
+        layout = PimBankGroup.layouts(self.config)["x_stream"]
+        while True:
+            await RisingEdge(self.dut.clk)
+            await ReadOnly()
+            if self.dut.chunk_taken.value:
+                chunk = layout.from_bits(int(self.dut.chunk.value))
+                self.chunks.append((self.cycle(), int(chunk.addr),
+                                    [int(chunk.data[i]) for i in range(self.pim_lanes)]))
+
+    async def until_idle(self, limit):
+        """The first cycle the block is idle, within ``limit`` cycles; no result may leave
+        meanwhile (a ``norm_only`` operation's)."""
+        for _ in range(limit):
+            await ReadOnly()
+            assert not self.dut.o_stream__valid.value, "a result of a norm_only operation"
+            idle, cycle = not self.dut.busy.value, self.cycle()
+            await RisingEdge(self.dut.clk)
+            if idle:
+                return cycle
+        raise AssertionError(f"busy {limit} cycles after a norm_only operation's command")
+
+    def check_chunks(self, x_q, first, where):
+        """The chunks since ``self.chunks[first]`` are ``x_q``'s words, in order."""
+        padded = np.zeros(-(-x_q.shape[1] // self.pim_lanes) * self.pim_lanes, np.int64)
+        padded[:x_q.shape[1]] = x_q[0]
+        want = [(i, word.tolist()) for i, word in enumerate(padded.reshape(-1, self.pim_lanes))]
+        got = [(addr, data) for _, addr, data in self.chunks[first:]]
+        assert got == want, f"{where}: x_q chunks {got}, golden {want}"
+
+    def check_norm_only(self, x_q, count, idle_from, first, report, *, timed, where):
+        """A ``norm_only`` operation of ``count`` factors, idle from cycle ``idle_from``: its
+        chunks, busy until they have left, and its documented cycles when ``timed``."""
+        self.check_chunks(x_q, first, where)
+        last_chunk = self.chunks[-1][0]
+        assert idle_from > last_chunk, (
+            f"{where}: idle from cycle {idle_from}, x_q's last chunk in {last_chunk}")
+        if not timed:
+            return
+        taken, lanes = self.commands.accepted_cycles[-1], self.pim_lanes
+        words = len(self.chunks) - first
+        assert last_chunk - taken == NormStage.x_q_cycles(words, lanes), (
+            f"{where}: x_q's last chunk {last_chunk - taken} cycles after the command, "
+            f"documented {NormStage.x_q_cycles(words, lanes)}")
+        offered = taken + NormStage.factor_cycles(words, 0, lanes)
+        for _ in range(count):
+            took = max(offered, last_chunk + 1)         # once offered and x_q has left
+            offered = took + NormStage.FACTOR_INTERVAL
+        assert idle_from == took + 2, (
+            f"{where}: idle from cycle {idle_from - taken} after the command, its last factor "
+            f"taken in {took - taken}")
+        report["norm_only_timed"] += 1
 
     def words(self, port, values, base=0):
         """``values`` padded with zeros to whole words, as ``port`` beats from word ``base``."""
@@ -183,7 +250,8 @@ async def bitlinear_block_matches_golden(dut):
     sizes, bases = norm_sizes(model), tb.block.bases
     await tb.reset()
     report = {"operations": 0, "matrices": [0] * MATRICES, "residual_matrices": 0,
-              "zero_vectors": 0, "beats": 0, "padded_slots": 0, "timed": [], "idle_timed": 0}
+              "zero_vectors": 0, "beats": 0, "padded_slots": 0, "timed": [], "idle_timed": 0,
+              "norm_only": 0, "norm_only_timed": 0}
     for setting, (idle, backpressure, hold) in enumerate(FLOW_KNOBS):
         for source in (tb.x, tb.gains, tb.commands, tb.residuals):
             source.pause = idle
@@ -203,7 +271,8 @@ async def bitlinear_block_matches_golden(dut):
             x_exponent = draw_x_exponent(rng, name, prepared)
             x_q, rho = norm_quantize(x[None, :], x_exponent, norm, prepared.tables, check)
 
-            matrices = tb.draw_matrices(words)
+            norm_only = round_ == p["tiles"] - 1
+            matrices = [] if norm_only else tb.draw_matrices(words)
             constants, placements, residual_beats, expected = [], [], [], []
             for number, (n, base, slots) in enumerate(matrices):
                 w_t = tb.random_trits(slots * tb.banks, k)
@@ -235,8 +304,15 @@ async def bitlinear_block_matches_golden(dut):
                                    "add_residual": int(add)})
                 report["residual_matrices"] += add
                 report["padded_slots"] += slots > -(-n // tb.banks)
-            count = len(matrices)
-            report["matrices"][count - 1] += 1
+            if norm_only:
+                count = int(rng.integers(1, MATRICES + 1))
+                constants = [dyadic(np.int64(rng.integers(1, 1 << 40)),
+                                    np.int64(rng.integers(-60, 0))) for _ in range(count)]
+                placements = [{"base": 0, "rows": 0, "n": 0, "add_residual": 0}] * count
+                report["norm_only"] += 1
+            else:
+                count = len(matrices)
+                report["matrices"][count - 1] += 1
             padding = MATRICES - count
             command = tb.layouts["cmd"].const({
                 "norm": {"words": words, "gain_base": bases[name], "x_exponent": x_exponent,
@@ -245,9 +321,18 @@ async def bitlinear_block_matches_golden(dut):
                          "constants": [dyadic_fields(c) for c in constants]
                          + [dyadic_fields(Dyadic(0, 0))] * padding},
                 "matrices": placements + [{"base": 0, "rows": 0, "n": 0,
-                                           "add_residual": 0}] * padding}).as_bits()
+                                           "add_residual": 0}] * padding,
+                "norm_only": int(norm_only)}).as_bits()
 
+            first_chunk = len(tb.chunks)
             await tb.x.send(tb.words("x_stream", x), tb.cycle)
+            if norm_only:
+                await tb.commands.send([command], tb.cycle)
+                idle_from = await tb.until_idle(4000)
+                tb.check_norm_only(x_q, count, idle_from, first_chunk, report, timed=not hold,
+                                   where=f"setting {setting}, norm_only operation ({name})")
+                report["operations"] += 1
+                continue
             residual_sender = cocotb.start_soon(tb.residuals.send(residual_beats, tb.cycle))
             command_sender = cocotb.start_soon(tb.commands.send([command], tb.cycle))
             got = await tb.sink.receive(len(expected), tb.cycle, timeout=4000)
@@ -269,6 +354,7 @@ async def bitlinear_block_matches_golden(dut):
 
             where = (f"setting {setting}, operation {round_} ({name}, x_exponent {x_exponent}, "
                      f"matrices {matrices})")
+            tb.check_chunks(x_q, first_chunk, where)
             layout = tb.layouts["o_stream"]
             for number, (beat, want) in enumerate(zip(got, expected)):
                 view = layout.from_bits(beat)

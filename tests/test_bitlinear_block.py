@@ -4,7 +4,7 @@ on Verilator against golden's norm_quantize, bitlinear_int and rescale with the 
 (sim/bitlinear_block_tb.py): a small model's norms with real and random gains, vectors from all
 zeros to int32 extremes, 1 to 3 random matrices an operation with and without residuals, idle,
 back-pressure and chunks held from the bank group; the documented cycles of every operation
-without them. K is 18 (5 words of the tiny preset's 4 lanes: the first GEMV waits until its
+without them; each setting's last operation a norm_only one (x_q to the group, no result). K is 18 (5 words of the tiny preset's 4 lanes: the first GEMV waits until its
 factor is due) or 90 (23 words: x_q is the later).
 
 (The linter line above: a constructor that rejects its parameters leaves an unused object.)
@@ -51,6 +51,7 @@ def test_bitlinear_block_matches_golden():
     assert len(timed) >= ROUNDS // 2 and {words for words, _, _ in timed} == {5, 23}
     assert all(cycles == block.cycles(words, ns) for words, ns, cycles in timed)
     assert report["idle_timed"] >= 2
+    assert report["norm_only"] == 4 and report["norm_only_timed"] == 2
 
 
 def test_cycles():
