@@ -9,9 +9,11 @@ query, so the unit keeps no table of them). The unit runs four passes:
 
 1. scores: one key a cycle, ``head_dim`` products and an adder tree; each score goes to the
    score buffer, and the largest is kept;
-2. probabilities: one score a cycle, ``gap = top - score``, ``min(gap, gap_limit)`` shifted by
-   ``gap_shift``, times the scale (``t``, in 2**-10 octaves), ``p = exp2_lookup(t)`` from the
-   exp2 ROM; ``p`` replaces its score in the buffer, and the sum of every ``p`` is kept;
+2. probabilities: two scores a cycle, ``gap = top - score``, ``min(gap, gap_limit)`` shifted
+   by ``gap_shift``, times the scale (``t``, in 2**-10 octaves), ``p = exp2_lookup(t)`` from
+   the exp2 ROM; ``p`` replaces its score in the buffer, and the sum of every ``p`` is kept
+   (a buffer word holds a pair of positions, ``2 i`` and ``2 i + 1``, so the pass reads and
+   writes both in one cycle; pass 1 writes one half of a word, pass 4 reads one);
 3. normalise: the sum as a dyadic (``golden.fixedpoint.dyadic``) and its reciprocal from the
    reciprocal ROM;
 4. output: one position a cycle, ``weight = round(p * rcp)`` and ``head_dim`` products with the
@@ -21,10 +23,13 @@ Passes 1 and 4 never overlap, so they share the ``head_dim`` multipliers (``q[d]
 then ``weight x V[s][d]``): ``head_dim + 2`` multipliers a query head of a pass, where golden's
 multiplier count (``score`` and ``weighted_sum`` per element) would be ``2 head_dim + 2``. The
 query heads of a KV group read the same keys: ``heads_per_pass`` of them together cost that
-many times the multipliers and take the cycles of one. A query carries its vectors with its
+many times the multipliers and take the cycles of one. Pass 2 has two lanes a head, one a
+position of the pair: a multiplier each. A query carries its vectors with its
 position, heads and constants, so that one transfer starts it and no order between two streams
 has to be kept.
 """
+
+import itertools
 
 from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
@@ -68,8 +73,9 @@ class Attention(wiring.Component):
     """``heads_per_pass`` query heads of a KV head at a time against the KV cache.
 
     A query taken in cycle ``c`` has its output offered in cycle ``c + cycles(pos)``, with
-    ``cycles(pos) = 3 (pos + 1) + latency`` (:meth:`cycles`): passes 1, 2 and 4 read one
-    position a cycle, and ``latency = 35 + AdderTree.latency_for(head_dim)`` is the score
+    ``cycles(pos) = 2 (pos + 1) + ceil((pos + 1) / 2) + latency`` (:meth:`cycles`): passes 1
+    and 4 read one position a cycle and pass 2 two, and
+    ``latency = 35 + AdderTree.latency_for(head_dim)`` is the score
     pipeline (8 and the tree's registers), the probability pipeline (14), the normalisation
     (5), the output pipeline (7) and a cycle. Every rounding shift takes stages of its own and
     every block RAM word is registered before use, for 100 MHz on the ECP5. The next query is
@@ -170,13 +176,13 @@ class Attention(wiring.Component):
         """Cycles of a query beyond its three passes' reads (see the class)."""
         # Pass 1's last score (registered after the tree), pass 2's last p, the normalisation
         # and pass 4's last products, and one cycle: four hops (taken to issue, pass 1 to 2,
-        # 2 to the normalisation, pass 4 to the output) beyond the three of 3 (pos + 1).
+        # 2 to the normalisation, pass 4 to the output) beyond the passes' issue cycles.
         return (_PRODUCTS + AdderTree.latency_for(self._head_dim) + 1 + _PROBABILITY
                 + _NORMALISE + _PRODUCTS + 1)
 
     def cycles(self, position):
         """Cycles from a query at ``position`` taken to its output offered."""
-        return 3 * (position + 1) + self.latency
+        return 2 * (position + 1) + (position + 2) // 2 + self.latency
 
     def elaborate(self, platform):
         m = Module()
@@ -191,9 +197,11 @@ class Attention(wiring.Component):
         layer_bits = (self._layers - 1).bit_length()
         row_bits = 1 + head_bits + layer_bits
         m.submodules.cache = cache = Memory(shape=word, depth=max_seq << row_bits, init=[])
-        # Pass 1's scores, each replaced by its p in pass 2: a word holds every head's.
-        m.submodules.buffer = buffer = Memory(
-            shape=data.ArrayLayout(signed(self.score_bits), per_pass), depth=max_seq, init=[])
+        # Pass 1's scores, each replaced by its p in pass 2: a word holds every head's of a pair
+        # of positions, 2 i in half 0 and 2 i + 1 in half 1.
+        scores = data.ArrayLayout(signed(self.score_bits), per_pass)
+        m.submodules.buffer = buffer = Memory(shape=data.ArrayLayout(scores, 2),
+                                              depth=(max_seq + 1) // 2, init=[])
         entries, entry_bits = self.formats.tables["exp2"]
         m.submodules.exp2 = exp2 = Memory(shape=entry_bits, depth=entries,
                                           init=[int(v) for v in tables.exp2])
@@ -220,18 +228,21 @@ class Attention(wiring.Component):
                                           for h in range(self._heads // per_pass))[
                              self.query.payload.head])]
 
-        # Issue: one position a cycle of the pass in ``step``, 0 .. pos.
+        # Issue: a position a cycle of the pass in ``step``, 0 .. pos; in pass 2 a pair of
+        # positions, ``index`` and ``index + 1`` (``second``: the latter is within pos).
         issuing = Signal()
         step = Signal(_Pass)
         index = Signal(range(max_seq))
-        last = index == command.position
+        pairs = step == _Pass.PROBABILITIES
+        last = Mux(pairs, (index | 1) >= command.position, index == command.position)
         control = data.StructLayout({"valid": 1, "step": _Pass, "first": 1, "last": 1,
-                                     "index": range(max_seq)})
+                                     "second": 1, "index": range(max_seq)})
         token = Signal(control)
         m.d.comb += [token.valid.eq(issuing), token.step.eq(step), token.first.eq(index == 0),
-                     token.last.eq(last), token.index.eq(index)]
+                     token.last.eq(last), token.second.eq(index != command.position),
+                     token.index.eq(index)]
         with m.If(issuing):
-            m.d.sync += index.eq(index + 1)
+            m.d.sync += index.eq(index + Mux(pairs, 2, 1))
             with m.If(last):
                 m.d.sync += [issuing.eq(0), index.eq(0)]
         stages = [token]
@@ -245,9 +256,9 @@ class Attention(wiring.Component):
         # half, from the shift amount, in a register of its own; the half added; the right
         # shift; the left shift. A block RAM's word is registered before anything is done with
         # it (a DP16KD without its output register delivers it late in the cycle).
-        buffer_read, buffer_write = buffer.read_port(), buffer.write_port()
+        buffer_read, buffer_write = buffer.read_port(), buffer.write_port(granularity=1)
         cache_read = cache.read_port()
-        m.d.comb += buffer_read.addr.eq(index)
+        m.d.comb += buffer_read.addr.eq(index >> 1)
         fetched = Signal.like(buffer_read.data, reset_less=True)    # stage 2: passes 2 and 4
         m.d.sync += fetched.eq(buffer_read.data)
         # The cache is read in stage 4 of passes 1 (keys) and 4 (values): its word arrives in
@@ -276,7 +287,7 @@ class Attention(wiring.Component):
         # Pass 1: each head's tree sum is registered as its score, in stage _PRODUCTS + tree
         # latency + 1 (the tree's terms are as wide as q[d] x K[s][d] needs; pass 4's wider
         # products go to the accumulators).
-        score = Signal.like(buffer_write.data, reset_less=True)
+        score = Signal(scores, reset_less=True)
         for j in heads:
             tree = m.submodules[f"tree{j}"] = AdderTree(count=head_dim,
                                                         magnitude=_PRODUCT_MAGNITUDE)
@@ -286,10 +297,10 @@ class Attention(wiring.Component):
         top = Signal.like(score, reset_less=True)
         scoring = scored.valid & (scored.step == _Pass.SCORES)
 
-        # Pass 2, a lane a head: stage 2 the score, 3 the gap, 4 the clipped gap, 5 plus the
-        # half, 6 shifted, 7 times the scale, 8 plus t's half, 9 and 10 t's right and left
-        # shifts (t, the exp2 ROM's address), 11 t's octave, 12 the table's entry and the
-        # octave's half, 13 plus the half, 14 (_PROBABILITY) p. The shifts' amounts and halves
+        # Pass 2, two lanes a head (a position of the pair each): stage 2 the score, 3 the gap,
+        # 4 the clipped gap, 5 plus the half, 6 shifted, 7 times the scale, 8 plus t's half, 9
+        # and 10 t's right and left shifts (t, the exp2 ROM's address), 11 t's octave, 12 the
+        # table's entry and the octave's half, 13 plus the half, 14 (_PROBABILITY) p. The shifts' amounts and halves
         # come from the query's constants, registered long before the pass starts. From octave
         # EXP2_TABLE_BITS + 2 on, exp2_lookup is 0, and so is the biased entry (of entry_bits +
         # 1 = EXP2_TABLE_BITS + 2 bits) shifted that far: p needs no cut of its own.
@@ -308,26 +319,31 @@ class Attention(wiring.Component):
         gap_half = register_half(m, softmax.gap_shift, self.score_bits, "gap_half")
         t_half = register_half(m, t_right, scaled_bits, "t_half")
         entry_bits = self.formats.tables["exp2"][1]
-        p = Signal(data.ArrayLayout(widths["probability"].bits, per_pass), reset_less=True)
+        p = Signal(data.ArrayLayout(data.ArrayLayout(widths["probability"].bits, per_pass), 2),
+                   reset_less=True)
         total = [Signal(widths["probability_sum"].bits, name=f"total{j}", reset_less=True)
                  for j in heads]
-        def lane(name, width, j):
-            return Signal(width, name=f"{name}{j}", reset_less=True)
+        def lane(name, width, half, j):
+            return Signal(width, name=f"{name}{half}_{j}", reset_less=True)
 
-        for j in heads:
-            gap, clipped = lane("gap", self.score_bits, j), lane("clipped", self.score_bits, j)
-            gap_biased = lane("gap_biased", self.score_bits + 1, j)
-            shifted = lane("shifted", shifted_bits, j)
-            scaled, t_biased = lane("scaled", scaled_bits, j), lane("t_biased", scaled_bits + 1, j)
-            t_right_shifted, t = lane("t_right_shifted", t_bits, j), lane("t", t_bits, j)
-            entry, entry_biased = lane("entry", entry_bits, j), lane("entry_biased",
-                                                                      entry_bits + 1, j)
+        for half, j in itertools.product(range(2), heads):
+            gap = lane("gap", self.score_bits, half, j)
+            clipped = lane("clipped", self.score_bits, half, j)
+            gap_biased = lane("gap_biased", self.score_bits + 1, half, j)
+            shifted = lane("shifted", shifted_bits, half, j)
+            scaled = lane("scaled", scaled_bits, half, j)
+            t_biased = lane("t_biased", scaled_bits + 1, half, j)
+            t_right_shifted, t = lane("t_right_shifted", t_bits, half, j), lane("t", t_bits,
+                                                                                 half, j)
+            entry = lane("entry", entry_bits, half, j)
+            entry_biased = lane("entry_biased", entry_bits + 1, half, j)
             exp2_read = exp2.read_port()
-            octave = delayed(m, t[EXP2_FRACTION_BITS:], 1, f"octave{j}")           # stage 11
-            entry_half = register_half(m, octave, entry_bits, f"entry_half{j}")   # stage 12
-            octaves = delayed(m, octave, 2, f"octave_held{j}")                # stages 12, 13
+            octave = delayed(m, t[EXP2_FRACTION_BITS:], 1, f"octave{half}_{j}")    # stage 11
+            entry_half = register_half(m, octave, entry_bits,
+                                       f"entry_half{half}_{j}")                      # stage 12
+            octaves = delayed(m, octave, 2, f"octave_held{half}_{j}")         # stages 12, 13
             m.d.sync += [
-                gap.eq(top[j] - fetched[j]),
+                gap.eq(top[j] - fetched[half][j]),
                 clipped.eq(Mux(gap > softmax.gap_limit, softmax.gap_limit, gap)),
                 scaled.eq(shifted * softmax.scale.mantissa),
                 entry.eq(exp2_read.data),
@@ -337,19 +353,27 @@ class Attention(wiring.Component):
             rounding_shift(m, scaled, half=t_half, right=t_right, biased=t_biased,
                            right_shifted=t_right_shifted, left=t_left, left_shifted=t)
             rounding_shift(m, entry, half=entry_half, right=octaves, biased=entry_biased,
-                           right_shifted=p[j])
+                           right_shifted=p[half][j])
             m.d.comb += exp2_read.addr.eq(t[:EXP2_FRACTION_BITS])
-            with m.If(at(_PROBABILITY, _Pass.PROBABILITIES)):
-                m.d.sync += total[j].eq(Mux(stages[_PROBABILITY].first, 0, total[j]) + p[j])
-
-        # Both passes write the buffer: scores in pass 1, then p over them in pass 2 (the
-        # entries written lag the entries read, so no score is lost).
-        m.d.comb += [
-            buffer_write.en.eq(scoring | at(_PROBABILITY, _Pass.PROBABILITIES)),
-            buffer_write.addr.eq(Mux(scoring, scored.index, stages[_PROBABILITY].index)),
-        ]
+        # A pair's second p counts only within pos (past it, the half holds an old score).
+        finished = stages[_PROBABILITY]
         for j in heads:
-            m.d.comb += buffer_write.data[j].eq(Mux(scoring, score[j], p[j]))
+            with m.If(at(_PROBABILITY, _Pass.PROBABILITIES)):
+                m.d.sync += total[j].eq(Mux(finished.first, 0, total[j]) + p[0][j]
+                                        + Mux(finished.second, p[1][j], 0))
+
+        # Both passes write the buffer: each score to its half of its pair's word in pass 1,
+        # then a pair's p over both halves in pass 2 (the words written lag the words read, so
+        # no score is lost).
+        probabilities = at(_PROBABILITY, _Pass.PROBABILITIES)
+        m.d.comb += [
+            buffer_write.en.eq(Mux(scoring, Mux(scored.index[0], 0b10, 0b01),
+                                   Mux(probabilities, 0b11, 0b00))),
+            buffer_write.addr.eq(Mux(scoring, scored.index, finished.index) >> 1),
+        ]
+        for half, j in itertools.product(range(2), heads):
+            m.d.comb += buffer_write.data[half][j].eq(Mux(scoring, score[j], p[half][j]))
+        for j in heads:
             with m.If(scoring):
                 m.d.sync += top[j].eq(Mux(scored.first | (score[j] > top[j]), score[j],
                                           top[j]))
@@ -381,7 +405,8 @@ class Attention(wiring.Component):
             weighted_biased = Signal(len(weighted) + 1, name=f"weighted_biased{j}",
                                      reset_less=True)
             weight_half = register_half(m, weight_right[j], len(weighted), f"weight_half{j}")
-            m.d.sync += weighted.eq(fetched[j][:len(p[j])] * rcp)
+            chosen = Mux(stages[2].index[0], fetched[1][j], fetched[0][j])   # its pair's half
+            m.d.sync += weighted.eq(chosen[:len(p[0][j])] * rcp)
             rounding_shift(m, weighted, half=weight_half, right=weight_right[j],
                            biased=weighted_biased, right_shifted=weight[j])
         out = self.o_stream.payload
