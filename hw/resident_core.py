@@ -255,7 +255,7 @@ class ResidentCore(wiring.Component):
           the norm then); ``qkv`` is q's or k's rotation instead where that ends later (each
           on its RoPE unit, a beat of pairs a cycle, each beat once its last second element's
           beat is in, then the rotation's latency: :meth:`_rotated`);
-        - ``cache``: a key and a value word a KV head;
+        - ``cache``: a key and a value word a KV head of a unit, every unit's at once;
         - ``attention``: a round a query of each attention unit (:attr:`heads_per_pass`
           query heads; ``heads / (attention_units x heads_per_pass)`` rounds): the queries'
           handshake, :meth:`Attention.cycles` and the outputs' words into the norm, one unit's
@@ -331,7 +331,7 @@ class ResidentCore(wiring.Component):
         q_rotated = self._rotated(q_start, model.hidden)
         k_rotated = self._rotated(k_start, k_elements)
         k_alone_rotated = self._rotated(block.first_start(hidden_words), k_elements)
-        cache = 2 * model.kv_heads
+        cache = 2 * (model.kv_heads // self.attention_units)    # every unit's at once
         full = {
             # The four commands (and in the first layer H into the norm's buffer: layer_cycles).
             "loads": 4,
@@ -741,21 +741,25 @@ class ResidentCore(wiring.Component):
                                  q_rotated.eq(0), k_rotated.eq(0), head_index.eq(0)]
                     m.next = "CACHE"
             with m.State("CACHE"):
-                # Each KV head's rotated key, then its value, to the unit holding that head.
-                kv_head = head_index >> 1
-                kv_unit = Array(n // kv_per_unit for n in range(kv_heads))[kv_head]
+                # Every unit at once: its KV head ``head_index // 2`` of its own, the rotated
+                # key, then the value (``handed``: the units that have taken this word).
+                local = head_index >> 1
                 for number, unit in enumerate(self._attentions):
+                    kv_head = number * kv_per_unit + local
                     kv = unit.kv_stream.payload
-                    m.d.comb += [unit.kv_stream.valid.eq(kv_unit == number),
+                    m.d.comb += [unit.kv_stream.valid.eq(~handed[number]),
                                  kv.layer.eq(layer), kv.position.eq(token.position),
-                                 kv.head.eq(kv_head - number * kv_per_unit),
+                                 kv.head.eq(local),
                                  kv.kind.eq(Mux(head_index[0], CacheKind.VALUE, CacheKind.KEY)),
                                  kv.data.eq(Mux(head_index[0],
                                                 v.word_select(kv_head, head_bits),
                                                 k.word_select(kv_head, head_bits)))]
-                with m.If(Array(unit.kv_stream.ready for unit in self._attentions)[kv_unit]):
-                    m.d.sync += head_index.eq(head_index + 1)
-                    with m.If(head_index == 2 * kv_heads - 1):
+                written = Cat(unit.kv_stream.valid & unit.kv_stream.ready
+                              for unit in self._attentions)
+                m.d.sync += handed.eq(handed | written)
+                with m.If((handed | written).all()):
+                    m.d.sync += [handed.eq(0), head_index.eq(head_index + 1)]
+                    with m.If(head_index == 2 * kv_per_unit - 1):
                         m.d.sync += [head_index.eq(0), out_count.eq(0)]
                         # A prompt token before the last needs no more than its last layer's
                         # keys and values (that layer ran KV): what follows them there feeds
