@@ -258,9 +258,16 @@ class Attention(wiring.Component):
         # it (a DP16KD without its output register delivers it late in the cycle).
         buffer_read, buffer_write = buffer.read_port(), buffer.write_port(granularity=1)
         cache_read = cache.read_port()
-        m.d.comb += buffer_read.addr.eq(index >> 1)
-        fetched = Signal.like(buffer_read.data, reset_less=True)    # stage 2: passes 2 and 4
-        m.d.sync += fetched.eq(buffer_read.data)
+        # Pass 4 reads a cycle ahead of its issue (its first word while the normalisation ends,
+        # when ``index`` is 0), so that its position's half is picked from a registered word
+        # into a register of its own: a multiplexer in front of the weight's multiplier kept
+        # the unit under 100 MHz.
+        ahead = issuing & (step == _Pass.OUTPUT)
+        m.d.comb += buffer_read.addr.eq(Mux(ahead, index + 1, index) >> 1)
+        fetched = Signal.like(buffer_read.data, reset_less=True)    # stage 2 of pass 2, 1 of 4
+        chosen = Signal(scores, reset_less=True)                    # stage 2 of pass 4
+        m.d.sync += [fetched.eq(buffer_read.data),
+                     chosen.eq(Mux(stages[1].index[0], fetched[1], fetched[0]))]
         # The cache is read in stage 4 of passes 1 (keys) and 4 (values): its word arrives in
         # stage 5 with pass 4's weights.
         m.d.comb += cache_read.addr.eq(Cat(stages[4].step == _Pass.OUTPUT, kv_head,
@@ -405,8 +412,7 @@ class Attention(wiring.Component):
             weighted_biased = Signal(len(weighted) + 1, name=f"weighted_biased{j}",
                                      reset_less=True)
             weight_half = register_half(m, weight_right[j], len(weighted), f"weight_half{j}")
-            chosen = Mux(stages[2].index[0], fetched[1][j], fetched[0][j])   # its pair's half
-            m.d.sync += weighted.eq(chosen[:len(p[0][j])] * rcp)
+            m.d.sync += weighted.eq(chosen[j][:len(p[0][j])] * rcp)
             rounding_shift(m, weighted, half=weight_half, right=weight_right[j],
                            biased=weighted_biased, right_shifted=weight[j])
         out = self.o_stream.payload
