@@ -106,8 +106,9 @@ class NormStage(wiring.Component):
         exponents stay within :data:`hw.dyadic.EXPONENT_BITS` for the decoder's constants
         (exponents within +-200).
     factor_due : Out(1)
-        The next factor is being computed or offered: it is offered within
-        :attr:`FACTOR_INTERVAL` cycles of the first cycle this is high.
+        The next factor is being computed or offered: it is offered at most
+        ``FACTOR_INTERVAL - 1`` cycles after the first cycle this is high for it. Low while no
+        factor is to come.
     """
 
     # From a factor taken to the next one offered: its multiply on rho's unit.

@@ -11,7 +11,9 @@ over its range (now and then the field's extremes), and the constants of the mat
 feeds or 1 to 3 random dyadics. Every x_q word and every factor is compared; x_q and factors
 are taken under back-pressure in half the settings, and without it every operation's cycles
 from its command to its last output must equal :meth:`NormStage.cycles`, and the stage must
-take its next command two cycles after that output.
+take its next command two cycles after that output. ``factor_due`` is watched every cycle:
+each factor must be offered at most ``FACTOR_INTERVAL - 1`` cycles after it first rose for
+that factor, and it must be low whenever no factor is to come (between operations).
 
 Parameters (``BITTERN_PARAMS``): ``config``, ``seed``, ``tiles`` (operations per flow setting),
 ``options`` (``hidden``, ``ffn``, ``layers``, ``lanes``; ``hidden`` even: the test model has
@@ -86,6 +88,24 @@ class NormStageTB(TB):
         self.commands = StreamSource(dut, "cmd", rng=self.rng)
         self.x_q = StreamSink(dut, "o_stream", rng=self.rng)
         self.factors = StreamSink(dut, "factors", rng=self.rng)
+        self.due_since = None       # the first cycle factor_due is high for the next factor
+        self.due_leads = []         # for each factor, the cycles from then to it offered
+        cocotb.start_soon(self.watch_factor_due())
+
+    async def watch_factor_due(self):
+        dut, offered = self.dut, False
+        while True:
+            await RisingEdge(dut.clk)
+            await ReadOnly()
+            if dut.factor_due.value and self.due_since is None:
+                self.due_since = self.cycle()
+            if dut.factors__valid.value and not offered:
+                assert self.due_since is not None, (
+                    f"a factor offered in cycle {self.cycle()} with factor_due low")
+                self.due_leads.append(self.cycle() - self.due_since)
+                offered = True
+            if dut.factors__valid.value and dut.factors__ready.value:
+                self.due_since, offered = None, False
 
     def beats(self, port, values, base=0):
         """``values`` padded with zeros to whole words, as ``port`` beats from word ``base``."""
@@ -164,6 +184,8 @@ async def norm_stage_matches_golden(dut):
             factor_task = cocotb.start_soon(tb.factors.receive(count, tb.cycle,
                                                                timeout=words * 4 + 300))
             padded = matrices + [Dyadic(0, 0)] * (MATRICES - count)
+            assert tb.due_since is None, (
+                f"factor_due high from cycle {tb.due_since} between operations")
             await tb.commands.send([tb.layouts["cmd"].const({
                 "words": words, "gain_base": bases[name], "x_exponent": x_exponent,
                 "fraction": norm.fraction, "eps_k": dyadic_fields(norm.eps_k), "count": count,
@@ -200,8 +222,14 @@ async def norm_stage_matches_golden(dut):
                 await RisingEdge(dut.clk)
                 if [words, count, last - taken] not in report["timed"]:
                     report["timed"].append([words, count, last - taken])
+            leads = tb.due_leads[-count:]
+            assert len(tb.due_leads) == report["factors"] + count and all(
+                lead <= NormStage.FACTOR_INTERVAL - 1 for lead in leads), (
+                f"{where}: factors offered {leads} cycles after factor_due rose for them, at "
+                f"most {NormStage.FACTOR_INTERVAL - 1} documented")
             report["operations"] += 1
             report["zero_vectors"] += int(rho.mantissa[0] == 0)
             report["x_q_words"] += words
             report["factors"] += count
+    report["due_leads"] = sorted(set(tb.due_leads))
     write_report(report)

@@ -28,6 +28,9 @@ def test_norm_stage_matches_golden():
     timed = {(words, count): cycles for words, count, cycles in report["timed"]}
     assert {words for words, _ in timed} == {6, 38} and (38, 1) in timed and (38, 3) in timed
     assert timed == {key: NormStage.cycles(*key, OPTIONS["lanes"]) for key in timed}
+    # factor_due rises FACTOR_INTERVAL - 1 cycles before its factor (what BitLinearBlock's
+    # starts count on), never later.
+    assert report["due_leads"][-1] == NormStage.FACTOR_INTERVAL - 1
 
 
 @pytest.mark.parametrize("name, value", [("hidden", 0), ("ffn", -1), ("layers", 1.5),
