@@ -307,10 +307,11 @@ class Attention(wiring.Component):
         # Pass 2, two lanes a head (a position of the pair each): stage 2 the score, 3 the gap,
         # 4 the clipped gap, 5 plus the half, 6 shifted, 7 times the scale, 8 plus t's half, 9
         # and 10 t's right and left shifts (t, the exp2 ROM's address), 11 t's octave, 12 the
-        # table's entry and the octave's half, 13 plus the half, 14 (_PROBABILITY) p. The shifts' amounts and halves
-        # come from the query's constants, registered long before the pass starts. From octave
-        # EXP2_TABLE_BITS + 2 on, exp2_lookup is 0, and so is the biased entry (of entry_bits +
-        # 1 = EXP2_TABLE_BITS + 2 bits) shifted that far: p needs no cut of its own.
+        # table's entry and the octave's half, 13 plus the half, 14 (_PROBABILITY) p. The
+        # shifts' amounts and halves come from the query's constants, registered long before
+        # the pass starts. From octave EXP2_TABLE_BITS + 2 on, exp2_lookup is 0, and so is the
+        # biased entry (of entry_bits + 1 = EXP2_TABLE_BITS + 2 bits) shifted that far: p needs
+        # no cut of its own.
         softmax = command.softmax
         exponent = softmax.scale.exponent
         shifted_bits = widths["gap_shifted"].bits

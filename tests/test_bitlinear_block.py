@@ -4,8 +4,9 @@ on Verilator against golden's norm_quantize, bitlinear_int and rescale with the 
 (sim/bitlinear_block_tb.py): a small model's norms with real and random gains, vectors from all
 zeros to int32 extremes, 1 to 3 random matrices an operation with and without residuals, idle,
 back-pressure and chunks held from the bank group; the documented cycles of every operation
-without them; each setting's last operation a norm_only one (x_q to the group, no result). K is 18 (5 words of the tiny preset's 4 lanes: the first GEMV waits until its
-factor is due) or 90 (23 words: x_q is the later).
+without them; each setting's last operation a norm_only one (x_q to the group, no result).
+K is 18 (5 words of the tiny preset's 4 lanes: the first GEMV waits until its factor is due)
+or 90 (23 words: x_q is the later).
 
 (The linter line above: a constructor that rejects its parameters leaves an unused object.)
 """
