@@ -26,6 +26,15 @@ class Unit:
         return getattr(importlib.import_module(module), name)(config,
                                                                **{**self.options, **overrides})
 
+    def test_names(self):
+        """The names of the testbench's cocotb tests, found as cocotb's regression finds them
+        (without building anything): what :func:`simulate`'s ``testcase`` may name."""
+        from cocotb.regression import Test, TestGenerator
+
+        module = importlib.import_module(self.test_module)
+        return [name for name, value in vars(module).items()
+                if isinstance(value, (Test, TestGenerator))]
+
 
 UNITS = {unit.name: unit for unit in [
     Unit("array", "hw.array:SystolicArray", "sim.array_tb", "systolic tensor unit (GEMM tiles)"),

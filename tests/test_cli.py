@@ -81,7 +81,12 @@ def test_sim_json_last_line_reports_the_run():
     (["--fuzz-words", "-1"], "--fuzz-words must be >= 0"),
     (["--test", "no_such_test"], "the top testbench has no test named 'no_such_test'"),
 ])
-def test_sim_mistakes_give_one_line_and_status_2(capsys, args, message):
+def test_sim_mistakes_give_one_line_and_status_2(capsys, monkeypatch, args, message):
+    """Each is caught before anything is built."""
+    def no_build(*args, **kwargs):
+        raise AssertionError("simulate called for a mistaken command")
+
+    monkeypatch.setattr("sim.units.simulate", no_build)
     assert main(["sim", "--unit", "top", "--preset", "tiny", *args]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("bittern: error: ") and message in lines[-1]

@@ -57,6 +57,12 @@ def cmd_sim(args):
                         f"ulx3s-85f have them)")
     names = [name for name, unit in UNITS.items() if config.resident is not None
              or not unit.resident] if args.unit == "all" else [args.unit]
+    # A test name is checked against every testbench before the first build (minutes for the
+    # top).
+    for name in names if args.test is not None else ():
+        if args.test not in UNITS[name].test_names():
+            raise UserError(f"the {name} testbench has no test named {args.test!r} (it has "
+                            f"{', '.join(UNITS[name].test_names())})")
     extra = {"coverage": args.coverage}
     if args.fuzz_words is not None:
         extra["fuzz_words"] = args.fuzz_words
@@ -65,8 +71,6 @@ def cmd_sim(args):
         result = simulate(name, config, seed=args.seed, tiles=args.tiles, waves=args.waves,
                           progress=progress, extra_params=extra, x_seed=args.x_seed,
                           testcase=args.test)
-        if args.test and result.tests == 0:
-            raise UserError(f"the {name} testbench has no test named {args.test!r}")
         summary = {"unit": name, "passed": result.passed, **result.report}
         summaries.append(summary)
         print(f"{name}: {'PASS' if result.passed else 'FAIL'}  "
