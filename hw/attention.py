@@ -365,15 +365,15 @@ class Attention(wiring.Component):
             m.d.comb += exp2_read.addr.eq(t[:EXP2_FRACTION_BITS])
         # A pair's second p counts only within pos (past it, the half holds an old score).
         finished = stages[_PROBABILITY]
+        probabilities = at(_PROBABILITY, _Pass.PROBABILITIES)
         for j in heads:
-            with m.If(at(_PROBABILITY, _Pass.PROBABILITIES)):
+            with m.If(probabilities):
                 m.d.sync += total[j].eq(Mux(finished.first, 0, total[j]) + p[0][j]
                                         + Mux(finished.second, p[1][j], 0))
 
         # Both passes write the buffer: each score to its half of its pair's word in pass 1,
         # then a pair's p over both halves in pass 2 (the words written lag the words read, so
         # no score is lost).
-        probabilities = at(_PROBABILITY, _Pass.PROBABILITIES)
         m.d.comb += [
             buffer_write.en.eq(Mux(scoring, Mux(scored.index[0], 0b10, 0b01),
                                    Mux(probabilities, 0b11, 0b00))),

@@ -747,18 +747,15 @@ class ResidentCore(wiring.Component):
                 for number, unit in enumerate(self._attentions):
                     kv_head = number * kv_per_unit + local
                     kv = unit.kv_stream.payload
-                    m.d.comb += [unit.kv_stream.valid.eq(~handed[number]),
-                                 kv.layer.eq(layer), kv.position.eq(token.position),
+                    m.d.comb += [kv.layer.eq(layer), kv.position.eq(token.position),
                                  kv.head.eq(local),
                                  kv.kind.eq(Mux(head_index[0], CacheKind.VALUE, CacheKind.KEY)),
                                  kv.data.eq(Mux(head_index[0],
                                                 v.word_select(kv_head, head_bits),
                                                 k.word_select(kv_head, head_bits)))]
-                written = Cat(unit.kv_stream.valid & unit.kv_stream.ready
-                              for unit in self._attentions)
-                m.d.sync += handed.eq(handed | written)
-                with m.If((handed | written).all()):
-                    m.d.sync += [handed.eq(0), head_index.eq(head_index + 1)]
+                with m.If(_to_every_unit(m, handed, [unit.kv_stream
+                                                     for unit in self._attentions])):
+                    m.d.sync += head_index.eq(head_index + 1)
                     with m.If(head_index == 2 * kv_per_unit - 1):
                         m.d.sync += [head_index.eq(0), out_count.eq(0)]
                         # A prompt token before the last needs no more than its last layer's
@@ -776,16 +773,12 @@ class ResidentCore(wiring.Component):
                 # per_pass`` on), each unit's own (``handed`` those taken so far).
                 for number, unit in enumerate(self._attentions):
                     query = unit.query.payload
-                    m.d.comb += [unit.query.valid.eq(~handed[number]),
-                                 query.layer.eq(layer), query.position.eq(token.position),
+                    m.d.comb += [query.layer.eq(layer), query.position.eq(token.position),
                                  query.head.eq(head_index),
                                  query.q.eq(q.word_select(head_index + number * rounds,
                                                           per_pass * head_bits)),
                                  query.softmax.eq(lc.softmax)]
-                taken = Cat(unit.query.valid & unit.query.ready for unit in self._attentions)
-                m.d.sync += handed.eq(handed | taken)
-                with m.If((handed | taken).all()):
-                    m.d.sync += handed.eq(0)
+                with m.If(_to_every_unit(m, handed, [unit.query for unit in self._attentions])):
                     m.next = "ATTENDED"
             with m.State("ATTENDED"):
                 for number, unit in enumerate(self._attentions):
@@ -904,6 +897,19 @@ class ResidentCore(wiring.Component):
                          embed_token.eq(self.start.payload.token), ahead.eq(1)]
             m.d.comb += embed_go.eq(1)
         return m
+
+
+def _to_every_unit(m, handed, streams):
+    """Offer a beat on each of ``streams`` until it is taken (``handed``: a bit a stream, set
+    once taken); the returned condition is true in the cycle the last one is taken, and
+    ``handed`` is then cleared for the next beat."""
+    taken = Cat(port.valid & port.ready for port in streams)
+    m.d.comb += [port.valid.eq(~handed[number]) for number, port in enumerate(streams)]
+    m.d.sync += handed.eq(handed | taken)
+    every = (handed | taken).all()
+    with m.If(every):
+        m.d.sync += handed.eq(0)
+    return every
 
 
 def _advance(m, index, within, pairs, step):

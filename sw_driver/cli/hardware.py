@@ -60,9 +60,10 @@ def cmd_sim(args):
     # A test name is checked against every testbench before the first build (minutes for the
     # top).
     for name in names if args.test is not None else ():
-        if args.test not in UNITS[name].test_names():
+        tests = UNITS[name].test_names()
+        if args.test not in tests:
             raise UserError(f"the {name} testbench has no test named {args.test!r} (it has "
-                            f"{', '.join(UNITS[name].test_names())})")
+                            f"{', '.join(tests)})")
     extra = {"coverage": args.coverage}
     if args.fuzz_words is not None:
         extra["fuzz_words"] = args.fuzz_words
