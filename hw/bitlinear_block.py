@@ -50,11 +50,12 @@ class BitLinearBlock(wiring.Component):
 
     Cycles (:meth:`cycles`), with ``o_stream`` ready, the residuals offered and the group idle
     and taking chunks: the first GEMV starts once ``x_q`` is written (the cycle after its last
-    chunk) and its factor is due (:attr:`NormStage.factor_due`: rho's scalar chain is longer
-    than a short vector's QUANTISE pass, and the factor's multiply ends during the GEMV's
-    first reads); each later one as :meth:`gemv_starts` counts. The factors go to the linear
-    stage as they are offered. The block takes its next command two cycles after its last beat
-    is taken.
+    chunk) and its factor is due (:attr:`NormStage.factor_due`, raised for a first factor as
+    many cycles before it as the shorter vector's reads and the group's latency: rho's scalar
+    chain is longer than a short vector's QUANTISE pass, and the factor reaches the linear
+    stage by the GEMV's first results); each later one as :meth:`gemv_starts` counts. The
+    factors go to the linear stage as they are offered. The block takes its next command two
+    cycles after its last beat is taken.
 
     Parameters
     ----------
@@ -112,7 +113,13 @@ class BitLinearBlock(wiring.Component):
                              f"not {max(hidden, ffn)}")
         # Every parameter is checked before the norm stage builds its quantiser.
         self._linear = LinearStage(config, out_bits=out_bits, lanes=lanes)
-        self._norm = NormStage(config, hidden=hidden, ffn=ffn, layers=layers)
+        # A first factor due when its GEMV starts need only reach the linear stage by the
+        # GEMV's first results: the shorter vector's reads and the group's latency later.
+        shortest = -(-min(hidden, ffn) // config.pim.lanes)
+        first_lead = max(NormStage.FACTOR_INTERVAL - 1,
+                         shortest + PimBankGroup.latency_for(config))
+        self._norm = NormStage(config, hidden=hidden, ffn=ffn, layers=layers,
+                               first_lead=first_lead)
         self._config, self.lanes = config, lanes
         norm, linear, layouts = self._norm.signature.members, self._linear.signature.members, \
             PimBankGroup.layouts(config)
@@ -149,12 +156,12 @@ class BitLinearBlock(wiring.Component):
     def first_start(self, words):
         """The cycle (from the command taken, 0) the first GEMV of an operation on a vector of
         ``words`` is started, without back-pressure: once ``x_q`` is complete and its factor is
-        due (:attr:`NormStage.FACTOR_INTERVAL` less one before it is offered). 54 for the
-        shipped model's hidden (4 words at 32 lanes, x_q complete at 51, its factor offered at
-        60), 67 for its ffn (12 words, x_q the later)."""
+        due (:meth:`NormStage.due_cycle`). 48 for the shipped model's hidden (4 words at 32
+        lanes, x_q complete at 43, its factor offered at 60 and due 12 cycles before), 59 for
+        its ffn (12 words, x_q the later)."""
         lanes = self._config.pim.lanes
         return max(NormStage.x_q_cycles(words, lanes) + 1,
-                   NormStage.factor_cycles(words, 0, lanes) - NormStage.FACTOR_INTERVAL + 1)
+                   self._norm.due_cycle(words, 0, lanes))
 
     def linear_cycles(self, words, n):
         """:meth:`hw.linear_stage.LinearStage.cycles` of one matrix of ``n`` rows on a vector of
@@ -171,8 +178,10 @@ class BitLinearBlock(wiring.Component):
         one before's last read (:meth:`LinearStage.command_cycle`).
 
         A factor due when its GEMV starts reaches the linear stage before the GEMV's first
-        results when ``words`` plus the group's latency is at least ``FACTOR_INTERVAL - 1``
-        (always on the presets: the latency is 5 or more); a shape below that is refused."""
+        results when ``words`` plus the group's latency is at least its lead: the norm stage's
+        ``first_lead`` for the first, which the block sets so, and ``FACTOR_INTERVAL - 1`` for
+        the others (always on the presets: the latency is 5 or more); a shape below that is
+        refused."""
         banks, lanes = self._config.pim.banks, self._config.pim.lanes
         if words + PimBankGroup.latency_for(self._config) < NormStage.FACTOR_INTERVAL - 1:
             raise ValueError(f"the block's cycle model needs words + the bank group's latency "
@@ -182,9 +191,7 @@ class BitLinearBlock(wiring.Component):
         command = LinearStage.command_cycle(start)
         commands = [command]
         for matrix, n in enumerate(ns[:-1], 1):
-            due = (NormStage.factor_cycles(words, matrix, lanes)
-                   - NormStage.FACTOR_INTERVAL + 1)
-            start = max(command + 1, due)
+            start = max(command + 1, self._norm.due_cycle(words, matrix, lanes))
             command = LinearStage.command_cycle(start, (command, -(-n // banks) * words))
             commands.append(command)
         return [command - 1 for command in commands]

@@ -6,11 +6,13 @@ A vector sits in the unit's buffer (with its gains). STATISTICS needs the shift 
 ``|x|``, so no comparisons are needed): the OR of each word's ``|x|`` is kept as the word is
 written, so STATISTICS only ORs the vector's words' and reads the vector once, shifting ``x``,
 multiplying by the gain and gathering the shift of ``u = g x``, the largest and smallest ``u``
-and the sum of squares. The unit offers them as :class:`NormStatistics`; a sequencer turns the peak
-into ``127 / peak`` (and the sums into ``rho``) with :class:`hw.dyadic.ScalarUnit`, then sends
-QUANTISE with that factor, and the third pass streams out ``x_q``, one word of ``lanes`` int8 a
-cycle. The shifted ``u``'s extremes come from the unshifted ones because rounding half up is
-monotonic: ``max shift_round(u) = shift_round(max u)``.
+and the sum of squares. The unit offers them as :class:`NormStatistics`; a sequencer turns
+the peak into ``127 / peak`` (and the sums into ``rho``) with :class:`hw.dyadic.ScalarUnit`
+and sends it on ``factor``; QUANTISE's pass streams out ``x_q``, one word of ``lanes`` int8 a
+cycle. Its words wait for the factor only where they are multiplied by it, so a sequencer
+sends QUANTISE as soon as the statistics are taken and the pass's first stages run while the
+factor is made. The shifted ``u``'s extremes come from the unshifted ones because rounding
+half up is monotonic: ``max shift_round(u) = shift_round(max u)``.
 """
 
 from amaranth import Const, Module, Mux, Signal, signed, unsigned
@@ -35,10 +37,11 @@ _U_BITS = SHIFTED_BITS + 2                      # |u| <= 2**16 after its shift, 
 # read (1), registered in fabric (2), x's rounding half added (3), x shifted (4); u = g x and x
 # squared (5), u's half added and |u| taken (6), u shifted and the OR of |u| (7); u's extremes
 # come from a comparison tree on stage 5, one level a stage. The quantise product (8), its half
-# added (9), shifted (10) and clipped: x_q (11). A rounding shift in one stage (a carry chain
-# then a barrel shifter) is too slow for 100 MHz on the ECP5. A written word's OR of |x| takes
+# added (9), shifted (10) and clipped: x_q (11); a QUANTISE word waits before the product until
+# the factor has been taken. A rounding shift in one stage (a carry chain then a barrel shifter)
+# is too slow for 100 MHz on the ECP5. A written word's OR of |x| takes
 # three stages of its own: the word, |x|, the OR.
-_X_WORD, _U, _OR_U, _X_Q = 2, 5, 7, 11
+_X_WORD, _U, _OR_U, _PRODUCT, _X_Q = 2, 5, 7, 8, 11
 _SETTLE = 3     # STATISTICS taken to its first word issued: the ORs gathered, then the shift
 
 
@@ -73,24 +76,29 @@ class NormQuantizer(wiring.Component):
         ``range(gain_words)``. Taken only while no command runs and none is offered (a word
         written in the cycle before a STATISTICS is taken is still counted in its shift).
     cmd : In(stream.Signature(StructLayout({"op": NormOp, "words": range(words + 1),
-                                           "gain_base": range(gain_words),
-                                           "factor": DYADIC})))
+                                           "gain_base": range(gain_words)})))
         ``words`` is the vector's length in words (at least 1); element ``i``'s gain is in gain
-        word ``gain_base + i // lanes`` (``gain_base + words <= gain_words``); ``factor`` is
-        QUANTISE's ``127 / peak``, whose exponent is negative. A QUANTISE reads the gains of
-        the STATISTICS before it, so it names the same ``gain_base``.
+        word ``gain_base + i // lanes`` (``gain_base + words <= gain_words``). A QUANTISE reads
+        the gains of the STATISTICS before it, so it names the same ``gain_base``.
+    factor : In(stream.Signature(DYADIC))
+        QUANTISE's ``127 / peak``, whose exponent is negative: one a QUANTISE, taken from the
+        cycle after its command is taken.
     stats : Out(stream.Signature(StructLayout({"shift", "gained_shift", "peak",
                                               "sum_squares"})))
         Offered :meth:`statistics_latency` cycles after a STATISTICS is taken.
     o_stream : Out(stream.Signature(ArrayLayout(signed(8), lanes)))
         The first ``x_q`` word is offered :data:`QUANTISE_LATENCY` cycles after QUANTISE is
-        taken, then one a cycle without back-pressure; the unit takes its next command in the
-        cycle after the last.
+        taken or :data:`FACTOR_LATENCY` cycles after its factor is taken, whichever is later,
+        then one a cycle without back-pressure; the unit takes its next command in the cycle
+        after the last.
     """
 
-    # Cycles from QUANTISE taken to its first x_q word: the first word issued, then through
-    # every stage to the x_q register (see elaborate).
+    # Cycles from QUANTISE taken to its first x_q word, the factor in time: the first word
+    # issued, then through every stage to the x_q register (see elaborate).
     QUANTISE_LATENCY = _X_Q + 1
+    # Cycles from the factor taken to the first x_q word, QUANTISE taken early enough: the
+    # factor registered, the first word into the product's stage the cycle after, then on.
+    FACTOR_LATENCY = _X_Q - _PRODUCT + 2
 
     def __init__(self, config, *, size, lanes=None, in_bits=RESIDUAL_BITS, gain_words=None):
         lanes = config.pim.lanes if lanes is None else lanes
@@ -113,8 +121,9 @@ class NormQuantizer(wiring.Component):
                 "index": range(gain_words),
                 "data": data.ArrayLayout(signed(GAIN_BITS), lanes)}))),
             "cmd": In(stream.Signature(data.StructLayout({
-                "op": NormOp, "words": range(self._words + 1), "gain_base": range(gain_words),
-                "factor": DYADIC}))),
+                "op": NormOp, "words": range(self._words + 1),
+                "gain_base": range(gain_words)}))),
+            "factor": In(stream.Signature(DYADIC)),
             "stats": Out(stream.Signature(data.StructLayout({
                 "shift": range(in_bits + 1), "gained_shift": range(_GAINED_BITS + 1),
                 "peak": unsigned(SHIFTED_BITS + 1), "sum_squares": unsigned(self._sum_bits)}))),
@@ -176,9 +185,16 @@ class NormQuantizer(wiring.Component):
                     with m.Case(n):
                         m.d.sync += word_or[n].eq(_or_all(in_abs[i] for i in range(lanes)))
 
-        # Every stage moves together, and waits while an x_q word is refused.
-        advance = ~self.o_stream.valid | self.o_stream.ready
+        # Every stage moves together, and waits while an x_q word is refused or a QUANTISE word
+        # would reach the product before its factor is taken.
         command = Signal.like(self.cmd.payload)
+        factor = Signal(DYADIC)
+        has_factor = Signal()       # QUANTISE's factor is taken
+        stages = max(_X_Q, self._pass_end(lanes))
+        control = data.StructLayout({"valid": 1, "pass": 2, "first": 1, "last": 1})
+        c = {n: Signal(control, name=f"control{n}") for n in range(1, stages + 1)}
+        waiting = c[_PRODUCT - 1].valid & (c[_PRODUCT - 1]["pass"] == 3) & ~has_factor
+        advance = (~self.o_stream.valid | self.o_stream.ready) & ~waiting
         passes = Signal(2)          # the pass being issued: 2 (STATISTICS) or 3 (QUANTISE)
         issuing = Signal()
         addr = Signal(range(words))
@@ -190,7 +206,6 @@ class NormQuantizer(wiring.Component):
         gain_read = gains.read_port()
         m.d.comb += [x_read.addr.eq(addr), gain_read.addr.eq(command.gain_base + addr),
                      x_read.en.eq(advance), gain_read.en.eq(advance)]
-        control = data.StructLayout({"valid": 1, "pass": 2, "first": 1, "last": 1})
         issued = Signal(control)
         m.d.comb += [issued.valid.eq(issuing), issued["pass"].eq(passes),
                      issued.first.eq(addr == 0), issued.last.eq(addr == command.words - 1)]
@@ -198,8 +213,6 @@ class NormQuantizer(wiring.Component):
         # which hold still during a pass. The sum of squares leaves its adder tree
         # ``sums.latency`` cycles after stage _U; only STATISTICS uses it, and nothing stalls
         # then (no x_q word is waiting).
-        stages = max(_X_Q, self._pass_end(lanes))
-        c = {n: Signal(control, name=f"control{n}") for n in range(1, stages + 1)}
         product_bits = _U_BITS + MANTISSA_BITS + 1
         right = Signal(range(product_bits + 2))     # QUANTISE's rounding shift
         half_x = register_half(m, shift, self._in_bits, "half_x")
@@ -233,7 +246,7 @@ class NormQuantizer(wiring.Component):
                     u[n].eq(gain[_U - 1][n] * x_shifted[n]),
                     square[n].eq(x_shifted[n] * x_shifted[n]),
                     abs_u[n].eq(abs(u[n])),
-                    product[n].eq(u_shifted[n] * command.factor.mantissa),
+                    product[n].eq(u_shifted[n] * factor.mantissa),
                     self.o_stream.payload[n].eq(_clip(product_shifted[n], ACT_MAX)),
                 ]
                 rounding_shift(m, x_word[n], half=half_x, right=shift, biased=x_biased[n],
@@ -285,17 +298,23 @@ class NormQuantizer(wiring.Component):
                            right=gained_shift,
                            biased=biased, right_shifted=rounded)
 
+        # The factor, from the cycle after QUANTISE is taken until its pass ends.
+        m.d.comb += self.factor.ready.eq(running & (passes == 3) & ~has_factor)
+        with m.If(self.factor.valid & self.factor.ready):
+            exponent = self.factor.payload.exponent
+            m.d.sync += [factor.eq(self.factor.payload), has_factor.eq(1),
+                         right.eq(Mux(exponent < -(product_bits + 1), product_bits + 1,
+                                      Mux(exponent < 0, -exponent, 0)))]
+
         m.d.comb += self.cmd.ready.eq(~running)
         stats = self.stats.payload
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.cmd.valid):
                     quantise = self.cmd.payload.op == NormOp.QUANTISE
-                    exponent = self.cmd.payload.factor.exponent
                     m.d.sync += [command.eq(self.cmd.payload), running.eq(1), addr.eq(0),
                                  issuing.eq(quantise), passes.eq(Mux(quantise, 3, 2)),
-                                 right.eq(Mux(exponent < -(product_bits + 1), product_bits + 1,
-                                              Mux(exponent < 0, -exponent, 0)))]
+                                 has_factor.eq(0)]
                     with m.If(quantise):
                         m.next = "ISSUE"
                     with m.Else():

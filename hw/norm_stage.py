@@ -8,12 +8,12 @@ every norm of the model, each at its own base word: :func:`gain_bases`) and thre
 :class:`hw.dyadic.ScalarUnit`. An operation runs STATISTICS; then, side by side, one scalar
 unit turns the peak into ``127 * rcp(max(peak, 1))`` (NORMALISE, then RECIPROCAL on a unit
 whose reciprocal ROM is scaled by ``dyadic(127)``: golden's ``quantize_factor``, whose multiply
-by ``dyadic(127)`` rounds a product of the table entry alone), after which QUANTISE streams
-``x_q``, and the
-other computes ``rho`` (step 4 of ``norm_quantize``: the sum of squares' dyadic, plus
+by ``dyadic(127)`` rounds a product of the table entry alone) for QUANTISE, which streams
+``x_q`` (sent as the statistics are taken, its pass waits for the factor where it needs it),
+and the other computes ``rho`` (step 4 of ``norm_quantize``: the sum of squares' dyadic, plus
 ``eps_k``, its reciprocal square root, times the peak's dyadic, which the third makes
 meanwhile) and the factors ``rho * constant_m`` of up to three matrices (q, k, v; gate, up; o;
-down; the head). The next GEMV waits for both.
+down; the head). The next GEMV waits for ``x_q`` and for its factor to be due.
 """
 
 from types import SimpleNamespace
@@ -63,6 +63,11 @@ def _steps_cycles(ops):
     return sum(ScalarUnit.latency_of(op) + 1 for op in ops)
 
 
+# From the statistics taken to an operation's first factor offered: rho's chain, then the
+# factor's multiply.
+_FIRST_FACTOR = _steps_cycles(_RHO_STEPS + (ScalarOp.MULTIPLY,))
+
+
 class NormStage(wiring.Component):
     """One operation: ``x_q`` and the factors ``rho * constant_m`` of the vector in the buffer.
 
@@ -80,6 +85,10 @@ class NormStage(wiring.Component):
         the others of ``hidden``.
     lanes : int
         Elements a cycle.
+    first_lead : int
+        ``factor_due``'s lead for an operation's first factor, at least
+        ``FACTOR_INTERVAL - 1``: a reader that has this many cycles before it needs the factor
+        (a GEMV's reads and the bank group's latency) can start as soon as it rises.
 
     Members
     -------
@@ -106,20 +115,26 @@ class NormStage(wiring.Component):
         exponents stay within :data:`hw.dyadic.EXPONENT_BITS` for the decoder's constants
         (exponents within +-200).
     factor_due : Out(1)
-        The next factor is being computed or offered: it is offered at most
-        ``FACTOR_INTERVAL - 1`` cycles after the first cycle this is high for it. Low while no
-        factor is to come.
+        The next factor is due: it is offered at most ``first_lead`` cycles (the operation's
+        first factor) or ``FACTOR_INTERVAL - 1`` cycles (each later one) after the first cycle
+        this is high for it. Low while no factor is to come.
     """
 
     # From a factor taken to the next one offered: its multiply on rho's unit.
     FACTOR_INTERVAL = _steps_cycles((ScalarOp.MULTIPLY,))
 
-    def __init__(self, config, *, hidden, ffn, layers, lanes=None):
+    def __init__(self, config, *, hidden, ffn, layers, lanes=None,
+                 first_lead=FACTOR_INTERVAL - 1):
         lanes = config.pim.lanes if lanes is None else lanes
         for name, value in (("hidden", hidden), ("ffn", ffn), ("layers", layers),
                             ("lanes", lanes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if isinstance(first_lead, bool) or not isinstance(first_lead, int) \
+                or first_lead < self.FACTOR_INTERVAL - 1:
+            raise ValueError(f"first_lead must be an integer of at least "
+                             f"{self.FACTOR_INTERVAL - 1}, not {first_lead!r}")
+        self.first_lead = first_lead
         self._bases, gain_words = gain_bases(hidden=hidden, ffn=ffn, layers=layers, lanes=lanes)
         self._norm = norm = NormQuantizer(config, size=max(hidden, ffn), lanes=lanes,
                                           gain_words=gain_words)
@@ -154,10 +169,13 @@ class NormStage(wiring.Component):
     @staticmethod
     def x_q_cycles(words, lanes):
         """Cycles from a command taken to its last ``x_q`` word offered, without back-pressure:
-        STATISTICS, its statistics taken, the factor's two scalar operations, then QUANTISE
-        (taken the cycle after the factor) and its ``words``."""
-        return (NormQuantizer.statistics_latency(words, lanes) + _steps_cycles(_FACTOR_STEPS)
-                + NormQuantizer.QUANTISE_LATENCY + words)
+        STATISTICS and its statistics taken; then QUANTISE, taken the cycle after, and the
+        factor's two scalar operations, their result taken by the quantiser as it is offered;
+        the first word after the later of their latencies, then the other ``words - 1``."""
+        return (NormQuantizer.statistics_latency(words, lanes)
+                + max(1 + NormQuantizer.QUANTISE_LATENCY,
+                      _steps_cycles(_FACTOR_STEPS) + NormQuantizer.FACTOR_LATENCY)
+                + words - 1)
 
     @staticmethod
     def factor_cycles(words, matrix, lanes):
@@ -167,6 +185,12 @@ class NormStage(wiring.Component):
         ``matrix + 1`` multiplies."""
         return (NormQuantizer.statistics_latency(words, lanes) + _steps_cycles(_RHO_STEPS)
                 + (matrix + 1) * NormStage.FACTOR_INTERVAL)
+
+    def due_cycle(self, words, matrix, lanes):
+        """The cycle (from the command taken, 0) ``factor_due`` rises for factor ``matrix``,
+        as :meth:`factor_cycles` counts: its lead before that factor is offered."""
+        lead = self.first_lead if matrix == 0 else self.FACTOR_INTERVAL - 1
+        return self.factor_cycles(words, matrix, lanes) - lead
 
     def elaborate(self, platform):
         m = Module()
@@ -198,14 +222,15 @@ class NormStage(wiring.Component):
         m.d.comb += exponent.eq(stats.shift + command.x_exponent)
         peak_exponent = stats.gained_shift + exponent - command.fraction
 
-        # QUANTISE is sent once the factor is known, and runs beside rho's scalar operations.
+        # QUANTISE is sent as the statistics are taken; its factor follows from the factor's
+        # unit, straight from its last step or, if the quantiser is not yet taking it, held.
         factor = Signal(DYADIC)
         quantise_pending = Signal()         # QUANTISE offered to the norm
+        factor_pending = Signal()           # the factor held, offered to the norm
         m.d.comb += [norm.cmd.valid.eq(quantise_pending),
                      norm.cmd.payload.op.eq(NormOp.QUANTISE),
                      norm.cmd.payload.words.eq(command.words),
-                     norm.cmd.payload.gain_base.eq(command.gain_base),
-                     norm.cmd.payload.factor.eq(factor)]
+                     norm.cmd.payload.gain_base.eq(command.gain_base)]
         with m.If(quantise_pending & norm.cmd.ready):
             m.d.sync += quantise_pending.eq(0)
 
@@ -249,7 +274,7 @@ class NormStage(wiring.Component):
             with m.State("STATISTICS"):
                 m.d.comb += [norm.stats.ready.eq(1), begin.eq(norm.stats.valid)]
                 with m.If(norm.stats.valid):
-                    m.d.sync += stats.eq(norm.stats.payload)
+                    m.d.sync += [stats.eq(norm.stats.payload), quantise_pending.eq(1)]
                     m.next = "CHAINS"
             with m.State("CHAINS"):
                 with m.If(factor_done & rho_done & ~quantise_pending & norm.cmd.ready):
@@ -257,13 +282,27 @@ class NormStage(wiring.Component):
                     m.next = "IDLE"
 
         last = _chain(m, factor_unit, factor_chain, begin, "factor")
-        with m.If(last):
-            m.d.sync += [quantise_pending.eq(1), factor_done.eq(1)]
+        m.d.comb += [norm.factor.valid.eq(last | factor_pending),
+                     norm.factor.payload.eq(Mux(factor_pending, factor,
+                                                factor_unit.o_stream.payload))]
+        with m.If(norm.factor.valid):
+            m.d.sync += [factor_pending.eq(~norm.factor.ready), factor_done.eq(norm.factor.ready)]
 
         # Rho's chain (the peak's dyadic beside it), then each matrix's factor straight from its
         # unit to ``factors``.
         _chain(m, peak_unit, peak_chain, begin, "peak")
         rho = _chain(m, rho_unit, rho_chain, begin, "rho")
+        # The first factor is offered a fixed count of cycles after the statistics are taken
+        # (nothing holds rho's chain); it is due first_lead cycles before that.
+        if self.first_lead > self.FACTOR_INTERVAL - 1:
+            to_first = _FIRST_FACTOR - 1
+            until_first = Signal(range(to_first + 1))
+            with m.If(begin):
+                m.d.sync += until_first.eq(to_first)
+            with m.Elif(until_first != 0):
+                m.d.sync += until_first.eq(until_first - 1)
+            m.d.comb += self.factor_due.eq((until_first != 0)
+                                           & (until_first <= self.first_lead))
         with m.FSM(name="factors"):
             with m.State("WAIT_RHO"):
                 with m.If(rho):

@@ -59,8 +59,9 @@ def test_cycles():
     tiny = preset("tiny")
     block = elaborated(tiny, **OPTIONS)
     linear = LinearStage(tiny, out_bits=RESIDUAL_BITS, lanes=4)
-    # 3 words: the first GEMV waits until its factor is due; 40 words: for QUANTISE's pass.
-    due = NormStage.factor_cycles(3, 0, 4) - NormStage.FACTOR_INTERVAL + 1
+    # 3 words: the first GEMV waits until its factor is due, which is the shorter vector's
+    # 5 reads and the group's latency of 5 before it is offered; 40 words: for QUANTISE's pass.
+    due = NormStage.factor_cycles(3, 0, 4) - (5 + 5)
     assert block.first_start(3) == due > NormStage.x_q_cycles(3, 4) + 1
     assert block.first_start(40) == NormStage.x_q_cycles(40, 4) + 1
     # The second GEMV's reads follow the first's 3 row slots of 40 words without a gap.
@@ -69,9 +70,10 @@ def test_cycles():
     assert block.cycles(40, [5, 3]) == first + 3 * 40 + linear.cycles(words_per_row=40, n=3)
     # A GEMV of 3 reads ends before the next factor is due: that start waits for it.
     first = block.first_start(3)
-    assert block.gemv_starts(3, [1, 1]) == [first, first + NormStage.FACTOR_INTERVAL]
+    second_due = NormStage.factor_cycles(3, 1, 4) - (NormStage.FACTOR_INTERVAL - 1)
+    assert block.gemv_starts(3, [1, 1]) == [first, second_due] and second_due > first + 3
     shipped = elaborated(preset("ulx3s-85f"), hidden=128, ffn=384, layers=2)
-    assert (shipped.first_start(4), shipped.first_start(12)) == (54, 67)
+    assert (shipped.first_start(4), shipped.first_start(12)) == (48, 59)
 
 
 def test_parameters_are_checked():

@@ -1,7 +1,8 @@
 # amaranth: UnusedElaboratable=no
 """RMSNorm and quantisation (hw/norm.py) on Verilator against golden.integer's
 norm_statistics, quantize_factor and quantize (sim/norm_tb.py): vectors of every length and
-magnitude, all-zero ones, the input's extremes, x_q under back-pressure.
+magnitude, all-zero ones, the input's extremes, x_q under back-pressure, the factor early and
+late.
 
 Sixty rounds on the small device: a shifter that truncates u instead of rounding it changes
 one x_q in a few thousand, and fails there (round 21 of seed 0).
@@ -23,7 +24,10 @@ from sim.units import simulate
 def test_norm_matches_golden(name, options, rounds):
     result = simulate("norm", preset(name), seed=0, tiles=rounds, options=options)
     assert result.passed, "; ".join(result.failures) + f" (log: {result.log})"
-    assert result.report["vectors"] == rounds and result.report["zero_vectors"] >= 1
+    report = result.report
+    assert report["vectors"] == rounds and report["zero_vectors"] >= 1
+    # Half the rounds timed, some with the first x_q word waiting on the factor, some not.
+    assert report["timed"] == rounds // 2 and 0 < report["factor_bound"] < report["timed"]
 
 
 def test_size_is_checked():

@@ -15,8 +15,8 @@ from sim.units import simulate
 
 # hidden and ffn not multiples of the lanes; one layer: five norms. An ffn vector of 38 words
 # ends with x_q for one matrix (down_proj), with the factors for more, so that both branches of
-# NormStage.cycles are timed.
-OPTIONS = {"hidden": 44, "ffn": 300, "layers": 1, "lanes": 8}
+# NormStage.cycles are timed. A first factor due 11 cycles before it is offered.
+OPTIONS = {"hidden": 44, "ffn": 300, "layers": 1, "lanes": 8, "first_lead": 11}
 ROUNDS = 12
 
 
@@ -28,9 +28,11 @@ def test_norm_stage_matches_golden():
     timed = {(words, count): cycles for words, count, cycles in report["timed"]}
     assert {words for words, _ in timed} == {6, 38} and (38, 1) in timed and (38, 3) in timed
     assert timed == {key: NormStage.cycles(*key, OPTIONS["lanes"]) for key in timed}
-    # factor_due rises FACTOR_INTERVAL - 1 cycles before its factor (what BitLinearBlock's
-    # starts count on), never later.
-    assert report["due_leads"][-1] == NormStage.FACTOR_INTERVAL - 1
+    # factor_due rises first_lead cycles before an operation's first factor and
+    # FACTOR_INTERVAL - 1 before the others (what BitLinearBlock's starts count on), never
+    # later.
+    assert report["first_leads"][-1] == OPTIONS["first_lead"]
+    assert report["later_leads"][-1] == NormStage.FACTOR_INTERVAL - 1
 
 
 @pytest.mark.parametrize("name, value", [("hidden", 0), ("ffn", -1), ("layers", 1.5),
@@ -38,3 +40,8 @@ def test_norm_stage_matches_golden():
 def test_parameters_are_checked(name, value):
     with pytest.raises(ValueError, match=f"{name} must be a positive integer, not {value!r}"):
         NormStage(preset("tiny"), **{**OPTIONS, name: value})
+
+
+def test_first_lead_is_checked():
+    with pytest.raises(ValueError, match="first_lead must be an integer of at least 6, not 5"):
+        NormStage(preset("tiny"), **{**OPTIONS, "first_lead": 5})
