@@ -156,8 +156,8 @@ class BitLinearBlock(wiring.Component):
     def first_start(self, words):
         """The cycle (from the command taken, 0) the first GEMV of an operation on a vector of
         ``words`` is started, without back-pressure: once ``x_q`` is complete and its factor is
-        due (:meth:`NormStage.due_cycle`). 48 for the shipped model's hidden (4 words at 32
-        lanes, x_q complete at 43, its factor offered at 60 and due 12 cycles before), 59 for
+        due (:meth:`NormStage.due_cycle`). 45 for the shipped model's hidden (4 words at 32
+        lanes, x_q complete at 43, its factor offered at 57 and due 12 cycles before), 59 for
         its ffn (12 words, x_q the later)."""
         lanes = self._config.pim.lanes
         return max(NormStage.x_q_cycles(words, lanes) + 1,

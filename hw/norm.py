@@ -6,8 +6,10 @@ A vector sits in the unit's buffer (with its gains). STATISTICS needs the shift 
 ``|x|``, so no comparisons are needed): the OR of each word's ``|x|`` is kept as the word is
 written, so STATISTICS only ORs the vector's words' and reads the vector once, shifting ``x``,
 multiplying by the gain and gathering the shift of ``u = g x``, the largest and smallest ``u``
-and the sum of squares. The unit offers them as :class:`NormStatistics`; a sequencer turns
-the peak into ``127 / peak`` (and the sums into ``rho``) with :class:`hw.dyadic.ScalarUnit`
+and the sum of squares. The unit offers x's shift and sum of squares as the pass ends, and
+u's shift and peak (golden's :class:`NormStatistics` between them) three cycles later, once
+the extremes are rounded; a sequencer turns the peak into ``127 / peak`` (and the sum into
+``rho``, from the earlier offer) with :class:`hw.dyadic.ScalarUnit`
 and sends it on ``factor``; QUANTISE's pass streams out ``x_q``, one word of ``lanes`` int8 a
 cycle. Its words wait for the factor only where they are multiplied by it, so a sequencer
 sends QUANTISE as soon as the statistics are taken and the pass's first stages run while the
@@ -83,9 +85,11 @@ class NormQuantizer(wiring.Component):
     factor : In(stream.Signature(DYADIC))
         QUANTISE's ``127 / peak``, whose exponent is negative: one a QUANTISE, taken from the
         cycle after its command is taken.
-    stats : Out(stream.Signature(StructLayout({"shift", "gained_shift", "peak",
-                                              "sum_squares"})))
-        Offered :meth:`statistics_latency` cycles after a STATISTICS is taken.
+    x_stats : Out(stream.Signature(StructLayout({"shift", "sum_squares"})))
+        Offered :meth:`x_statistics_latency` cycles after a STATISTICS is taken.
+    u_stats : Out(stream.Signature(StructLayout({"gained_shift", "peak"})))
+        Offered :meth:`statistics_latency` cycles after a STATISTICS is taken; the unit takes
+        its next command once both have been taken.
     o_stream : Out(stream.Signature(ArrayLayout(signed(8), lanes)))
         The first ``x_q`` word is offered :data:`QUANTISE_LATENCY` cycles after QUANTISE is
         taken or :data:`FACTOR_LATENCY` cycles after its factor is taken, whichever is later,
@@ -99,6 +103,9 @@ class NormQuantizer(wiring.Component):
     # Cycles from the factor taken to the first x_q word, QUANTISE taken early enough: the
     # factor registered, the first word into the product's stage the cycle after, then on.
     FACTOR_LATENCY = _X_Q - _PRODUCT + 2
+    # Cycles from x_stats offered to u_stats offered: u's extremes rounded by the gained shift
+    # (two stages), then the peak.
+    U_STATS_AFTER = 3
 
     def __init__(self, config, *, size, lanes=None, in_bits=RESIDUAL_BITS, gain_words=None):
         lanes = config.pim.lanes if lanes is None else lanes
@@ -124,9 +131,11 @@ class NormQuantizer(wiring.Component):
                 "op": NormOp, "words": range(self._words + 1),
                 "gain_base": range(gain_words)}))),
             "factor": In(stream.Signature(DYADIC)),
-            "stats": Out(stream.Signature(data.StructLayout({
-                "shift": range(in_bits + 1), "gained_shift": range(_GAINED_BITS + 1),
-                "peak": unsigned(SHIFTED_BITS + 1), "sum_squares": unsigned(self._sum_bits)}))),
+            "x_stats": Out(stream.Signature(data.StructLayout({
+                "shift": range(in_bits + 1), "sum_squares": unsigned(self._sum_bits)}))),
+            "u_stats": Out(stream.Signature(data.StructLayout({
+                "gained_shift": range(_GAINED_BITS + 1),
+                "peak": unsigned(SHIFTED_BITS + 1)}))),
             "o_stream": Out(stream.Signature(data.ArrayLayout(signed(8), lanes))),
         })
 
@@ -135,13 +144,19 @@ class NormQuantizer(wiring.Component):
         return self._words
 
     @staticmethod
-    def statistics_latency(words, lanes):
-        """Cycles from a STATISTICS of ``words`` taken to its statistics offered: the written
+    def x_statistics_latency(words, lanes):
+        """Cycles from a STATISTICS of ``words`` taken to ``x_stats`` offered: the written
         words' ORs gathered and the shift set (:data:`_SETTLE` cycles), then the pass issues a
         word a cycle; its last word reaches the last accumulator (:meth:`_pass_end`) that many
-        stages later; the pass's end takes a cycle to register and is acted on in it; then
-        three cycles for the rounded extremes and the peak, and one to offer."""
-        return _SETTLE + words + NormQuantizer._pass_end(lanes) + 5
+        stages later; the pass's end takes a cycle to register and is acted on in it; then one
+        to offer."""
+        return _SETTLE + words + NormQuantizer._pass_end(lanes) + 2
+
+    @staticmethod
+    def statistics_latency(words, lanes):
+        """Cycles from a STATISTICS of ``words`` taken to ``u_stats`` offered:
+        :data:`U_STATS_AFTER` after ``x_stats``."""
+        return NormQuantizer.x_statistics_latency(words, lanes) + NormQuantizer.U_STATS_AFTER
 
     @staticmethod
     def _pass_end(lanes):
@@ -198,8 +213,8 @@ class NormQuantizer(wiring.Component):
         passes = Signal(2)          # the pass being issued: 2 (STATISTICS) or 3 (QUANTISE)
         issuing = Signal()
         addr = Signal(range(words))
-        shift = Signal.like(self.stats.payload.shift)
-        gained_shift = Signal.like(self.stats.payload.gained_shift)
+        shift = Signal.like(self.x_stats.payload.shift)
+        gained_shift = Signal.like(self.u_stats.payload.gained_shift)
         pass_done = Signal()        # the pass's last word reached the accumulators
 
         x_read = x_buffer.read_port()
@@ -306,8 +321,13 @@ class NormQuantizer(wiring.Component):
                          right.eq(Mux(exponent < -(product_bits + 1), product_bits + 1,
                                       Mux(exponent < 0, -exponent, 0)))]
 
-        m.d.comb += self.cmd.ready.eq(~running)
-        stats = self.stats.payload
+        m.d.comb += [self.cmd.ready.eq(~running), self.x_stats.payload.shift.eq(shift),
+                     self.x_stats.payload.sum_squares.eq(sum_squares)]
+        with m.If(self.x_stats.ready):
+            m.d.sync += self.x_stats.valid.eq(0)
+        x_done = ~self.x_stats.valid | self.x_stats.ready
+        u_done = ~self.u_stats.valid | self.u_stats.ready
+        stats = self.u_stats.payload
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.cmd.valid):
@@ -339,7 +359,8 @@ class NormQuantizer(wiring.Component):
                 with m.If(pass_done):
                     with m.Switch(passes):
                         with m.Case(2):
-                            m.d.sync += gained_shift.eq(_excess(or_u_all, SHIFTED_BITS))
+                            m.d.sync += [gained_shift.eq(_excess(or_u_all, SHIFTED_BITS)),
+                                         self.x_stats.valid.eq(1)]
                             m.next = "ROUND"
                         with m.Default():
                             m.d.sync += running.eq(0)
@@ -349,13 +370,15 @@ class NormQuantizer(wiring.Component):
             with m.State("SHIFT"):
                 m.next = "PEAK"
             with m.State("PEAK"):
-                m.d.sync += [stats.shift.eq(shift), stats.gained_shift.eq(gained_shift),
+                m.d.sync += [stats.gained_shift.eq(gained_shift),
                              stats.peak.eq(Mux(largest > -smallest, largest, -smallest)),
-                             stats.sum_squares.eq(sum_squares), self.stats.valid.eq(1)]
+                             self.u_stats.valid.eq(1)]
                 m.next = "OFFER"
             with m.State("OFFER"):
-                with m.If(self.stats.ready):
-                    m.d.sync += [self.stats.valid.eq(0), running.eq(0)]
+                with m.If(self.u_stats.ready):
+                    m.d.sync += self.u_stats.valid.eq(0)
+                with m.If(x_done & u_done):
+                    m.d.sync += running.eq(0)
                     m.next = "IDLE"
         return m
 

@@ -12,8 +12,9 @@ by ``dyadic(127)`` rounds a product of the table entry alone) for QUANTISE, whic
 ``x_q`` (sent as the statistics are taken, its pass waits for the factor where it needs it),
 and the other computes ``rho`` (step 4 of ``norm_quantize``: the sum of squares' dyadic, plus
 ``eps_k``, its reciprocal square root, times the peak's dyadic, which the third makes
-meanwhile) and the factors ``rho * constant_m`` of up to three matrices (q, k, v; gate, up; o;
-down; the head). The next GEMV waits for ``x_q`` and for its factor to be due.
+meanwhile; rho's chain starts from x's statistics, three cycles before the peak is known) and
+the factors ``rho * constant_m`` of up to three matrices (q, k, v; gate, up; o; down; the
+head). The next GEMV waits for ``x_q`` and for its factor to be due.
 """
 
 from types import SimpleNamespace
@@ -63,7 +64,7 @@ def _steps_cycles(ops):
     return sum(ScalarUnit.latency_of(op) + 1 for op in ops)
 
 
-# From the statistics taken to an operation's first factor offered: rho's chain, then the
+# From x's statistics taken to an operation's first factor offered: rho's chain, then the
 # factor's multiply.
 _FIRST_FACTOR = _steps_cycles(_RHO_STEPS + (ScalarOp.MULTIPLY,))
 
@@ -169,7 +170,7 @@ class NormStage(wiring.Component):
     @staticmethod
     def x_q_cycles(words, lanes):
         """Cycles from a command taken to its last ``x_q`` word offered, without back-pressure:
-        STATISTICS and its statistics taken; then QUANTISE, taken the cycle after, and the
+        STATISTICS and u's statistics taken; then QUANTISE, taken the cycle after, and the
         factor's two scalar operations, their result taken by the quantiser as it is offered;
         the first word after the later of their latencies, then the other ``words - 1``."""
         return (NormQuantizer.statistics_latency(words, lanes)
@@ -180,10 +181,10 @@ class NormStage(wiring.Component):
     @staticmethod
     def factor_cycles(words, matrix, lanes):
         """Cycles from a command taken to factor ``matrix`` (from 0) offered, each factor before
-        it taken when offered: the statistics as for ``x_q``, then, on rho's own scalar unit
-        beside the factor's, rho's four operations (the peak's dyadic made beside them) and
-        ``matrix + 1`` multiplies."""
-        return (NormQuantizer.statistics_latency(words, lanes) + _steps_cycles(_RHO_STEPS)
+        it taken when offered: STATISTICS and x's statistics taken (before u's), then, on rho's
+        own scalar unit beside the factor's, rho's four operations (the peak's dyadic made
+        beside them) and ``matrix + 1`` multiplies."""
+        return (NormQuantizer.x_statistics_latency(words, lanes) + _steps_cycles(_RHO_STEPS)
                 + (matrix + 1) * NormStage.FACTOR_INTERVAL)
 
     def due_cycle(self, words, matrix, lanes):
@@ -195,20 +196,20 @@ class NormStage(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.norm = norm = self._norm
-        stats_layout = norm.stats.payload.shape()
         # Three scalar units, so that rho's chain runs beside the factor's instead of after it,
         # and the peak's dyadic for rho beside rho's first steps; the factor's and the peak's
         # normalise only the peak, a narrower value than the sum of squares.
-        peak_bits = max(len(norm.stats.payload.peak), MANTISSA_BITS)
+        peak_bits = max(len(norm.u_stats.payload.peak), MANTISSA_BITS)
         act_max = dyadic(ACT_MAX)
         m.submodules.factor_unit = factor_unit = ScalarUnit(value_bits=peak_bits,
                                                             reciprocal_scale=act_max)
         m.submodules.peak_unit = peak_unit = ScalarUnit(value_bits=peak_bits)
         m.submodules.rho_unit = rho_unit = ScalarUnit(
-            value_bits=max(len(norm.stats.payload.sum_squares), MANTISSA_BITS))
+            value_bits=max(len(norm.x_stats.payload.sum_squares), MANTISSA_BITS))
 
         command = Signal.like(self.cmd.payload)
-        stats = Signal(stats_layout)
+        x_stats = Signal.like(norm.x_stats.payload)
+        u_stats = Signal.like(norm.u_stats.payload)
         idle = Signal()                     # between operations: the stage takes cmd and data
         for port in ("x_stream", "gain_stream"):
             outer, inner = getattr(self, port), getattr(norm, port)
@@ -219,10 +220,10 @@ class NormStage(wiring.Component):
         # The exponents of step 4 of norm_quantize: sum_squares * 2**(2 e) and
         # peak * 2**(gained_shift + e - fraction), e = shift + x_exponent.
         exponent = Signal(signed(EXPONENT_BITS))
-        m.d.comb += exponent.eq(stats.shift + command.x_exponent)
-        peak_exponent = stats.gained_shift + exponent - command.fraction
+        m.d.comb += exponent.eq(x_stats.shift + command.x_exponent)
+        peak_exponent = u_stats.gained_shift + exponent - command.fraction
 
-        # QUANTISE is sent as the statistics are taken; its factor follows from the factor's
+        # QUANTISE is sent as u's statistics are taken; its factor follows from the factor's
         # unit, straight from its last step or, if the quantiser is not yet taking it, held.
         factor = Signal(DYADIC)
         quantise_pending = Signal()         # QUANTISE offered to the norm
@@ -240,12 +241,13 @@ class NormStage(wiring.Component):
         peak = Signal(DYADIC)               # the peak's dyadic
         zero = 0
         factor_chain = [
-            (ScalarOp.NORMALISE, zero, zero, Mux(stats.peak == 0, 1, stats.peak), 0, reciprocal),
+            (ScalarOp.NORMALISE, zero, zero, Mux(u_stats.peak == 0, 1, u_stats.peak), 0,
+             reciprocal),
             (ScalarOp.RECIPROCAL, reciprocal, zero, 0, 0, factor),
         ]
-        peak_chain = [(ScalarOp.NORMALISE, zero, zero, stats.peak, peak_exponent, peak)]
+        peak_chain = [(ScalarOp.NORMALISE, zero, zero, u_stats.peak, peak_exponent, peak)]
         rho_chain = [
-            (ScalarOp.NORMALISE, zero, zero, stats.sum_squares, 2 * exponent, held),
+            (ScalarOp.NORMALISE, zero, zero, x_stats.sum_squares, 2 * exponent, held),
             (ScalarOp.ADD, held, command.eps_k, 0, 0, held),
             (ScalarOp.RSQRT, held, zero, 0, 0, held),
             (ScalarOp.MULTIPLY, peak, held, 0, 0, held),
@@ -253,14 +255,15 @@ class NormStage(wiring.Component):
         assert tuple(step[0] for step in factor_chain) == _FACTOR_STEPS
         assert tuple(step[0] for step in rho_chain) == _RHO_STEPS
         assert tuple(step[0] for step in peak_chain) == _PEAK_STEPS
-        assert _steps_cycles(_PEAK_STEPS) <= _steps_cycles(_RHO_STEPS[:-1])
+        assert (NormQuantizer.U_STATS_AFTER + _steps_cycles(_PEAK_STEPS)
+                <= _steps_cycles(_RHO_STEPS[:-1]))
         matrix = Signal(range(MATRICES))
 
-        # The operation: STATISTICS, then both chains from the cycle after the statistics are
-        # taken; it ends once the last factor is taken and QUANTISE's pass has issued its last
-        # x_q word (which may still wait on o_stream: the next STATISTICS then holds until it
-        # leaves).
-        begin, factor_done, rho_done = Signal(), Signal(), Signal()
+        # The operation: STATISTICS, then rho's chain from the cycle after x's statistics are
+        # taken and the factor's and the peak's from the cycle after u's; it ends once the last
+        # factor is taken and QUANTISE's pass has issued its last x_q word (which may still wait
+        # on o_stream: the next STATISTICS then holds until it leaves).
+        begin, begin_rho, factor_done, rho_done = Signal(), Signal(), Signal(), Signal()
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += [idle.eq(1), self.cmd.ready.eq(norm.cmd.ready),
@@ -272,9 +275,13 @@ class NormStage(wiring.Component):
                     m.d.sync += [command.eq(self.cmd.payload), matrix.eq(0)]
                     m.next = "STATISTICS"
             with m.State("STATISTICS"):
-                m.d.comb += [norm.stats.ready.eq(1), begin.eq(norm.stats.valid)]
-                with m.If(norm.stats.valid):
-                    m.d.sync += [stats.eq(norm.stats.payload), quantise_pending.eq(1)]
+                # x's statistics come first (the quantiser offers u's three cycles later).
+                m.d.comb += [norm.x_stats.ready.eq(1), norm.u_stats.ready.eq(1),
+                             begin_rho.eq(norm.x_stats.valid), begin.eq(norm.u_stats.valid)]
+                with m.If(norm.x_stats.valid):
+                    m.d.sync += x_stats.eq(norm.x_stats.payload)
+                with m.If(norm.u_stats.valid):
+                    m.d.sync += [u_stats.eq(norm.u_stats.payload), quantise_pending.eq(1)]
                     m.next = "CHAINS"
             with m.State("CHAINS"):
                 with m.If(factor_done & rho_done & ~quantise_pending & norm.cmd.ready):
@@ -291,13 +298,13 @@ class NormStage(wiring.Component):
         # Rho's chain (the peak's dyadic beside it), then each matrix's factor straight from its
         # unit to ``factors``.
         _chain(m, peak_unit, peak_chain, begin, "peak")
-        rho = _chain(m, rho_unit, rho_chain, begin, "rho")
-        # The first factor is offered a fixed count of cycles after the statistics are taken
+        rho = _chain(m, rho_unit, rho_chain, begin_rho, "rho")
+        # The first factor is offered a fixed count of cycles after x's statistics are taken
         # (nothing holds rho's chain); it is due first_lead cycles before that.
         if self.first_lead > self.FACTOR_INTERVAL - 1:
             to_first = _FIRST_FACTOR - 1
             until_first = Signal(range(to_first + 1))
-            with m.If(begin):
+            with m.If(begin_rho):
                 m.d.sync += until_first.eq(to_first)
             with m.Elif(until_first != 0):
                 m.d.sync += until_first.eq(until_first - 1)

@@ -5,8 +5,9 @@ Each round loads a vector of random length (its last word zero-padded) and gains
 the statistics and compares every field with golden's, then sends QUANTISE and, on its own
 stream after a random delay (before the command or well after it), golden's factor for that
 peak (as the sequencer will, from the scalar unit), and compares every x_q. Vectors span every
-magnitude from all zeros to the input's extremes; x_q words are taken under random
-back-pressure in every other round, and in the others the first x_q word must come
+magnitude from all zeros to the input's extremes. The statistics and x_q words are taken
+under random back-pressure in every other round; in the others x's and u's statistics must be
+offered their documented latencies after STATISTICS, and the first x_q word
 ``QUANTISE_LATENCY`` cycles after the command or ``FACTOR_LATENCY`` after the factor was
 taken, whichever is later, and the rest one a cycle.
 
@@ -47,7 +48,8 @@ async def norm_matches_golden(dut):
     p = params()
     config = Config.from_dict(p["config"])
     unit = NormQuantizer(config, **p["options"])
-    cmd_layout, stats_layout = payload_layout(unit, "cmd"), payload_layout(unit, "stats")
+    cmd_layout = payload_layout(unit, "cmd")
+    stats_layouts = {port: payload_layout(unit, port) for port in ("x_stats", "u_stats")}
     factor_layout = payload_layout(unit, "factor")
     x_layout, gain_layout = payload_layout(unit, "x_stream"), payload_layout(unit, "gain_stream")
     lanes, words = len(dut.o_stream__payload) // 8, unit.words
@@ -58,7 +60,7 @@ async def norm_matches_golden(dut):
     gain_source = StreamSource(dut, "gain_stream", rng=tb.rng)
     commands = StreamSource(dut, "cmd", rng=tb.rng)
     factors = StreamSource(dut, "factor", rng=tb.rng)
-    stats_sink = StreamSink(dut, "stats", rng=tb.rng)
+    stats_sinks = {port: StreamSink(dut, port, rng=tb.rng) for port in stats_layouts}
     out = StreamSink(dut, "o_stream", rng=tb.rng)
     tables = build_tables()
     await tb.reset()
@@ -75,17 +77,30 @@ async def norm_matches_golden(dut):
             await source.send([layout.const({"index": n, "data": word.tolist()}).as_bits()
                                for n, word in enumerate(values.reshape(used, lanes))], tb.cycle)
         expected, u = norm_statistics(x[None, :length], gain[:length], _no_check)
+        timed = round_ % 2 == 0
+        for sink in (out, *stats_sinks.values()):
+            sink.backpressure = 0.0 if timed else 0.5
+        receiving = {port: cocotb.start_soon(sink.receive(1, tb.cycle, timeout=used * 3 + 100))
+                     for port, sink in stats_sinks.items()}
         await commands.send([cmd_layout.const({"op": NormOp.STATISTICS, "words": used})
                              .as_bits()], tb.cycle)
-        (beat,) = await stats_sink.receive(1, tb.cycle, timeout=used * 3 + 100)
-        stats = stats_layout.from_bits(beat)
-        got = {name: stats[name] for name in expected._fields}
+        got = {}
+        for port, task in receiving.items():
+            (beat,) = await task
+            view = stats_layouts[port].from_bits(beat)
+            got.update({name: view[name] for name, _ in stats_layouts[port]})
         want = {name: int(getattr(expected, name)[0]) for name in expected._fields}
         assert got == want, f"round {round_} (length {length}): statistics {got}, golden {want}"
+        if timed:
+            taken = commands.accepted_cycles[-1]
+            offered = {port: sink.beat_cycles[-1] - taken for port, sink in stats_sinks.items()}
+            documented = {"x_stats": NormQuantizer.x_statistics_latency(used, lanes),
+                          "u_stats": NormQuantizer.statistics_latency(used, lanes)}
+            assert offered == documented, (
+                f"round {round_}: statistics offered {offered} cycles after STATISTICS, "
+                f"documented {documented}")
 
         factor = quantize_factor(expected.peak, tables)
-        timed = round_ % 2 == 0
-        out.backpressure = 0.0 if timed else 0.5
 
         async def send_factor(delay, beat=factor_layout.const({
                 "mantissa": int(factor.mantissa[0]),
