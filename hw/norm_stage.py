@@ -223,11 +223,10 @@ class NormStage(wiring.Component):
         m.d.comb += exponent.eq(x_stats.shift + command.x_exponent)
         peak_exponent = u_stats.gained_shift + exponent - command.fraction
 
-        # QUANTISE is sent as u's statistics are taken; its factor follows from the factor's
-        # unit, straight from its last step or, if the quantiser is not yet taking it, held.
-        factor = Signal(DYADIC)
+        # QUANTISE is sent as u's statistics are taken (the quantiser, idle once they are,
+        # takes it the cycle after); its factor follows straight from the factor unit's last
+        # step, which the quantiser, running QUANTISE by then, takes as it is offered.
         quantise_pending = Signal()         # QUANTISE offered to the norm
-        factor_pending = Signal()           # the factor held, offered to the norm
         m.d.comb += [norm.cmd.valid.eq(quantise_pending),
                      norm.cmd.payload.op.eq(NormOp.QUANTISE),
                      norm.cmd.payload.words.eq(command.words),
@@ -243,7 +242,7 @@ class NormStage(wiring.Component):
         factor_chain = [
             (ScalarOp.NORMALISE, zero, zero, Mux(u_stats.peak == 0, 1, u_stats.peak), 0,
              reciprocal),
-            (ScalarOp.RECIPROCAL, reciprocal, zero, 0, 0, factor),
+            (ScalarOp.RECIPROCAL, reciprocal, zero, 0, 0, None),
         ]
         peak_chain = [(ScalarOp.NORMALISE, zero, zero, u_stats.peak, peak_exponent, peak)]
         rho_chain = [
@@ -288,12 +287,12 @@ class NormStage(wiring.Component):
                     m.d.sync += [factor_done.eq(0), rho_done.eq(0)]
                     m.next = "IDLE"
 
+        assert _steps_cycles(_FACTOR_STEPS) > 1     # the factor comes after QUANTISE is taken
         last = _chain(m, factor_unit, factor_chain, begin, "factor")
-        m.d.comb += [norm.factor.valid.eq(last | factor_pending),
-                     norm.factor.payload.eq(Mux(factor_pending, factor,
-                                                factor_unit.o_stream.payload))]
-        with m.If(norm.factor.valid):
-            m.d.sync += [factor_pending.eq(~norm.factor.ready), factor_done.eq(norm.factor.ready)]
+        m.d.comb += [norm.factor.valid.eq(last),
+                     norm.factor.payload.eq(factor_unit.o_stream.payload)]
+        with m.If(last):
+            m.d.sync += factor_done.eq(1)
 
         # Rho's chain (the peak's dyadic beside it), then each matrix's factor straight from its
         # unit to ``factors``.
@@ -338,7 +337,8 @@ class NormStage(wiring.Component):
 
 def _chain(m, unit, steps, begin, name):
     """Run ``steps`` on the scalar ``unit`` one after another from the cycle after ``begin``,
-    each result registered where its step says; returns the cycle its last result is taken."""
+    each result registered where its step says (``None``: nowhere, the caller takes it from
+    the unit in the cycle returned); returns the cycle its last result is taken."""
     request, last = unit.i_stream.payload, Signal(name=f"{name}_last")
     with m.FSM(name=name):
         with m.State("IDLE"):
@@ -354,7 +354,8 @@ def _chain(m, unit, steps, begin, name):
             with m.State(f"WAIT_{n}"):
                 m.d.comb += unit.o_stream.ready.eq(1)
                 with m.If(unit.o_stream.valid):
-                    m.d.sync += into.eq(unit.o_stream.payload)
+                    if into is not None:
+                        m.d.sync += into.eq(unit.o_stream.payload)
                     m.next = f"ISSUE_{n + 1}" if n + 1 < len(steps) else "IDLE"
                     if n + 1 == len(steps):
                         m.d.comb += last.eq(1)
