@@ -9,12 +9,12 @@ multiplying by the gain and gathering the shift of ``u = g x``, the largest and 
 and the sum of squares. The unit offers x's shift and sum of squares as the pass ends, and
 u's shift and peak (golden's :class:`NormStatistics` between them) three cycles later, once
 the extremes are rounded; a sequencer turns the peak into ``127 / peak`` (and the sum into
-``rho``, from the earlier offer) with :class:`hw.dyadic.ScalarUnit`
-and sends it on ``factor``; QUANTISE's pass streams out ``x_q``, one word of ``lanes`` int8 a
-cycle. Its words wait for the factor only where they are multiplied by it, so a sequencer
-sends QUANTISE as soon as the statistics are taken and the pass's first stages run while the
-factor is made. The shifted ``u``'s extremes come from the unshifted ones because rounding
-half up is monotonic: ``max shift_round(u) = shift_round(max u)``.
+``rho``, from the earlier offer) with :class:`hw.dyadic.ScalarUnit` and sends it on
+``factor``; QUANTISE's pass streams out ``x_q``, one word of ``lanes`` int8 a cycle. Its words
+wait for the factor only where they are multiplied by it, so a sequencer sends QUANTISE as
+soon as the statistics are taken and the pass's first stages run while the factor is made.
+The shifted ``u``'s extremes come from the unshifted ones because rounding half up is
+monotonic: ``max shift_round(u) = shift_round(max u)``.
 """
 
 from amaranth import Const, Module, Mux, Signal, signed, unsigned
@@ -41,8 +41,8 @@ _U_BITS = SHIFTED_BITS + 2                      # |u| <= 2**16 after its shift, 
 # come from a comparison tree on stage 5, one level a stage. The quantise product (8), its half
 # added (9), shifted (10) and clipped: x_q (11); a QUANTISE word waits before the product until
 # the factor has been taken. A rounding shift in one stage (a carry chain then a barrel shifter)
-# is too slow for 100 MHz on the ECP5. A written word's OR of |x| takes
-# three stages of its own: the word, |x|, the OR.
+# is too slow for 100 MHz on the ECP5. A written word's OR of |x| takes three stages of its
+# own: the word, |x|, the OR.
 _X_WORD, _U, _OR_U, _PRODUCT, _X_Q = 2, 5, 7, 8, 11
 _SETTLE = 3     # STATISTICS taken to its first word issued: the ORs gathered, then the shift
 
@@ -278,8 +278,11 @@ class NormQuantizer(wiring.Component):
         at_sum = delayed(m, c[_U], sums.latency, "sum")
 
         # Accumulators over the pass's words, each at its operand's stage: the OR of |u|, u's
-        # extremes and the sum of squares. ``or_x``: the vector's words' ORs of |x|.
+        # extremes and the sum of squares. ``or_x``: the vector's words' ORs of |x|, each word
+        # within the command's length by a mask registered with the command (a compare of the
+        # length a word in front of the OR tree is too slow for 100 MHz).
         or_x = Signal(self._in_bits)
+        in_vector = Signal(words)
         or_u_all = Signal(_GAINED_BITS)
         u_largest = Signal(signed(_GAINED_BITS))
         u_smallest = Signal(signed(_GAINED_BITS))
@@ -334,7 +337,9 @@ class NormQuantizer(wiring.Component):
                     quantise = self.cmd.payload.op == NormOp.QUANTISE
                     m.d.sync += [command.eq(self.cmd.payload), running.eq(1), addr.eq(0),
                                  issuing.eq(quantise), passes.eq(Mux(quantise, 3, 2)),
-                                 has_factor.eq(0)]
+                                 has_factor.eq(0),
+                                 *(in_vector[n].eq(self.cmd.payload.words > n)
+                                   for n in range(words))]
                     with m.If(quantise):
                         m.next = "ISSUE"
                     with m.Else():
@@ -343,7 +348,7 @@ class NormQuantizer(wiring.Component):
                 # A word written in the cycle before the command reaches its OR register now.
                 m.next = "GATHER"
             with m.State("GATHER"):
-                m.d.sync += or_x.eq(_or_all(Mux(command.words > n, word_or[n], 0)
+                m.d.sync += or_x.eq(_or_all(Mux(in_vector[n], word_or[n], 0)
                                             for n in range(words)))
                 m.next = "SHIFT_X"
             with m.State("SHIFT_X"):
@@ -384,9 +389,9 @@ class NormQuantizer(wiring.Component):
 
 
 def _excess(value, bits):
-    """``max(bit_length(value) - bits, 0)``."""
-    length = bit_length(value)
-    return Mux(length > bits, length - bits, 0)
+    """``max(bit_length(value) - bits, 0)``: the bit length of ``value >> bits``, a tree of
+    selects with no subtraction or compare after it (one in the shift's path missed 100 MHz)."""
+    return bit_length(value[bits:]) if len(value) > bits else Const(0)
 
 
 def _or_all(values):
