@@ -262,7 +262,7 @@ class NormStage(wiring.Component):
         # taken and the factor's and the peak's from the cycle after u's; it ends once the last
         # factor is taken and QUANTISE's pass has issued its last x_q word (which may still wait
         # on o_stream: the next STATISTICS then holds until it leaves).
-        begin, begin_rho, factor_done, rho_done = Signal(), Signal(), Signal(), Signal()
+        begin, begin_rho, rho_done = Signal(), Signal(), Signal()
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += [idle.eq(1), self.cmd.ready.eq(norm.cmd.ready),
@@ -283,16 +283,16 @@ class NormStage(wiring.Component):
                     m.d.sync += [u_stats.eq(norm.u_stats.payload), quantise_pending.eq(1)]
                     m.next = "CHAINS"
             with m.State("CHAINS"):
-                with m.If(factor_done & rho_done & ~quantise_pending & norm.cmd.ready):
-                    m.d.sync += [factor_done.eq(0), rho_done.eq(0)]
+                # QUANTISE taken and the quantiser ready again: its pass has ended, which it
+                # cannot before its factor is taken.
+                with m.If(rho_done & ~quantise_pending & norm.cmd.ready):
+                    m.d.sync += rho_done.eq(0)
                     m.next = "IDLE"
 
         assert _steps_cycles(_FACTOR_STEPS) > 1     # the factor comes after QUANTISE is taken
         last = _chain(m, factor_unit, factor_chain, begin, "factor")
         m.d.comb += [norm.factor.valid.eq(last),
                      norm.factor.payload.eq(factor_unit.o_stream.payload)]
-        with m.If(last):
-            m.d.sync += factor_done.eq(1)
 
         # Rho's chain (the peak's dyadic beside it), then each matrix's factor straight from its
         # unit to ``factors``.
